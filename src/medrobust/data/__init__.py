@@ -1,0 +1,17 @@
+"""Datasets: one registry, every loader yields uint8 (N,H,W,C) images and integer labels."""
+
+from medrobust.data.base import ImageDataset
+from medrobust.data.registry import (
+    available_datasets,
+    default_data_dir,
+    load_dataset,
+    register_dataset,
+)
+
+__all__ = [
+    "ImageDataset",
+    "available_datasets",
+    "default_data_dir",
+    "load_dataset",
+    "register_dataset",
+]

@@ -1,0 +1,79 @@
+"""The one dataset type every loader returns."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from medrobust.errors import DataError
+
+
+@dataclass(frozen=True)
+class ImageDataset:
+    """A split of a labelled image dataset held in memory.
+
+    ``images`` are uint8 (N, H, W, C) in pixel space (C = 1 for greyscale), ``labels`` int64 (N,).
+    ``spec`` holds what is needed to load the same data again (name and options), so stores and
+    reports can record provenance and rebuild images from indices instead of copying pixels.
+    """
+
+    images: np.ndarray
+    labels: np.ndarray
+    class_names: tuple[str, ...]
+    name: str
+    split: str
+    spec: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.images.dtype != np.uint8 or self.images.ndim != 4:
+            raise DataError(
+                f"{self.name}: images must be uint8 (N,H,W,C), got {self.images.dtype} "
+                f"{self.images.shape}"
+            )
+        if self.labels.shape != (self.images.shape[0],):
+            raise DataError(
+                f"{self.name}: {self.images.shape[0]} images but labels of shape {self.labels.shape}"
+            )
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+    @property
+    def channels(self) -> int:
+        return int(self.images.shape[3])
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(height, width)."""
+        return int(self.images.shape[1]), int(self.images.shape[2])
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def subset(self, indices: np.ndarray | list[int]) -> ImageDataset:
+        """A new dataset holding only ``indices`` (the spec records them)."""
+        idx = np.asarray(indices, dtype=np.int64)
+        spec = dict(self.spec, indices=idx.tolist())
+        return ImageDataset(self.images[idx], self.labels[idx], self.class_names, self.name,
+                            self.split, spec)
+
+    def class_counts(self) -> dict[str, int]:
+        counts = np.bincount(self.labels, minlength=self.num_classes)
+        return {n: int(c) for n, c in zip(self.class_names, counts, strict=True)}
+
+    def describe(self) -> dict[str, Any]:
+        """A JSON-able summary for stores, reports and ``--json``."""
+        return {
+            "name": self.name,
+            "split": self.split,
+            "n": len(self),
+            "height": self.size[0],
+            "width": self.size[1],
+            "channels": self.channels,
+            "classes": list(self.class_names),
+            "class_counts": self.class_counts(),
+            "spec": self.spec,
+        }

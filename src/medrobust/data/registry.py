@@ -1,0 +1,74 @@
+"""One registry of datasets by name.
+
+Loaders register themselves with ``@register_dataset("name")``; ``load_dataset`` resolves the
+data directory, checks the split and records provenance in ``ImageDataset.spec``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from medrobust.data.base import ImageDataset
+from medrobust.errors import DataError
+
+Loader = Callable[..., ImageDataset]
+_REGISTRY: dict[str, Loader] = {}
+
+SPLITS = ("train", "val", "test")
+
+
+def register_dataset(name: str) -> Callable[[Loader], Loader]:
+    """Decorator: register ``fn(split, data_dir, **options) -> ImageDataset`` under ``name``."""
+
+    def deco(fn: Loader) -> Loader:
+        _REGISTRY[name] = fn
+        return fn
+
+    return deco
+
+
+def available_datasets() -> list[str]:
+    _ensure_loaded()
+    return sorted(_REGISTRY)
+
+
+def default_data_dir() -> Path:
+    """``$MEDROBUST_DATA_DIR`` if set, else ``~/.medrobust/data``."""
+    env = os.environ.get("MEDROBUST_DATA_DIR")
+    return Path(env).expanduser() if env else Path.home() / ".medrobust" / "data"
+
+
+def load_dataset(name: str, split: str = "train", data_dir: str | Path | None = None,
+                 **options: Any) -> ImageDataset:
+    """Load ``split`` of dataset ``name``.
+
+    ``name`` is a registered dataset (``medmnist`` takes ``flag=``; the shorthand
+    ``pneumoniamnist`` etc. is the same as ``medmnist`` with that flag). Options are passed to
+    the loader; ``None`` values are dropped so CLI defaults stay the loader's.
+    """
+    _ensure_loaded()
+    if split not in SPLITS:
+        raise DataError(f"unknown split {split!r}: use one of {', '.join(SPLITS)}")
+    options = {k: v for k, v in options.items() if v is not None}
+    key = name.lower()
+    if key not in _REGISTRY:
+        from medrobust.data.medmnist import MEDMNIST_FLAGS
+
+        if key in MEDMNIST_FLAGS:
+            options.setdefault("flag", key)
+            key = "medmnist"
+        else:
+            raise DataError(
+                f"unknown dataset {name!r}: choose from {', '.join(available_datasets())} "
+                f"or a MedMNIST flag such as pneumoniamnist"
+            )
+    root = Path(data_dir).expanduser() if data_dir is not None else default_data_dir()
+    return _REGISTRY[key](split=split, data_dir=root, **options)
+
+
+def _ensure_loaded() -> None:
+    # Importing the loader modules runs their @register_dataset decorators.
+    from medrobust.data import bccd, folder, medmnist, synthetic  # noqa: F401

@@ -1,0 +1,26 @@
+"""Progress bars that stay quiet when asked (``--json``, tests) and go to stderr otherwise."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterable, Iterator
+from typing import TypeVar
+
+from tqdm.auto import tqdm
+
+T = TypeVar("T")
+
+
+def progress_enabled() -> bool:
+    """Progress bars are on unless MEDROBUST_QUIET is set (the CLI sets it for ``--json``)."""
+    return not os.environ.get("MEDROBUST_QUIET")
+
+
+def progress(iterable: Iterable[T] | None = None, **kwargs) -> Iterator[T] | tqdm:
+    """A tqdm bar on stderr, disabled when progress is off."""
+    kwargs.setdefault("disable", not progress_enabled())
+    kwargs.setdefault("file", sys.stderr)
+    kwargs.setdefault("dynamic_ncols", True)
+    kwargs.setdefault("leave", False)
+    return tqdm(iterable, **kwargs)

@@ -1,0 +1,33 @@
+"""Parameter checks that raise one clear line (scikit-learn style validated parameters)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from medrobust.errors import ConfigError
+
+
+def check_range(name: str, value: float, low: float | None = None, high: float | None = None,
+                *, low_inclusive: bool = True, high_inclusive: bool = True) -> float:
+    """Return ``value`` if it lies in the interval, else raise ConfigError naming ``name``."""
+    ok = True
+    if low is not None:
+        ok &= value >= low if low_inclusive else value > low
+    if high is not None:
+        ok &= value <= high if high_inclusive else value < high
+    if not ok:
+        lo = "-inf" if low is None else low
+        hi = "inf" if high is None else high
+        lb = "[" if low_inclusive else "("
+        rb = "]" if high_inclusive else ")"
+        raise ConfigError(f"{name} must lie in {lb}{lo}, {hi}{rb}, got {value}")
+    return value
+
+
+def check_choice(name: str, value: Any, choices: Iterable[Any]) -> Any:
+    """Return ``value`` if it is one of ``choices``, else raise ConfigError listing them."""
+    options = list(choices)
+    if value not in options:
+        raise ConfigError(f"{name} must be one of {', '.join(map(str, options))}; got {value!r}")
+    return value
