@@ -5,6 +5,7 @@ from medrobust.data.registry import (
     available_datasets,
     default_data_dir,
     load_dataset,
+    load_from_spec,
     register_dataset,
 )
 
@@ -13,5 +14,6 @@ __all__ = [
     "available_datasets",
     "default_data_dir",
     "load_dataset",
+    "load_from_spec",
     "register_dataset",
 ]

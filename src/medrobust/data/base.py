@@ -33,9 +33,8 @@ class ImageDataset:
                 f"{self.images.shape}"
             )
         if self.labels.shape != (self.images.shape[0],):
-            raise DataError(
-                f"{self.name}: {self.images.shape[0]} images but labels of shape {self.labels.shape}"
-            )
+            n = self.images.shape[0]
+            raise DataError(f"{self.name}: {n} images but labels of shape {self.labels.shape}")
 
     def __len__(self) -> int:
         return int(self.images.shape[0])

@@ -66,7 +66,22 @@ def load_dataset(name: str, split: str = "train", data_dir: str | Path | None = 
                 f"or a MedMNIST flag such as pneumoniamnist"
             )
     root = Path(data_dir).expanduser() if data_dir is not None else default_data_dir()
-    return _REGISTRY[key](split=split, data_dir=root, **options)
+    return _REGISTRY[key](split=split, data_dir=root.resolve(), **options)
+
+
+# Keys of ``ImageDataset.spec`` that describe a loaded split rather than loader options.
+_NOT_OPTIONS = {"dataset", "data_dir", "task", "indices", "split"}
+
+
+def load_from_spec(spec: dict[str, Any], split: str | None = None) -> ImageDataset:
+    """Load the dataset a spec (as recorded in stores and checkpoints) describes."""
+    if "dataset" not in spec:
+        raise DataError("dataset spec lacks the field 'dataset'")
+    options = {k: (tuple(v) if isinstance(v, list) else v) for k, v in spec.items()
+               if k not in _NOT_OPTIONS}
+    ds = load_dataset(spec["dataset"], split or spec.get("split", "test"),
+                      data_dir=spec.get("data_dir"), **options)
+    return ds.subset(spec["indices"]) if "indices" in spec else ds
 
 
 def _ensure_loaded() -> None:

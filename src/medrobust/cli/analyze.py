@@ -1,0 +1,31 @@
+"""``medrobust analyze``: the one-pixel study (chromatic, spatial, periodicity) from stored results."""
+
+from __future__ import annotations
+
+import click
+
+from medrobust.cli.common import DEFAULT_STORE, emit, fmt
+from medrobust.cli.store import _open
+
+
+@click.command()
+@click.option("--store", "store_path", default=DEFAULT_STORE, show_default=True)
+@click.option("--run", "run_id", type=int, default=None,
+              help="One-pixel run to analyse (default: every one-pixel run in the store).")
+@click.option("--out", required=True, type=click.Path(file_okay=False),
+              help="Folder for tables (CSV, Markdown) and plots (PNG).")
+@click.option("--json", "as_json", is_flag=True)
+def analyze(store_path: str, run_id: int | None, out: str, as_json: bool) -> None:
+    """Chromatic distance, X/Y/colour statistics, location heatmaps and even/odd periodicity."""
+    from medrobust.analysis.study import run_study
+
+    with _open(store_path) as st:
+        summary = run_study(st, out, run_id=run_id)
+
+    def human() -> None:
+        for d, p in summary["periodicity"].items():
+            click.echo(f"{d:>24}: {p['even_even']}/{p['n']} attacks on even/even pixels "
+                       f"({fmt(p['share'])}, p = {fmt(p['p_value'], 4)} vs 25% by chance)")
+        click.echo(f"tables and plots in {out}")
+
+    emit(summary, as_json, human)

@@ -1,0 +1,99 @@
+"""Conventions every command shares: ``--json``, ``--seed``, ``--device``, dataset options, output."""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+import numpy as np
+
+from medrobust.data import ImageDataset, load_dataset, load_from_spec
+
+DEFAULT_STORE = "medrobust.db"
+
+
+def common_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Add ``--json``, ``--seed`` and ``--device``; ``--json`` also silences progress bars."""
+
+    @click.option("--json", "as_json", is_flag=True,
+                  help="Print one machine-readable JSON summary on stdout.")
+    @click.option("--seed", type=int, default=0, show_default=True, help="Random seed.")
+    @click.option("--device", type=click.Choice(["cpu", "cuda", "auto"]), default="auto",
+                  show_default=True, help="Where to run the model.")
+    @functools.wraps(fn)
+    def wrapper(*args: Any, as_json: bool, **kwargs: Any) -> Any:
+        if as_json:
+            os.environ["MEDROBUST_QUIET"] = "1"
+        return fn(*args, as_json=as_json, **kwargs)
+
+    return wrapper
+
+
+def dataset_options(required: bool = False) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """``--dataset``, ``--data-dir``, ``--size``, ``--no-verify`` (omitted dataset: the model's)."""
+
+    def deco(fn: Callable[..., Any]) -> Callable[..., Any]:
+        fn = click.option("--no-verify", is_flag=True,
+                          help="Skip the MedMNIST MD5 check.")(fn)
+        fn = click.option("--size", type=int, default=None,
+                          help="Image size, for datasets that take one.")(fn)
+        fn = click.option("--data-dir", type=click.Path(file_okay=False), default=None,
+                          help="Folder holding the data (default $MEDROBUST_DATA_DIR).")(fn)
+        help_text = "Dataset: synthetic, bccd, folder, medmnist or a MedMNIST flag."
+        if not required:
+            help_text += " Default: the dataset the model was trained on."
+        return click.option("--dataset", required=required, default=None, help=help_text)(fn)
+
+    return deco
+
+
+def open_dataset(name: str | None, split: str, data_dir: str | None, size: int | None,
+                 no_verify: bool, fallback_spec: dict[str, Any] | None = None) -> ImageDataset:
+    """Load a split by name, or the one described by ``fallback_spec`` (a checkpoint's)."""
+    if name is None:
+        if fallback_spec is None:
+            raise click.UsageError("--dataset is required")
+        spec = dict(fallback_spec)
+        if data_dir is not None:
+            spec["data_dir"] = data_dir
+        return load_from_spec(spec, split)
+    options: dict[str, Any] = {"size": size}
+    if no_verify:
+        options["verify"] = False
+    return load_dataset(name, split, data_dir=data_dir, **options)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def emit(summary: dict[str, Any], as_json: bool, human: Callable[[], None]) -> None:
+    """Print the JSON summary, or the human-readable lines."""
+    if as_json:
+        click.echo(json.dumps(_jsonable(summary), sort_keys=True))
+    else:
+        human()
+
+
+def fmt(value: Any, digits: int = 3) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)

@@ -1,0 +1,49 @@
+"""``medrobust evaluate``: accuracy, AUC, per-class recall and confusion matrix of a checkpoint."""
+
+from __future__ import annotations
+
+import click
+
+from medrobust.cli.common import (
+    DEFAULT_STORE,
+    common_options,
+    dataset_options,
+    emit,
+    fmt,
+    open_dataset,
+)
+from medrobust.models import load_classifier, read_meta
+from medrobust.store import Store
+from medrobust.training import evaluate_classifier
+from medrobust.utils.device import resolve_device
+
+
+@click.command()
+@click.option("--model", "model_dir", required=True, type=click.Path(), help="Checkpoint folder.")
+@dataset_options()
+@click.option("--split", type=click.Choice(["train", "val", "test"]), default="test",
+              show_default=True)
+@click.option("--store", "store_path", default=DEFAULT_STORE, show_default=True)
+@common_options
+def evaluate(model_dir: str, dataset: str | None, data_dir: str | None, size: int | None,
+             no_verify: bool, split: str, store_path: str, as_json: bool, seed: int,
+             device: str) -> None:
+    """Evaluate a checkpoint on a dataset split."""
+    meta = read_meta(model_dir)
+    clf = load_classifier(model_dir, resolve_device(device))
+    ds = open_dataset(dataset, split, data_dir, size, no_verify, meta.get("dataset"))
+    metrics = evaluate_classifier(clf, ds)
+    with Store(store_path) as store:
+        run_id, _ = store.start_run("evaluate", {"split": split}, model={"dir": model_dir},
+                                    dataset=ds.spec, resume=False)
+        store.finish_run(run_id, "completed", metrics)
+    metrics["run_id"] = run_id
+
+    def human() -> None:
+        click.echo(f"{ds.name} {split}: n={metrics['n']} accuracy {fmt(metrics['accuracy'])} "
+                   f"AUC {fmt(metrics['auc'])} balanced {fmt(metrics['balanced_accuracy'])}")
+        for name, r in metrics["recall"].items():
+            click.echo(f"  recall {name:>12}: {fmt(r)}")
+        click.echo("  confusion matrix (rows = truth): " + str(metrics["confusion_matrix"]))
+
+    emit(metrics, as_json, human)

@@ -1,0 +1,79 @@
+"""``medrobust train``: train a zoo model, select on validation, save a checkpoint, record the run."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import click
+
+from medrobust.cli.common import (
+    DEFAULT_STORE,
+    common_options,
+    dataset_options,
+    emit,
+    fmt,
+    open_dataset,
+)
+from medrobust.models.registry import available_models
+from medrobust.store import Store
+from medrobust.training import TrainConfig, evaluate_classifier, save_trained, train_classifier
+from medrobust.utils.device import resolve_device
+
+
+def train_and_save(dataset: str | None, data_dir: str | None, size: int | None, no_verify: bool,
+                   config: TrainConfig, out: str | Path, device: str, store_path: str | Path
+                   ) -> dict[str, Any]:
+    """The body of ``train``; also used by ``demo``. Returns the JSON summary."""
+    train_ds = open_dataset(dataset, "train", data_dir, size, no_verify)
+    val_ds = open_dataset(dataset, "val", data_dir, size, no_verify)
+    test_ds = open_dataset(dataset, "test", data_dir, size, no_verify)
+    result = train_classifier(train_ds, val_ds, config, resolve_device(device))
+    test_metrics = evaluate_classifier(result.classifier, test_ds)
+    test_metrics.pop("dataset")
+    path = save_trained(result, config, train_ds, out, extra={"test": test_metrics})
+    summary = {"checkpoint": str(Path(path).resolve()), "model": config.model,
+               "dataset": train_ds.describe()["spec"], "train_seconds": result.seconds,
+               "best_epoch": result.best_epoch, "val": result.val_metrics, "test": test_metrics}
+    with Store(store_path) as store:
+        run_id, _ = store.start_run("train", asdict(config), model={"dir": summary["checkpoint"]},
+                                    dataset=train_ds.spec, resume=False)
+        store.finish_run(run_id, "completed", summary)
+    summary["run_id"] = run_id
+    return summary
+
+
+@click.command()
+@dataset_options(required=True)
+@click.option("--model", "model_name", default="smallcnn", show_default=True,
+              help=f"Zoo model ({', '.join(available_models())}) or module:factory.")
+@click.option("--padding", type=click.Choice(["keras", "symmetric"]), default=None,
+              help="mitosisnet only: Keras-style or symmetric padding.")
+@click.option("--epochs", type=int, default=15, show_default=True)
+@click.option("--batch-size", type=int, default=128, show_default=True)
+@click.option("--lr", type=float, default=3e-3, show_default=True)
+@click.option("--augment", type=click.Choice(["auto", "flips", "shift", "none"]), default="auto",
+              show_default=True)
+@click.option("--out", type=click.Path(file_okay=False), required=True,
+              help="Checkpoint folder to write.")
+@click.option("--store", "store_path", default=DEFAULT_STORE, show_default=True,
+              help="SQLite run store.")
+@common_options
+def train(dataset: str, data_dir: str | None, size: int | None, no_verify: bool, model_name: str,
+          padding: str | None, epochs: int, batch_size: int, lr: float, augment: str, out: str,
+          store_path: str, as_json: bool, seed: int, device: str) -> None:
+    """Train a classifier and save it as safetensors + JSON metadata."""
+    kwargs = {"padding": padding} if padding else {}
+    config = TrainConfig(model=model_name, model_kwargs=kwargs, epochs=epochs,
+                         batch_size=batch_size, lr=lr, augment=augment, seed=seed)
+    summary = train_and_save(dataset, data_dir, size, no_verify, config, out, device, store_path)
+
+    def human() -> None:
+        t = summary["test"]
+        click.echo(f"trained {model_name} in {summary['train_seconds']:.0f}s "
+                   f"(best epoch {summary['best_epoch']}) -> {summary['checkpoint']}")
+        click.echo(f"test accuracy {fmt(t['accuracy'])}  AUC {fmt(t['auc'])}  "
+                   f"balanced accuracy {fmt(t['balanced_accuracy'])}")
+
+    emit(summary, as_json, human)

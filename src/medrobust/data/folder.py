@@ -1,0 +1,143 @@
+"""A user's own images: one subfolder per class, optionally already split into train/val/test.
+
+This lets people attack their own models on their own data without writing a loader. Without
+split folders, a seeded stratified split keeps every class in every split and gives the same
+split for the same seed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from medrobust.data.base import ImageDataset
+from medrobust.data.registry import SPLITS, register_dataset
+from medrobust.errors import DataError
+from medrobust.utils.progress import progress
+from medrobust.utils.seeding import numpy_rng
+from medrobust.utils.validation import check_choice, check_range
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+# PIL modes without colour bands; anything else (RGB, RGBA, palette, CMYK...) counts as colour.
+GREY_MODES = frozenset({"1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
+
+
+def _images_in(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir()
+                  if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+                  and not p.name.startswith("."))
+
+
+def _class_dirs(folder: Path) -> dict[str, list[Path]]:
+    """Class name -> sorted image files, for non-hidden subfolders holding images."""
+    out = {}
+    for sub in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        files = _images_in(sub)
+        if files:
+            out[sub.name] = files
+    return out
+
+
+def _split_layout(root: Path) -> dict[str, dict[str, list[Path]]] | None:
+    """Per-split class folders when ``root`` has a ``train/`` folder, else None."""
+    if not (root / "train").is_dir():
+        return None
+    return {s: _class_dirs(root / s) for s in SPLITS if (root / s).is_dir()}
+
+
+def stratified_split(n_per_class: list[int], val_fraction: float, test_fraction: float,
+                     seed: int) -> list[dict[str, np.ndarray]]:
+    """For each class, disjoint index arrays {"train", "val", "test"} that cover 0..n-1.
+
+    Each class is shuffled with its own seeded sub-stream, so adding a class does not change
+    the split of the others.
+    """
+    out = []
+    for c, n in enumerate(n_per_class):
+        order = numpy_rng(seed, c).permutation(n)
+        n_test = round(float(n * test_fraction))
+        n_val = round(float(n * val_fraction))
+        if n_test + n_val >= n:  # tiny classes keep at least one training image
+            n_test, n_val = min(n_test, max(n - 1, 0)), max(min(n_val, n - 1 - n_test), 0)
+        out.append({"test": np.sort(order[:n_test]),
+                    "val": np.sort(order[n_test:n_test + n_val]),
+                    "train": np.sort(order[n_test + n_val:])})
+    return out
+
+
+def _is_colour(path: Path) -> bool:
+    try:
+        with Image.open(path) as img:  # reads the header only
+            return img.mode not in GREY_MODES
+    except (OSError, UnidentifiedImageError) as exc:
+        raise DataError(f"cannot read image {path}: {exc}") from exc
+
+
+def _read(path: Path, size: int, mode: str) -> np.ndarray:
+    try:
+        with Image.open(path) as img:
+            img = img.convert(mode)
+            if img.size != (size, size):
+                img = img.resize((size, size), Image.Resampling.BILINEAR)
+            return np.asarray(img, dtype=np.uint8)
+    except (OSError, UnidentifiedImageError) as exc:
+        raise DataError(f"cannot read image {path}: {exc}") from exc
+
+
+@register_dataset("folder")
+def load_folder(split: str, data_dir: str | Path, size: int = 64, channels: int | None = None,
+                val_fraction: float = 0.15, test_fraction: float = 0.15,
+                seed: int = 0) -> ImageDataset:
+    """Images under ``data_dir/<class>/`` (PNG/JPEG, any size) resized to ``size`` x ``size``.
+
+    Class names are the sorted subfolder names. If ``data_dir`` has ``train/`` (and ``val/``
+    and/or ``test/``) those folders are the splits; otherwise a seeded stratified split with the
+    given fractions is made. ``channels=None`` gives 3 if any image of the dataset (all splits)
+    has a colour mode, else 1; 1 or 3 forces it. 8-bit images are expected.
+    """
+    if split not in SPLITS:
+        raise DataError(f"unknown split {split!r}: use one of {', '.join(SPLITS)}")
+    size = int(check_range("size", size, 1))
+    if channels is not None:
+        channels = int(check_choice("channels", channels, (1, 3)))
+    check_range("val_fraction", val_fraction, 0.0, 1.0, high_inclusive=False)
+    check_range("test_fraction", test_fraction, 0.0, 1.0, high_inclusive=False)
+    check_range("val_fraction + test_fraction", val_fraction + test_fraction, 0.0, 1.0,
+                high_inclusive=False)
+    root = Path(data_dir).expanduser()
+    if not root.is_dir():
+        raise DataError(f"image folder {root} does not exist")
+
+    layout = _split_layout(root)
+    if layout is not None:
+        classes = sorted({name for per_split in layout.values() for name in per_split})
+        if not classes:
+            raise DataError(f"no images under {root}/{{train,val,test}}/<class>/")
+        if split not in layout:
+            raise DataError(f"{root} has split folders but no {split}/ folder")
+        all_files = [p for per_split in layout.values() for fs in per_split.values() for p in fs]
+        items = [(p, classes.index(name)) for name, fs in layout[split].items() for p in fs]
+    else:
+        per_class = _class_dirs(root)
+        classes = sorted(per_class)
+        if not classes:
+            raise DataError(f"no class subfolders with PNG/JPEG images in {root}")
+        all_files = [p for fs in per_class.values() for p in fs]
+        parts = stratified_split([len(per_class[c]) for c in classes], val_fraction,
+                                 test_fraction, seed)
+        items = [(per_class[name][i], c) for c, name in enumerate(classes)
+                 for i in parts[c][split]]
+
+    if channels is None:
+        channels = 3 if any(_is_colour(p) for p in all_files) else 1
+    mode = "RGB" if channels == 3 else "L"
+    images = np.zeros((len(items), size, size, channels), dtype=np.uint8)
+    for k, (path, _) in enumerate(progress(items, desc=f"{root.name} {split}", unit="img")):
+        images[k] = _read(path, size, mode).reshape(size, size, channels)
+    labels = np.asarray([c for _, c in items], dtype=np.int64)
+    spec = {"dataset": "folder", "data_dir": str(root), "size": size, "channels": channels,
+            "layout": "split folders" if layout is not None else "seeded split",
+            "val_fraction": val_fraction, "test_fraction": test_fraction, "seed": seed}
+    return ImageDataset(images, labels, tuple(classes), root.name or "folder", split, spec)

@@ -1,0 +1,116 @@
+"""``Classifier``: one face for every model.
+
+Attacks, analyses and defences see pixel-space images (uint8 0..255 or float [0,1]) and scores;
+the model's normalisation lives here, never in an attack. Layout convention: NumPy arrays are
+(N,H,W,C) or (H,W,C) like the datasets; torch tensors are (N,C,H,W).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from medrobust.errors import ConfigError
+
+
+class Classifier(nn.Module):
+    """Wraps a network with normalisation, head semantics and batched no-grad inference.
+
+    ``head="softmax"``: K logits, ``probabilities`` are the softmax.
+    ``head="sigmoid"``: one logit, ``scores`` is P(positive) and ``probabilities`` is
+    [1 - p, p], so code written for K classes works unchanged on binary detectors.
+    """
+
+    def __init__(self, model: nn.Module, *, mean: Sequence[float], std: Sequence[float],
+                 class_names: Sequence[str], head: str = "softmax", batch_size: int = 512,
+                 device: str | torch.device = "cpu") -> None:
+        super().__init__()
+        if head not in ("softmax", "sigmoid"):
+            raise ConfigError(f"head must be softmax or sigmoid, got {head!r}")
+        if head == "sigmoid" and len(class_names) != 2:
+            raise ConfigError("a sigmoid head needs exactly two class names (negative, positive)")
+        self.model = model
+        self.head = head
+        self.class_names = tuple(class_names)
+        self.batch_size = int(batch_size)
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
+        self.to(device)
+        self.eval()
+
+    # --- properties -------------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        return self.mean.device
+
+    @property
+    def channels(self) -> int:
+        return int(self.mean.shape[1])
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    # --- input handling ---------------------------------------------------------------------
+    def to_tensor(self, images: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """Pixel-space images to float [0,1] (N,C,H,W) on this device; inputs are not mutated."""
+        if isinstance(images, np.ndarray):
+            arr = images[None] if images.ndim == 3 else images
+            if arr.ndim != 4:
+                raise ConfigError(f"expected (N,H,W,C) or (H,W,C) images, got shape {images.shape}")
+            t = torch.from_numpy(np.ascontiguousarray(arr)).permute(0, 3, 1, 2)
+        elif isinstance(images, torch.Tensor):
+            t = images[None] if images.ndim == 3 else images
+            if t.ndim != 4:
+                raise ConfigError(f"expected (N,C,H,W) tensors, got shape {tuple(images.shape)}")
+        else:
+            raise ConfigError(f"images must be a NumPy array or torch tensor, not {type(images)}")
+        if t.shape[1] != self.channels:
+            raise ConfigError(f"model expects {self.channels} channel(s), images have {t.shape[1]}")
+        if t.dtype == torch.uint8:
+            return t.to(self.device, torch.float32) / 255.0
+        if not t.is_floating_point():
+            raise ConfigError(f"images must be uint8 or float in [0,1], got {t.dtype}")
+        t = t.to(self.device, torch.float32)
+        if t.numel() and (float(t.min()) < -1e-6 or float(t.max()) > 1 + 1e-6):
+            raise ConfigError("float images must lie in [0,1] (pixel space); got values outside")
+        return t
+
+    # --- differentiable path ----------------------------------------------------------------
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits for float [0,1] (N,C,H,W) input; differentiable (gradient attacks use this)."""
+        return self.model((x - self.mean) / self.std)
+
+    def logits_to_probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        """(N,K) class probabilities from raw outputs, for either head."""
+        if self.head == "sigmoid":
+            p = torch.sigmoid(logits.reshape(-1))
+            return torch.stack([1 - p, p], dim=1)
+        return torch.softmax(logits, dim=1)
+
+    # --- batched inference ------------------------------------------------------------------
+    @torch.inference_mode()
+    def probabilities_tensor(self, x: torch.Tensor) -> torch.Tensor:
+        """Probabilities for an already prepared float [0,1] (N,C,H,W) tensor, in batches."""
+        out = [self.logits_to_probabilities(self(x[i:i + self.batch_size]))
+               for i in range(0, x.shape[0], self.batch_size)]
+        return torch.cat(out) if out else torch.empty(0, self.num_classes, device=self.device)
+
+    def probabilities(self, images: np.ndarray | torch.Tensor) -> np.ndarray:
+        """(N,K) class probabilities as float64 NumPy."""
+        return self.probabilities_tensor(self.to_tensor(images)).double().cpu().numpy()
+
+    def scores(self, images: np.ndarray | torch.Tensor) -> np.ndarray:
+        """Softmax heads: (N,K) probabilities. Sigmoid heads: (N,) P(positive)."""
+        p = self.probabilities(images)
+        return p[:, 1] if self.head == "sigmoid" else p
+
+    def predict(self, images: np.ndarray | torch.Tensor, threshold: float = 0.5) -> np.ndarray:
+        """Predicted class indices (sigmoid heads: positive when P >= threshold)."""
+        p = self.probabilities(images)
+        if self.head == "sigmoid":
+            return (p[:, 1] >= threshold).astype(np.int64)
+        return p.argmax(axis=1).astype(np.int64)

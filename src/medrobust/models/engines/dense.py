@@ -1,0 +1,26 @@
+"""The reference engine: every candidate is a full forward pass of a perturbed copy."""
+
+from __future__ import annotations
+
+import torch
+
+from medrobust.models.engines.base import PixelEngine, apply_pixels
+
+
+class DenseEngine(PixelEngine):
+    """Plain batched forward passes; exact by construction, the baseline for faster engines."""
+
+    name = "reference"
+
+    @torch.inference_mode()
+    def probabilities(self, image_index: torch.Tensor, xs: torch.Tensor, ys: torch.Tensor,
+                      colours: torch.Tensor) -> torch.Tensor:
+        clf = self.classifier
+        out = []
+        for s in range(0, image_index.shape[0], clf.batch_size):
+            sl = slice(s, s + clf.batch_size)
+            batch = apply_pixels(self.images[image_index[sl]], xs[sl], ys[sl], colours[sl])
+            out.append(clf.logits_to_probabilities(clf(batch)))
+        if not out:
+            return torch.empty(0, clf.num_classes, device=self.images.device)
+        return torch.cat(out)
