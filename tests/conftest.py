@@ -23,3 +23,45 @@ def shared_data() -> Path:
     if not SHARED_DATA.exists():
         pytest.skip("../shared/data is absent")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def tiny_synthetic():
+    """A small synthetic train/val/test triple (16x16) for fast training in tests."""
+    from medrobust.data import load_dataset
+
+    return tuple(load_dataset("synthetic", s, size=16, n=n, seed=3)
+                 for s, n in (("train", 600), ("val", 200), ("test", 60)))
+
+
+@pytest.fixture(scope="session")
+def tiny_classifier(tiny_synthetic):
+    """A narrow smallcnn trained for a few epochs on ``tiny_synthetic`` (seconds on 2 cores)."""
+    from medrobust.training import TrainConfig, train_classifier
+
+    train, val, _ = tiny_synthetic
+    result = train_classifier(train, val, TrainConfig(model="smallcnn", model_kwargs={"width": 8},
+                                                      epochs=4, seed=0))
+    return result.classifier
+
+
+@pytest.fixture
+def bright_pixel_classifier():
+    """A hand-made sigmoid 'detector': P(positive) rises with the brightest red value.
+
+    Its behaviour is known exactly, so attack semantics can be checked without training: one
+    bright red pixel makes a dark image positive, while an image with several bright pixels
+    cannot be made negative by changing one pixel.
+    """
+    import torch
+    from torch import nn
+
+    from medrobust.models import Classifier
+
+    class BrightPixel(nn.Module):
+        def forward(self, x):
+            # x is normalised with mean 0, std 1, i.e. still in [0,1]
+            return (x[:, :1].amax(dim=(1, 2, 3)) - 0.5).mul(20).unsqueeze(1)
+
+    return Classifier(BrightPixel(), mean=[0.0, 0.0, 0.0], std=[1.0, 1.0, 1.0],
+                      class_names=("normal", "mitosis"), head="sigmoid")

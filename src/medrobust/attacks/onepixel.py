@@ -174,7 +174,24 @@ class OnePixel(Attack):
             pop[:, :, 2:] = np.clip(np.rint(rng.normal(128, 127, size=(p, k, c))), 0, 255)
         else:
             pop[:, :, 2:] = rng.integers(0, 256, size=(p, k, c))
-        return pop.reshape(p, -1)
+        return self._distinct_positions(rng, pop.reshape(p, -1), h, w, c)
+
+    def _distinct_positions(self, rng: np.random.Generator, pop: np.ndarray, h: int, w: int,
+                            c: int) -> np.ndarray:
+        """Redraw colliding positions so a k-pixel candidate really changes k locations."""
+        if self.pixels == 1:
+            return pop
+        view = pop.reshape(pop.shape[0], self.pixels, 2 + c)
+        flat = view[:, :, 1] * w + view[:, :, 0]
+        for row in np.flatnonzero([len(set(r)) < self.pixels for r in flat.tolist()]):
+            seen: set[float] = set()
+            for j in range(self.pixels):
+                while flat[row, j] in seen:
+                    view[row, j, 0] = rng.integers(0, w)
+                    view[row, j, 1] = rng.integers(0, h)
+                    flat[row, j] = view[row, j, 1] * w + view[row, j, 0]
+                seen.add(flat[row, j])
+        return pop
 
     def _trial(self, rng: np.random.Generator, pop: np.ndarray, fit: np.ndarray,
                upper: np.ndarray) -> np.ndarray:
@@ -189,7 +206,9 @@ class OnePixel(Attack):
             mask = rng.random((p, d)) < self.crossover
             mask[np.arange(p), rng.integers(0, d, size=p)] = True
             mutant = np.where(mask, mutant, pop)
-        return np.clip(np.rint(mutant), 0, upper)
+        h, w = int(upper[1]) + 1, int(upper[0]) + 1
+        return self._distinct_positions(rng, np.clip(np.rint(mutant), 0, upper), h, w,
+                                        d // self.pixels - 2)
 
     def _score(self, engine, index: np.ndarray, cand: np.ndarray, c: int) -> torch.Tensor:
         """Probabilities for candidates (M, k*(2+C)) of images ``index`` (M,)."""
@@ -208,7 +227,7 @@ class OnePixel(Attack):
         b, c, h, w = x.shape
         upper = np.tile(np.array([w - 1, h - 1] + [255] * c, dtype=np.float64), self.pixels)
         engine = make_engine(self.engine, clf, x)
-        clean = clf.probabilities_tensor(x).double().cpu().numpy()
+        clean = clf.probabilities_tensor(x, fixed_batch=True).double().cpu().numpy()
         rngs = [numpy_rng(self.seed, self._seed_key(k)) for k in keys]
         names = clf.class_names
         results: list[OnePixelResult | None] = [None] * b

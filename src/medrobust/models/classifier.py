@@ -93,10 +93,22 @@ class Classifier(nn.Module):
 
     # --- batched inference ------------------------------------------------------------------
     @torch.inference_mode()
-    def probabilities_tensor(self, x: torch.Tensor) -> torch.Tensor:
-        """Probabilities for an already prepared float [0,1] (N,C,H,W) tensor, in batches."""
-        out = [self.logits_to_probabilities(self(x[i:i + self.batch_size]))
-               for i in range(0, x.shape[0], self.batch_size)]
+    def probabilities_tensor(self, x: torch.Tensor, fixed_batch: bool = False) -> torch.Tensor:
+        """Probabilities for an already prepared float [0,1] (N,C,H,W) tensor, in batches.
+
+        ``fixed_batch`` pads every forward call to exactly ``batch_size`` rows. Convolution
+        kernels pick algorithms by shape, so the same image can score differently in the last
+        bits inside batches of different sizes; a fixed shape makes each image's scores
+        independent of what else is in the batch (attacks rely on this for batch consistency).
+        """
+        out = []
+        for i in range(0, x.shape[0], self.batch_size):
+            chunk = x[i:i + self.batch_size]
+            n = chunk.shape[0]
+            if fixed_batch and n < self.batch_size:
+                pad = chunk[-1:].expand(self.batch_size - n, *chunk.shape[1:])
+                chunk = torch.cat([chunk, pad])
+            out.append(self.logits_to_probabilities(self(chunk))[:n])
         return torch.cat(out) if out else torch.empty(0, self.num_classes, device=self.device)
 
     def probabilities(self, images: np.ndarray | torch.Tensor) -> np.ndarray:

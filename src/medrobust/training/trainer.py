@@ -114,7 +114,7 @@ def train_classifier(train: ImageDataset, val: ImageDataset, config: TrainConfig
     gen = torch.Generator().manual_seed(config.seed)
 
     history: list[dict[str, float]] = []
-    best: tuple[float, int, dict[str, Any], dict[str, torch.Tensor]] | None = None
+    best: tuple[tuple[float, float], int, dict[str, Any], dict[str, torch.Tensor]] | None = None
     start = time.perf_counter()
     bar = progress(total=config.epochs * steps_per_epoch, desc=f"train {config.model}")
     for epoch in range(1, config.epochs + 1):
@@ -141,7 +141,8 @@ def train_classifier(train: ImageDataset, val: ImageDataset, config: TrainConfig
                "val_accuracy": metrics["accuracy"], "val_auc": metrics["auc"] or float("nan")}
         history.append(row)
         bar.set_postfix(val_acc=f"{metrics['accuracy']:.3f}", val_auc=f"{row['val_auc']:.3f}")
-        value = _selection_value(metrics, config.select_metric, val_loss)
+        # Ties on the metric (AUC saturates at 1.0 on easy data) go to the lower validation loss.
+        value = (_selection_value(metrics, config.select_metric, val_loss), -val_loss)
         if best is None or value > best[0]:
             best = (value, epoch, metrics, copy.deepcopy(clf.model.state_dict()))
     bar.close()

@@ -8,7 +8,11 @@ from medrobust.models.engines.base import PixelEngine, apply_pixels
 
 
 class DenseEngine(PixelEngine):
-    """Plain batched forward passes; exact by construction, the baseline for faster engines."""
+    """Plain batched forward passes; exact by construction, the baseline for faster engines.
+
+    Forward calls always have ``batch_size`` rows (see ``Classifier.probabilities_tensor``), so
+    a candidate's score does not depend on which other candidates share its batch.
+    """
 
     name = "reference"
 
@@ -20,7 +24,7 @@ class DenseEngine(PixelEngine):
         for s in range(0, image_index.shape[0], clf.batch_size):
             sl = slice(s, s + clf.batch_size)
             batch = apply_pixels(self.images[image_index[sl]], xs[sl], ys[sl], colours[sl])
-            out.append(clf.logits_to_probabilities(clf(batch)))
+            out.append(clf.probabilities_tensor(batch, fixed_batch=True))
         if not out:
             return torch.empty(0, clf.num_classes, device=self.images.device)
         return torch.cat(out)
