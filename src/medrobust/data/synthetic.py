@@ -140,6 +140,9 @@ def load_synthetic(split: str, data_dir: str | Path | None = None, n: int | None
     del data_dir  # generated, nothing to read
     if split not in SPLITS:
         raise DataError(f"unknown split {split!r}: use one of {', '.join(SPLITS)}")
+    # The spec keeps n only when the caller chose it, so reloading another split from a
+    # checkpoint's (train) spec gets that split's own default size.
+    chosen_n = n
     n = DEFAULT_N[split] if n is None else int(check_range("n", n, 1))
     size = int(check_range("size", size, 16))
     rng = numpy_rng(seed, SPLITS.index(split))
@@ -150,5 +153,7 @@ def load_synthetic(split: str, data_dir: str | Path | None = None, n: int | None
     chunk = max(1, CHUNK_PIXELS // (size * size))
     images = np.concatenate([generate_patches(rng, labels[i:i + chunk], size)
                              for i in range(0, n, chunk)])
-    spec = {"dataset": "synthetic", "size": size, "n": n, "seed": seed}
+    spec = {"dataset": "synthetic", "size": size, "seed": seed}
+    if chosen_n is not None:
+        spec["n"] = n
     return ImageDataset(images, labels, CLASS_NAMES, "synthetic", split, spec)

@@ -59,6 +59,10 @@ def _duration(start: str | None, end: str | None) -> str:
         seconds = (datetime.fromisoformat(end) - datetime.fromisoformat(start)).total_seconds()
     except ValueError:
         return "-"
+    return _duration_text(seconds)
+
+
+def _duration_text(seconds: float) -> str:
     if seconds < 120:
         return f"{seconds:.0f} s"
     if seconds < 7200:
@@ -71,8 +75,9 @@ def model_label(run: dict[str, Any]) -> str:
     model = run.get("model") or {}
     summary = run.get("summary") or {}
     params = run.get("params") or {}
-    name = model.get("model") or summary.get("model") or params.get("model")
     folder = model.get("dir")
+    name = model.get("model") or summary.get("model") or params.get("model") or \
+        (read_checkpoint_meta(folder) or {}).get("model")
     if name and folder:
         return f"{name} ({folder})"
     return str(name or folder or "-")
@@ -82,7 +87,8 @@ def run_title(run: dict[str, Any]) -> str:
     """'Run 3: attack onepixel on smallcnn, synthetic test split'."""
     spec = run.get("dataset") or {}
     model = run.get("model") or {}
-    name = model.get("model") or (run.get("summary") or {}).get("model") or "model"
+    name = model.get("model") or (run.get("summary") or {}).get("model") or \
+        (read_checkpoint_meta(model.get("dir")) or {}).get("model") or "model"
     data = spec.get("dataset", "dataset")
     split = spec.get("split")
     where = f"{data} {split} split" if split else str(data)
@@ -151,8 +157,13 @@ def provenance_section(ctx: ReportContext) -> Section:
     ]))
     rows = []
     for run in ctx.runs:
+        duration = _duration(run["started_at"], run["ended_at"])
+        seconds = (run.get("summary") or {}).get("train_seconds")
+        if isinstance(seconds, (int, float)):
+            # 'train' records its run after training; the summary has the training time.
+            duration = f"{_duration_text(float(seconds))} training"
         rows.append([str(run["id"]), run["command"], run["status"], _time(run["started_at"]),
-                     _time(run["ended_at"]), _duration(run["started_at"], run["ended_at"]),
+                     _time(run["ended_at"]), duration,
                      str(run.get("code_version") or "-"), model_label(run),
                      spec_text(run.get("dataset"))])
     section.add(Table(["Run", "Command", "Status", "Started", "Ended", "Duration",

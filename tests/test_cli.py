@@ -1,0 +1,77 @@
+"""The CLI end to end with ``--json``, and its one-line errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from medrobust.cli.main import main
+
+
+def run_cli(capsys, *args: str) -> tuple[int, str, str]:
+    code = main(list(args))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def run_json(capsys, *args: str) -> dict:
+    code, out, err = run_cli(capsys, *args, "--json")
+    assert code == 0, err
+    lines = [ln for ln in out.splitlines() if ln.strip()]
+    assert len(lines) == 1, f"--json must print exactly one line, got {out!r}"
+    return json.loads(lines[0])
+
+
+@pytest.mark.slow
+def test_train_evaluate_attack_export_chain(tmp_path, capsys):
+    db = str(tmp_path / "s.db")
+    ckpt = str(tmp_path / "model")
+    trained = run_json(capsys, "train", "--dataset", "synthetic", "--size", "16", "--epochs", "2",
+                       "--out", ckpt, "--store", db)
+    assert trained["test"]["n"] == 400 and 0 <= trained["test"]["accuracy"] <= 1
+    assert (tmp_path / "model" / "model.safetensors").is_file()
+    meta = json.loads((tmp_path / "model" / "meta.json").read_text())
+    assert meta["dataset"]["dataset"] == "synthetic" and meta["class_names"] == ["normal", "mitosis"]
+    assert "torch" in meta["versions"]
+
+    ev = run_json(capsys, "evaluate", "--model", ckpt, "--store", db)
+    assert ev["accuracy"] == pytest.approx(trained["test"]["accuracy"])
+    assert len(ev["confusion_matrix"]) == 2
+
+    args = ("attack", "onepixel", "--model", ckpt, "--limit", "4", "--population", "16",
+            "--generations", "2", "--store", db)
+    first = run_json(capsys, *args)
+    assert first["images"] == 4 and not first["resumed"]
+    again = run_json(capsys, *args)
+    assert again["resumed"] and again["attacked_now"] == 0 and again["run_id"] == first["run_id"]
+
+    out_csv = tmp_path / "op.csv"
+    run_json(capsys, "store", "export", "--store", db, "--table", "onepixel_results",
+             "--out", str(out_csv))
+    assert len(out_csv.read_text().strip().splitlines()) == 1 + 4
+    runs = run_json(capsys, "store", "runs", "--store", db)
+    assert [r["command"] for r in runs["runs"]] == ["train", "evaluate", "attack onepixel"]
+
+
+@pytest.mark.parametrize("args,needle", [
+    (("train", "--dataset", "nosuch", "--out", "x"), "unknown dataset"),
+    (("evaluate", "--model", "/nonexistent/model"), "not a medrobust checkpoint"),
+    (("store", "runs", "--store", "/nonexistent/s.db"), "no store"),
+])
+def test_bad_input_gives_one_line(capsys, tmp_path, monkeypatch, args, needle):
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run_cli(capsys, *args)
+    assert code == 2
+    assert err.startswith("error: ") and needle in err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_console_script_help():
+    proc = subprocess.run([sys.executable, "-m", "medrobust.cli.main", "--help"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0
+    for command in ("train", "evaluate", "attack", "analyze", "report", "demo"):
+        assert command in proc.stdout
