@@ -53,7 +53,6 @@ def bright_pixel_classifier():
     bright red pixel makes a dark image positive, while an image with several bright pixels
     cannot be made negative by changing one pixel.
     """
-    import torch
     from torch import nn
 
     from medrobust.models import Classifier

@@ -65,9 +65,9 @@ def make_row(item: int, direction: str, status: str, x: int, y: int, colour: lis
             "seconds": 0.1}
 
 
-def fill_store(store: Store, spec: dict = SPEC, attacks: list = ATTACKS) -> int:
-    run_id, _ = store.start_run("attack onepixel", {"attack": {"pixels": 1}}, model=MODEL,
-                                dataset=spec)
+def fill_store(store: Store, spec: dict = SPEC, attacks: list = ATTACKS, seed: int = 0) -> int:
+    run_id, _ = store.start_run("attack onepixel", {"attack": {"pixels": 1, "seed": seed}},
+                                model=MODEL, dataset=spec)
     for a in attacks:
         store.put(ONEPIXEL_TABLE, run_id, a[0], make_row(*a))
     skipped = {"dataset_index": 19, "status": "skipped", "success": 0, "direction": N2M,
@@ -250,3 +250,13 @@ def test_run_study_errors_are_one_line(tmp_path: Path) -> None:
         run_id, _ = empty.start_run("attack onepixel", {"x": 1}, dataset=SPEC)
         with pytest.raises(MedrobustError, match="no attacked image"):
             run_study(empty, tmp_path / "out", run_id=run_id)
+
+
+def test_run_study_pools_runs_by_direction(store: Store, tmp_path: Path) -> None:
+    second = fill_store(store, attacks=ATTACKS[:2], seed=1)
+    pooled = run_study(store, tmp_path / "pooled")
+    assert pooled["runs"] == [1, second]
+    assert pooled["periodicity"][M2N]["n"] == 5  # 3 + 2 successful
+    assert pooled["periodicity"][M2N]["even_even"] == 4
+    alone = run_study(store, tmp_path / "alone", run_id=second)
+    assert alone["runs"] == [second] and alone["periodicity"][M2N]["n"] == 2

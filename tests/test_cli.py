@@ -63,7 +63,7 @@ def test_train_evaluate_attack_export_chain(tmp_path, capsys):
 ])
 def test_bad_input_gives_one_line(capsys, tmp_path, monkeypatch, args, needle):
     monkeypatch.chdir(tmp_path)
-    code, out, err = run_cli(capsys, *args)
+    code, _out, err = run_cli(capsys, *args)
     assert code == 2
     assert err.startswith("error: ") and needle in err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err

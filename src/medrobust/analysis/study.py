@@ -26,8 +26,7 @@ import numpy as np
 import pandas as pd
 from scipy.stats import mannwhitneyu, pearsonr, spearmanr
 
-from medrobust.analysis.periodicity import CHANCE_EVEN_EVEN, chance_even_even, periodicity
-from medrobust.analysis.periodicity import plot_parity
+from medrobust.analysis.periodicity import CHANCE_EVEN_EVEN, chance_even_even, periodicity, plot_parity
 from medrobust.analysis.spatial import (
     SD_DDOF,
     attack_points,
@@ -105,7 +104,7 @@ def try_load_run_dataset(spec: Mapping[str, Any] | None
         return None, "the run recorded no dataset"
     try:
         return load_run_dataset(spec), None
-    except Exception as exc:  # noqa: BLE001 - reported to the user, never fatal
+    except Exception as exc:
         return None, f"{type(exc).__name__}: {exc}"
 
 
@@ -379,7 +378,7 @@ def run_study(store: Store, out_dir: str | Path, run_id: int | None = None) -> d
         "counts": {
             "rows": len(rows),
             "skipped": sum(1 for r in rows if r.get("status") == "skipped"),
-            "attacked": int(len(points)),
+            "attacked": len(points),
             "successful": int(points["success"].astype(bool).sum()),
             "by_direction": {d: {"attacked": int((points["direction"] == d).sum()),
                                  "successful": int(((points["direction"] == d)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
 from medrobust.cli.common import (
@@ -34,8 +36,10 @@ def evaluate(model_dir: str, dataset: str | None, data_dir: str | None, size: in
     ds = open_dataset(dataset, split, data_dir, size, no_verify, meta.get("dataset"))
     metrics = evaluate_classifier(clf, ds)
     with Store(store_path) as store:
-        run_id, _ = store.start_run("evaluate", {"split": split}, model={"dir": model_dir},
-                                    dataset=ds.spec, resume=False)
+        model_info = {"dir": str(Path(model_dir).resolve()), "model": meta.get("model"),
+                      "class_names": meta.get("class_names")}
+        run_id, _ = store.start_run("evaluate", {"split": split}, model=model_info,
+                                    dataset={**ds.spec, "split": split}, resume=False)
         store.finish_run(run_id, "completed", metrics)
     metrics["run_id"] = run_id
 

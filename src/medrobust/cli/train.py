@@ -29,16 +29,17 @@ def train_and_save(dataset: str | None, data_dir: str | None, size: int | None, 
     train_ds = open_dataset(dataset, "train", data_dir, size, no_verify)
     val_ds = open_dataset(dataset, "val", data_dir, size, no_verify)
     test_ds = open_dataset(dataset, "test", data_dir, size, no_verify)
-    result = train_classifier(train_ds, val_ds, config, resolve_device(device))
-    test_metrics = evaluate_classifier(result.classifier, test_ds)
-    test_metrics.pop("dataset")
-    path = save_trained(result, config, train_ds, out, extra={"test": test_metrics})
-    summary = {"checkpoint": str(Path(path).resolve()), "model": config.model,
-               "dataset": train_ds.describe()["spec"], "train_seconds": result.seconds,
-               "best_epoch": result.best_epoch, "val": result.val_metrics, "test": test_metrics}
-    with Store(store_path) as store:
-        run_id, _ = store.start_run("train", asdict(config), model={"dir": summary["checkpoint"]},
-                                    dataset=train_ds.spec, resume=False)
+    checkpoint = str(Path(out).resolve())
+    with Store(store_path) as store, store.tracked_run(
+            "train", asdict(config), model={"dir": checkpoint, "model": config.model},
+            dataset=train_ds.spec, resume=False) as (run_id, _):
+        result = train_classifier(train_ds, val_ds, config, resolve_device(device))
+        test_metrics = evaluate_classifier(result.classifier, test_ds)
+        test_metrics.pop("dataset")
+        save_trained(result, config, train_ds, out, extra={"test": test_metrics})
+        summary = {"checkpoint": checkpoint, "model": config.model, "dataset": train_ds.spec,
+                   "train_seconds": result.seconds, "best_epoch": result.best_epoch,
+                   "val": result.val_metrics, "test": test_metrics}
         store.finish_run(run_id, "completed", summary)
     summary["run_id"] = run_id
     return summary

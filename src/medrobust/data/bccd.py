@@ -120,10 +120,7 @@ def crop_window(box: BccdBox, width: int, height: int, crop: str, size: int,
     native pixels. Either is shifted to lie inside the image when it fits.
     """
     cx, cy = (box.xmin + box.xmax) / 2.0, (box.ymin + box.ymax) / 2.0
-    if crop == "box":
-        side = max(box.xmax - box.xmin, box.ymax - box.ymin) * (1.0 + margin)
-    else:
-        side = float(size)
+    side = max(box.xmax - box.xmin, box.ymax - box.ymin) * (1.0 + margin) if crop == "box" else float(size)
     left = _shift_inside(cx - side / 2.0, side, width)
     top = _shift_inside(cy - side / 2.0, side, height)
     if crop == "fixed":  # whole pixels, so fixed crops are not resampled

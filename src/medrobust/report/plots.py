@@ -129,7 +129,7 @@ def confusion_matrix_figure(matrix: Sequence[Sequence[int]], class_names: Sequen
     ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
     for i in range(k):
         for j in range(k):
-            ax.text(j, i, f"{cm[i, j]}\n{share[i, j]:.0%}", ha="center", va="center",
+            ax.text(j, i, f"{cm[i, j]}\n{share[i, j]:.1%}", ha="center", va="center",
                     fontsize=9 if k <= 6 else 7,
                     color="white" if share[i, j] > 0.6 else "black")
     names = [str(c) for c in class_names]
@@ -155,6 +155,10 @@ def history_figure(history: Sequence[dict[str, float]], title: str = "") -> Figu
         if any(v is not None for v in values):
             ax.plot(epochs, [np.nan if v is None else v for v in values], marker="o",
                     markersize=3, label=key.replace("_", " "))
+    from matplotlib.ticker import MaxNLocator
+
+    for ax in (left, right):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     left.set_xlabel("epoch")
     left.set_ylabel("loss")
     right.set_xlabel("epoch")

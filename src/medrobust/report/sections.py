@@ -394,7 +394,7 @@ def _p_phrase(value: float | None) -> str:
 def _chromatic_sentence(direction: str, c: dict[str, Any]) -> str:
     text = f"{direction}: mean h {num(c['mean_h'], 2)} over {c['n']} attacked images"
     if c["mean_h_successful"] is not None and c["mean_h_failed"] is not None:
-        text += (f" (fooled: {num(c['mean_h_successful'], 2)}, not fooled: "
+        text += (f" (successful: {num(c['mean_h_successful'], 2)}, failed: "
                  f"{num(c['mean_h_failed'], 2)})")
     text += "."
     if c["spearman_rho"] is not None:
@@ -410,7 +410,7 @@ def _stats_tables(study: dict[str, Any]) -> list[Table]:
     successful, attacked = study["stats"]["successful"], study["stats"]["attacked"]
     for direction in attacked:
         rows = []
-        for label, group in (("fooled", successful.get(direction)),
+        for label, group in (("successful", successful.get(direction)),
                              ("all attacked", attacked.get(direction))):
             if not group or not group.get("n"):
                 rows.append([f"{label} (n = 0)", "-", *["-"] * len(columns)])
@@ -468,10 +468,11 @@ def analysis_section(ctx: ReportContext) -> Section | None:
         if "chromatic.png" in files:
             colour.add(Figure(png_file_to_data_uri(files["chromatic.png"]),
                               "Each dot is one attacked image: h of its attack pixel against the "
-                              "score change it achieved; red = fooled, grey = not fooled.",
+                              "score change it achieved; red = successful (fooled the model), grey = "
+                              "failed.",
                               alt="h versus score change"))
         colour.add(Table(
-            ["Direction", "n", "Mean h", "Mean h (fooled)", "Mean h (not fooled)",
+            ["Direction", "n", "Mean h", "Mean h (successful)", "Mean h (failed)",
              "Spearman rho (h, score change)", "p"],
             [[d, num(c["n"]), num(c["mean_h"]), num(c["mean_h_successful"]),
               num(c["mean_h_failed"]), num(c["spearman_rho"]), pvalue(c["spearman_p"])]
@@ -502,7 +503,8 @@ def analysis_section(ctx: ReportContext) -> Section | None:
                               "column (X) and row (Y); dashed line: the even/even share expected "
                               "by chance.", alt="parity bar chart", max_width="720px"))
         rows = []
-        for which, label in (("periodicity", "fooled"), ("periodicity_attacked", "all attacked")):
+        for which, label in (("periodicity", "successful"),
+                             ("periodicity_attacked", "all attacked")):
             for d, p in study[which].items():
                 ci = "-" if p["ci_low"] is None else f"{pct(p['ci_low'])} - {pct(p['ci_high'])}"
                 rows.append([d, label, num(p["n"]), num(p["even_even"]), pct(p["share"]), ci,
