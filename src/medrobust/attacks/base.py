@@ -1,15 +1,16 @@
-"""The small base every attack shares: a classifier, validated parameters, a seed."""
+"""The small base every attack shares: a model, validated parameters, a seed."""
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from typing import Any
 
-from medrobust.models.classifier import Classifier
+from torch import nn
 
 
 class Attack(ABC):
-    """An attack on a ``Classifier`` in pixel space.
+    """An attack on a model in pixel space (a ``Classifier``, or any network mapping float [0,1]
+    (N,C,H,W) images to outputs, such as a segmentation net).
 
     Subclasses validate their parameters in ``__init__`` (so a bad value fails before any work),
     expose them through ``params()`` for provenance, and never mutate the images they are given.
@@ -17,8 +18,8 @@ class Attack(ABC):
 
     name: str = "attack"
 
-    def __init__(self, classifier: Classifier, seed: int = 0) -> None:
-        self.classifier = classifier
+    def __init__(self, model: nn.Module, seed: int = 0) -> None:
+        self.model = model
         self.seed = int(seed)
 
     @abstractmethod

@@ -95,6 +95,7 @@ class OnePixel(Attack):
                  threshold: float | tuple[float, float] = 0.5, engine: str = "reference",
                  max_batch_images: int = 64, seed: int = 0) -> None:
         super().__init__(classifier, seed)
+        self.classifier = classifier
         self.pixels = int(check_range("pixels", pixels, 1))
         self.population = int(check_range("population", population, 4))
         self.generations = int(check_range("generations", generations, 0))
