@@ -1,0 +1,219 @@
+"""Exhaustive one-pixel confidence maps (Alatalo et al. 2022, section 2.2 and Algorithm 1).
+
+For every pixel and every colour of a grid, score the image with that pixel set to that colour,
+then reduce to per-pixel min, max and mean. The grid is {0, S, 2S, ...} per channel and always
+includes 255 (step 5: the paper's 52 levels, 140,608 RGB colours). Because the grid is searched
+exhaustively, the map also answers the attack question outright: either some pixel and grid colour
+breaks the prediction (and here it is), or the image is one-pixel robust on this grid.
+
+Scores are computed by a pixel engine: ``fast`` (the exact receptive-field cone engine) or
+``reference`` (plain full forward passes). A partial map is checkpointed to disk as it goes, so a
+killed map resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from medrobust.attacks.objective import build_objectives
+from medrobust.errors import ConfigError
+from medrobust.models.classifier import Classifier
+from medrobust.models.engines import make_engine
+from medrobust.utils.progress import progress
+from medrobust.utils.validation import check_range
+
+
+def colour_levels(step: int) -> list[int]:
+    """{0, step, 2*step, ...} below 256, with 255 always included."""
+    check_range("step", step, 1, 255)
+    levels = list(range(0, 256, step))
+    if levels[-1] != 255:
+        levels.append(255)
+    return levels
+
+
+def colour_grid(step: int, channels: int) -> np.ndarray:
+    """(n_colours, channels) uint8 grid, every combination of the levels."""
+    levels = colour_levels(step)
+    return np.array(list(itertools.product(levels, repeat=channels)), dtype=np.uint8)
+
+
+@dataclass
+class ConfidenceMap:
+    """Per-pixel reductions of the score over the colour grid, plus the exhaustive verdict."""
+
+    min: np.ndarray  # (H, W)
+    max: np.ndarray
+    mean: np.ndarray
+    argmin_colour: np.ndarray  # (H, W, C) uint8
+    argmax_colour: np.ndarray
+    success: np.ndarray  # (H, W) bool: some grid colour at this pixel reaches the goal
+    step: int
+    score_name: str
+    label: int
+    clean_score: float
+    objective: str
+    engine: str
+    seconds: float
+    passes: int
+
+    @property
+    def robust(self) -> bool:
+        """True when no pixel and grid colour reaches the attack's goal."""
+        return not bool(self.success.any())
+
+    def best_attack(self) -> dict[str, Any]:
+        """The pixel and colour that move the score furthest in the attack's direction."""
+        raise_score = self.objective in ("neg2pos", "targeted")
+        grid = self.max if raise_score else self.min
+        y, x = np.unravel_index(int(np.argmax(grid) if raise_score else np.argmin(grid)),
+                                grid.shape)
+        colour = (self.argmax_colour if raise_score else self.argmin_colour)[y, x]
+        return {"x": int(x), "y": int(y), "colour": colour.tolist(), "score": float(grid[y, x]),
+                "success": bool(self.success[y, x]), "successful_pixels": int(self.success.sum())}
+
+    def save(self, path: str | Path) -> Path:
+        """Write the maps and metadata to one .npz (no pickles)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        meta = {k: v for k, v in asdict(self).items() if not isinstance(v, np.ndarray)}
+        np.savez_compressed(path, min=self.min, max=self.max, mean=self.mean,
+                            argmin_colour=self.argmin_colour, argmax_colour=self.argmax_colour,
+                            success=self.success, meta=np.array(json.dumps(meta)))
+        return path
+
+    @staticmethod
+    def load(path: str | Path) -> ConfidenceMap:
+        with np.load(path, allow_pickle=False) as z:
+            meta = json.loads(str(z["meta"]))
+            return ConfidenceMap(min=z["min"], max=z["max"], mean=z["mean"],
+                                 argmin_colour=z["argmin_colour"],
+                                 argmax_colour=z["argmax_colour"], success=z["success"], **meta)
+
+
+def confidence_map(classifier: Classifier, image: np.ndarray, label: int, step: int = 5,
+                   score_class: int | None = None, engine: str = "fast",
+                   pixels: list[tuple[int, int]] | None = None,
+                   checkpoint: str | Path | None = None, chunk: int = 4096,
+                   show_progress: bool = False) -> ConfidenceMap:
+    """Score every (pixel, grid colour) of one uint8 (H,W,C) image.
+
+    ``label`` is the true class; the score is P(``score_class``) (default: the label) for softmax
+    heads and P(positive) for sigmoid heads. ``pixels`` restricts the map to (x, y) positions
+    (others stay NaN). ``checkpoint`` names a file where the partial map is saved as it goes and
+    from which it resumes.
+    """
+    image = np.asarray(image)
+    if image.ndim != 3 or image.dtype != np.uint8:
+        raise ConfigError(f"expected one uint8 (H,W,C) image, got {image.dtype} {image.shape}")
+    h, w, c = image.shape
+    if not 0 <= label < classifier.num_classes:
+        raise ConfigError(f"label must lie in 0..{classifier.num_classes - 1}")
+    sigmoid = classifier.head == "sigmoid"
+    cls = 1 if sigmoid else (label if score_class is None else int(score_class))
+    if not 0 <= cls < classifier.num_classes:
+        raise ConfigError(f"score_class must lie in 0..{classifier.num_classes - 1}")
+    objective = build_objectives(classifier.head, np.array([label]), None, "auto", (0.5, 0.5))[0]
+    x = classifier.to_tensor(image)
+    eng = make_engine(engine, classifier, x)
+    dev = x.device
+    grid_u8 = colour_grid(step, c)
+    grid = torch.from_numpy(grid_u8).to(dev, torch.float32).div_(255.0)
+    n_col = grid.shape[0]
+    todo = [(xx, yy) for yy in range(h) for xx in range(w)] if pixels is None else list(pixels)
+    for xx, yy in todo:
+        if not (0 <= xx < w and 0 <= yy < h):
+            raise ConfigError(f"pixel ({xx}, {yy}) is outside the {w}x{h} image")
+
+    state = _State.start(h, w, c, checkpoint, {"step": step, "cls": cls, "label": label,
+                                               "engine_independent": True})
+    clean = float(classifier.probabilities_tensor(x)[0, cls])
+    started = time.perf_counter()
+    last_save = started
+    pending = [(xx, yy) for xx, yy in todo if not state.done[yy, xx]]
+    bar = progress(pending, desc="confidence map", unit="px", disable=not show_progress)
+    zero = torch.zeros(1, dtype=torch.long, device=dev)
+    for xx, yy in bar:
+        lo, hi, total = np.inf, -np.inf, 0.0
+        lo_i = hi_i = 0
+        ok = False
+        for s in range(0, n_col, chunk):
+            cols = grid[s:s + chunk]
+            m = cols.shape[0]
+            probs = eng.probabilities(zero.expand(m), torch.full((m, 1), xx, device=dev),
+                                      torch.full((m, 1), yy, device=dev), cols[:, None, :])
+            score = probs[:, cls]
+            i_min, i_max = int(torch.argmin(score)), int(torch.argmax(score))
+            if float(score[i_min]) < lo:
+                lo, lo_i = float(score[i_min]), s + i_min
+            if float(score[i_max]) > hi:
+                hi, hi_i = float(score[i_max]), s + i_max
+            total += float(score.double().sum())
+            ok = ok or bool(objective.success(probs.double().cpu().numpy()).any())
+        state.record(xx, yy, lo, hi, total / n_col, grid_u8[lo_i], grid_u8[hi_i], ok)
+        if checkpoint is not None and time.perf_counter() - last_save > 20:
+            state.save(checkpoint)
+            last_save = time.perf_counter()
+    if checkpoint is not None:
+        state.save(checkpoint)
+    name = classifier.class_names[cls]
+    return ConfidenceMap(
+        min=state.min, max=state.max, mean=state.mean, argmin_colour=state.argmin,
+        argmax_colour=state.argmax, success=state.success, step=step,
+        score_name=f"P({name})", label=label, clean_score=clean, objective=objective.kind,
+        engine=engine if getattr(eng, "fallback_reason", None) is None else "reference",
+        seconds=time.perf_counter() - started, passes=len(pending) * n_col)
+
+
+@dataclass
+class _State:
+    """A partial map: what is done so far, checkpointable to an .npz."""
+
+    min: np.ndarray
+    max: np.ndarray
+    mean: np.ndarray
+    argmin: np.ndarray
+    argmax: np.ndarray
+    success: np.ndarray
+    done: np.ndarray
+    key: str
+
+    @staticmethod
+    def start(h: int, w: int, c: int, checkpoint: str | Path | None,
+              key: dict[str, Any]) -> _State:
+        key_s = json.dumps(key, sort_keys=True)
+        if checkpoint is not None and Path(checkpoint).is_file():
+            with np.load(checkpoint, allow_pickle=False) as z:
+                if str(z["key"]) == key_s and z["min"].shape == (h, w):
+                    return _State(z["min"], z["max"], z["mean"], z["argmin"], z["argmax"],
+                                  z["success"], z["done"], key_s)
+        nan = np.full((h, w), np.nan)
+        return _State(nan.copy(), nan.copy(), nan.copy(), np.zeros((h, w, c), np.uint8),
+                      np.zeros((h, w, c), np.uint8), np.zeros((h, w), bool),
+                      np.zeros((h, w), bool), key_s)
+
+    def record(self, x: int, y: int, lo: float, hi: float, mean: float, argmin: np.ndarray,
+               argmax: np.ndarray, success: bool) -> None:
+        self.min[y, x], self.max[y, x], self.mean[y, x] = lo, hi, mean
+        self.argmin[y, x], self.argmax[y, x] = argmin, argmax
+        self.success[y, x] = success
+        self.done[y, x] = True
+
+    def save(self, path: str | Path) -> None:
+        """Atomic write: a kill during the save leaves the previous checkpoint intact."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp.npz")
+        np.savez(tmp, min=self.min, max=self.max, mean=self.mean, argmin=self.argmin,
+                 argmax=self.argmax, success=self.success, done=self.done,
+                 key=np.array(self.key))
+        os.replace(tmp, path)

@@ -1,0 +1,171 @@
+"""``Segmenter``: the segmentation counterpart of ``Classifier``, plus its checkpoints.
+
+Attacks see pixel-space images (uint8 0..255 or float [0,1]) and per-pixel logits; the model's
+normalisation and the padding of odd sizes to what the network can take live here, never in an
+attack. ``forward`` is differentiable (gradient attacks use it); ``predict`` is batched no-grad
+inference. Checkpoints use the same safetensors + meta.json files as classifiers, with
+``"task": "segmentation"`` in the metadata.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import save_file
+from torch import nn
+
+from medrobust.errors import CheckpointError, ConfigError
+from medrobust.models import unet as _unet  # noqa: F401  (registers "unet" in the zoo)
+from medrobust.models.checkpoint import META, WEIGHTS, library_versions, load_weights, read_meta
+from medrobust.models.registry import build_model
+
+TASK = "segmentation"
+
+
+class Segmenter(nn.Module):
+    """Wraps a per-pixel network with normalisation, padding and batched inference.
+
+    ``multiple``: input sides are padded (replicate) up to a multiple of it and the logits are
+    cropped back, so any image size works with a U-Net whose strides need e.g. multiples of 8.
+    """
+
+    def __init__(self, model: nn.Module, *, mean: Sequence[float], std: Sequence[float],
+                 class_names: Sequence[str], multiple: int = 1, batch_size: int = 32,
+                 device: str | torch.device = "cpu") -> None:
+        super().__init__()
+        if len(class_names) < 2:
+            raise ConfigError("a segmenter needs at least two classes (background and one more)")
+        self.model = model
+        self.class_names = tuple(class_names)
+        self.multiple = max(1, int(multiple))
+        self.batch_size = int(batch_size)
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
+        self.to(device)
+        self.eval()
+
+    task = TASK
+
+    @property
+    def device(self) -> torch.device:
+        return self.mean.device
+
+    @property
+    def channels(self) -> int:
+        return int(self.mean.shape[1])
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def to_tensor(self, images: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """Pixel-space images to a new float [0,1] (N,C,H,W) tensor on this device.
+
+        NumPy arrays are (N,H,W,C) or (H,W,C) like the datasets; tensors are (N,C,H,W).
+        """
+        if isinstance(images, np.ndarray):
+            arr = images[None] if images.ndim == 3 else images
+            if arr.ndim != 4:
+                raise ConfigError(f"expected (N,H,W,C) or (H,W,C) images, got {images.shape}")
+            t = torch.from_numpy(np.ascontiguousarray(arr)).permute(0, 3, 1, 2)
+        elif isinstance(images, torch.Tensor):
+            t = images[None] if images.ndim == 3 else images
+            if t.ndim != 4:
+                raise ConfigError(f"expected (N,C,H,W) tensors, got {tuple(images.shape)}")
+        else:
+            raise ConfigError(f"images must be a NumPy array or torch tensor, not {type(images)}")
+        if t.shape[1] != self.channels:
+            raise ConfigError(f"model expects {self.channels} channel(s), images have {t.shape[1]}")
+        if t.dtype == torch.uint8:
+            return t.to(self.device, torch.float32) / 255.0
+        if not t.is_floating_point():
+            raise ConfigError(f"images must be uint8 or float in [0,1], got {t.dtype}")
+        t = t.to(self.device, torch.float32).clone()
+        if t.numel() and (float(t.min()) < -1e-6 or float(t.max()) > 1 + 1e-6):
+            raise ConfigError("float images must lie in [0,1] (pixel space); got values outside")
+        return t
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(N,K,H,W) logits for float [0,1] (N,C,H,W) input; differentiable."""
+        h, w = x.shape[-2:]
+        ph, pw = (-h) % self.multiple, (-w) % self.multiple
+        z = (x - self.mean) / self.std
+        if ph or pw:
+            z = F.pad(z, (0, pw, 0, ph), mode="replicate")
+        return self.model(z)[..., :h, :w]
+
+    @torch.inference_mode()
+    def logits_tensor(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits for a prepared float [0,1] tensor, in batches of ``batch_size``."""
+        out = [self(x[i:i + self.batch_size]) for i in range(0, x.shape[0], self.batch_size)]
+        if not out:
+            return torch.empty(0, self.num_classes, *x.shape[-2:], device=self.device)
+        return torch.cat(out)
+
+    def predict_tensor(self, x: torch.Tensor) -> torch.Tensor:
+        """(N,H,W) int64 class masks for a prepared float [0,1] tensor."""
+        return self.logits_tensor(x).argmax(dim=1)
+
+    def predict(self, images: np.ndarray | torch.Tensor) -> np.ndarray:
+        """(N,H,W) int64 class-index masks as NumPy."""
+        return self.predict_tensor(self.to_tensor(images)).cpu().numpy()
+
+    def probabilities(self, images: np.ndarray | torch.Tensor) -> np.ndarray:
+        """(N,K,H,W) softmax probabilities as float32 NumPy."""
+        return torch.softmax(self.logits_tensor(self.to_tensor(images)), dim=1).cpu().numpy()
+
+
+def save_segmenter(segmenter: Segmenter, out_dir: str | Path, meta: dict[str, Any]) -> Path:
+    """Write weights and metadata; ``meta`` must name ``model`` and may hold anything JSON-able."""
+    if "model" not in meta:
+        raise CheckpointError("segmentation checkpoint metadata must name its 'model'")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in segmenter.model.state_dict().items()}
+    save_file(state, str(out / WEIGHTS))
+    full = {
+        **meta,
+        "task": TASK,
+        "class_names": list(segmenter.class_names),
+        "channels": segmenter.channels,
+        "mean": segmenter.mean.flatten().tolist(),
+        "std": segmenter.std.flatten().tolist(),
+        "multiple": segmenter.multiple,
+        "versions": library_versions(),
+        "saved_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    (out / META).write_text(json.dumps(full, indent=2))
+    return out
+
+
+def is_segmentation_checkpoint(ckpt_dir: str | Path) -> bool:
+    return read_meta(ckpt_dir).get("task") == TASK
+
+
+def load_segmenter(ckpt_dir: str | Path, device: str | torch.device = "cpu",
+                   batch_size: int = 32) -> Segmenter:
+    """Rebuild the Segmenter saved in ``ckpt_dir`` (no code from the file is run)."""
+    meta = read_meta(ckpt_dir)
+    if meta.get("task") != TASK:
+        raise CheckpointError(f"{ckpt_dir} holds a {meta.get('task', 'classification')} model, "
+                              "not a segmentation model")
+    try:
+        model = build_model(meta["model"], meta["channels"], len(meta["class_names"]),
+                            **meta.get("model_kwargs", {}))
+        mean, std, names = meta["mean"], meta["std"], meta["class_names"]
+    except KeyError as exc:
+        raise CheckpointError(f"{ckpt_dir}/{META} lacks the field {exc}") from None
+    try:
+        model.load_state_dict(load_weights(Path(ckpt_dir) / WEIGHTS))
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[0]
+        raise CheckpointError(f"weights in {ckpt_dir} do not fit {meta['model']}: {first}") from None
+    return Segmenter(model, mean=mean, std=std, class_names=names,
+                     multiple=int(meta.get("multiple", 1)), batch_size=batch_size, device=device)
