@@ -84,7 +84,8 @@ class OnePixel(Attack):
     direction: sigmoid heads only: ``auto`` (from the label), ``pos2neg`` or ``neg2pos``.
     threshold: sigmoid success threshold, or (pos2neg, neg2pos) thresholds; the paper's partial
         success is (0.9, 0.1).
-    engine: candidate scorer, ``reference`` (dense forward passes) or a faster exact engine.
+    engine: candidate scorer: ``fast`` (the exact receptive-field cone engine; k > 1 and models
+        it cannot trace use the reference) or ``reference`` (dense forward passes).
     """
 
     name = "onepixel"
@@ -92,7 +93,7 @@ class OnePixel(Attack):
     def __init__(self, classifier: Classifier, pixels: int = 1, population: int = 400,
                  generations: int = 100, f: float = 0.5, crossover: float | None = None,
                  strategy: str = "rand1", init: str = "normal", direction: str = "auto",
-                 threshold: float | tuple[float, float] = 0.5, engine: str = "reference",
+                 threshold: float | tuple[float, float] = 0.5, engine: str = "fast",
                  max_batch_images: int = 64, seed: int = 0) -> None:
         super().__init__(classifier, seed)
         self.classifier = classifier
@@ -227,7 +228,7 @@ class OnePixel(Attack):
         clf = self.classifier
         b, c, h, w = x.shape
         upper = np.tile(np.array([w - 1, h - 1] + [255] * c, dtype=np.float64), self.pixels)
-        engine = make_engine(self.engine, clf, x)
+        engine = make_engine(self.engine, clf, x, batch_consistent=True)
         clean = clf.probabilities_tensor(x, fixed_batch=True).double().cpu().numpy()
         rngs = [numpy_rng(self.seed, self._seed_key(k)) for k in keys]
         names = clf.class_names

@@ -66,6 +66,8 @@ def resolve_targets(spec: str, ds: ImageDataset, indices: list[int]) -> dict[int
               help="Sigmoid models: success threshold.")
 @click.option("--partial", is_flag=True,
               help="Sigmoid models: the paper's partial success (below 0.9 / above 0.1).")
+@click.option("--engine", type=click.Choice(["fast", "reference"]), default="fast",
+              show_default=True, help="Candidate scorer (fast = exact receptive-field cones).")
 @click.option("--batch-images", type=int, default=32, show_default=True,
               help="Images whose populations are scored together.")
 @click.option("--store", "store_path", default=DEFAULT_STORE, show_default=True)
@@ -75,8 +77,8 @@ def onepixel(model_dir: str, dataset: str | None, data_dir: str | None, size: in
              no_verify: bool, split: str, limit: int | None, targeted: bool, target: str,
              pixels: int, population: int, generations: int, f_: float, crossover: float | None,
              strategy: str, init: str, direction: str, threshold: float, partial: bool,
-             batch_images: int, store_path: str, no_resume: bool, as_json: bool, seed: int,
-             device: str) -> None:
+             engine: str, batch_images: int, store_path: str, no_resume: bool, as_json: bool,
+             seed: int, device: str) -> None:
     """One-pixel (k-pixel) attack by differential evolution, batched across images."""
     meta = read_meta(model_dir)
     clf = load_classifier(model_dir, resolve_device(device))
@@ -90,7 +92,7 @@ def onepixel(model_dir: str, dataset: str | None, data_dir: str | None, size: in
     thr: Any = (0.9, 0.1) if partial else threshold
     att = OnePixel(clf, pixels=pixels, population=population, generations=generations, f=f_,
                    crossover=crossover, strategy=strategy, init=init, direction=direction,
-                   threshold=thr, seed=seed)
+                   threshold=thr, engine=engine, seed=seed)
     with Store(store_path) as store:
         outcome = run_onepixel_campaign(store, clf, model_dir, ds, att, indices, targets,
                                         batch_images=batch_images, resume=not no_resume,

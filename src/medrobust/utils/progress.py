@@ -23,4 +23,6 @@ def progress(iterable: Iterable[T] | None = None, **kwargs) -> Iterator[T] | tqd
     kwargs.setdefault("file", sys.stderr)
     kwargs.setdefault("dynamic_ncols", True)
     kwargs.setdefault("leave", False)
+    if not sys.stderr.isatty():
+        kwargs.setdefault("mininterval", 5.0)  # logs, not terminals: a line every few seconds
     return tqdm(iterable, **kwargs)

@@ -85,9 +85,14 @@ class ConeEngine(PixelEngine):
 
     name = "fast"
 
-    def __init__(self, classifier: Classifier, images: torch.Tensor, chunk: int = 2048) -> None:
+    def __init__(self, classifier: Classifier, images: torch.Tensor, chunk: int = 2048,
+                 batch_consistent: bool = False) -> None:
+        """``batch_consistent``: every evaluation has the same shape (chunks of the classifier's
+        batch size, the last one padded) and takes the same code path, so a candidate's score does
+        not depend on which others share its call (attacks need this; maps do not)."""
         super().__init__(classifier, images)
-        self.chunk = chunk
+        self.batch_consistent = batch_consistent
+        self.chunk = classifier.batch_size if batch_consistent else chunk
         self.fallback_reason: str | None = None
         self._uniform = False
         self._reference = DenseEngine(classifier, images)
@@ -230,9 +235,14 @@ class ConeEngine(PixelEngine):
                       colours: torch.Tensor) -> torch.Tensor:
         if self.fallback_reason is not None or xs.shape[1] != 1:
             return self._reference.probabilities(image_index, xs, ys, colours)
-        out = [self._probabilities(image_index[s:s + self.chunk], xs[s:s + self.chunk, 0],
-                                   ys[s:s + self.chunk, 0], colours[s:s + self.chunk, 0])
-               for s in range(0, image_index.shape[0], self.chunk)]
+        out = []
+        for s in range(0, image_index.shape[0], self.chunk):
+            part = [image_index[s:s + self.chunk], xs[s:s + self.chunk, 0],
+                    ys[s:s + self.chunk, 0], colours[s:s + self.chunk, 0]]
+            n = part[0].shape[0]
+            if self.batch_consistent and n < self.chunk:
+                part = [torch.cat([t, t[-1:].expand(self.chunk - n, *t.shape[1:])]) for t in part]
+            out.append(self._probabilities(*part)[:n])
         if not out:
             return torch.empty(0, self.classifier.num_classes, device=self.images.device)
         return torch.cat(out)
@@ -240,7 +250,8 @@ class ConeEngine(PixelEngine):
     @torch.inference_mode()
     def _probabilities(self, img: torch.Tensor, x: torch.Tensor, y: torch.Tensor,
                        colour: torch.Tensor) -> torch.Tensor:
-        self._uniform = bool((img == img[0]).all() and (x == x[0]).all() and (y == y[0]).all())
+        self._uniform = not self.batch_consistent and bool(
+            (img == img[0]).all() and (x == x[0]).all() and (y == y[0]).all())
         env: dict[str, Any] = {}
         for node in self.graph.graph.nodes:
             kind = self.plan[node.name]

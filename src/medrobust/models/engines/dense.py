@@ -16,6 +16,11 @@ class DenseEngine(PixelEngine):
 
     name = "reference"
 
+    def __init__(self, classifier, images, **_: object) -> None:
+        """Options for other engines (``batch_consistent``) are accepted and ignored: this engine
+        is always batch consistent."""
+        super().__init__(classifier, images)
+
     @torch.inference_mode()
     def probabilities(self, image_index: torch.Tensor, xs: torch.Tensor, ys: torch.Tensor,
                       colours: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,149 @@
+"""The fast (cone) engine is exact, and confidence maps answer the one-pixel question exactly."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from medrobust.analysis.confidence_map import ConfidenceMap, colour_grid, colour_levels, confidence_map
+from medrobust.models import Classifier, build_model
+from medrobust.models.engines import ConeEngine, DenseEngine
+
+ZOO = [("smallcnn", {}, 3, 32), ("smallcnn", {}, 1, 28), ("mitosisnet", {"padding": "keras"}, 3, 32),
+       ("mitosisnet", {"padding": "symmetric"}, 3, 32), ("resnet18", {}, 1, 20),
+       ("densenet121", {}, 3, 32)]
+
+
+def _classifier(name: str, kwargs: dict, channels: int, seed: int = 0) -> Classifier:
+    torch.manual_seed(seed)
+    model = build_model(name, channels, 2, **kwargs)
+    model.train()
+    with torch.no_grad():  # non-trivial batch-norm statistics
+        model(torch.rand(6, channels, 32, 32))
+    head = "sigmoid" if name == "mitosisnet" else "softmax"
+    return Classifier(model, mean=[0.4] * channels, std=[0.3] * channels,
+                      class_names=("n", "p"), head=head, batch_size=64)
+
+
+def _candidates(size: int, channels: int, m: int, images: int, seed: int = 1):
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randint(0, images, (m,), generator=g)
+    xs = torch.randint(0, size, (m, 1), generator=g)
+    ys = torch.randint(0, size, (m, 1), generator=g)
+    corners = torch.tensor([[0, 0], [0, size - 1], [size - 1, 0], [size - 1, size - 1]])
+    xs[:4, 0], ys[:4, 0] = corners[:, 0], corners[:, 1]
+    return idx, xs, ys, torch.rand(m, 1, channels, generator=g)
+
+
+@pytest.mark.parametrize("name,kwargs,channels,size", ZOO)
+def test_fast_engine_matches_reference_on_zoo(name, kwargs, channels, size):
+    clf = _classifier(name, kwargs, channels)
+    images = torch.rand(2, channels, size, size)
+    fast, ref = ConeEngine(clf, images, chunk=40), DenseEngine(clf, images)
+    assert fast.fallback_reason is None and fast.dense_layers == []
+    cand = _candidates(size, channels, 100, 2)
+    diff = (fast.probabilities(*cand) - ref.probabilities(*cand)).abs().max()
+    assert float(diff) < 1e-5
+
+
+class _Odd(nn.Module):
+    """Random weights and layers the zoo does not use: dilation, groups, asymmetric stride,
+    average pooling with padding, concatenation, a constant bias map."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(3, 8, 3, stride=(2, 1), padding=2, dilation=2)
+        self.b = nn.Conv2d(8, 8, 3, padding=1, groups=4)
+        self.pool = nn.AvgPool2d(3, stride=2, padding=1)
+        self.c = nn.Conv2d(16, 4, 1)
+        self.head = nn.Linear(4, 3)
+
+    def forward(self, x):
+        a = torch.relu(self.a(x))
+        y = torch.cat([a, torch.tanh(self.b(a))], dim=1)
+        y = self.c(self.pool(y)) * 2.0
+        return self.head(y.mean(dim=(2, 3)))
+
+
+def test_fast_engine_matches_reference_on_random_layers():
+    torch.manual_seed(3)
+    clf = Classifier(_Odd().eval(), mean=[0.5] * 3, std=[0.5] * 3, class_names=("a", "b", "c"))
+    images = torch.rand(2, 3, 17, 20)
+    fast, ref = ConeEngine(clf, images), DenseEngine(clf, images)
+    g = torch.Generator().manual_seed(0)
+    idx = torch.randint(0, 2, (80,), generator=g)
+    xs, ys = torch.randint(0, 20, (80, 1), generator=g), torch.randint(0, 17, (80, 1), generator=g)
+    cols = torch.rand(80, 1, 3, generator=g)
+    assert float((fast.probabilities(idx, xs, ys, cols) - ref.probabilities(idx, xs, ys, cols))
+                 .abs().max()) < 1e-5
+
+
+def test_untraceable_model_falls_back_and_says_so():
+    class DataDependent(nn.Module):
+        def forward(self, x):
+            if x.sum() > 0:  # data-dependent control flow: fx cannot trace it
+                return x.mean(dim=(2, 3))[:, :2]
+            return x.amax(dim=(2, 3))[:, :2]
+
+    clf = Classifier(DataDependent(), mean=[0.0] * 3, std=[1.0] * 3, class_names=("a", "b"))
+    images = torch.rand(1, 3, 8, 8)
+    with pytest.warns(UserWarning, match="falls back"):
+        fast = ConeEngine(clf, images)
+    assert fast.fallback_reason
+    cand = _candidates(8, 3, 10, 1)
+    assert torch.allclose(fast.probabilities(*cand), DenseEngine(clf, images).probabilities(*cand))
+
+
+def test_colour_grid():
+    assert colour_levels(5)[-1] == 255 and len(colour_levels(5)) == 52
+    assert colour_levels(51) == [0, 51, 102, 153, 204, 255]
+    assert colour_levels(100) == [0, 100, 200, 255]
+    assert colour_grid(5, 3).shape == (140_608, 3)
+    assert colour_grid(5, 1).shape == (52, 1)
+
+
+@pytest.mark.parametrize("name,kwargs,channels", [("smallcnn", {}, 3),
+                                                   ("mitosisnet", {"padding": "keras"}, 3),
+                                                   ("smallcnn", {}, 1)])
+def test_fast_and_reference_maps_agree_in_every_cell(name, kwargs, channels, tmp_path):
+    clf = _classifier(name, kwargs, channels, seed=5)
+    image = np.random.default_rng(0).integers(0, 256, (12, 12, channels), dtype=np.uint8)
+    fast = confidence_map(clf, image, 1, step=85, engine="fast")
+    ref = confidence_map(clf, image, 1, step=85, engine="reference")
+    for field in ("min", "max", "mean"):
+        assert np.abs(getattr(fast, field) - getattr(ref, field)).max() < 1e-5
+    assert np.array_equal(fast.success, ref.success)
+    # the map is what brute force says: re-score the argmin colour at one pixel by hand
+    y, x = 5, 7
+    adv = image.copy()
+    adv[y, x] = fast.argmin_colour[y, x]
+    score = clf.probabilities(adv)[0, 1]
+    assert score == pytest.approx(fast.min[y, x], abs=1e-5)
+    again = ConfidenceMap.load(fast.save(tmp_path / "m.npz"))
+    assert np.array_equal(again.min, fast.min) and again.step == 85
+
+
+def test_map_verdict_agrees_with_exhaustive_search(bright_pixel_classifier):
+    clf = bright_pixel_classifier
+    dark = np.full((6, 6, 3), 20, dtype=np.uint8)
+    cmap = confidence_map(clf, dark, 0, step=51)
+    # any pixel turned bright red makes the image positive: every pixel is a successful attack
+    assert not cmap.robust and cmap.success.all()
+    assert cmap.best_attack()["colour"][0] == 255
+    bright = dark.copy()
+    bright[1:5, 1:5, 0] = 255
+    assert confidence_map(clf, bright, 1, step=51).robust
+
+
+def test_partial_map_resumes_from_checkpoint(tmp_path, monkeypatch):
+    clf = _classifier("smallcnn", {}, 1, seed=2)
+    image = np.random.default_rng(1).integers(0, 256, (6, 6, 1), dtype=np.uint8)
+    ckpt = tmp_path / "partial.npz"
+    first = confidence_map(clf, image, 0, step=51, pixels=[(0, 0), (1, 0)], checkpoint=ckpt)
+    assert first.passes == 2 * 6
+    full = confidence_map(clf, image, 0, step=51, checkpoint=ckpt)
+    assert full.passes == (36 - 2) * 6  # the two checkpointed pixels are not recomputed
+    assert not np.isnan(full.min).any()
+    assert np.allclose(full.min, confidence_map(clf, image, 0, step=51).min, atol=1e-6)
