@@ -55,6 +55,17 @@ def test_train_evaluate_attack_export_chain(tmp_path, capsys):
     runs = run_json(capsys, "store", "runs", "--store", db)
     assert [r["command"] for r in runs["runs"]] == ["train", "evaluate", "attack onepixel"]
 
+    maps = run_json(capsys, "map", "--model", ckpt, "--index", "1", "--step", "128",
+                    "--out", str(tmp_path / "maps"), "--store", db)
+    row = maps["maps"][0]
+    assert row["dataset_index"] == 1 and row["passes"] == 16 * 16 * 27
+    assert (tmp_path / "maps" / "map_1.npz").is_file() and (tmp_path / "maps" / "map_1.png").is_file()
+    assert row["min_score"] <= row["clean_score"] <= row["max_score"]
+
+    report = run_json(capsys, "report", "--store", db, "--out", str(tmp_path / "rep"))
+    html = (tmp_path / "rep" / "report.html").read_text()
+    assert report["report"].endswith("report.html") and "One-pixel confidence maps" in html
+
 
 @pytest.mark.parametrize("args,needle", [
     (("train", "--dataset", "nosuch", "--out", "x"), "unknown dataset"),
