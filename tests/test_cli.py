@@ -29,7 +29,7 @@ def run_json(capsys, *args: str) -> dict:
 def test_train_evaluate_attack_export_chain(tmp_path, capsys):
     db = str(tmp_path / "s.db")
     ckpt = str(tmp_path / "model")
-    trained = run_json(capsys, "train", "--dataset", "synthetic", "--size", "16", "--epochs", "2",
+    trained = run_json(capsys, "train", "--dataset", "synthetic", "--size", "16", "--epochs", "1",
                        "--out", ckpt, "--store", db)
     assert trained["test"]["n"] == 400 and 0 <= trained["test"]["accuracy"] <= 1
     assert (tmp_path / "model" / "model.safetensors").is_file()

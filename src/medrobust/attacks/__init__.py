@@ -1,7 +1,25 @@
 """Attacks: one per file on the small ``Attack`` base."""
 
 from medrobust.attacks.base import Attack
+from medrobust.attacks.criteria import hits_target, mask_iou_at_least, misclassified
+from medrobust.attacks.ifgsm import BIM, IFGSM
+from medrobust.attacks.losses import DiceLoss, cross_entropy, dice_loss
 from medrobust.attacks.objective import Objective
 from medrobust.attacks.onepixel import OnePixel, OnePixelResult
+from medrobust.attacks.pgd import PGD
 
-__all__ = ["Attack", "Objective", "OnePixel", "OnePixelResult"]
+__all__ = [
+    "BIM",
+    "IFGSM",
+    "PGD",
+    "Attack",
+    "DiceLoss",
+    "Objective",
+    "OnePixel",
+    "OnePixelResult",
+    "cross_entropy",
+    "dice_loss",
+    "hits_target",
+    "mask_iou_at_least",
+    "misclassified",
+]

@@ -10,6 +10,7 @@ import click
 from medrobust.attacks import OnePixel
 from medrobust.attacks.campaign import run_onepixel_campaign
 from medrobust.cli.common import common_options, dataset_options, emit, fmt, open_dataset
+from medrobust.cli.defend import demo_defence_step
 from medrobust.cli.train import train_and_save
 from medrobust.models import load_classifier
 from medrobust.store import Store
@@ -37,7 +38,6 @@ def demo(dataset: str | None, data_dir: str | None, size: int | None, no_verify:
          as_json: bool, seed: int, device: str) -> None:
     """Train on the embedded synthetic default (or --dataset), attack, analyse, write a report."""
     from medrobust.analysis.study import run_study
-
     from medrobust.report import build_report
 
     start = time.perf_counter()
@@ -64,6 +64,8 @@ def demo(dataset: str | None, data_dir: str | None, size: int | None, no_verify:
                                         show_progress=not as_json)
         say(f"      success rate {fmt(outcome.summary['success_rate'])} "
             f"({outcome.summary['successes']}/{outcome.summary['attacked']})")
+        demo_defence_step(root, name, data_dir, size, no_verify, db, device, seed, say,
+                          show_progress=not as_json)
         say("[3/4] analysing attack colours, locations and periodicity")
         study = run_study(store, root / "analysis", run_id=outcome.run_id)
         say("[4/4] writing the report")

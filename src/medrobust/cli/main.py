@@ -9,12 +9,17 @@ import click
 from medrobust import __version__
 from medrobust.cli.analyze import analyze
 from medrobust.cli.attack import attack
+from medrobust.cli.attack_asma import asma
+from medrobust.cli.attack_gradient import ifgsm, pgd
 from medrobust.cli.datasets import datasets
+from medrobust.cli.defend import defend
 from medrobust.cli.demo import demo
 from medrobust.cli.evaluate import evaluate
+from medrobust.cli.map import map_command
 from medrobust.cli.report import report
 from medrobust.cli.store import store
 from medrobust.cli.train import train
+from medrobust.cli.train_denoiser import train_denoiser_cmd
 from medrobust.errors import MedrobustError
 
 
@@ -24,8 +29,12 @@ def cli() -> None:
     """Find out how easily a medical-imaging model can be fooled, see why, and harden it."""
 
 
-for command in (train, evaluate, attack, analyze, report, demo, datasets, store):
+for command in (train, evaluate, attack, analyze, report, demo, datasets, store, map_command):
     cli.add_command(command)
+for command in (train_denoiser_cmd, defend):
+    cli.add_command(command)
+for subcommand in (pgd, ifgsm, asma):
+    attack.add_command(subcommand)
 
 
 def main(argv: list[str] | None = None) -> int:

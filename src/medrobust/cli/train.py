@@ -46,6 +46,9 @@ def train_and_save(dataset: str | None, data_dir: str | None, size: int | None, 
 
 
 @click.command()
+@click.option("--task", type=click.Choice(["classification", "segmentation"]),
+              default="classification", show_default=True,
+              help="segmentation: a U-Net on image+mask data (e.g. --dataset segfolder).")
 @dataset_options(required=True)
 @click.option("--model", "model_name", default="smallcnn", show_default=True,
               help=f"Zoo model ({', '.join(available_models())}) or module:factory.")
@@ -61,10 +64,16 @@ def train_and_save(dataset: str | None, data_dir: str | None, size: int | None, 
 @click.option("--store", "store_path", default=DEFAULT_STORE, show_default=True,
               help="SQLite run store.")
 @common_options
-def train(dataset: str, data_dir: str | None, size: int | None, no_verify: bool, model_name: str,
-          padding: str | None, epochs: int, batch_size: int, lr: float, augment: str, out: str,
-          store_path: str, as_json: bool, seed: int, device: str) -> None:
-    """Train a classifier and save it as safetensors + JSON metadata."""
+def train(task: str, dataset: str, data_dir: str | None, size: int | None, no_verify: bool,
+          model_name: str, padding: str | None, epochs: int, batch_size: int, lr: float,
+          augment: str, out: str, store_path: str, as_json: bool, seed: int, device: str) -> None:
+    """Train a classifier (or, with --task segmentation, a U-Net) and save it as safetensors +
+    JSON metadata."""
+    if task == "segmentation":
+        from medrobust.cli.train_segmentation import run_train_segmentation
+
+        run_train_segmentation(click.get_current_context(), as_json)
+        return
     kwargs = {"padding": padding} if padding else {}
     config = TrainConfig(model=model_name, model_kwargs=kwargs, epochs=epochs,
                          batch_size=batch_size, lr=lr, augment=augment, seed=seed)

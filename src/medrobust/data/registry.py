@@ -86,4 +86,4 @@ def load_from_spec(spec: dict[str, Any], split: str | None = None) -> ImageDatas
 
 def _ensure_loaded() -> None:
     # Importing the loader modules runs their @register_dataset decorators.
-    from medrobust.data import bccd, folder, medmnist, synthetic  # noqa: F401
+    from medrobust.data import bccd, folder, medmnist, segfolder, synthetic  # noqa: F401

@@ -19,7 +19,9 @@ from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescap
 import medrobust
 from medrobust.errors import MedrobustError
 from medrobust.report.blocks import Section
+from medrobust.report.confidence_section import confidence_section
 from medrobust.report.context import ReportContext
+from medrobust.report.defence_section import defence_section
 from medrobust.report.gallery import gallery_section
 from medrobust.report.sections import (
     analysis_section,
@@ -28,6 +30,7 @@ from medrobust.report.sections import (
     overview_section,
     provenance_section,
 )
+from medrobust.report.segmentation_section import segmentation_section
 
 if TYPE_CHECKING:
     from medrobust.store import Store
@@ -42,6 +45,9 @@ SECTION_BUILDERS: list[SectionBuilder] = [
     attack_summary_section,
     gallery_section,
     analysis_section,
+    confidence_section,
+    segmentation_section,
+    defence_section,
 ]
 
 REPORT_NAME = "report.html"

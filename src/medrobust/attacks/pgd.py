@@ -1,0 +1,182 @@
+"""Projected gradient descent (Madry et al. 2018) in Linf or L2, for any task and loss.
+
+Task-agnostic on purpose: the model is any ``nn.Module`` mapping float [0,1] (N,C,H,W) images to
+outputs (a ``Classifier`` gives (N,K) logits, a ``Segmenter`` (N,K,H,W) logits) and the goal is a
+per-sample loss callable (``medrobust.attacks.losses``). Untargeted attacks maximise the loss
+against the true labels; targeted ones minimise it against the targets. Budgets are per sample
+and hold exactly on the returned tensor (``projection.enforce_budget``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from medrobust.attacks.base import Attack
+from medrobust.attacks.criteria import Criterion
+from medrobust.attacks.losses import LossFn, cross_entropy, loss_name
+from medrobust.attacks.projection import (
+    NORMS,
+    ascent_direction,
+    clip_box,
+    enforce_budget,
+    per_sample,
+    project,
+    random_start,
+)
+from medrobust.errors import ConfigError
+from medrobust.utils.validation import check_choice, check_range
+
+Budget = float | Sequence[float] | np.ndarray | torch.Tensor
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """Where the model's parameters (or buffers) live; CPU for a parameter-free module."""
+    for t in (*model.parameters(), *model.buffers()):
+        return t.device
+    return torch.device("cpu")
+
+
+def as_image_batch(x: Any, device: torch.device) -> torch.Tensor:
+    """A new float32 [0,1] (N,C,H,W) tensor on ``device`` from a float or uint8 tensor."""
+    if not isinstance(x, torch.Tensor):
+        raise ConfigError(f"images must be a torch tensor (N,C,H,W), not {type(x).__name__}")
+    if x.ndim != 4:
+        raise ConfigError(f"images must be (N,C,H,W), got shape {tuple(x.shape)}")
+    if x.dtype == torch.uint8:
+        return x.to(device=device, dtype=torch.float32) / 255.0
+    if not x.is_floating_point():
+        raise ConfigError(f"images must be float in [0,1] or uint8, got {x.dtype}")
+    out = x.detach().to(device=device, dtype=torch.float32).clone()
+    if out.numel() and (float(out.min()) < 0.0 or float(out.max()) > 1.0):
+        raise ConfigError("float images must lie in [0,1] (pixel space)")
+    return out
+
+
+def _check_budget(name: str, value: Budget | None) -> Budget | None:
+    if value is None or isinstance(value, (torch.Tensor, np.ndarray, list, tuple)):
+        return value
+    return float(check_range(name, float(value), 0.0))
+
+
+class PGD(Attack):
+    """PGD with a random start, per-sample budgets, a step size and optional early stop.
+
+    Parameters
+    ----------
+    model: any module mapping float [0,1] (N,C,H,W) to outputs.
+    loss: per-sample ``loss(outputs, target) -> (N,)``; maximised, or minimised if ``targeted``.
+    norm: ``linf`` (sign steps, box projection) or ``l2`` (normalised-gradient steps).
+    eps: the radius, a number or one per image (given to ``run``'s batch).
+    step: step size (number or per image); default 2.5 * eps / steps (Madry et al.).
+    steps: number of gradient steps.
+    random_start: start from a uniform point of the ball (seeded, one stream per image key).
+    targeted: minimise the loss towards ``target`` instead of maximising it away from it.
+    early_stop: ``fn(outputs, target) -> (N,) bool``; an image is frozen once it is True.
+    batch_size: images per forward/backward pass.
+    """
+
+    name = "pgd"
+    default_random_start = True
+
+    def __init__(self, model: nn.Module, loss: LossFn = cross_entropy, norm: str = "linf",
+                 eps: Budget = 8 / 255, step: Budget | None = None, steps: int = 10,
+                 random_start: bool | None = None, targeted: bool = False,
+                 early_stop: Criterion | None = None, batch_size: int = 64,
+                 seed: int = 0) -> None:
+        super().__init__(model, seed)
+        if not callable(loss):
+            raise ConfigError("loss must be a callable loss(outputs, target) -> (N,)")
+        self.loss = loss
+        self.norm = check_choice("norm", norm, NORMS)
+        self.eps = _check_budget("eps", eps)
+        self.step = _check_budget("step", step)
+        self.steps = int(check_range("steps", steps, 0))
+        self.random_start = self.default_random_start if random_start is None else bool(
+            random_start)
+        self.targeted = bool(targeted)
+        self.early_stop = early_stop
+        self.batch_size = int(check_range("batch_size", batch_size, 1))
+        #: Gradient steps each image of the last ``run`` actually took (early stop freezes).
+        self.steps_taken: torch.Tensor | None = None
+
+    def default_step(self, eps: torch.Tensor) -> torch.Tensor:
+        return 2.5 * eps / max(self.steps, 1)
+
+    def params(self) -> dict[str, Any]:
+        def plain(v: Budget | None) -> Any:
+            return v if v is None or isinstance(v, float) else np.asarray(
+                v.detach().cpu() if isinstance(v, torch.Tensor) else v, dtype=float).tolist()
+
+        return {"attack": self.name, "loss": loss_name(self.loss), "norm": self.norm,
+                "eps": plain(self.eps), "step": plain(self.step), "steps": self.steps,
+                "random_start": self.random_start, "targeted": self.targeted,
+                "early_stop": None if self.early_stop is None else getattr(
+                    self.early_stop, "__name__", repr(self.early_stop)),
+                "seed": self.seed}
+
+    def run(self, images: torch.Tensor, labels: torch.Tensor, keys: Sequence[int] | None = None,
+            **kwargs: Any) -> torch.Tensor:
+        """Adversarial images for ``images`` (float [0,1] or uint8 (N,C,H,W)); a new tensor.
+
+        ``labels`` are the true labels/masks (untargeted) or the targets (targeted). ``keys``
+        name each image's random stream (default 0..N-1), so a campaign gets the same result
+        whether an image is attacked alone or in a batch.
+        """
+        device = model_device(self.model)
+        x = as_image_batch(images, device)
+        n = x.shape[0]
+        target = torch.as_tensor(labels).to(device)
+        if target.shape[0] != n:
+            raise ConfigError(f"{n} images but {target.shape[0]} labels/targets")
+        keys = list(range(n)) if keys is None else [int(k) for k in keys]
+        if len(keys) != n:
+            raise ConfigError(f"{n} images but {len(keys)} keys")
+        eps = per_sample(self.eps, n, device, "eps")
+        step = self.default_step(eps) if self.step is None else per_sample(self.step, n, device,
+                                                                            "step")
+        out = x.clone()
+        taken = torch.zeros(n, dtype=torch.long)
+        for s in range(0, n, self.batch_size):
+            e = min(s + self.batch_size, n)
+            out[s:e], taken[s:e] = self._attack(x[s:e], target[s:e], eps[s:e], step[s:e],
+                                                keys[s:e])
+        self.steps_taken = taken
+        return out.to(images.device)
+
+    def _attack(self, x0: torch.Tensor, target: torch.Tensor, eps: torch.Tensor,
+                step: torch.Tensor, keys: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        n = x0.shape[0]
+        taken = torch.zeros(n, dtype=torch.long)
+        if bool((eps == 0).all()) or self.steps == 0:
+            return x0.clone(), taken
+        if self.random_start:
+            delta = clip_box(x0, project(random_start(x0, eps, self.norm, self.seed, keys), eps,
+                                         self.norm))
+        else:
+            delta = torch.zeros_like(x0)
+        active = torch.ones(n, dtype=torch.bool, device=x0.device)
+        sign = -1.0 if self.targeted else 1.0
+        view = (-1, *([1] * (x0.ndim - 1)))
+        for _ in range(self.steps):
+            adv = (x0 + delta).requires_grad_(True)
+            with torch.enable_grad():
+                outputs = self.model(adv)
+                loss = self.loss(outputs, target)
+                if loss.shape != (n,):
+                    raise ConfigError(f"the loss must return one value per image ({n},), got "
+                                      f"{tuple(loss.shape)}")
+                (grad,) = torch.autograd.grad(loss.sum(), adv)
+            if self.early_stop is not None:
+                active &= ~self.early_stop(outputs.detach(), target).to(active.device)
+                if not bool(active.any()):
+                    break
+            new = delta + sign * step.view(view) * ascent_direction(grad, self.norm)
+            new = clip_box(x0, project(new, eps, self.norm))
+            delta = torch.where(active.view(view), new, delta)
+            taken += active.cpu().long()
+        return enforce_budget(x0, x0 + delta, eps, self.norm), taken

@@ -1,0 +1,125 @@
+"""Step, projection and random-start maths shared by every gradient attack (PGD, IFGSM, ASMA).
+
+Kept in one place so every attack enforces budgets the same way: per-sample radii, the pixel box
+[0,1], and a final ``enforce_budget`` that makes the recorded Linf / L2 of ``adv - x`` hold even
+after float32 rounding (a projection followed by clipping can overshoot by one ulp otherwise).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from medrobust.errors import ConfigError
+from medrobust.utils.seeding import numpy_rng
+
+NORMS = ("linf", "l2")
+
+
+def per_sample(value: float | Sequence[float] | np.ndarray | torch.Tensor, n: int,
+               device: torch.device, name: str = "eps") -> torch.Tensor:
+    """A (N,) float32 tensor from a scalar or a per-sample sequence; negative values refused."""
+    t = torch.as_tensor(np.asarray(value, dtype=np.float64) if not isinstance(value, torch.Tensor)
+                        else value.detach().double().cpu())
+    if t.ndim == 0:
+        t = t.expand(n)
+    if t.ndim != 1 or t.shape[0] != n:
+        raise ConfigError(f"{name} must be a number or one value per image ({n}), "
+                          f"got shape {tuple(t.shape)}")
+    if not torch.isfinite(t).all() or (t < 0).any():
+        raise ConfigError(f"{name} must be finite and non-negative")
+    return t.to(device=device, dtype=torch.float32).clone()
+
+
+def _view(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    return v.view(-1, *([1] * (like.ndim - 1)))
+
+
+def flat_norm(t: torch.Tensor, norm: str) -> torch.Tensor:
+    """(N,) per-sample Linf or L2 norm."""
+    flat = t.reshape(t.shape[0], -1)
+    if norm == "linf":
+        return flat.abs().amax(dim=1) if flat.shape[1] else flat.new_zeros(flat.shape[0])
+    return flat.norm(p=2, dim=1)
+
+
+def ascent_direction(grad: torch.Tensor, norm: str) -> torch.Tensor:
+    """The steepest-ascent unit step: sign(grad) for Linf, grad / ||grad||_2 for L2."""
+    if norm == "linf":
+        return grad.sign()
+    g = flat_norm(grad, "l2")
+    return grad / _view(g.clamp_min(1e-12), grad)
+
+
+def project(delta: torch.Tensor, eps: torch.Tensor, norm: str) -> torch.Tensor:
+    """``delta`` moved into the per-sample ball of radius ``eps`` (a new tensor)."""
+    if norm == "linf":
+        e = _view(eps, delta)
+        return torch.maximum(torch.minimum(delta, e), -e)
+    n = flat_norm(delta, "l2")
+    scale = torch.where(n > eps, eps / n.clamp_min(1e-12), torch.ones_like(n))
+    return delta * _view(scale, delta)
+
+
+def clip_box(x0: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+    """The perturbation that keeps ``x0 + delta`` inside [0,1] (never larger than ``delta``)."""
+    return (x0 + delta).clamp(0.0, 1.0) - x0
+
+
+def random_start(x0: torch.Tensor, eps: torch.Tensor, norm: str, seed: int,
+                 keys: Sequence[int]) -> torch.Tensor:
+    """A uniform random point of each image's ball, one seeded stream per key.
+
+    Linf: uniform in [-eps, eps] per pixel. L2: uniform in the ball (Gaussian direction, radius
+    eps * u^(1/d)). Keyed streams give an image the same start alone or inside any batch.
+    """
+    out = torch.empty_like(x0)
+    d = x0[0].numel()
+    for i, key in enumerate(keys):
+        g = torch.Generator().manual_seed(int(numpy_rng(seed, int(key)).integers(2**62)))
+        if norm == "linf":
+            r = torch.rand(x0[i].shape, generator=g, dtype=torch.float32) * 2 - 1
+            out[i] = (r * float(eps[i])).to(out.device)
+        else:
+            z = torch.randn(x0[i].shape, generator=g, dtype=torch.float32)
+            u = torch.rand((), generator=g, dtype=torch.float32)
+            radius = float(eps[i]) * float(u) ** (1.0 / d)
+            out[i] = (z / z.norm().clamp_min(1e-12) * radius).to(out.device)
+    return out
+
+
+def enforce_budget(x0: torch.Tensor, adv: torch.Tensor, eps: torch.Tensor, norm: str
+                   ) -> torch.Tensor:
+    """``adv`` with ``adv - x0`` inside the ball and [0,1], checked on the float32 result.
+
+    Samples with eps = 0 come back bit-identical to ``x0``.
+    """
+    if norm == "linf":
+        e = _view(eps, x0)
+        out = torch.maximum(torch.minimum(adv, (x0 + e).clamp(max=1.0)), (x0 - e).clamp(min=0.0))
+        # x0 +- e is rounded: step any pixel whose realised difference exceeds eps one ulp back.
+        for _ in range(8):
+            over = (out - x0).abs() > e
+            if not bool(over.any()):
+                break
+            out = torch.where(over, torch.nextafter(out, x0), out)
+        bad = ((out - x0).abs() > e).reshape(x0.shape[0], -1).any(dim=1)
+    else:
+        out = x0 + clip_box(x0, project(adv - x0, eps, "l2"))
+        for k in range(12):
+            n = flat_norm(out - x0, "l2")
+            over = n > eps
+            if not bool(over.any()):
+                break
+            # Rounding of x0 + d adds up to half an ulp per pixel; shrink with a growing margin.
+            shrink = torch.where(over, eps / n.clamp_min(1e-12) * (1 - 1e-6 * 4**k),
+                                 torch.ones_like(n))
+            out = (x0 + (out - x0) * _view(shrink, x0)).clamp(0.0, 1.0)
+        bad = flat_norm(out - x0, "l2") > eps
+    # Whatever cannot be represented inside the ball (absurdly small eps) falls back to x0.
+    zero = (eps == 0) | bad
+    if bool(zero.any()):
+        out = torch.where(_view(zero, x0), x0, out)
+    return out

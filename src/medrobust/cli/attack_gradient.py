@@ -1,0 +1,193 @@
+"""``medrobust attack pgd|ifgsm``: gradient attacks on classifiers or segmentation models.
+
+The task comes from the checkpoint (``--task auto``) or is stated. Classification: robust
+accuracy at one budget (untargeted, or ``--targeted`` towards a class). Segmentation: untargeted
+(``--target-mode none``: push away from the truth) or targeted towards target masks; either way
+every image's IoU, pixel accuracy and Dice against target and truth and the perturbation size are
+recorded. Both resume from the store.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from medrobust.attacks.criteria import hits_target, mask_iou_at_least, misclassified
+from medrobust.attacks.gradient_campaign import run_gradient_campaign
+from medrobust.attacks.ifgsm import IFGSM
+from medrobust.attacks.losses import get_loss
+from medrobust.attacks.pgd import PGD
+from medrobust.attacks.seg_ablation import gradient_fn
+from medrobust.attacks.seg_campaign import run_segmentation_campaign
+from medrobust.cli.attack import resolve_targets
+from medrobust.cli.common import DEFAULT_STORE, common_options, emit, fmt, open_dataset
+from medrobust.cli.seg_common import (
+    Budget,
+    make_target,
+    model_info,
+    open_seg_dataset,
+    pick_indices,
+    target_options,
+)
+from medrobust.errors import ConfigError
+from medrobust.models import load_classifier, read_meta
+from medrobust.models.segmenter import load_segmenter
+from medrobust.store import Store
+from medrobust.utils.device import resolve_device
+
+ATTACKS: dict[str, type[PGD]] = {"pgd": PGD, "ifgsm": IFGSM}
+
+
+def gradient_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Options shared by ``pgd`` and ``ifgsm`` (outermost first)."""
+    decorators = [
+        click.option("--model", "model_dir", required=True, type=click.Path(),
+                     help="Checkpoint folder."),
+        click.option("--task", type=click.Choice(["auto", "classification", "segmentation"]),
+                     default="auto", show_default=True,
+                     help="auto: from the checkpoint's metadata."),
+        click.option("--dataset", default=None,
+                     help="Dataset (default: the one the model was trained on)."),
+        click.option("--data-dir", type=click.Path(file_okay=False), default=None),
+        click.option("--size", type=int, default=None, help="Image size (default: the model's)."),
+        click.option("--no-verify", is_flag=True, help="Skip the MedMNIST MD5 check."),
+        click.option("--split", type=click.Choice(["train", "val", "test"]), default="test",
+                     show_default=True),
+        click.option("--limit", type=int, default=None, help="Attack the first N images."),
+        click.option("--eps", type=Budget(), default="8/255", show_default=True,
+                     help="Budget on the [0,1] scale (a number or a fraction like 8/255)."),
+        click.option("--norm", type=click.Choice(["linf", "l2"]), default="linf",
+                     show_default=True),
+        click.option("--steps", type=int, default=10, show_default=True),
+        click.option("--step", type=Budget(), default=None,
+                     help="Step size (default: PGD 2.5*eps/steps, IFGSM eps/steps)."),
+        click.option("--random-start/--no-random-start", default=None,
+                     help="Random start (default: on for PGD, off for IFGSM)."),
+        click.option("--loss", type=click.Choice(["ce", "dice"]), default="ce",
+                     show_default=True, help="Loss: cross-entropy or (segmentation) Dice."),
+        click.option("--early-stop/--no-early-stop", default=False, show_default=True,
+                     help="Freeze an image once it succeeds (classification: fooled / target "
+                          "reached; segmentation: target IoU >= --stop-iou)."),
+        click.option("--stop-iou", type=float, default=0.99, show_default=True),
+        click.option("--targeted", is_flag=True, help="Classification: targeted (see --target)."),
+        click.option("--target", default="next", show_default=True,
+                     help="Classification target: class name, index, or 'next'."),
+        target_options("none", allow_none=True),
+        click.option("--batch-images", type=int, default=32, show_default=True),
+        click.option("--examples", type=int, default=8, show_default=True,
+                     help="Segmentation: images whose perturbation is kept for the report."),
+        click.option("--store", "store_path", default=DEFAULT_STORE, show_default=True),
+        click.option("--no-resume", is_flag=True, help="Start a new run even if one matches."),
+        common_options,
+    ]
+    for deco in reversed(decorators):
+        fn = deco(fn)
+    return fn
+
+
+def resolve_task(task: str, model_dir: str) -> str:
+    if task != "auto":
+        return task
+    return "segmentation" if read_meta(model_dir).get("task") == "segmentation" else \
+        "classification"
+
+
+def run_gradient(kind: str, opts: dict[str, Any]) -> None:
+    """The body of ``pgd`` and ``ifgsm``."""
+    task = resolve_task(opts["task"], opts["model_dir"])
+    if opts["steps"] < 1:
+        raise ConfigError("--steps must be at least 1")
+    summary = (_segmentation if task == "segmentation" else _classification)(kind, opts)
+    summary["task"] = task
+
+    def human() -> None:
+        s = summary
+        verb = "resumed" if s["resumed"] else "ran"
+        click.echo(f"{verb} run {s['run_id']} ({kind}, {task}): {s['images']} images")
+        if task == "classification":
+            click.echo(f"clean accuracy {fmt(s['clean_accuracy'])}  robust accuracy "
+                       f"{fmt(s['robust_accuracy'])}  success rate {fmt(s['success_rate'])}  "
+                       f"mean L2 {fmt(s['mean_l2'])}  mean Linf {fmt(s['mean_linf'])}")
+        else:
+            click.echo(f"truth IoU {fmt(s['mean_clean_iou_truth'])} -> "
+                       f"{fmt(s['mean_iou_truth'])}  target IoU {fmt(s['mean_iou_target'])}  "
+                       f"mean L2 {fmt(s['mean_l2'])}  mean Linf {fmt(s['mean_linf'])}")
+        click.echo(f"results in {s['store']} (table {s['table']})")
+
+    emit(summary, opts["as_json"], human)
+
+
+def _attack(kind: str, model: Any, opts: dict[str, Any], targeted: bool, early: Any) -> PGD:
+    return ATTACKS[kind](model, loss=get_loss(opts["loss"]), norm=opts["norm"], eps=opts["eps"],
+                         step=opts["step"], steps=opts["steps"],
+                         random_start=opts["random_start"], targeted=targeted,
+                         early_stop=early if opts["early_stop"] else None,
+                         batch_size=opts["batch_images"], seed=opts["seed"])
+
+
+def _classification(kind: str, opts: dict[str, Any]) -> dict[str, Any]:
+    if opts["loss"] != "ce":
+        raise ConfigError("--loss dice is for segmentation models")
+    device = resolve_device(opts["device"])
+    meta = read_meta(opts["model_dir"])
+    clf = load_classifier(opts["model_dir"], device)
+    ds = open_dataset(opts["dataset"], opts["split"], opts["data_dir"], opts["size"],
+                      opts["no_verify"], meta.get("dataset"))
+    indices = pick_indices(ds, opts["limit"])
+    targets = resolve_targets(opts["target"], ds, indices) if opts["targeted"] else None
+    if targets is not None:
+        indices = [i for i in indices if i in targets]
+    att = _attack(kind, clf, opts, targets is not None,
+                  hits_target if targets is not None else misclassified)
+    info = {"dir": str(Path(opts["model_dir"]).resolve()), "model": meta.get("model"),
+            "model_kwargs": meta.get("model_kwargs", {}), "saved_at": meta.get("saved_at"),
+            "head": clf.head, "class_names": list(clf.class_names)}
+    params = {"attack": att.params(), "task": "classification", "indices": indices,
+              "targets": None if targets is None else {str(k): v for k, v in targets.items()}}
+    with Store(opts["store_path"]) as store:
+        out = run_gradient_campaign(store, clf, info, ds, att, f"attack {kind}", params, indices,
+                                    targets, batch_images=opts["batch_images"],
+                                    resume=not opts["no_resume"],
+                                    show_progress=not opts["as_json"])
+    return {"run_id": out.run_id, "resumed": out.resumed, "attacked_now": out.attacked_now,
+            "store": opts["store_path"], "table": "gradient_results", **out.summary}
+
+
+def _segmentation(kind: str, opts: dict[str, Any]) -> dict[str, Any]:
+    device = resolve_device(opts["device"])
+    seg = load_segmenter(opts["model_dir"], device, batch_size=opts["batch_images"])
+    ds = open_seg_dataset(opts["dataset"], opts["split"], opts["data_dir"], opts["size"],
+                          opts["model_dir"], seg)
+    indices = pick_indices(ds, opts["limit"])
+    target = make_target(opts["target_mode"], opts["shift"], opts["radius"],
+                         opts["target_file"], opts["seed"])
+    att = _attack(kind, seg, opts, target is not None, mask_iou_at_least(opts["stop_iou"]))
+    if target is None and opts["early_stop"]:
+        raise ConfigError("--early-stop needs a target (--target-mode other|erase|...)")
+    params = {"attack": att.params(), "task": "segmentation",
+              "target": None if target is None else target.describe(), "indices": indices}
+    with Store(opts["store_path"]) as store:
+        out = run_segmentation_campaign(
+            store, seg, model_info(opts["model_dir"], seg), ds, gradient_fn(att), kind,
+            f"attack {kind}", params, indices, target, batch_images=opts["batch_images"],
+            examples=opts["examples"], resume=not opts["no_resume"],
+            show_progress=not opts["as_json"])
+    return {"run_id": out.run_id, "resumed": out.resumed, "attacked_now": out.attacked_now,
+            "store": opts["store_path"], "table": "segattack_results", **out.summary}
+
+
+@click.command()
+@gradient_options
+def pgd(**opts: Any) -> None:
+    """PGD (Linf or L2, random start) on a classifier or a segmentation model."""
+    run_gradient("pgd", opts)
+
+
+@click.command()
+@gradient_options
+def ifgsm(**opts: Any) -> None:
+    """Iterative FGSM / BIM (no random start) on a classifier or a segmentation model."""
+    run_gradient("ifgsm", opts)

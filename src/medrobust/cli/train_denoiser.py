@@ -1,0 +1,92 @@
+"""``medrobust train-denoiser``: train the impulse autoencoder on a dataset and save it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+from medrobust.cli.common import (
+    DEFAULT_STORE,
+    common_options,
+    dataset_options,
+    emit,
+    fmt,
+    open_dataset,
+)
+from medrobust.defences.storage import save_denoiser
+from medrobust.defences.training import DenoiserTrainConfig, config_dict, train_denoiser
+from medrobust.store import Store
+from medrobust.utils.device import resolve_device
+
+TRAIN_DENOISER_COMMAND = "train-denoiser"
+
+
+def train_denoiser_and_save(dataset: str | None, data_dir: str | None, size: int | None,
+                            no_verify: bool, config: DenoiserTrainConfig, out: str | Path,
+                            device: str, store_path: str | Path) -> dict[str, Any]:
+    """The body of ``train-denoiser``; also used by ``demo``. Returns the JSON summary."""
+    train_ds = open_dataset(dataset, "train", data_dir, size, no_verify)
+    val_ds = open_dataset(dataset, "val", data_dir, size, no_verify)
+    folder = str(Path(out).resolve())
+    with Store(store_path) as store, store.tracked_run(
+            TRAIN_DENOISER_COMMAND, config_dict(config), model={"dir": folder, "model": "denoiser"},
+            dataset=train_ds.spec, resume=False) as (run_id, _):
+        result = train_denoiser(train_ds, val_ds, config, resolve_device(device))
+        meta = {"dataset": train_ds.spec, "train_config": config_dict(config),
+                "history": result.history, "best_epoch": result.best_epoch,
+                "metrics": {"val": result.val_metrics}, "train_seconds": result.seconds}
+        save_denoiser(result.model, folder, meta)
+        summary = {"denoiser": folder, "dataset": train_ds.spec, "train_seconds": result.seconds,
+                   "best_epoch": result.best_epoch, "val": result.val_metrics}
+        store.finish_run(run_id, "completed", summary)
+    summary["run_id"] = run_id
+    return summary
+
+
+@click.command("train-denoiser")
+@dataset_options(required=True)
+@click.option("--out", type=click.Path(file_okay=False), required=True,
+              help="Folder to write the denoiser to.")
+@click.option("--epochs", type=int, default=8, show_default=True)
+@click.option("--width", type=int, default=16, show_default=True, help="Feature channels.")
+@click.option("--batch-size", type=int, default=64, show_default=True)
+@click.option("--lr", type=float, default=2e-3, show_default=True)
+@click.option("--density-min", type=float, default=0.001, show_default=True,
+              help="Lowest impulse density (share of pixels).")
+@click.option("--density-max", type=float, default=0.05, show_default=True,
+              help="Highest impulse density.")
+@click.option("--channel-share", type=float, default=0.1, show_default=True,
+              help="Share of images with channel-wise salt-and-pepper instead of pixel impulses.")
+@click.option("--clean-share", type=float, default=0.1, show_default=True,
+              help="Share of training images left clean.")
+@click.option("--patch", type=int, default=32, show_default=True,
+              help="Train on random crops of this side (0: whole images).")
+@click.option("--max-train", type=int, default=None, help="Use at most N training images.")
+@click.option("--store", "store_path", default=DEFAULT_STORE, show_default=True)
+@common_options
+def train_denoiser_cmd(dataset: str, data_dir: str | None, size: int | None, no_verify: bool,
+                       out: str, epochs: int, width: int, batch_size: int, lr: float,
+                       density_min: float, density_max: float, channel_share: float,
+                       clean_share: float, patch: int, max_train: int | None, store_path: str,
+                       as_json: bool, seed: int, device: str) -> None:
+    """Train a denoising autoencoder on impulse noise (saved as safetensors + JSON)."""
+    config = DenoiserTrainConfig(width=width, epochs=epochs, batch_size=batch_size, lr=lr,
+                                 densities=(density_min, density_max), channel_share=channel_share,
+                                 clean_share=clean_share, patch=patch or None, max_train=max_train,
+                                 seed=seed)
+    config.validate()
+    summary = train_denoiser_and_save(dataset, data_dir, size, no_verify, config, out, device,
+                                      store_path)
+
+    def human() -> None:
+        v = summary["val"]
+        click.echo(f"trained denoiser in {summary['train_seconds']:.0f}s (best epoch "
+                   f"{summary['best_epoch']}) -> {summary['denoiser']}")
+        click.echo(f"validation MSE noisy {fmt(v['noisy_mse_before'], 6)} -> denoised "
+                   f"{fmt(v['noisy_mse_after'], 6)}; clean images changed by MSE "
+                   f"{fmt(v['clean_mse_after'], 7)}; impulse recall {fmt(v['mask_recall'])}, "
+                   f"precision {fmt(v['mask_precision'])}")
+
+    emit(summary, as_json, human)

@@ -1,0 +1,58 @@
+"""Denoising defences against one-pixel attacks, and their honest evaluation.
+
+Noise generators for training (``noise``), the residual impulse autoencoder (``autoencoder``,
+``training``, ``storage``, ``learned``), classical filters (``filters``) by name (``registry``),
+the defended model (``composed``, with ``bpda`` for filters), image quality (``quality``), the
+store-backed evaluation on one-pixel adversarial images (``evaluate``) and attacks that see the
+defence (``adaptive``).
+"""
+
+from medrobust.defences.autoencoder import ImpulseAutoencoder
+from medrobust.defences.base import Denoiser
+from medrobust.defences.bpda import BPDA, bpda
+from medrobust.defences.composed import DefendedClassifier
+from medrobust.defences.filters import (
+    ArtMedian,
+    Bilateral,
+    Identity,
+    Median,
+    NonLocalMeans,
+    TotalVariation,
+    Wavelet,
+)
+from medrobust.defences.learned import AutoencoderDenoiser
+from medrobust.defences.noise import channel_salt_pepper, mixed_impulse, pixel_impulse
+from medrobust.defences.quality import mse, psnr, quality, ssim
+from medrobust.defences.registry import CLASSICAL, available_denoisers, make_denoiser
+from medrobust.defences.storage import load_autoencoder, save_denoiser
+from medrobust.defences.training import DenoiserTrainConfig, train_denoiser
+
+__all__ = [
+    "BPDA",
+    "CLASSICAL",
+    "ArtMedian",
+    "AutoencoderDenoiser",
+    "Bilateral",
+    "DefendedClassifier",
+    "Denoiser",
+    "DenoiserTrainConfig",
+    "Identity",
+    "ImpulseAutoencoder",
+    "Median",
+    "NonLocalMeans",
+    "TotalVariation",
+    "Wavelet",
+    "available_denoisers",
+    "bpda",
+    "channel_salt_pepper",
+    "load_autoencoder",
+    "make_denoiser",
+    "mixed_impulse",
+    "mse",
+    "pixel_impulse",
+    "psnr",
+    "quality",
+    "save_denoiser",
+    "ssim",
+    "train_denoiser",
+]

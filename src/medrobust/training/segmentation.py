@@ -1,0 +1,165 @@
+"""Training a segmentation network (MONAI U-Net by default) with Dice + cross-entropy.
+
+Dice + CE (MONAI ``DiceCELoss``): CE alone under-segments the small foreground of nuclei images,
+Dice alone trains unstably at the start; the sum is the usual remedy. The epoch with the best
+validation Dice is kept. Deterministic for a seed on a device: seeded init, one torch.Generator
+for shuffling and augmentation (flips / 90-degree turns applied to image and mask together).
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from monai.losses import DiceCELoss
+
+from medrobust.data.segmentation import SegmentationDataset
+from medrobust.errors import ConfigError
+from medrobust.models.registry import build_model
+from medrobust.models.segmenter import Segmenter, save_segmenter
+from medrobust.models.unet import downsampling
+from medrobust.training.augment import augment_batch
+from medrobust.training.seg_metrics import segmentation_metrics
+from medrobust.utils.progress import progress
+from medrobust.utils.seeding import seed_everything
+from medrobust.utils.validation import check_choice, check_range
+
+SEG_AUGMENT = ("flips", "none")
+
+
+@dataclass
+class SegTrainConfig:
+    """Hyper-parameters; the defaults reach Dice >= 0.85 on DSB2018 at 128x128 on 2 CPU cores."""
+
+    model: str = "unet"
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+    epochs: int = 20
+    batch_size: int = 16
+    lr: float = 3e-3
+    weight_decay: float = 1e-4
+    augment: str = "flips"
+    seed: int = 0
+
+    def validate(self) -> None:
+        check_range("epochs", self.epochs, 1)
+        check_range("batch_size", self.batch_size, 1)
+        check_range("lr", self.lr, 0, low_inclusive=False)
+        check_range("weight_decay", self.weight_decay, 0)
+        check_choice("augment", self.augment, SEG_AUGMENT)
+
+
+@dataclass
+class SegTrainResult:
+    segmenter: Segmenter
+    history: list[dict[str, float]]
+    best_epoch: int
+    val_metrics: dict[str, Any]
+    seconds: float
+    #: CPU time of this process (all threads): on a shared machine, cpu_seconds / threads is
+    #: the honest estimate of the wall time a dedicated machine would need.
+    cpu_seconds: float = 0.0
+
+
+def channel_stats(ds: SegmentationDataset) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std of the training images on the [0,1] scale."""
+    x = ds.images.reshape(-1, ds.channels).astype(np.float64) / 255.0
+    return x.mean(axis=0).tolist(), np.maximum(x.std(axis=0), 1e-3).tolist()
+
+
+def evaluate_segmenter(segmenter: Segmenter, ds: SegmentationDataset) -> dict[str, Any]:
+    """Mean Dice, IoU (foreground) and pixel accuracy of ``segmenter`` on ``ds``."""
+    pred = segmenter.predict(ds.images)
+    return segmentation_metrics(pred, ds.masks, segmenter.num_classes)
+
+
+def train_segmenter(train: SegmentationDataset, val: SegmentationDataset,
+                    config: SegTrainConfig, device: torch.device | str = "cpu") -> SegTrainResult:
+    """Train ``config.model`` on ``train``; keep the epoch with the best validation Dice."""
+    config.validate()
+    if train.channels != val.channels:
+        raise ConfigError("train and validation splits differ in channels")
+    if len(train) == 0 or len(val) == 0:
+        raise ConfigError("segmentation training needs non-empty train and validation splits")
+    k = max(train.num_classes, val.num_classes)
+    names = train.class_names if train.num_classes == k else val.class_names
+    seed_everything(config.seed)
+    device = torch.device(device)
+    model = build_model(config.model, train.channels, k, **config.model_kwargs)
+    mean, std = channel_stats(train)
+    multiple = downsampling(config.model_kwargs) if config.model == "unet" else 1
+    seg = Segmenter(model, mean=mean, std=std, class_names=names, multiple=multiple,
+                    device=device)
+    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
+
+    x_train = torch.from_numpy(train.images).permute(0, 3, 1, 2).contiguous()
+    y_train = torch.from_numpy(train.masks).unsqueeze(1).float()
+    opt = torch.optim.AdamW(seg.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    steps_per_epoch = max(1, int(np.ceil(len(train) / config.batch_size)))
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=config.lr,
+                                                total_steps=config.epochs * steps_per_epoch)
+    gen = torch.Generator().manual_seed(config.seed)
+    c = train.channels
+
+    history: list[dict[str, float]] = []
+    best: tuple[tuple[float, float], int, dict[str, Any], dict[str, torch.Tensor]] | None = None
+    start, cpu_start = time.perf_counter(), time.process_time()
+    bar = progress(total=config.epochs * steps_per_epoch, desc=f"train {config.model}")
+    for epoch in range(1, config.epochs + 1):
+        seg.train()
+        order = torch.randperm(len(train), generator=gen)
+        total = 0.0
+        for i in range(steps_per_epoch):
+            idx = order[i * config.batch_size:(i + 1) * config.batch_size]
+            both = torch.cat([x_train[idx].float() / 255.0, y_train[idx]], dim=1)
+            if config.augment == "flips":
+                both = augment_batch(both, "flips", gen)
+            xb, yb = both[:, :c].to(device), both[:, c:].round().to(device)
+            loss = loss_fn(seg(xb), yb)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            total += float(loss.detach()) * len(idx)
+            bar.update(1)
+        seg.eval()
+        metrics = evaluate_segmenter(seg, val)
+        row = {"epoch": epoch, "train_loss": total / len(train), "val_dice": metrics["dice"],
+               "val_iou": metrics["iou"], "val_pixel_accuracy": metrics["pixel_accuracy"],
+               "seconds": time.perf_counter() - start,
+               "cpu_seconds": time.process_time() - cpu_start}
+        history.append(row)
+        bar.set_postfix(val_dice=f"{metrics['dice']:.3f}")
+        value = (metrics["dice"], metrics["iou"])
+        if best is None or value > best[0]:
+            best = (value, epoch, metrics, copy.deepcopy(seg.model.state_dict()))
+    bar.close()
+    assert best is not None
+    seg.model.load_state_dict(best[3])
+    seg.eval()
+    return SegTrainResult(seg, history, best[1], best[2], time.perf_counter() - start,
+                          time.process_time() - cpu_start)
+
+
+def save_trained_segmenter(result: SegTrainResult, config: SegTrainConfig,
+                           train: SegmentationDataset, out_dir: str | Path,
+                           extra: dict[str, Any] | None = None) -> Path:
+    """Write the checkpoint with provenance (config, dataset, history, validation metrics)."""
+    meta = {
+        "model": config.model,
+        "model_kwargs": config.model_kwargs,
+        "dataset": train.spec,
+        "image_size": list(train.size),
+        "train_config": asdict(config),
+        "history": result.history,
+        "best_epoch": result.best_epoch,
+        "metrics": {"val": result.val_metrics, **(extra or {})},
+        "train_seconds": result.seconds,
+        "train_cpu_seconds": result.cpu_seconds,
+        "torch_threads": torch.get_num_threads(),
+    }
+    return save_segmenter(result.segmenter, out_dir, meta)
