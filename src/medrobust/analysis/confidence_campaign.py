@@ -15,7 +15,7 @@ from medrobust.analysis.confidence_figure import save_confidence_figure
 from medrobust.analysis.confidence_map import confidence_map
 from medrobust.analysis.periodicity import map_parity
 from medrobust.data.base import ImageDataset
-from medrobust.models.checkpoint import read_meta
+from medrobust.models.checkpoint import model_provenance
 from medrobust.models.classifier import Classifier
 from medrobust.store import Campaign, ResultTable, Store
 
@@ -37,12 +37,9 @@ def run_map_campaign(store: Store, classifier: Classifier, model_dir: str | Path
                      show_progress: bool = True) -> tuple[int, list[dict[str, Any]]]:
     """Map ``dataset[indices]``; returns (run id, rows of this run)."""
     out = Path(out_dir).resolve()
-    meta = read_meta(model_dir)
     params = {"step": step, "engine": engine, "score_class": score_class,
               "indices": [int(i) for i in indices], "out": str(out)}
-    model_info = {"dir": str(Path(model_dir).resolve()), "model": meta.get("model"),
-                  "model_kwargs": meta.get("model_kwargs", {}), "saved_at": meta.get("saved_at"),
-                  "head": classifier.head, "class_names": list(classifier.class_names)}
+    model_info = model_provenance(model_dir, classifier)
     run_id, _ = store.start_run("map", params, model=model_info,
                                 dataset={**dataset.spec, "split": dataset.split})
     campaign = Campaign(store, MAP_TABLE, run_id)

@@ -18,7 +18,7 @@ import numpy as np
 from medrobust.analysis.chromatic import colour_distance, neighbour_mean
 from medrobust.attacks.onepixel import OnePixel, OnePixelResult
 from medrobust.data.base import ImageDataset
-from medrobust.models.checkpoint import read_meta
+from medrobust.models.checkpoint import model_provenance
 from medrobust.models.classifier import Classifier
 from medrobust.store import Campaign, ResultTable, Store
 from medrobust.utils.progress import progress
@@ -93,12 +93,9 @@ def run_onepixel_campaign(store: Store, classifier: Classifier, model_dir: str |
                           targets: dict[int, int] | None = None, batch_images: int = 32,
                           resume: bool = True, show_progress: bool = True) -> CampaignOutcome:
     """Attack ``dataset[indices]`` and record each image; returns the run's summary."""
-    meta = read_meta(model_dir)
     params = {"attack": attack.params(), "indices": [int(i) for i in indices],
               "targets": None if targets is None else {str(k): v for k, v in targets.items()}}
-    model_info = {"dir": str(Path(model_dir).resolve()), "model": meta.get("model"),
-                  "model_kwargs": meta.get("model_kwargs", {}), "saved_at": meta.get("saved_at"),
-                  "head": classifier.head, "class_names": list(classifier.class_names)}
+    model_info = model_provenance(model_dir, classifier)
     run_id, resumed = store.start_run("attack onepixel", params, model=model_info,
                                       dataset={**dataset.spec, "split": dataset.split},
                                       resume=resume)

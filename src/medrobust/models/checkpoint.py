@@ -65,6 +65,14 @@ def read_meta(ckpt_dir: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"{path} is not valid JSON: {exc}") from None
 
 
+def model_provenance(ckpt_dir: str | Path, classifier: Classifier) -> dict[str, Any]:
+    """What a store run records about the model it attacked or analysed."""
+    meta = read_meta(ckpt_dir)
+    return {"dir": str(Path(ckpt_dir).resolve()), "model": meta.get("model"),
+            "model_kwargs": meta.get("model_kwargs", {}), "saved_at": meta.get("saved_at"),
+            "head": classifier.head, "class_names": list(classifier.class_names)}
+
+
 def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
     """State dict from .safetensors, or from a .pt/.pth file with ``weights_only=True``."""
     p = Path(path)
