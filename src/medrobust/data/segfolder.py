@@ -66,6 +66,9 @@ def seeded_split(n: int, val_fraction: float, test_fraction: float, seed: int
     order = numpy_rng(seed).permutation(n)
     n_test = round(n * test_fraction)
     n_val = round(n * val_fraction)
+    if n >= 3:  # tiny folders still get one validation and one test item when asked for
+        n_test = max(n_test, 1 if test_fraction > 0 else 0)
+        n_val = max(n_val, 1 if val_fraction > 0 else 0)
     if n_test + n_val >= n:
         n_test, n_val = min(n_test, max(n - 1, 0)), max(min(n_val, n - 1 - n_test), 0)
     return {"test": np.sort(order[:n_test]), "val": np.sort(order[n_test:n_test + n_val]),
