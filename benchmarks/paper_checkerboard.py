@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -98,19 +99,35 @@ def main() -> None:
                           "figure": m["figure"], "robust": m["robust"]} for m in maps],
             }
     (out / "checkerboard.json").write_text(json.dumps(summary, indent=2, default=float))
-    lines = ["| padding | test acc | direction | successful attacks | on even/even | share | "
-             "binomial p (vs 25 %) |", "|---|---|---|---|---|---|---|"]
+    lines = ["# The paper's checkerboard on BCCD cells (mitosisnet, Keras vs symmetric padding)", "",
+             f"Command: `python benchmarks/paper_checkerboard.py --attacks {args.attacks} "
+             f"--maps {args.maps} --step {args.step}` (population {args.population}, "
+             f"{args.generations} generations, partial success at 0.9 / 0.1 as in the paper).", "",
+             "## Where the successful one-pixel attacks land", "",
+             "| padding | test acc | direction | successful attacks | X even, Y even | "
+             "X even, Y odd | X odd, Y even | X odd, Y odd | even/even share | "
+             "binomial p (vs 25 %) |", "|---|---|---|---|---|---|---|---|---|---|"]
     for padding, s in summary.items():
         for direction, p in s["periodicity"].items():
+            share = "-" if p["share"] is None else f"{p['share']:.2f}"
+            pv = "-" if p["p_value"] is None else f"{p['p_value']:.2g}"
             lines.append(f"| {padding} | {s['test_accuracy']:.3f} | {direction} | {p['n']} | "
-                         f"{p['even_even']} | {p['share']:.2f} | {p['p_value']:.2g} |")
-    lines += ["", "| padding | mapped cell | min-map mean at even/even | elsewhere |",
-              "|---|---|---|---|"]
+                         f"{p['x_even_y_even']} | {p['x_even_y_odd']} | {p['x_odd_y_even']} | "
+                         f"{p['x_odd_y_odd']} | {share} | {pv} |")
+    lines += ["", "## Exhaustive confidence maps of positive (WBC) cells", "",
+              "Mean over pixels of the min map (the lowest P(WBC) reachable by recolouring that "
+              "pixel) in each parity cell; the lowest cell is where one pixel does the most harm.",
+              "", "| padding | cell | X even, Y even | X even, Y odd | X odd, Y even | "
+              "X odd, Y odd | grid holds an attack |", "|---|---|---|---|---|---|---|"]
     for padding, s in summary.items():
         for m in s["maps"]:
-            pm = m["parity_min"]
-            lines.append(f"| {padding} | {m['index']} | {pm['even_even_mean']:.4f} | "
-                         f"{pm['other_mean']:.4f} |")
+            (ee, eo), (oe, oo) = m["parity_min"]["cell_means"]
+            lines.append(f"| {padding} | {m['index']} | {ee:.4f} | {eo:.4f} | {oe:.4f} | "
+                         f"{oo:.4f} | {'no' if m['robust'] else 'yes'} |")
+    lines += ["", "Figures (image, min map, max map):", ""]
+    for padding, s in summary.items():
+        for m in s["maps"]:
+            lines.append(f"![{padding} cell {m['index']}]({os.path.relpath(m['figure'], out)})")
     (out / "checkerboard.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

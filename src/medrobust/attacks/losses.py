@@ -14,7 +14,6 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
-from monai.losses import DiceLoss as MonaiDiceLoss
 
 from medrobust.errors import ConfigError
 
@@ -54,6 +53,9 @@ class DiceLoss:
     """
 
     def __init__(self, include_background: bool = True) -> None:
+        # MONAI takes ~3 s to import; only users of the Dice loss should pay for it.
+        from monai.losses import DiceLoss as MonaiDiceLoss
+
         self.include_background = bool(include_background)
         self._loss = MonaiDiceLoss(include_background=self.include_background, to_onehot_y=True,
                                    softmax=True, reduction="none")
