@@ -79,7 +79,7 @@ def load_average() -> list[float] | None:
 # --- models ------------------------------------------------------------------------------------
 def cached_model(dataset: str, data_dir: str | Path, *, cache_dir: str | Path = DEFAULT_CACHE,
                  model: str = "smallcnn", width: int | None = None, epochs: int = 10,
-                 seed: int = 0, device: str = "cpu", batch_size: int = 512
+                 seed: int = 0, device: str = "cpu", batch_size: int | None = None
                  ) -> tuple[Classifier, dict[str, Any]]:
     """A trained classifier for ``dataset`` from the cache, training it there first if absent.
 

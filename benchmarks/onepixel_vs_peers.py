@@ -66,6 +66,7 @@ from medrobust.data import load_dataset
 from medrobust.models.classifier import Classifier
 from medrobust.utils.device import resolve_device
 
+AUTO_ROWS = "size-aware default (64 for 64x64, 256 for 28x28)"
 ALL_METHODS = ("medrobust", "medrobust-single", "medrobust-reference", "torchattacks", "art")
 DEFAULT_METHODS = ("medrobust", "medrobust-reference", "torchattacks", "art")
 REFERENCE = "torchattacks"
@@ -88,9 +89,9 @@ DIFFERENCES = (
     "receptive-field cone is recomputed, from cached clean activations); medrobust-reference runs "
     "the same attack with full forward passes. Both give the same attack result (the script "
     "checks that success and pixels agree).",
-    "Batching: medrobust scores the populations of all images together in calls of "
-    "exactly 512 rows (padding included: batch-independent scores); the peers attack one image "
-    "at a time (torchattacks with inf_batch=512, one call per generation; ART predicts in its "
+    "Batching: medrobust scores the populations of all images together in calls of a fixed size "
+    "(padding included: batch-independent scores); the peers attack one image "
+    "at a time (torchattacks with the same rows per call as medrobust-reference; ART predicts in its "
     "fixed batches of 128). The optional medrobust-single row runs medrobust one image per call.",
     "ART refuses true labels for 2-class models, so it is called with y=None and attacks the "
     "model's prediction, which equals the label for these correctly classified images (one extra "
@@ -205,10 +206,12 @@ def run_torchattacks(clf: Classifier, images: np.ndarray, labels: np.ndarray, ke
 
     c = images.shape[-1]
     popsize, real_pop = torchattacks_popsize(c, 1, args.population)
-    # inf_batch: the forward batch; 512 (medrobust's default Classifier batch size) is more than
-    # the population, so one generation is one forward call (torchattacks' default is 128).
+    # inf_batch: the forward batch. It gets the same rows per call as medrobust's full forward
+    # passes (the Classifier's size-aware default: 64 for 64x64, 256 for 28x28 on a CPU), which
+    # beat torchattacks' own default of 128 on these images.
+    x0 = torch.zeros(1, c, *images.shape[1:3])
     attack = torchattacks.OnePixel(clf, pixels=1, steps=args.generations, popsize=popsize,
-                                   inf_batch=max(512, real_pop))
+                                   inf_batch=clf.rows_per_call(x0))
     x = torch.from_numpy(images).permute(0, 3, 1, 2).float().div(255.0).to(clf.device)
     y = torch.from_numpy(labels).long().to(clf.device)
     counter.reset()
@@ -442,15 +445,16 @@ def markdown(report: dict[str, Any]) -> str:
         "adversarial image to 8-bit, which only matters for torchattacks (continuous colours).",
         "* mean queries: model evaluations per image as counted by a forward hook (peers), or the "
         "attack's own count of scored candidates (medrobust). forward rows: every row passed "
-        "through the network, including medrobust's padding to fixed 512-row batches and its "
+        "through the network, including medrobust's padding to fixed-size calls and its "
         "clean pass.",
         f"* seconds: median over {report['args']['repeats']} repeat(s) of the wall clock for all "
         "images; CPU s: process CPU time (all threads), less sensitive to other work on a shared "
         f"machine; speed vs {REFERENCE}: median over repeats of {REFERENCE} seconds / method "
         "seconds (>1 = faster); µs/row: wall seconds per forward row.",
         "",
-        f"medrobust's forward batch (Classifier.batch_size, padded to exactly): "
-        f"{report['args'].get('batch_size', 512)} rows.",
+        f"Rows per full forward call (medrobust-reference, padded to exactly; torchattacks' "
+        f"inf_batch): {report['args'].get('batch_size') or AUTO_ROWS}; "
+        "the cone engine scores candidates in calls of exactly 512 rows.",
         "",
         *[f"* {d['dataset']}: the cone and reference engines gave "
           f"{'identical' if d['engines_agree'] else 'DIFFERENT'} adversarial images."
@@ -495,9 +499,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--width", type=int, default=16, help="SmallCNN width (medrobust default 32)")
     p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--batch-size", type=int, default=512,
-                   help="medrobust Classifier batch size: its forward calls are padded to exactly "
-                        "this many rows (512 is medrobust's default)")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="Classifier rows per forward call (default: medrobust's size-aware "
+                        "default); torchattacks gets the same")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     p.add_argument("--cache-dir", default=str(DEFAULT_CACHE))

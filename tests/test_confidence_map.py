@@ -147,3 +147,18 @@ def test_partial_map_resumes_from_checkpoint(tmp_path, monkeypatch):
     assert full.passes == (36 - 2) * 6  # the two checkpointed pixels are not recomputed
     assert not np.isnan(full.min).any()
     assert np.allclose(full.min, confidence_map(clf, image, 0, step=51).min, atol=1e-6)
+
+
+def test_packed_and_per_pixel_map_paths_agree(monkeypatch):
+    """Small grids share engine calls between pixels; the per-pixel path must give the same map."""
+    import medrobust.analysis.confidence_map as cm
+
+    clf = _classifier("mitosisnet", {"padding": "keras"}, 3, seed=2)
+    image = np.random.default_rng(1).integers(0, 256, (8, 8, 3), dtype=np.uint8)
+    packed = confidence_map(clf, image, 1, step=128)  # 27 colours: 18 pixels per call
+    monkeypatch.setattr(cm, "PACK_BELOW", 0)
+    single = confidence_map(clf, image, 1, step=128)
+    for field in ("min", "max", "mean"):
+        assert np.abs(getattr(packed, field) - getattr(single, field)).max() < 1e-5
+    assert np.array_equal(packed.success, single.success)
+    assert not np.isnan(packed.min).any()

@@ -100,6 +100,11 @@ class ConfidenceMap:
                                  argmax_colour=z["argmax_colour"], success=z["success"], **meta)
 
 
+#: Grids with fewer colours than PACK_BELOW share engine calls between pixels, about PACK_ROWS
+#: rows per call (measured best for the cone engine's mixed-pixel path on a 2-core CPU).
+PACK_BELOW, PACK_ROWS = 128, 512
+
+
 def confidence_map(classifier: Classifier, image: np.ndarray, label: int, step: int = 5,
                    score_class: int | None = None, engine: str = "fast",
                    pixels: list[tuple[int, int]] | None = None,
@@ -140,29 +145,22 @@ def confidence_map(classifier: Classifier, image: np.ndarray, label: int, step: 
     started = time.perf_counter()
     last_save = started
     pending = [(xx, yy) for xx, yy in todo if not state.done[yy, xx]]
-    bar = progress(pending, desc="confidence map", unit="px", disable=not show_progress)
-    zero = torch.zeros(1, dtype=torch.long, device=dev)
-    for xx, yy in bar:
-        lo, hi, total = np.inf, -np.inf, 0.0
-        lo_i = hi_i = 0
-        ok = False
-        for s in range(0, n_col, chunk):
-            cols = grid[s:s + chunk]
-            m = cols.shape[0]
-            probs = eng.probabilities(zero.expand(m), torch.full((m, 1), xx, device=dev),
-                                      torch.full((m, 1), yy, device=dev), cols[:, None, :])
-            score = probs[:, cls]
-            i_min, i_max = int(torch.argmin(score)), int(torch.argmax(score))
-            if float(score[i_min]) < lo:
-                lo, lo_i = float(score[i_min]), s + i_min
-            if float(score[i_max]) > hi:
-                hi, hi_i = float(score[i_max]), s + i_max
-            total += float(score.double().sum())
-            ok = ok or bool(objective.success(probs.double().cpu().numpy()).any())
-        state.record(xx, yy, lo, hi, total / n_col, grid_u8[lo_i], grid_u8[hi_i], ok)
+    # Small grids pack several pixels into one engine call (mixed pixels take the engine's general
+    # path); large grids give each pixel calls of its own, where every row shares one pixel and
+    # the fast engine reuses a single clean window (about 1.6x faster per pass than mixed calls).
+    per_call = max(1, PACK_ROWS // n_col) if n_col < PACK_BELOW else 1
+    bar = progress(total=len(pending), desc="confidence map", unit="px",
+                   disable=not show_progress)
+    for i in range(0, len(pending), per_call):
+        group = pending[i:i + per_call]
+        stats = _score_pixels(eng, group, grid, cls, objective, chunk)
+        for (xx, yy), (lo, hi, mean, lo_i, hi_i, ok) in zip(group, stats, strict=True):
+            state.record(xx, yy, lo, hi, mean, grid_u8[lo_i], grid_u8[hi_i], ok)
+        bar.update(len(group))
         if checkpoint is not None and time.perf_counter() - last_save > 20:
             state.save(checkpoint)
             last_save = time.perf_counter()
+    bar.close()
     if checkpoint is not None:
         state.save(checkpoint)
     name = classifier.class_names[cls]
@@ -172,6 +170,43 @@ def confidence_map(classifier: Classifier, image: np.ndarray, label: int, step: 
         score_name=f"P({name})", label=label, clean_score=clean, objective=objective.kind,
         engine=engine if getattr(eng, "fallback_reason", None) is None else "reference",
         seconds=time.perf_counter() - started, passes=len(pending) * n_col)
+
+
+def _score_pixels(eng: Any, pixels: list[tuple[int, int]], grid: torch.Tensor, cls: int,
+                  objective: Any, chunk: int) -> list[tuple[float, float, float, int, int, bool]]:
+    """Per pixel: min, max and mean score over the grid, argmin/argmax grid index, success."""
+    dev, n_col = grid.device, grid.shape[0]
+    if len(pixels) > 1:  # every pixel with every colour, in one call
+        p = len(pixels)
+        xy = torch.tensor(pixels, device=dev).repeat_interleave(n_col, dim=0)
+        probs = eng.probabilities(torch.zeros(p * n_col, dtype=torch.long, device=dev),
+                                  xy[:, :1], xy[:, 1:], grid.repeat(p, 1)[:, None, :])
+        score = probs[:, cls].view(p, n_col)
+        ok = objective.success(probs.double().cpu().numpy()).reshape(p, n_col).any(axis=1)
+        lo, lo_i = score.min(dim=1)
+        hi, hi_i = score.max(dim=1)
+        mean = score.double().sum(dim=1) / n_col
+        return [(float(lo[i]), float(hi[i]), float(mean[i]), int(lo_i[i]), int(hi_i[i]),
+                 bool(ok[i])) for i in range(p)]
+    (xx, yy), = pixels
+    lo, hi, total = np.inf, -np.inf, 0.0
+    lo_i = hi_i = 0
+    success = False
+    zero = torch.zeros(1, dtype=torch.long, device=dev)
+    for s in range(0, n_col, chunk):
+        cols = grid[s:s + chunk]
+        m = cols.shape[0]
+        probs = eng.probabilities(zero.expand(m), torch.full((m, 1), xx, device=dev),
+                                  torch.full((m, 1), yy, device=dev), cols[:, None, :])
+        score = probs[:, cls]
+        i_min, i_max = int(torch.argmin(score)), int(torch.argmax(score))
+        if float(score[i_min]) < lo:
+            lo, lo_i = float(score[i_min]), s + i_min
+        if float(score[i_max]) > hi:
+            hi, hi_i = float(score[i_max]), s + i_max
+        total += float(score.double().sum())
+        success = success or bool(objective.success(probs.double().cpu().numpy()).any())
+    return [(lo, hi, total / n_col, lo_i, hi_i, success)]
 
 
 @dataclass

@@ -153,7 +153,7 @@ def evaluate_adaptive(store: Store, classifier: Classifier, denoiser: Denoiser,
     indices = attacked.indices[:n]
     clean = attacked.clean[:n]
     labels = attacked.labels[:n]
-    defended = DefendedClassifier(classifier, denoiser, batch_size=min(classifier.batch_size, 256))
+    defended = DefendedClassifier(classifier, denoiser, batch_size=min(classifier.batch_size or 256, 256))
     params = {"source_run": run["id"], "denoiser": denoiser.spec(), "images": indices.tolist(),
               "config": config.params()}
     run_id, resumed = store.start_run(ADAPTIVE_COMMAND, params, model=run.get("model"),

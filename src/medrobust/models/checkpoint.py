@@ -92,8 +92,9 @@ def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
 
 
 def load_classifier(ckpt_dir: str | Path, device: str | torch.device = "cpu",
-                    batch_size: int = 512) -> Classifier:
-    """Rebuild the Classifier saved in ``ckpt_dir``."""
+                    batch_size: int | None = None) -> Classifier:
+    """Rebuild the Classifier saved in ``ckpt_dir`` (``batch_size`` None: sized to the images,
+    see ``default_batch_size``)."""
     meta = read_meta(ckpt_dir)
     try:
         model = build_model(meta["model"], meta["channels"], len(meta["class_names"]),

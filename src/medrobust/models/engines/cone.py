@@ -42,6 +42,11 @@ _ARITHMETIC = {operator.add, operator.sub, operator.mul, operator.truediv, torch
                torch.mul, torch.div}
 
 
+#: Rows per call in batch-consistent mode. Cone windows are small, so large calls amortise the
+#: per-layer Python overhead without spilling the caches (unlike full forward passes).
+CONSISTENT_CHUNK = 512
+
+
 class _Tracer(fx.Tracer):
     """Keeps SamePad2d whole: its padding depends on the input size, which fx cannot trace."""
 
@@ -87,12 +92,13 @@ class ConeEngine(PixelEngine):
 
     def __init__(self, classifier: Classifier, images: torch.Tensor, chunk: int = 2048,
                  batch_consistent: bool = False) -> None:
-        """``batch_consistent``: every evaluation has the same shape (chunks of the classifier's
-        batch size, the last one padded) and takes the same code path, so a candidate's score does
-        not depend on which others share its call (attacks need this; maps do not)."""
+        """``batch_consistent``: every evaluation has the same shape (chunks of exactly
+        ``CONSISTENT_CHUNK`` rows, the last one padded) and takes the same code path, so a
+        candidate's score does not depend on which others share its call (attacks need this;
+        maps do not)."""
         super().__init__(classifier, images)
         self.batch_consistent = batch_consistent
-        self.chunk = classifier.batch_size if batch_consistent else chunk
+        self.chunk = CONSISTENT_CHUNK if batch_consistent else chunk
         self.fallback_reason: str | None = None
         self._uniform = False
         self._reference = DenseEngine(classifier, images)

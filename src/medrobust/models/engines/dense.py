@@ -10,7 +10,7 @@ from medrobust.models.engines.base import PixelEngine, apply_pixels
 class DenseEngine(PixelEngine):
     """Plain batched forward passes; exact by construction, the baseline for faster engines.
 
-    Forward calls always have ``batch_size`` rows (see ``Classifier.probabilities_tensor``), so
+    Forward calls always have ``rows_per_call`` rows (see ``Classifier.probabilities_tensor``), so
     a candidate's score does not depend on which other candidates share its batch.
     """
 
@@ -26,8 +26,9 @@ class DenseEngine(PixelEngine):
                       colours: torch.Tensor) -> torch.Tensor:
         clf = self.classifier
         out = []
-        for s in range(0, image_index.shape[0], clf.batch_size):
-            sl = slice(s, s + clf.batch_size)
+        rows = clf.rows_per_call(self.images)
+        for s in range(0, image_index.shape[0], rows):
+            sl = slice(s, s + rows)
             batch = apply_pixels(self.images[image_index[sl]], xs[sl], ys[sl], colours[sl])
             out.append(clf.probabilities_tensor(batch, fixed_batch=True))
         if not out:
