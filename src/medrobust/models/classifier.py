@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from medrobust.errors import ConfigError
+from medrobust.models.pixels import pixel_tensor
 
 #: Pixels (rows x height x width) per forward call on a CPU. Larger calls spill the caches and
 #: run slower: a 64x64 SmallCNN scores 2.4x more images per second in calls of 64 rows than of
@@ -72,28 +73,9 @@ class Classifier(nn.Module):
 
     # --- input handling ---------------------------------------------------------------------
     def to_tensor(self, images: np.ndarray | torch.Tensor) -> torch.Tensor:
-        """Pixel-space images to float [0,1] (N,C,H,W) on this device; inputs are not mutated."""
-        if isinstance(images, np.ndarray):
-            arr = images[None] if images.ndim == 3 else images
-            if arr.ndim != 4:
-                raise ConfigError(f"expected (N,H,W,C) or (H,W,C) images, got shape {images.shape}")
-            t = torch.from_numpy(np.ascontiguousarray(arr)).permute(0, 3, 1, 2)
-        elif isinstance(images, torch.Tensor):
-            t = images[None] if images.ndim == 3 else images
-            if t.ndim != 4:
-                raise ConfigError(f"expected (N,C,H,W) tensors, got shape {tuple(images.shape)}")
-        else:
-            raise ConfigError(f"images must be a NumPy array or torch tensor, not {type(images)}")
-        if t.shape[1] != self.channels:
-            raise ConfigError(f"model expects {self.channels} channel(s), images have {t.shape[1]}")
-        if t.dtype == torch.uint8:
-            return t.to(self.device, torch.float32) / 255.0
-        if not t.is_floating_point():
-            raise ConfigError(f"images must be uint8 or float in [0,1], got {t.dtype}")
-        t = t.to(self.device, torch.float32)
-        if t.numel() and (float(t.min()) < -1e-6 or float(t.max()) > 1 + 1e-6):
-            raise ConfigError("float images must lie in [0,1] (pixel space); got values outside")
-        return t
+        """Pixel-space images (uint8 0..255 or float [0,1]) to a new float [0,1] (N,C,H,W)
+        tensor on this device; see ``pixel_tensor``."""
+        return pixel_tensor(images, self.channels, self.device)
 
     # --- differentiable path ----------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:

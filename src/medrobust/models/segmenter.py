@@ -24,6 +24,7 @@ from torch import nn
 from medrobust.errors import CheckpointError, ConfigError
 from medrobust.models import unet as _unet  # noqa: F401  (registers "unet" in the zoo)
 from medrobust.models.checkpoint import META, WEIGHTS, library_versions, load_weights, read_meta
+from medrobust.models.pixels import pixel_tensor
 from medrobust.models.registry import build_model
 
 TASK = "segmentation"
@@ -66,31 +67,9 @@ class Segmenter(nn.Module):
         return len(self.class_names)
 
     def to_tensor(self, images: np.ndarray | torch.Tensor) -> torch.Tensor:
-        """Pixel-space images to a new float [0,1] (N,C,H,W) tensor on this device.
-
-        NumPy arrays are (N,H,W,C) or (H,W,C) like the datasets; tensors are (N,C,H,W).
-        """
-        if isinstance(images, np.ndarray):
-            arr = images[None] if images.ndim == 3 else images
-            if arr.ndim != 4:
-                raise ConfigError(f"expected (N,H,W,C) or (H,W,C) images, got {images.shape}")
-            t = torch.from_numpy(np.ascontiguousarray(arr)).permute(0, 3, 1, 2)
-        elif isinstance(images, torch.Tensor):
-            t = images[None] if images.ndim == 3 else images
-            if t.ndim != 4:
-                raise ConfigError(f"expected (N,C,H,W) tensors, got {tuple(images.shape)}")
-        else:
-            raise ConfigError(f"images must be a NumPy array or torch tensor, not {type(images)}")
-        if t.shape[1] != self.channels:
-            raise ConfigError(f"model expects {self.channels} channel(s), images have {t.shape[1]}")
-        if t.dtype == torch.uint8:
-            return t.to(self.device, torch.float32) / 255.0
-        if not t.is_floating_point():
-            raise ConfigError(f"images must be uint8 or float in [0,1], got {t.dtype}")
-        t = t.to(self.device, torch.float32).clone()
-        if t.numel() and (float(t.min()) < -1e-6 or float(t.max()) > 1 + 1e-6):
-            raise ConfigError("float images must lie in [0,1] (pixel space); got values outside")
-        return t
+        """Pixel-space images (uint8 0..255 or float [0,1]) to a new float [0,1] (N,C,H,W)
+        tensor on this device; see ``pixel_tensor``."""
+        return pixel_tensor(images, self.channels, self.device)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(N,K,H,W) logits for float [0,1] (N,C,H,W) input; differentiable."""

@@ -8,8 +8,6 @@ for shuffling and augmentation (flips / 90-degree turns applied to image and mas
 
 from __future__ import annotations
 
-import copy
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,8 +22,8 @@ from medrobust.models.registry import build_model
 from medrobust.models.segmenter import Segmenter, save_segmenter
 from medrobust.models.unet import downsampling
 from medrobust.training.augment import augment_batch
+from medrobust.training.loop import Judgement, fit
 from medrobust.training.seg_metrics import segmentation_metrics
-from medrobust.utils.progress import progress
 from medrobust.utils.seeding import seed_everything
 from medrobust.utils.validation import check_choice, check_range
 
@@ -98,51 +96,27 @@ def train_segmenter(train: SegmentationDataset, val: SegmentationDataset,
 
     x_train = torch.from_numpy(train.images).permute(0, 3, 1, 2).contiguous()
     y_train = torch.from_numpy(train.masks).unsqueeze(1).float()
-    opt = torch.optim.AdamW(seg.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    steps_per_epoch = max(1, int(np.ceil(len(train) / config.batch_size)))
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=config.lr,
-                                                total_steps=config.epochs * steps_per_epoch)
     gen = torch.Generator().manual_seed(config.seed)
     c = train.channels
 
-    history: list[dict[str, float]] = []
-    best: tuple[tuple[float, float], int, dict[str, Any], dict[str, torch.Tensor]] | None = None
-    start, cpu_start = time.perf_counter(), time.process_time()
-    bar = progress(total=config.epochs * steps_per_epoch, desc=f"train {config.model}")
-    for epoch in range(1, config.epochs + 1):
-        seg.train()
-        order = torch.randperm(len(train), generator=gen)
-        total = 0.0
-        for i in range(steps_per_epoch):
-            idx = order[i * config.batch_size:(i + 1) * config.batch_size]
-            both = torch.cat([x_train[idx].float() / 255.0, y_train[idx]], dim=1)
-            if config.augment == "flips":
-                both = augment_batch(both, "flips", gen)
-            xb, yb = both[:, :c].to(device), both[:, c:].round().to(device)
-            loss = loss_fn(seg(xb), yb)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            total += float(loss.detach()) * len(idx)
-            bar.update(1)
-        seg.eval()
+    def batch_loss(idx: torch.Tensor) -> torch.Tensor:
+        both = torch.cat([x_train[idx].float() / 255.0, y_train[idx]], dim=1)
+        if config.augment == "flips":  # image and mask turn together
+            both = augment_batch(both, "flips", gen)
+        return loss_fn(seg(both[:, :c].to(device)), both[:, c:].round().to(device))
+
+    def judge() -> Judgement:
         metrics = evaluate_segmenter(seg, val)
-        row = {"epoch": epoch, "train_loss": total / len(train), "val_dice": metrics["dice"],
-               "val_iou": metrics["iou"], "val_pixel_accuracy": metrics["pixel_accuracy"],
-               "seconds": time.perf_counter() - start,
-               "cpu_seconds": time.process_time() - cpu_start}
-        history.append(row)
-        bar.set_postfix(val_dice=f"{metrics['dice']:.3f}")
-        value = (metrics["dice"], metrics["iou"])
-        if best is None or value > best[0]:
-            best = (value, epoch, metrics, copy.deepcopy(seg.model.state_dict()))
-    bar.close()
-    assert best is not None
-    seg.model.load_state_dict(best[3])
-    seg.eval()
-    return SegTrainResult(seg, history, best[1], best[2], time.perf_counter() - start,
-                          time.process_time() - cpu_start)
+        return Judgement({"val_dice": metrics["dice"], "val_iou": metrics["iou"],
+                          "val_pixel_accuracy": metrics["pixel_accuracy"]},
+                         (metrics["dice"], metrics["iou"]), metrics,
+                         {"val_dice": f"{metrics['dice']:.3f}"})
+
+    done = fit(seg, seg.model, len(train), epochs=config.epochs, batch_size=config.batch_size,
+               lr=config.lr, weight_decay=config.weight_decay, generator=gen,
+               batch_loss=batch_loss, judge=judge, desc=f"train {config.model}")
+    return SegTrainResult(seg, done.history, done.best_epoch, done.best_metrics, done.seconds,
+                          done.cpu_seconds)
 
 
 def save_trained_segmenter(result: SegTrainResult, config: SegTrainConfig,

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import copy
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,8 +16,8 @@ from medrobust.models.checkpoint import save_checkpoint
 from medrobust.models.classifier import Classifier
 from medrobust.models.registry import SIGMOID_MODELS, build_model
 from medrobust.training.augment import POLICIES, augment_batch, default_policy
+from medrobust.training.loop import Judgement, fit
 from medrobust.training.metrics import classification_metrics
-from medrobust.utils.progress import progress
 from medrobust.utils.seeding import seed_everything
 from medrobust.utils.validation import check_choice, check_range
 
@@ -107,49 +105,28 @@ def train_classifier(train: ImageDataset, val: ImageDataset, config: TrainConfig
         w = counts.sum() / np.maximum(counts, 1) / train.num_classes
         weights = torch.tensor(w, dtype=torch.float32, device=device)
 
-    opt = torch.optim.AdamW(clf.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    steps_per_epoch = max(1, int(np.ceil(len(train) / config.batch_size)))
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=config.lr,
-                                                total_steps=config.epochs * steps_per_epoch)
     gen = torch.Generator().manual_seed(config.seed)
 
-    history: list[dict[str, float]] = []
-    best: tuple[tuple[float, float], int, dict[str, Any], dict[str, torch.Tensor]] | None = None
-    start = time.perf_counter()
-    bar = progress(total=config.epochs * steps_per_epoch, desc=f"train {config.model}")
-    for epoch in range(1, config.epochs + 1):
-        clf.train()
-        order = torch.randperm(len(train), generator=gen)
-        total = 0.0
-        for i in range(steps_per_epoch):
-            idx = order[i * config.batch_size:(i + 1) * config.batch_size]
-            xb = augment_batch(x_train[idx].float() / 255.0, policy, gen).to(device)
-            yb = y_train[idx].to(device)
-            loss = _loss(clf, clf(xb), yb, weights, config.label_smoothing)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            total += float(loss.detach()) * len(idx)
-            bar.update(1)
-        clf.eval()
+    def batch_loss(idx: torch.Tensor) -> torch.Tensor:
+        xb = augment_batch(x_train[idx].float() / 255.0, policy, gen).to(device)
+        return _loss(clf, clf(xb), y_train[idx].to(device), weights, config.label_smoothing)
+
+    def judge() -> Judgement:
         probs = clf.probabilities(val.images)
         metrics = classification_metrics(probs, val.labels, val.class_names)
         val_loss = float(F.nll_loss(torch.log(torch.from_numpy(probs).clamp_min(1e-12)),
                                     torch.from_numpy(val.labels)))
-        row = {"epoch": epoch, "train_loss": total / len(train), "val_loss": val_loss,
-               "val_accuracy": metrics["accuracy"], "val_auc": metrics["auc"] or float("nan")}
-        history.append(row)
-        bar.set_postfix(val_acc=f"{metrics['accuracy']:.3f}", val_auc=f"{row['val_auc']:.3f}")
+        auc = metrics["auc"] or float("nan")
         # Ties on the metric (AUC saturates at 1.0 on easy data) go to the lower validation loss.
-        value = (_selection_value(metrics, config.select_metric, val_loss), -val_loss)
-        if best is None or value > best[0]:
-            best = (value, epoch, metrics, copy.deepcopy(clf.model.state_dict()))
-    bar.close()
-    assert best is not None
-    clf.model.load_state_dict(best[3])
-    clf.eval()
-    return TrainResult(clf, history, best[1], best[2], time.perf_counter() - start)
+        key = (_selection_value(metrics, config.select_metric, val_loss), -val_loss)
+        return Judgement({"val_loss": val_loss, "val_accuracy": metrics["accuracy"],
+                          "val_auc": auc}, key, metrics,
+                         {"val_acc": f"{metrics['accuracy']:.3f}", "val_auc": f"{auc:.3f}"})
+
+    done = fit(clf, clf.model, len(train), epochs=config.epochs, batch_size=config.batch_size,
+               lr=config.lr, weight_decay=config.weight_decay, generator=gen,
+               batch_loss=batch_loss, judge=judge, desc=f"train {config.model}")
+    return TrainResult(clf, done.history, done.best_epoch, done.best_metrics, done.seconds)
 
 
 def save_trained(result: TrainResult, config: TrainConfig, train: ImageDataset,

@@ -46,6 +46,10 @@ _ARITHMETIC = {operator.add, operator.sub, operator.mul, operator.truediv, torch
 #: per-layer Python overhead without spilling the caches (unlike full forward passes).
 CONSISTENT_CHUNK = 512
 
+#: A stride-1 convolution is computed from its input's change when the input window is smaller
+#: than this share of the output window (the transposed-convolution GEMM then does less work).
+DELTA_AREA = 0.6
+
 
 class _Tracer(fx.Tracer):
     """Keeps SamePad2d whole: its padding depends on the input size, which fx cannot trace."""
@@ -72,6 +76,9 @@ class _Spatial:
     starts: tuple[torch.Tensor, torch.Tensor] | None = None
     # combine nodes: operands whose window is this node's own (no re-materialising needed)
     same_window: frozenset[str] = frozenset()
+    # stride-1 convolutions whose input window is much smaller than their output window are
+    # computed from the change of their input (see ConeEngine._delta_conv)
+    delta: bool = False
 
 
 @dataclass
@@ -113,6 +120,7 @@ class ConeEngine(PixelEngine):
         self._clean_pass()
         self._plan()
         self._padded: dict[tuple[str, int, int, float], torch.Tensor] = {}
+        self._weights_t: dict[str, torch.Tensor] = {}
 
     # ---------------------------------------------------------------- clean pass and planning
     @torch.inference_mode()
@@ -143,6 +151,10 @@ class ConeEngine(PixelEngine):
                 lx, ox = kind.cols.window()
                 kind.length = (ly, lx)
                 kind.starts = (torch.from_numpy(oy).to(dev), torch.from_numpy(ox).to(dev))
+                if kind.rule == "window" and kind.stride == (1, 1) and isinstance(
+                        self.modules.get(node.target), nn.Conv2d):
+                    src = plan[node.all_input_nodes[0].name]
+                    kind.delta = src.length[0] * src.length[1] < DELTA_AREA * ly * lx
                 if kind.rule == "combine":
                     kind.same_window = frozenset(
                         n.name for n in node.all_input_nodes
@@ -287,6 +299,8 @@ class ConeEngine(PixelEngine):
             args = fx.node.map_arg(node.args, lambda n: win if n is src else env[n.name][1])
             kwargs = fx.node.map_arg(node.kwargs, lambda n: env[n.name][1])
             return self._call(node, args, kwargs)
+        if kind.rule == "window" and kind.delta:
+            return self._delta_conv(node, kind, env, img, origin, ly, lx)
         if kind.rule == "window":
             src = node.all_input_nodes[0]
             (kh, kw), (sh, sw), (ph, pw), (dh, dw) = (kind.kernel, kind.stride, kind.padding,
@@ -316,16 +330,27 @@ class ConeEngine(PixelEngine):
                      margin: int, fill: float) -> torch.Tensor:
         """(M,C,size) windows of ``node`` at ``start``: clean values with the cone pasted in.
 
-        Positions outside the map read ``fill`` (the consumer's padding value). When every
-        candidate of the chunk sits at the same pixel of the same image (confidence maps), the
-        clean part is one slice shared by all and the paste is a slice assignment.
+        Positions outside the map read ``fill`` (the consumer's padding value).
         """
-        _, win, (oy, ox) = env[node.name]
+        _, win, origin = env[node.name]
+        return self._compose(node.name, win, origin, img, start, size, margin, fill, add=False)
+
+    def _compose(self, name: str, win: torch.Tensor, origin: tuple[torch.Tensor, torch.Tensor],
+                 img: torch.Tensor, start: tuple[torch.Tensor, torch.Tensor],
+                 size: tuple[int, int], margin: int, fill: float, add: bool) -> torch.Tensor:
+        """Clean windows of ``name`` at ``start`` with ``win`` (placed at ``origin``) pasted in,
+        or added to them when ``add`` (a change computed elsewhere). Parts of ``win`` outside
+        the window are dropped.
+
+        When every candidate of the chunk sits at the same pixel of the same image (confidence
+        maps), the clean part is one slice shared by all and the paste is a slice assignment.
+        """
+        oy, ox = origin
         if self._uniform:
-            return self._materialise_uniform(node.name, win, int(img[0]), (int(oy[0]), int(ox[0])),
-                                             (int(start[0][0]), int(start[1][0])), size, margin,
-                                             fill)
-        base = self._padded_clean(node.name, margin, fill)
+            return self._compose_uniform(name, win, int(img[0]), (int(oy[0]), int(ox[0])),
+                                         (int(start[0][0]), int(start[1][0])), size, margin,
+                                         fill, add)
+        base = self._padded_clean(name, margin, fill)
         dev = base.device
         m, c = win.shape[:2]
         rows = (start[0] + margin)[:, None] + torch.arange(size[0], device=dev)
@@ -340,23 +365,66 @@ class ConeEngine(PixelEngine):
         q = (ox - start[1])[:, None] + torch.arange(wx, device=dev)
         valid = ((r >= 0) & (r < size[0]))[:, :, None] & ((q >= 0) & (q < size[1]))[:, None, :]
         flat = torch.where(valid, r[:, :, None] * size[1] + q[:, None, :], size[0] * size[1])
-        out.scatter_(2, flat.reshape(m, 1, -1).expand(m, c, -1), win.reshape(m, c, -1))
+        index = flat.reshape(m, 1, -1).expand(m, c, -1)
+        if add:
+            out.scatter_add_(2, index, win.reshape(m, c, -1))
+        else:
+            out.scatter_(2, index, win.reshape(m, c, -1))
         return out[:, :, :-1].view(m, c, size[0], size[1])
 
-    def _materialise_uniform(self, name: str, win: torch.Tensor, img: int,
-                             origin: tuple[int, int], start: tuple[int, int],
-                             size: tuple[int, int], margin: int, fill: float) -> torch.Tensor:
+    def _compose_uniform(self, name: str, win: torch.Tensor, img: int, origin: tuple[int, int],
+                         start: tuple[int, int], size: tuple[int, int], margin: int,
+                         fill: float, add: bool) -> torch.Tensor:
         base = self._padded_clean(name, margin, fill)
         r0, c0 = start[0] + margin, start[1] + margin
         clean = base[img:img + 1, :, r0:r0 + size[0], c0:c0 + size[1]]
         out = clean.expand(win.shape[0], -1, -1, -1).clone()
-        # paste the cone window where it overlaps this window
+        # paste (or add) the cone window where it overlaps this window
         y0, x0 = origin[0] - start[0], origin[1] - start[1]
         ya, xa = max(y0, 0), max(x0, 0)
         yb, xb = min(y0 + win.shape[2], size[0]), min(x0 + win.shape[3], size[1])
         if ya < yb and xa < xb:
-            out[:, :, ya:yb, xa:xb] = win[:, :, ya - y0:yb - y0, xa - x0:xb - x0]
+            part = win[:, :, ya - y0:yb - y0, xa - x0:xb - x0]
+            if add:
+                out[:, :, ya:yb, xa:xb] += part
+            else:
+                out[:, :, ya:yb, xa:xb] = part
         return out
+
+    def _delta_conv(self, node: fx.Node, kind: _Spatial, env: dict[str, Any], img: torch.Tensor,
+                    origin: tuple[torch.Tensor, torch.Tensor], ly: int, lx: int) -> torch.Tensor:
+        """A stride-1 convolution from the change of its input: conv(x) = conv(clean) +
+        conv(x - clean), and x - clean is zero outside the input's small window, so one
+        transposed-convolution GEMM over that window gives the whole change (the direct way
+        convolves the larger output window). Exact up to float rounding (~1e-7)."""
+        src = node.all_input_nodes[0]
+        _, win, src_origin = env[src.name]
+        delta = win - self._clean_window(src.name, img, src_origin, win.shape[2:])
+        m = self.modules[node.target]
+        (kh, kw), (ph, pw), (dh, dw) = kind.kernel, kind.padding, kind.dilation
+        change = F.conv_transpose2d(delta, self._transposed_weight(node.name, m), None, 1, 0, 0,
+                                    m.groups, m.dilation)
+        at = (src_origin[0] + ph - (kh - 1) * dh, src_origin[1] + pw - (kw - 1) * dw)
+        return self._compose(node.name, change, at, img, origin, (ly, lx), 0, 0.0, add=True)
+
+    def _transposed_weight(self, name: str, m: nn.Conv2d) -> torch.Tensor:
+        """Conv weight (out, in/g, kh, kw) as the flipped transposed-conv weight (in, out/g, ...)."""
+        if name not in self._weights_t:
+            w = m.weight.detach()
+            g = m.groups
+            co, ci_g, kh, kw = w.shape
+            wt = w.view(g, co // g, ci_g, kh, kw).transpose(1, 2).reshape(ci_g * g, co // g, kh, kw)
+            self._weights_t[name] = wt.flip(2, 3).contiguous()
+        return self._weights_t[name]
+
+    def _clean_window(self, name: str, img: torch.Tensor,
+                      origin: tuple[torch.Tensor, torch.Tensor], size: Any) -> torch.Tensor:
+        """The clean values under a cone window (a broadcast view on the uniform path)."""
+        if self._uniform:
+            base = self.clean[name]
+            i, r, c = int(img[0]), int(origin[0][0]), int(origin[1][0])
+            return base[i:i + 1, :, r:r + int(size[0]), c:c + int(size[1])]
+        return self._materialise_clean(name, img, origin, size)
 
     def _padded_clean(self, name: str, margin: int, fill: float) -> torch.Tensor:
         key = (name, margin, margin, fill)
