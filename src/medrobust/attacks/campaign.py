@@ -104,7 +104,7 @@ def run_onepixel_campaign(store: Store, classifier: Classifier, model_dir: str |
     start = time.perf_counter()
     bar = progress(total=len(indices), initial=len(indices) - len(todo), desc="one-pixel campaign",
                    disable=not show_progress, unit="img")
-    try:
+    with store.guard(run_id), bar:
         for s in range(0, len(todo), batch_images):
             chunk = todo[s:s + batch_images]
             idx = np.asarray(chunk)
@@ -117,11 +117,6 @@ def run_onepixel_campaign(store: Store, classifier: Classifier, model_dir: str |
 
             attack.run(dataset.images[idx], dataset.labels[idx], targets=tg, keys=chunk,
                        on_result=record)
-    except BaseException:
-        store.finish_run(run_id, "interrupted")
-        raise
-    finally:
-        bar.close()
     seconds = time.perf_counter() - start
     summary = summarise_onepixel(store.rows(ONEPIXEL_TABLE, run_id=run_id))
     summary["seconds_this_session"] = seconds

@@ -69,7 +69,7 @@ def run_gradient_campaign(store: Store, classifier: Classifier, model_info: dict
     start = time.perf_counter()
     bar = progress(total=len(indices), initial=len(indices) - len(todo), desc=attack.name,
                    unit="img", disable=not show_progress)
-    try:
+    with store.guard(run_id), bar:
         for s in range(0, len(todo), batch_images):
             chunk = todo[s:s + batch_images]
             idx = np.asarray(chunk, dtype=np.int64)
@@ -103,11 +103,6 @@ def run_gradient_campaign(store: Store, classifier: Classifier, model_info: dict
                     "steps": None if steps is None else int(steps[j]), "seconds": seconds}))
             campaign.record_many(rows)
             bar.update(len(chunk))
-    except BaseException:
-        store.finish_run(run_id, "interrupted")
-        raise
-    finally:
-        bar.close()
     seconds = time.perf_counter() - start
     summary = summarise_gradient(store.rows(GRADIENT_TABLE, run_id=run_id))
     summary["seconds_this_session"] = seconds

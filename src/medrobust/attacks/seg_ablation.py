@@ -102,7 +102,7 @@ def run_asma_ablation(store: Store, segmenter: Segmenter, model_info: dict[str, 
                   command=COMMAND, params=params, indices=indices, target=target,
                   run_id=run_id, batch_images=batch_images, examples=examples,
                   show_progress=show_progress)
-    try:
+    with store.guard(run_id):
         run_segmentation_campaign(attack=asma_fn(reference), attack_name="asma",
                                   variant="asma", **common)
         ref_rows = [r for r in store.rows(SEG_TABLE, run_id=run_id) if r["variant"] == "asma"]
@@ -112,9 +112,6 @@ def run_asma_ablation(store: Store, segmenter: Segmenter, model_info: dict[str, 
             fn = gradient_fn(att, budgets) if isinstance(att, PGD) else asma_fn(att, budgets)
             run_segmentation_campaign(attack=fn, attack_name=att.name, variant=name,
                                       budgets_l2=budgets, **common)
-    except BaseException:
-        store.finish_run(run_id, "interrupted")
-        raise
     rows = store.rows(SEG_TABLE, run_id=run_id)
     table = ablation_table(rows)
     out = Path(out_dir) if out_dir is not None else artifacts_dir(store, run_id)

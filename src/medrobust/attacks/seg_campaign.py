@@ -172,7 +172,7 @@ def run_segmentation_campaign(
     bar = progress(total=len(order), initial=len(order) - len(pending),
                    desc=f"{attack_name}{'/' + variant if variant else ''}", unit="img",
                    disable=not show_progress)
-    try:
+    with store.guard(run_id), bar:
         for s in range(0, len(pending), batch_images):
             chunk = pending[s:s + batch_images]
             idx = np.asarray(chunk, dtype=np.int64)
@@ -197,11 +197,6 @@ def run_segmentation_campaign(
                     "seconds": seconds, "artifact": artifact}))
             campaign.record_many(batch)
             bar.update(len(chunk))
-    except BaseException:
-        store.finish_run(run_id, "interrupted")
-        raise
-    finally:
-        bar.close()
     seconds = time.perf_counter() - start
     rows = [r for r in store.rows(SEG_TABLE, run_id=run_id)
             if variant is None or r["variant"] == variant]

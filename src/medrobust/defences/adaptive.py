@@ -165,7 +165,7 @@ def evaluate_adaptive(store: Store, classifier: Classifier, denoiser: Denoiser,
     bar = progress(total=total, initial=len(done), desc=f"adaptive {denoiser.name}",
                    disable=not (show_progress and progress_enabled()), unit="img")
     computed = 0
-    try:
+    with store.guard(run_id), bar:
         for attack, eps in budgets:
             todo = [j for j, i in enumerate(indices.tolist()) if _key(attack, eps, i) not in done]
             for s in range(0, len(todo), config.batch_size):
@@ -175,11 +175,6 @@ def evaluate_adaptive(store: Store, classifier: Classifier, denoiser: Denoiser,
                 campaign.record_many(rows)
                 computed += len(rows)
                 bar.update(len(rows))
-    except BaseException:
-        store.finish_run(run_id, "interrupted")
-        raise
-    finally:
-        bar.close()
     summary = {"denoiser": denoiser.spec(), "label": denoiser_label(denoiser.spec()),
                "dataset": dataset_name(run.get("dataset")), "source_run": run["id"],
                "config": config.params(),

@@ -134,7 +134,7 @@ def evaluate_defence(store: Store, classifier: Classifier, denoiser: Denoiser, a
     bar = progress(total=len(items), initial=len(items) - len(todo),
                    desc=f"defend {denoiser.name}", unit="img",
                    disable=not (show_progress and progress_enabled()))
-    try:
+    with store.guard(run_id), bar:
         for batch in [todo[s:s + batch_size] for s in range(0, len(todo), batch_size)]:
             adv_i = np.asarray([int(t[4:]) for t in batch if t.startswith("adv:")], np.int64)
             cln_i = np.asarray([int(t[6:]) for t in batch if t.startswith("clean:")], np.int64)
@@ -149,11 +149,6 @@ def evaluate_defence(store: Store, classifier: Classifier, denoiser: Denoiser, a
                                   ds.images[cln_i], None, classifier, denoiser)
             campaign.record_many(rows)
             bar.update(len(batch))
-    except BaseException:
-        store.finish_run(run_id, "interrupted")
-        raise
-    finally:
-        bar.close()
     summary = {"denoiser": denoiser.spec(), "label": denoiser_label(denoiser.spec()),
                "dataset": dataset_name(run.get("dataset")), "source_run": run["id"],
                **summarise_defence(store.rows(DEFENCE_TABLE, run_id=run_id))}

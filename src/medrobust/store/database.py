@@ -308,17 +308,24 @@ class Store:
         run_id, resumed = self.start_run(
             command, params, model=model, dataset=dataset, resume=resume
         )
-        try:
+        with self.guard(run_id):
             yield run_id, resumed
+        if self.get_run(run_id)["status"] == "running":
+            self.finish_run(run_id, "completed")
+
+    @contextmanager
+    def guard(self, run_id: int) -> Iterator[None]:
+        """Mark run ``run_id`` ``interrupted`` (Ctrl-C) or ``failed`` (any other exception, its
+        message in the summary) if the body raises; the exception still propagates. Campaigns
+        wrap their item loop in it; the same command later resumes the run."""
+        try:
+            yield
         except KeyboardInterrupt:
             self.finish_run(run_id, "interrupted")
             raise
         except Exception as exc:
             self.finish_run(run_id, "failed", {"error": f"{type(exc).__name__}: {exc}"})
             raise
-        else:
-            if self.get_run(run_id)["status"] == "running":
-                self.finish_run(run_id, "completed")
 
     @staticmethod
     def _run_dict(row: sqlite3.Row | tuple[Any, ...]) -> dict[str, Any]:
