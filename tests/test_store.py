@@ -162,6 +162,22 @@ def test_tracked_run_marks_status(store: Store) -> None:
     assert store.get_run(own_id)["summary"] == {"acc": 0.5}
 
 
+def test_guard_marks_interrupted_or_failed_and_reraises(store: Store) -> None:
+    run_id, _ = store.start_run("attack onepixel", {"n": 1})
+    with pytest.raises(KeyboardInterrupt), store.guard(run_id):
+        raise KeyboardInterrupt
+    assert store.get_run(run_id)["status"] == "interrupted"
+    again, resumed = store.start_run("attack onepixel", {"n": 1})
+    assert (again, resumed) == (run_id, True)
+    with pytest.raises(ValueError), store.guard(run_id):
+        raise ValueError("bad pixel")
+    run = store.get_run(run_id)
+    assert run["status"] == "failed" and run["summary"]["error"] == "ValueError: bad pixel"
+    with store.guard(run_id):
+        pass
+    assert store.get_run(run_id)["status"] == "failed"  # a clean exit leaves the status alone
+
+
 def test_put_rows_roundtrip_numpy_and_lists(store: Store) -> None:
     run_id, _ = store.start_run("attack", {})
     store.put(SCORES, run_id, 0, {
