@@ -24,7 +24,8 @@ import numpy as np
 import torch
 
 from medrobust.analysis.confidence_campaign import run_map_campaign
-from medrobust.analysis.periodicity import periodicity
+from medrobust.analysis.confidence_map import ConfidenceMap
+from medrobust.analysis.periodicity import map_parity, periodicity
 from medrobust.attacks import OnePixel
 from medrobust.attacks.campaign import ONEPIXEL_TABLE, run_onepixel_campaign
 from medrobust.data import load_dataset
@@ -58,6 +59,20 @@ def by_direction(rows: list[dict]) -> dict[str, dict]:
         pts = [r for r in rows if r["direction"] == direction]
         out[direction] = periodicity(np.array([r["x"] for r in pts]), np.array([r["y"] for r in pts]))
     return out
+
+
+def map_summary(row: dict) -> dict:
+    """Parity of one stored map, recomputed from its .npz (ranks and logit drops)."""
+    cmap = ConfidenceMap.load(row["npz"])
+    low = np.clip(cmap.min, 1e-12, 1 - 1e-12)
+    clean = min(max(cmap.clean_score, 1e-12), 1 - 1e-12)
+    drop = np.log(clean / (1 - clean)) - np.log(low / (1 - low))
+    ys, xs = np.indices(drop.shape)
+    cells = [[float(drop[(xs % 2 == px) & (ys % 2 == py)].mean()) for py in (0, 1)]
+             for px in (0, 1)]
+    return {"index": row["dataset_index"], "clean": cmap.clean_score, "figure": row["figure"],
+            "robust": row["robust"], "parity": map_parity(cmap.min, "low", k=64),
+            "logit_drop_cells": cells}
 
 
 def parity_rows(summary: dict, key: str) -> list[str]:
@@ -115,8 +130,7 @@ def main() -> None:
                 ["accuracy"],
                 "attack": outcome.summary, "periodicity": per_direction,
                 "best_pixel_periodicity": best_pixels,
-                "maps": [{"index": m["dataset_index"], "parity_min": m["parity_min"],
-                          "figure": m["figure"], "robust": m["robust"]} for m in maps],
+                "maps": [map_summary(m) for m in maps],
             }
     (out / "checkerboard.json").write_text(json.dumps(summary, indent=2, default=float))
     lines = ["# The paper's checkerboard on BCCD cells (mitosisnet, Keras vs symmetric padding)", "",
@@ -141,15 +155,19 @@ def main() -> None:
              "|---|---|---|---|---|---|---|---|---|",
              *parity_rows(summary, "periodicity")]
     lines += ["", "## Exhaustive confidence maps of positive (WBC) cells", "",
-              "Mean over pixels of the min map (the lowest P(WBC) reachable by recolouring that "
-              "pixel) in each parity cell; the lowest cell is where one pixel does the most harm.",
-              "", "| padding | cell | X even, Y even | X even, Y odd | X odd, Y even | "
-              "X odd, Y odd | grid holds an attack |", "|---|---|---|---|---|---|---|"]
+              "Per mapped cell: the 64 most harmful pixels (lowest min-map P(WBC), 1/64 of the "
+              "image) counted by X/Y parity, the binomial p of their even/even count against "
+              "25 %, and the mean drop of the logit (clean minus min map) in each parity cell.",
+              "", "| padding | cell | clean P(WBC) | most harmful 64: X even, Y even | X even, "
+              "Y odd | X odd, Y even | X odd, Y odd | p (even/even) | mean logit drop ee / eo / "
+              "oe / oo | grid holds an attack |", "|---|---|---|---|---|---|---|---|---|---|"]
     for padding, s in summary.items():
         for m in s["maps"]:
-            (ee, eo), (oe, oo) = m["parity_min"]["cell_means"]
-            lines.append(f"| {padding} | {m['index']} | {ee:.4f} | {eo:.4f} | {oe:.4f} | "
-                         f"{oo:.4f} | {'no' if m['robust'] else 'yes'} |")
+            (ee, eo), (oe, oo) = m["parity"]["top_table"]
+            drops = " / ".join(f"{v:.3f}" for row in m["logit_drop_cells"] for v in row)
+            lines.append(f"| {padding} | {m['index']} | {m['clean']:.5f} | {ee} | {eo} | {oe} | "
+                         f"{oo} | {m['parity']['top_p_value']:.2g} | {drops} | "
+                         f"{'no' if m['robust'] else 'yes'} |")
     lines += ["", "Figures (image, min map, max map):", ""]
     for padding, s in summary.items():
         for m in s["maps"]:

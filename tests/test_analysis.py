@@ -199,6 +199,22 @@ def test_map_parity_separates_even_even_pixels() -> None:
         map_parity(np.zeros(5))
 
 
+def test_map_parity_ranks_the_most_extreme_pixels() -> None:
+    """A saturated min map (all within 1e-5 of 1) whose odd/odd pixels dip a little deeper: the
+    means barely differ, the ranks say it plainly."""
+    rng = np.random.default_rng(0)
+    score_map = 1 - 1e-6 * rng.random((16, 16))
+    score_map[1::2, 1::2] -= 5e-6  # y odd, x odd
+    low = map_parity(score_map, "low", k=20)
+    assert low["top_k"] == 20 and low["top_table"] == [[0, 0], [0, 20]]
+    assert low["top_even_even"] == 0 and low["top_p_value"] < 0.01
+    high = map_parity(score_map, "high", k=8)
+    assert high["top_table"][1][1] == 0 and sum(map(sum, high["top_table"])) == 8
+    assert map_parity(score_map)["top_k"] == 16  # 256 / 64 = 4, raised to the floor of 16
+    with pytest.raises(ValueError):
+        map_parity(score_map, "middle")
+
+
 def test_chromatic_summary_from_rows(store: Store) -> None:
     summary = chromatic_summary(attack_points(store.rows("onepixel_results")))
     m2n = summary[M2N]

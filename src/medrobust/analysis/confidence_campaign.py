@@ -60,7 +60,8 @@ def run_map_campaign(store: Store, classifier: Classifier, model_dir: str | Path
             "max_score": float(cmap.max.max()), "robust": int(cmap.robust),
             "successful_pixels": best["successful_pixels"], "best_x": best["x"],
             "best_y": best["y"], "best_colour": best["colour"], "best_score": best["score"],
-            "parity_min": map_parity(cmap.min), "parity_max": map_parity(cmap.max),
+            "parity_min": map_parity(cmap.min, "low"),
+            "parity_max": map_parity(cmap.max, "high"),
             "npz": str(npz), "figure": str(fig), "engine": cmap.engine,
             "seconds": time.perf_counter() - start, "passes": cmap.passes})
     rows = store.rows(MAP_TABLE, run_id=run_id)

@@ -72,14 +72,20 @@ def periodicity(x: Sequence[int] | np.ndarray, y: Sequence[int] | np.ndarray,
     return out
 
 
-def map_parity(score_map: np.ndarray) -> dict[str, Any]:
-    """Mean of a 2-D (H, W) per-pixel map at even/even pixels versus all other pixels.
+def map_parity(score_map: np.ndarray, extreme: str = "low", k: int | None = None
+               ) -> dict[str, Any]:
+    """Parity statistics of a 2-D (H, W) per-pixel map, indexed [y, x] like an image.
 
-    For confidence maps (e.g. the lowest score reachable by recolouring each pixel): a large
-    gap between ``even_even_mean`` and ``other_mean`` is the checkerboard of a stride-2 model.
-    The map is indexed [y, x] like an image; NaN cells are ignored. ``cell_means`` is the
-    2x2 table of means, rows X even/odd, columns Y even/odd (as ``parity_table``).
+    Means: the map's mean at even/even pixels versus all others, and the 2x2 ``cell_means``
+    (rows X even/odd, columns Y even/odd, as ``parity_table``). Ranks: the parity table of the
+    ``k`` most extreme pixels (``extreme="low"``: lowest values, the most harmful pixels of a
+    min map; ``"high"`` for a max map), ``k`` = 1/64 of the pixels (at least 16) by default,
+    with the exact binomial test of their even/even count against chance. Ranks survive the
+    saturation of confident models, whose maps may all lie within 1e-4 of 1. NaN cells are
+    ignored.
     """
+    if extreme not in ("low", "high"):
+        raise ValueError(f"extreme must be 'low' or 'high', got {extreme!r}")
     m = np.asarray(score_map, dtype=np.float64)
     if m.ndim != 2:
         raise ValueError(f"a score map must be 2-D (H, W), got shape {m.shape}")
@@ -93,11 +99,19 @@ def map_parity(score_map: np.ndarray) -> dict[str, Any]:
 
     cells = [[mean((xs % 2 == px) & (ys % 2 == py)) for py in (0, 1)] for px in (0, 1)]
     ee, other = mean(even_even), mean(~even_even)
+    n_finite = int(finite.sum())
+    top_k = min(n_finite, k if k is not None else max(16, m.size // 64))
+    values = np.where(finite, m, np.inf if extreme == "low" else -np.inf).ravel()
+    order = np.argsort(values if extreme == "low" else -values, kind="stable")[:top_k]
+    top = periodicity(xs.ravel()[order], ys.ravel()[order],
+                      chance_even_even(*m.shape))
     return {
         "even_even_mean": ee, "other_mean": other,
         "difference": None if ee is None or other is None else ee - other,
         "n_even_even": int((even_even & finite).sum()), "n_other": int((~even_even & finite).sum()),
         "cell_means": cells,
+        "extreme": extreme, "top_k": top_k, "top_table": top["table"],
+        "top_even_even": top["even_even"], "top_p_value": top["p_value"],
     }
 
 

@@ -53,9 +53,10 @@ def map_command(model_dir: str, dataset: str | None, data_dir: str | None, size:
             verdict = "robust on this grid" if r["robust"] else (
                 f"broken at x={r['best_x']}, y={r['best_y']} by {r['best_colour']} "
                 f"({r['score_name']} {fmt(r['clean_score'], 4)} -> {fmt(r['best_score'], 4)})")
-            pm = r["parity_min"]
-            click.echo(f"#{r['dataset_index']}: {verdict}; min map even/even mean "
-                       f"{fmt(pm['even_even_mean'], 4)} vs other {fmt(pm['other_mean'], 4)}; "
+            (ee, eo), (oe, oo) = r["parity_min"]["top_table"]
+            click.echo(f"#{r['dataset_index']}: {verdict}; most harmful "
+                       f"{r['parity_min']['top_k']} pixels by X/Y parity ee/eo/oe/oo "
+                       f"{ee}/{eo}/{oe}/{oo}; "
                        f"{r['passes'] / max(r['seconds'], 1e-9):,.0f} passes/s -> {r['npz']}")
 
     emit(summary, as_json, human)

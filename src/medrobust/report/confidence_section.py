@@ -10,6 +10,15 @@ from medrobust.report.plots import png_file_to_data_uri
 from medrobust.report.sections import model_label
 
 
+def parity_cells(parity: dict) -> str:
+    """'52 / 2 / 10 / 0 of 64' from a map_parity result (maps stored before ranks: '-')."""
+    table = parity.get("top_table")
+    if not table:
+        return "-"
+    (ee, eo), (oe, oo) = table
+    return f"{ee} / {eo} / {oe} / {oo} of {parity['top_k']}"
+
+
 def confidence_section(ctx: ReportContext) -> Section | None:
     """One subsection per ``map`` run: verdict table, parity of the min map, and the figures."""
     runs = ctx.runs_of("map")
@@ -20,9 +29,11 @@ def confidence_section(ctx: ReportContext) -> Section | None:
         ("min / max map", "for each pixel, the lowest / highest score the model gives when that "
                           "one pixel is recoloured with every colour of the grid"),
         ("robust on this grid", "no pixel and grid colour changes the model's answer"),
-        ("even/even mean", "average of the min map over pixels whose x and y are both even; a "
-                           "clear gap to the other pixels is the checkerboard of a stride-2 "
-                           "first layer"),
+        ("most harmful pixels by parity", "the pixels with the lowest min-map score (1/64 "
+                                          "of the image), counted by X/Y parity: even/even, "
+                                          "even/odd, odd/even, odd/odd. One dominant cell is "
+                                          "the checkerboard of a stride-2 layer (25 % each by "
+                                          "chance); p tests the even/even count against 25 %"),
     ]))
     for run in runs:
         rows = ctx.store.rows("confidence_maps", run_id=run["id"])
@@ -31,14 +42,14 @@ def confidence_section(ctx: ReportContext) -> Section | None:
         if not rows:
             sub.add(Note("No image of this run has finished yet.", "warning"))
         table = Table(["image", "score", "clean", "lowest", "highest", "verdict",
-                       "min map even/even", "min map other"], [])
+                       "most harmful pixels by parity (ee / eo / oe / oo)", "p (even/even)"], [])
         for r in rows:
             pm = r["parity_min"] or {}
             verdict = "robust" if r["robust"] else (
                 f"broken at ({r['best_x']}, {r['best_y']}), {r['successful_pixels']} px")
-            table.rows.append([str(r["dataset_index"]), r["score_name"], num(r["clean_score"], 4),
-                               num(r["min_score"], 4), num(r["max_score"], 4), verdict,
-                               num(pm.get("even_even_mean"), 4), num(pm.get("other_mean"), 4)])
+            table.rows.append([str(r["dataset_index"]), r["score_name"], num(r["clean_score"], 6),
+                               num(r["min_score"], 6), num(r["max_score"], 6), verdict,
+                               parity_cells(pm), num(pm.get("top_p_value"), 2)])
         sub.add(table)
         for r in rows:
             if r["figure"] and Path(r["figure"]).is_file():
