@@ -1,5 +1,6 @@
 """Attacks: one per file on the small ``Attack`` base."""
 
+from medrobust.attacks.asma import ASMA, ASMAResult
 from medrobust.attacks.base import Attack
 from medrobust.attacks.criteria import hits_target, mask_iou_at_least, misclassified
 from medrobust.attacks.ifgsm import BIM, IFGSM
@@ -9,9 +10,11 @@ from medrobust.attacks.onepixel import OnePixel, OnePixelResult
 from medrobust.attacks.pgd import PGD
 
 __all__ = [
+    "ASMA",
     "BIM",
     "IFGSM",
     "PGD",
+    "ASMAResult",
     "Attack",
     "DiceLoss",
     "Objective",
