@@ -5,8 +5,11 @@ layer; Krypton, Nakandala et al. 2019). The engine traces the classifier with to
 clean image(s) once and caches every activation, then for each candidate computes every spatial
 layer only on a small window around the pixel's cone, reading everything outside the window from
 the clean cache. Global average pooling folds the window back into the clean pooled vector as a
-correction, and the (tiny) head runs densely. The result equals a full forward pass up to float
-rounding; tests hold it to 1e-5 against the reference engine on every zoo model.
+correction, and the (tiny) head runs densely. A stride-1 convolution whose input window is much
+smaller than its output window is computed from the change of its input instead (it is linear:
+conv(x) = conv(clean) + conv(x - clean), one transposed-convolution GEMM over the small window).
+The result equals a full forward pass up to float rounding; tests hold it to 1e-5 against the
+reference engine on every zoo model.
 
 Supported spatial layers: convolutions (any stride, padding, dilation, groups), max and average
 pooling, Keras-style ``SamePad2d``, batch norm in eval mode, pointwise activations, arithmetic with
