@@ -18,8 +18,8 @@ from medrobust.errors import ConfigError
 from medrobust.models.pixels import pixel_tensor
 
 #: Pixels (rows x height x width) per forward call on a CPU. Larger calls spill the caches and
-#: run slower: a 64x64 SmallCNN scores 2.4x more images per second in calls of 64 rows than of
-#: 512 (README, "Performance"); 28x28 images are best near 256 rows.
+#: run slower: a 64x64 SmallCNN scores 2.0x and mitosisnet 2.3x more images per second in calls
+#: of 64 rows than of 512 (README, "Performance notes"); 28x28 images are flat from 128 rows up.
 CPU_PIXELS_PER_CALL = 2 ** 18
 
 

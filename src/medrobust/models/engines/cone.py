@@ -100,7 +100,7 @@ class ConeEngine(PixelEngine):
 
     name = "fast"
 
-    def __init__(self, classifier: Classifier, images: torch.Tensor, chunk: int = 2048,
+    def __init__(self, classifier: Classifier, images: torch.Tensor, chunk: int = 512,
                  batch_consistent: bool = False) -> None:
         """``batch_consistent``: every evaluation has the same shape (chunks of exactly
         ``CONSISTENT_CHUNK`` rows, the last one padded) and takes the same code path, so a
