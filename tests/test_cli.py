@@ -30,12 +30,12 @@ def test_train_evaluate_attack_export_chain(tmp_path, capsys):
     db = str(tmp_path / "s.db")
     ckpt = str(tmp_path / "model")
     trained = run_json(capsys, "train", "--dataset", "synthetic", "--size", "16", "--epochs", "1",
-                       "--out", ckpt, "--store", db)
+                       "--width", "8", "--out", ckpt, "--store", db)
     assert trained["test"]["n"] == 400 and 0 <= trained["test"]["accuracy"] <= 1
     assert (tmp_path / "model" / "model.safetensors").is_file()
     meta = json.loads((tmp_path / "model" / "meta.json").read_text())
     assert meta["dataset"]["dataset"] == "synthetic" and meta["class_names"] == ["normal", "mitosis"]
-    assert "torch" in meta["versions"]
+    assert "torch" in meta["versions"] and meta["model_kwargs"] == {"width": 8}
 
     ev = run_json(capsys, "evaluate", "--model", ckpt, "--store", db)
     assert ev["accuracy"] == pytest.approx(trained["test"]["accuracy"])
@@ -86,3 +86,9 @@ def test_console_script_help():
     assert proc.returncode == 0
     for command in ("train", "evaluate", "attack", "analyze", "report", "demo"):
         assert command in proc.stdout
+
+
+def test_width_is_refused_for_models_without_one(tmp_path, capsys):
+    code, _, err = run_cli(capsys, "train", "--dataset", "synthetic", "--model", "resnet18",
+                           "--width", "8", "--out", str(tmp_path / "m"))
+    assert code == 2 and err.strip() == "error: --width applies to smallcnn and mitosisnet, not resnet18"

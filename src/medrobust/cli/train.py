@@ -16,10 +16,13 @@ from medrobust.cli.common import (
     fmt,
     open_dataset,
 )
+from medrobust.errors import ConfigError
 from medrobust.models.registry import available_models
 from medrobust.store import Store
 from medrobust.training import TrainConfig, evaluate_classifier, save_trained, train_classifier
 from medrobust.utils.device import resolve_device
+
+WIDTH_MODELS = ("smallcnn", "mitosisnet")
 
 
 def train_and_save(dataset: str | None, data_dir: str | None, size: int | None, no_verify: bool,
@@ -54,6 +57,9 @@ def train_and_save(dataset: str | None, data_dir: str | None, size: int | None, 
               help=f"Zoo model ({', '.join(available_models())}) or module:factory.")
 @click.option("--padding", type=click.Choice(["keras", "symmetric"]), default=None,
               help="mitosisnet only: Keras-style or symmetric padding.")
+@click.option("--width", type=click.IntRange(1), default=None,
+              help="smallcnn / mitosisnet only: channels of the first stage (their defaults: 32 "
+                   "and 16).")
 @click.option("--epochs", type=int, default=15, show_default=True)
 @click.option("--batch-size", type=int, default=128, show_default=True)
 @click.option("--lr", type=float, default=3e-3, show_default=True)
@@ -65,8 +71,9 @@ def train_and_save(dataset: str | None, data_dir: str | None, size: int | None, 
               help="SQLite run store.")
 @common_options
 def train(task: str, dataset: str, data_dir: str | None, size: int | None, no_verify: bool,
-          model_name: str, padding: str | None, epochs: int, batch_size: int, lr: float,
-          augment: str, out: str, store_path: str, as_json: bool, seed: int, device: str) -> None:
+          model_name: str, padding: str | None, width: int | None, epochs: int, batch_size: int,
+          lr: float, augment: str, out: str, store_path: str, as_json: bool, seed: int,
+          device: str) -> None:
     """Train a classifier (or, with --task segmentation, a U-Net) and save it as safetensors +
     JSON metadata."""
     if task == "segmentation":
@@ -74,7 +81,11 @@ def train(task: str, dataset: str, data_dir: str | None, size: int | None, no_ve
 
         run_train_segmentation(click.get_current_context(), as_json)
         return
-    kwargs = {"padding": padding} if padding else {}
+    kwargs: dict[str, Any] = {"padding": padding} if padding else {}
+    if width is not None:
+        if model_name not in WIDTH_MODELS:
+            raise ConfigError(f"--width applies to {' and '.join(WIDTH_MODELS)}, not {model_name}")
+        kwargs["width"] = width
     config = TrainConfig(model=model_name, model_kwargs=kwargs, epochs=epochs,
                          batch_size=batch_size, lr=lr, augment=augment, seed=seed)
     summary = train_and_save(dataset, data_dir, size, no_verify, config, out, device, store_path)

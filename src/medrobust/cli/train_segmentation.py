@@ -75,8 +75,8 @@ def run_train_segmentation(ctx: Any, as_json: bool) -> None:
     def given(name: str) -> bool:
         return ctx.get_parameter_source(name) not in (ParameterSource.DEFAULT, None)
 
-    if p.get("padding"):
-        raise ConfigError("--padding applies to mitosisnet classifiers, not segmentation")
+    if p.get("padding") or p.get("width") is not None:
+        raise ConfigError("--padding and --width apply to classifiers, not segmentation")
     overrides: dict[str, Any] = {}
     if given("model_name"):
         overrides["model"] = p["model_name"]
