@@ -10,31 +10,12 @@ import numpy as np
 from medrobust.errors import DataError
 
 
-@dataclass(frozen=True)
-class ImageDataset:
-    """A split of a labelled image dataset held in memory.
-
-    ``images`` are uint8 (N, H, W, C) in pixel space (C = 1 for greyscale), ``labels`` int64 (N,).
-    ``spec`` holds what is needed to load the same data again (name and options), so stores and
-    reports can record provenance and rebuild images from indices instead of copying pixels.
-    """
+class PixelArrays:
+    """Shape facts shared by every in-memory dataset type: ``images`` uint8 (N, H, W, C) plus
+    ``class_names``."""
 
     images: np.ndarray
-    labels: np.ndarray
     class_names: tuple[str, ...]
-    name: str
-    split: str
-    spec: dict[str, Any] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        if self.images.dtype != np.uint8 or self.images.ndim != 4:
-            raise DataError(
-                f"{self.name}: images must be uint8 (N,H,W,C), got {self.images.dtype} "
-                f"{self.images.shape}"
-            )
-        if self.labels.shape != (self.images.shape[0],):
-            n = self.images.shape[0]
-            raise DataError(f"{self.name}: {n} images but labels of shape {self.labels.shape}")
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
@@ -51,6 +32,35 @@ class ImageDataset:
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
+
+    def check_images(self, name: str) -> None:
+        """One clear line when ``images`` are not uint8 (N, H, W, C)."""
+        if self.images.dtype != np.uint8 or self.images.ndim != 4:
+            raise DataError(f"{name}: images must be uint8 (N,H,W,C), got {self.images.dtype} "
+                            f"{self.images.shape}")
+
+
+@dataclass(frozen=True)
+class ImageDataset(PixelArrays):
+    """A split of a labelled image dataset held in memory.
+
+    ``images`` are uint8 (N, H, W, C) in pixel space (C = 1 for greyscale), ``labels`` int64 (N,).
+    ``spec`` holds what is needed to load the same data again (name and options), so stores and
+    reports can record provenance and rebuild images from indices instead of copying pixels.
+    """
+
+    images: np.ndarray
+    labels: np.ndarray
+    class_names: tuple[str, ...]
+    name: str
+    split: str
+    spec: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.check_images(self.name)
+        if self.labels.shape != (self.images.shape[0],):
+            n = self.images.shape[0]
+            raise DataError(f"{self.name}: {n} images but labels of shape {self.labels.shape}")
 
     def subset(self, indices: np.ndarray | list[int]) -> ImageDataset:
         """A new dataset holding only ``indices`` (the spec records them)."""

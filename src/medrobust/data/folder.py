@@ -17,7 +17,7 @@ from medrobust.data.registry import SPLITS, register_dataset
 from medrobust.errors import DataError
 from medrobust.utils.progress import progress
 from medrobust.utils.seeding import numpy_rng
-from medrobust.utils.validation import check_choice, check_range
+from medrobust.utils.validation import check_choice, check_range, check_split_fractions
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 # PIL modes without colour bands; anything else (RGB, RGBA, palette, CMYK...) counts as colour.
@@ -102,10 +102,7 @@ def load_folder(split: str, data_dir: str | Path, size: int = 64, channels: int 
     size = int(check_range("size", size, 1))
     if channels is not None:
         channels = int(check_choice("channels", channels, (1, 3)))
-    check_range("val_fraction", val_fraction, 0.0, 1.0, high_inclusive=False)
-    check_range("test_fraction", test_fraction, 0.0, 1.0, high_inclusive=False)
-    check_range("val_fraction + test_fraction", val_fraction + test_fraction, 0.0, 1.0,
-                high_inclusive=False)
+    check_split_fractions(val_fraction, test_fraction)
     root = Path(data_dir).expanduser()
     if not root.is_dir():
         raise DataError(f"image folder {root} does not exist")

@@ -21,7 +21,7 @@ from medrobust.data.segmentation import SegmentationDataset
 from medrobust.errors import DataError
 from medrobust.utils.progress import progress
 from medrobust.utils.seeding import numpy_rng
-from medrobust.utils.validation import check_choice, check_range
+from medrobust.utils.validation import check_choice, check_range, check_split_fractions
 
 SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 LOSSY = (".jpg", ".jpeg")
@@ -189,10 +189,7 @@ def load_segfolder(split: str, data_dir: str | Path, size: int = 128, mode: str 
     check_choice("mask_mode", mask_mode, MASK_MODES)
     if channels is not None:
         channels = int(check_choice("channels", channels, (1, 3)))
-    check_range("val_fraction", val_fraction, 0.0, 1.0, high_inclusive=False)
-    check_range("test_fraction", test_fraction, 0.0, 1.0, high_inclusive=False)
-    check_range("val_fraction + test_fraction", val_fraction + test_fraction, 0.0, 1.0,
-                high_inclusive=False)
+    check_split_fractions(val_fraction, test_fraction)
     root = Path(data_dir).expanduser()
     if not root.is_dir():
         raise DataError(f"segmentation folder {root} does not exist")

@@ -12,11 +12,12 @@ from typing import Any
 
 import numpy as np
 
+from medrobust.data.base import PixelArrays
 from medrobust.errors import DataError
 
 
 @dataclass(frozen=True)
-class SegmentationDataset:
+class SegmentationDataset(PixelArrays):
     """A split of an image + mask dataset held in memory.
 
     ``images`` are uint8 (N,H,W,C) in pixel space (C = 1 for greyscale); ``masks`` int64 (N,H,W)
@@ -35,9 +36,7 @@ class SegmentationDataset:
     task = "segmentation"
 
     def __post_init__(self) -> None:
-        if self.images.dtype != np.uint8 or self.images.ndim != 4:
-            raise DataError(f"{self.name}: images must be uint8 (N,H,W,C), got "
-                            f"{self.images.dtype} {self.images.shape}")
+        self.check_images(self.name)
         if self.masks.shape != self.images.shape[:3]:
             raise DataError(f"{self.name}: masks {self.masks.shape} do not match images "
                             f"{self.images.shape[:3]}")
@@ -49,26 +48,10 @@ class SegmentationDataset:
         if self.masks.size and (self.masks.min() < 0 or self.masks.max() >= len(self.class_names)):
             raise DataError(f"{self.name}: mask values must lie in 0..{len(self.class_names) - 1}")
 
-    def __len__(self) -> int:
-        return int(self.images.shape[0])
-
     @property
     def labels(self) -> np.ndarray:
         raise DataError(f"{self.name} is a segmentation dataset (masks, not labels): use "
                         "--task segmentation")
-
-    @property
-    def channels(self) -> int:
-        return int(self.images.shape[3])
-
-    @property
-    def size(self) -> tuple[int, int]:
-        """(height, width)."""
-        return int(self.images.shape[1]), int(self.images.shape[2])
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.class_names)
 
     def subset(self, indices: np.ndarray | list[int]) -> SegmentationDataset:
         """A new dataset holding only ``indices`` (the spec records them)."""

@@ -31,3 +31,11 @@ def check_choice(name: str, value: Any, choices: Iterable[Any]) -> Any:
     if value not in options:
         raise ConfigError(f"{name} must be one of {', '.join(map(str, options))}; got {value!r}")
     return value
+
+
+def check_split_fractions(val_fraction: float, test_fraction: float) -> None:
+    """Validation and test shares of a seeded split: each in [0, 1), together below 1."""
+    check_range("val_fraction", val_fraction, 0.0, 1.0, high_inclusive=False)
+    check_range("test_fraction", test_fraction, 0.0, 1.0, high_inclusive=False)
+    check_range("val_fraction + test_fraction", val_fraction + test_fraction, 0.0, 1.0,
+                high_inclusive=False)
