@@ -13,8 +13,6 @@ Selection keeps the epoch with the lowest validation error on a fixed, seeded no
 
 from __future__ import annotations
 
-import copy
-import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -26,7 +24,7 @@ from medrobust.data.base import ImageDataset
 from medrobust.defences.autoencoder import ImpulseAutoencoder
 from medrobust.defences.noise import mixed_impulse
 from medrobust.errors import ConfigError
-from medrobust.utils.progress import progress
+from medrobust.training.loop import Judgement, fit
 from medrobust.utils.seeding import numpy_rng, seed_everything
 from medrobust.utils.validation import check_range
 
@@ -157,43 +155,25 @@ def train_denoiser(train: ImageDataset, val: ImageDataset, config: DenoiserTrain
     vn, vc = _to_t(val_noisy, device), _to_t(val_clean.astype(np.float32) / 255.0, device)
     vm = torch.from_numpy(val_mask[:, None].astype(np.float32)).to(device)
 
-    opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=1e-5)
-    steps = max(1, int(np.ceil(len(images) / config.batch_size)))
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=config.lr, total_steps=config.epochs * steps)
-    history: list[dict[str, float]] = []
-    best: tuple[float, int, dict[str, float], dict[str, torch.Tensor]] | None = None
-    start = time.perf_counter()
-    bar = progress(total=config.epochs * steps, desc="train denoiser")
-    for epoch in range(1, config.epochs + 1):
-        model.train()
-        order = rng.permutation(len(images))
-        total = 0.0
-        for i in range(steps):
-            idx = order[i * config.batch_size:(i + 1) * config.batch_size]
-            clean = _crop_flip(images[idx], config.patch, rng)
-            noisy, mask = noisy_batch(clean, config, seed=int(rng.integers(0, 2**31)))
-            loss = _loss(model, _to_t(noisy, device), _to_t(clean.astype(np.float32) / 255.0, device),
-                         torch.from_numpy(mask[:, None].astype(np.float32)).to(device),
-                         config.mask_weight, config.pos_weight)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            total += float(loss.detach()) * len(idx)
-            bar.update(1)
+    def batch_loss(idx: np.ndarray) -> torch.Tensor:
+        clean = _crop_flip(images[idx], config.patch, rng)
+        noisy, mask = noisy_batch(clean, config, seed=int(rng.integers(0, 2**31)))
+        return _loss(model, _to_t(noisy, device), _to_t(clean.astype(np.float32) / 255.0, device),
+                     torch.from_numpy(mask[:, None].astype(np.float32)).to(device),
+                     config.mask_weight, config.pos_weight)
+
+    def judge() -> Judgement:
         metrics = _validate(model, vn, vc, vm, config.batch_size)
-        row = {"epoch": epoch, "train_loss": total / len(images), **metrics}
-        history.append(row)
-        bar.set_postfix(val_mse=f"{metrics['noisy_mse_after']:.2e}",
-                        recall=f"{metrics['mask_recall']:.2f}")
-        score = metrics["noisy_mse_after"] + metrics["clean_mse_after"]
-        if best is None or score < best[0]:
-            best = (score, epoch, metrics, copy.deepcopy(model.state_dict()))
-    bar.close()
-    assert best is not None
-    model.load_state_dict(best[3])
-    model.eval()
-    return DenoiserTrainResult(model, history, best[1], best[2], time.perf_counter() - start)
+        # lower is better: impulses left in noisy images plus damage done to clean ones
+        key = (-(metrics["noisy_mse_after"] + metrics["clean_mse_after"]),)
+        return Judgement(metrics, key, metrics, {"val_mse": f"{metrics['noisy_mse_after']:.2e}",
+                                                 "recall": f"{metrics['mask_recall']:.2f}"})
+
+    done = fit(model, model, len(images), epochs=config.epochs, batch_size=config.batch_size,
+               lr=config.lr, weight_decay=1e-5, shuffle=rng.permutation, batch_loss=batch_loss,
+               judge=judge, desc="train denoiser")
+    return DenoiserTrainResult(model, done.history, done.best_epoch, done.best_metrics,
+                               done.seconds)
 
 
 def config_dict(config: DenoiserTrainConfig) -> dict[str, Any]:

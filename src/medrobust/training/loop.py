@@ -40,15 +40,21 @@ class LoopResult:
     cpu_seconds: float
 
 
+def torch_shuffle(generator: torch.Generator) -> Callable[[int], torch.Tensor]:
+    """Epoch orders from a seeded torch generator."""
+    return lambda n: torch.randperm(n, generator=generator)
+
+
 def fit(wrapper: nn.Module, model: nn.Module, n_train: int, *, epochs: int, batch_size: int,
-        lr: float, weight_decay: float, generator: torch.Generator,
-        batch_loss: Callable[[torch.Tensor], torch.Tensor], judge: Callable[[], Judgement],
+        lr: float, weight_decay: float, shuffle: Callable[[int], Any],
+        batch_loss: Callable[[Any], torch.Tensor], judge: Callable[[], Judgement],
         desc: str) -> LoopResult:
     """Train ``wrapper`` (whose ``model`` holds the weights) and load the best epoch's weights.
 
-    ``batch_loss(indices)`` returns the mean loss of those training items (drawing any
-    augmentation from ``generator``, which also shuffles); ``judge()`` validates the model in
-    eval mode. Ties on the key keep the earlier epoch.
+    ``shuffle(n)`` gives each epoch's order of the n training items (a seeded permutation);
+    ``batch_loss(indices)`` returns the mean loss of those items (drawing any augmentation from
+    the same seeded source); ``judge()`` validates the model in eval mode. Ties on the key keep
+    the earlier epoch.
     """
     opt = torch.optim.AdamW(wrapper.parameters(), lr=lr, weight_decay=weight_decay)
     steps = max(1, int(np.ceil(n_train / batch_size)))
@@ -59,7 +65,7 @@ def fit(wrapper: nn.Module, model: nn.Module, n_train: int, *, epochs: int, batc
     bar = progress(total=epochs * steps, desc=desc)
     for epoch in range(1, epochs + 1):
         wrapper.train()
-        order = torch.randperm(n_train, generator=generator)
+        order = shuffle(n_train)
         total = 0.0
         for i in range(steps):
             idx = order[i * batch_size:(i + 1) * batch_size]

@@ -22,7 +22,7 @@ from medrobust.models.registry import build_model
 from medrobust.models.segmenter import Segmenter, save_segmenter
 from medrobust.models.unet import downsampling
 from medrobust.training.augment import augment_batch
-from medrobust.training.loop import Judgement, fit
+from medrobust.training.loop import Judgement, fit, torch_shuffle
 from medrobust.training.seg_metrics import segmentation_metrics
 from medrobust.utils.seeding import seed_everything
 from medrobust.utils.validation import check_choice, check_range
@@ -113,7 +113,7 @@ def train_segmenter(train: SegmentationDataset, val: SegmentationDataset,
                          {"val_dice": f"{metrics['dice']:.3f}"})
 
     done = fit(seg, seg.model, len(train), epochs=config.epochs, batch_size=config.batch_size,
-               lr=config.lr, weight_decay=config.weight_decay, generator=gen,
+               lr=config.lr, weight_decay=config.weight_decay, shuffle=torch_shuffle(gen),
                batch_loss=batch_loss, judge=judge, desc=f"train {config.model}")
     return SegTrainResult(seg, done.history, done.best_epoch, done.best_metrics, done.seconds,
                           done.cpu_seconds)

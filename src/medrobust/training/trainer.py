@@ -16,7 +16,7 @@ from medrobust.models.checkpoint import save_checkpoint
 from medrobust.models.classifier import Classifier
 from medrobust.models.registry import SIGMOID_MODELS, build_model
 from medrobust.training.augment import POLICIES, augment_batch, default_policy
-from medrobust.training.loop import Judgement, fit
+from medrobust.training.loop import Judgement, fit, torch_shuffle
 from medrobust.training.metrics import classification_metrics
 from medrobust.utils.seeding import seed_everything
 from medrobust.utils.validation import check_choice, check_range
@@ -124,7 +124,7 @@ def train_classifier(train: ImageDataset, val: ImageDataset, config: TrainConfig
                          {"val_acc": f"{metrics['accuracy']:.3f}", "val_auc": f"{auc:.3f}"})
 
     done = fit(clf, clf.model, len(train), epochs=config.epochs, batch_size=config.batch_size,
-               lr=config.lr, weight_decay=config.weight_decay, generator=gen,
+               lr=config.lr, weight_decay=config.weight_decay, shuffle=torch_shuffle(gen),
                batch_loss=batch_loss, judge=judge, desc=f"train {config.model}")
     return TrainResult(clf, done.history, done.best_epoch, done.best_metrics, done.seconds)
 
