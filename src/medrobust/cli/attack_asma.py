@@ -18,16 +18,12 @@ from medrobust.attacks.seg_campaign import run_segmentation_campaign
 from medrobust.cli.common import DEFAULT_STORE, common_options, emit, fmt
 from medrobust.cli.seg_common import (
     Budget,
-    make_target,
     model_info,
-    open_seg_dataset,
-    pick_indices,
+    segmentation_inputs,
     target_options,
 )
 from medrobust.errors import ConfigError
-from medrobust.models.segmenter import load_segmenter
 from medrobust.store import Store
-from medrobust.utils.device import resolve_device
 
 
 @click.command()
@@ -78,13 +74,7 @@ def asma(**opts: Any) -> None:
     """Adaptive segmentation mask attack (ASMA): make a segmentation model draw a chosen mask."""
     if opts["iterations"] < 1:
         raise ConfigError("--iterations must be at least 1")
-    device = resolve_device(opts["device"])
-    seg = load_segmenter(opts["model_dir"], device, batch_size=opts["batch_images"])
-    ds = open_seg_dataset(opts["dataset"], opts["split"], opts["data_dir"], opts["size"],
-                          opts["model_dir"], seg)
-    indices = pick_indices(ds, opts["limit"])
-    target = make_target(opts["target_mode"], opts["shift"], opts["radius"],
-                         opts["target_file"], opts["seed"])
+    seg, ds, indices, target = segmentation_inputs(opts)
     assert target is not None
     att = ASMA(seg, iterations=opts["iterations"], tau=opts["tau"], beta=opts["beta"],
                mask=opts["mask"], dynamic=opts["multiplier"],

@@ -26,15 +26,13 @@ from medrobust.cli.attack import resolve_targets
 from medrobust.cli.common import DEFAULT_STORE, common_options, emit, fmt, open_dataset
 from medrobust.cli.seg_common import (
     Budget,
-    make_target,
     model_info,
-    open_seg_dataset,
     pick_indices,
+    segmentation_inputs,
     target_options,
 )
 from medrobust.errors import ConfigError
 from medrobust.models import load_classifier, read_meta
-from medrobust.models.segmenter import load_segmenter
 from medrobust.store import Store
 from medrobust.utils.device import resolve_device
 
@@ -157,13 +155,7 @@ def _classification(kind: str, opts: dict[str, Any]) -> dict[str, Any]:
 
 
 def _segmentation(kind: str, opts: dict[str, Any]) -> dict[str, Any]:
-    device = resolve_device(opts["device"])
-    seg = load_segmenter(opts["model_dir"], device, batch_size=opts["batch_images"])
-    ds = open_seg_dataset(opts["dataset"], opts["split"], opts["data_dir"], opts["size"],
-                          opts["model_dir"], seg)
-    indices = pick_indices(ds, opts["limit"])
-    target = make_target(opts["target_mode"], opts["shift"], opts["radius"],
-                         opts["target_file"], opts["seed"])
+    seg, ds, indices, target = segmentation_inputs(opts)
     att = _attack(kind, seg, opts, target is not None, mask_iou_at_least(opts["stop_iou"]))
     if target is None and opts["early_stop"]:
         raise ConfigError("--early-stop needs a target (--target-mode other|erase|...)")

@@ -127,3 +127,19 @@ def model_info(model_dir: str | Path, segmenter: Segmenter) -> dict[str, Any]:
     return {"dir": str(Path(model_dir).resolve()), "model": meta.get("model"),
             "model_kwargs": meta.get("model_kwargs", {}), "saved_at": meta.get("saved_at"),
             "task": "segmentation", "class_names": list(segmenter.class_names)}
+
+
+def segmentation_inputs(opts: dict[str, Any]
+                        ) -> tuple[Segmenter, SegmentationDataset, list[int], TargetSpec | None]:
+    """What every segmentation attack command starts from: the model on its device, the split,
+    the chosen item indices and the target-mask recipe (None for untargeted)."""
+    from medrobust.models.segmenter import load_segmenter
+    from medrobust.utils.device import resolve_device
+
+    seg = load_segmenter(opts["model_dir"], resolve_device(opts["device"]),
+                         batch_size=opts["batch_images"])
+    ds = open_seg_dataset(opts["dataset"], opts["split"], opts["data_dir"], opts["size"],
+                          opts["model_dir"], seg)
+    target = make_target(opts["target_mode"], opts["shift"], opts["radius"],
+                         opts["target_file"], opts["seed"])
+    return seg, ds, pick_indices(ds, opts["limit"]), target
