@@ -162,3 +162,24 @@ def test_packed_and_per_pixel_map_paths_agree(monkeypatch):
         assert np.abs(getattr(packed, field) - getattr(single, field)).max() < 1e-5
     assert np.array_equal(packed.success, single.success)
     assert not np.isnan(packed.min).any()
+
+
+@pytest.mark.parametrize("delta_area", [0.0, 100.0])
+def test_delta_convolutions_are_exact_with_groups_and_dilation(monkeypatch, delta_area):
+    """Stride-1 convolutions computed directly (0.0) or from their input's change (100.0: every
+    one, grouped and dilated included) agree with full passes, for mixed and same-pixel chunks."""
+    import medrobust.models.engines.cone as cone
+
+    monkeypatch.setattr(cone, "DELTA_AREA", delta_area)
+    torch.manual_seed(4)
+    clf = Classifier(_Odd().eval(), mean=[0.5] * 3, std=[0.5] * 3, class_names=("a", "b", "c"))
+    images = torch.rand(2, 3, 17, 20)
+    fast, ref = ConeEngine(clf, images), DenseEngine(clf, images)
+    assert any(getattr(k, "delta", False) for k in fast.plan.values()) == (delta_area > 1)
+    g = torch.Generator().manual_seed(1)
+    idx = torch.randint(0, 2, (60,), generator=g)
+    xs, ys = torch.randint(0, 20, (60, 1), generator=g), torch.randint(0, 17, (60, 1), generator=g)
+    cols = torch.rand(60, 1, 3, generator=g)
+    same = (torch.zeros(60, dtype=torch.long), torch.full((60, 1), 19), torch.full((60, 1), 0), cols)
+    for cand in ((idx, xs, ys, cols), same):
+        assert float((fast.probabilities(*cand) - ref.probabilities(*cand)).abs().max()) < 1e-5
