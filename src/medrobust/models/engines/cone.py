@@ -284,7 +284,9 @@ class ConeEngine(PixelEngine):
             elif isinstance(kind, _Spatial):
                 assert kind.starts is not None
                 ly, lx = kind.length
-                origin = (kind.starts[0][y], kind.starts[1][x])
+                # same-pixel chunks: one origin serves every row (saves per-row index math)
+                origin = ((kind.starts[0][y[:1]], kind.starts[1][x[:1]]) if self._uniform
+                          else (kind.starts[0][y], kind.starts[1][x]))
                 if kind.rule == "input":
                     env[node.name] = ("map", colour[:, :, None, None], origin)
                 else:
@@ -440,7 +442,7 @@ class ConeEngine(PixelEngine):
         if kind.rule == "gap":
             src = node.all_input_nodes[0]
             _, win, origin = env[src.name]
-            clean_win = self._materialise_clean(src.name, img, origin, win.shape[2:])
+            clean_win = self._clean_window(src.name, img, origin, win.shape[2:])
             h, w = self.clean[src.name].shape[2:]
             delta = (win - clean_win).sum(dim=(2, 3), keepdim=True) / (h * w)
             return self.clean[node.name][img] + delta
