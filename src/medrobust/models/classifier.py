@@ -16,6 +16,7 @@ from torch import nn
 
 from medrobust.errors import ConfigError
 from medrobust.models.pixels import pixel_tensor
+from medrobust.utils.validation import check_range
 
 #: Pixels (rows x height x width) per forward call on a CPU. Larger calls spill the caches and
 #: run slower: a 64x64 SmallCNN scores 2.0x and mitosisnet 2.3x more images per second in calls
@@ -52,7 +53,8 @@ class Classifier(nn.Module):
         self.head = head
         self.class_names = tuple(class_names)
         # None: rows per forward call follow the image size (``default_batch_size``).
-        self.batch_size = None if batch_size is None else int(batch_size)
+        self.batch_size = None if batch_size is None else int(check_range("batch_size",
+                                                                          batch_size, 1))
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
         self.to(device)
