@@ -92,3 +92,17 @@ def test_width_is_refused_for_models_without_one(tmp_path, capsys):
     code, _, err = run_cli(capsys, "train", "--dataset", "synthetic", "--model", "resnet18",
                            "--width", "8", "--out", str(tmp_path / "m"))
     assert code == 2 and err.strip() == "error: --width applies to smallcnn and mitosisnet, not resnet18"
+
+
+def test_lazy_command_table_matches_the_commands():
+    """``medrobust --help`` lists commands without importing them; its lines must be theirs."""
+    import click
+
+    from medrobust.cli.main import COMMANDS, cli, load_command
+
+    for name, (_, _, short) in COMMANDS.items():
+        command = load_command(name)
+        assert command.name == name
+        assert short == command.get_short_help_str(limit=500), name
+    attack = cli.get_command(click.Context(cli), "attack")
+    assert {"onepixel", "pgd", "ifgsm", "asma"} <= set(attack.commands)
