@@ -46,6 +46,13 @@ def test_fast_engine_matches_reference_on_zoo(name, kwargs, channels, size):
     cand = _candidates(size, channels, 30 if name == "densenet121" else 100, 2)
     diff = (fast.probabilities(*cand) - ref.probabilities(*cand)).abs().max()
     assert float(diff) < 1e-5
+    # the confidence-map path: every row of a chunk at one pixel (an edge one, odd and even)
+    for x, y in ((size - 1, 1), (2, size // 2)):
+        m = 24
+        same = (torch.ones(m, dtype=torch.long), torch.full((m, 1), x), torch.full((m, 1), y),
+                cand[3][:m])
+        diff = (fast.probabilities(*same) - ref.probabilities(*same)).abs().max()
+        assert float(diff) < 1e-5
 
 
 class _Odd(nn.Module):
