@@ -7,22 +7,7 @@ import subprocess
 import sys
 
 import pytest
-
-from medrobust.cli.main import main
-
-
-def run_cli(capsys, *args: str) -> tuple[int, str, str]:
-    code = main(list(args))
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def run_json(capsys, *args: str) -> dict:
-    code, out, err = run_cli(capsys, *args, "--json")
-    assert code == 0, err
-    lines = [ln for ln in out.splitlines() if ln.strip()]
-    assert len(lines) == 1, f"--json must print exactly one line, got {out!r}"
-    return json.loads(lines[0])
+from cli_util import run_cli, run_json
 
 
 @pytest.mark.slow

@@ -2,25 +2,15 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
+from cli_util import run_json
 
 from medrobust.attacks import OnePixel
 from medrobust.attacks.campaign import run_onepixel_campaign
 from medrobust.cli.main import main
 from medrobust.models.checkpoint import save_checkpoint
 from medrobust.store import Store
-
-
-def run_json(capsys, *args: str) -> dict:
-    code = main([*args, "--json"])
-    out, err = capsys.readouterr()
-    assert code == 0, err
-    lines = [ln for ln in out.splitlines() if ln.strip()]
-    assert len(lines) == 1, out
-    return json.loads(lines[0])
 
 
 @pytest.fixture(autouse=True)

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from cli_util import run_json
 from PIL import Image
 
 from medrobust.attacks.seg_targets import (
@@ -195,13 +196,6 @@ def test_tiny_unet_learns_blobs(tmp_path):
 
 # -- CLI ------------------------------------------------------------------------------------------------
 
-def run_json(capsys, *args: str) -> dict:
-    code = main([*args, "--json"])
-    out, err = capsys.readouterr()
-    assert code == 0, err
-    lines = [ln for ln in out.splitlines() if ln.strip()]
-    assert len(lines) == 1, out
-    return json.loads(lines[0])
 
 
 @pytest.mark.slow

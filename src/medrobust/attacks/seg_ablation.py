@@ -42,16 +42,21 @@ LABELS = {"static": "static mask (SSM)", "adaptive": "adaptive mask (ASM)",
 COMMAND = "attack asma-ablation"
 
 
+def _budgeted(attack: Any, field: str, budgets: dict[int, float] | None, keys: list[int]) -> Any:
+    """``attack`` itself, or a copy whose budget ``field`` holds each image's own budget."""
+    if budgets is None:
+        return attack
+    att = copy.copy(attack)
+    setattr(att, field, [budgets[k] for k in keys])
+    return att
+
+
 def asma_fn(attack: ASMA, budgets: dict[int, float] | None = None) -> AttackFn:
     """An ``AttackFn`` running ``attack`` (with per-image L2 budgets when given)."""
 
     def fn(x: torch.Tensor, goal: torch.Tensor, keys: list[int]
            ) -> tuple[torch.Tensor, torch.Tensor]:
-        att = attack
-        if budgets is not None:
-            att = copy.copy(attack)
-            att.eps_l2 = [budgets[k] for k in keys]
-        res = att.run(x, goal, keys=keys)
+        res = _budgeted(attack, "eps_l2", budgets, keys).run(x, goal, keys=keys)
         return res.adversarial, res.iteration
 
     return fn
@@ -62,10 +67,7 @@ def gradient_fn(attack: PGD, budgets: dict[int, float] | None = None) -> AttackF
 
     def fn(x: torch.Tensor, goal: torch.Tensor, keys: list[int]
            ) -> tuple[torch.Tensor, torch.Tensor]:
-        att = attack
-        if budgets is not None:
-            att = copy.copy(attack)
-            att.eps = [budgets[k] for k in keys]
+        att = _budgeted(attack, "eps", budgets, keys)
         adv = att.run(x, goal, keys=keys)
         assert att.steps_taken is not None
         return adv, att.steps_taken

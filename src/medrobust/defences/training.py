@@ -24,9 +24,12 @@ from medrobust.data.base import ImageDataset
 from medrobust.defences.autoencoder import ImpulseAutoencoder
 from medrobust.defences.noise import mixed_impulse
 from medrobust.errors import ConfigError
-from medrobust.training.loop import Judgement, fit
+from medrobust.training.loop import Judgement, check_fit_settings, fit
 from medrobust.utils.seeding import numpy_rng, seed_everything
 from medrobust.utils.validation import check_range
+
+#: AdamW weight decay of the denoiser (light: the autoencoder is small and must stay near identity)
+WEIGHT_DECAY = 1e-5
 
 
 @dataclass
@@ -49,9 +52,7 @@ class DenoiserTrainConfig:
 
     def validate(self) -> None:
         check_range("width", self.width, 2)
-        check_range("epochs", self.epochs, 1)
-        check_range("batch_size", self.batch_size, 1)
-        check_range("lr", self.lr, 0, low_inclusive=False)
+        check_fit_settings(self.epochs, self.batch_size, self.lr, WEIGHT_DECAY)
         check_range("channel_share", self.channel_share, 0, 1)
         check_range("clean_share", self.clean_share, 0, 1)
         check_range("val_images", self.val_images, 1)
@@ -170,7 +171,7 @@ def train_denoiser(train: ImageDataset, val: ImageDataset, config: DenoiserTrain
                                                  "recall": f"{metrics['mask_recall']:.2f}"})
 
     done = fit(model, model, len(images), epochs=config.epochs, batch_size=config.batch_size,
-               lr=config.lr, weight_decay=1e-5, shuffle=rng.permutation, batch_loss=batch_loss,
+               lr=config.lr, weight_decay=WEIGHT_DECAY, shuffle=rng.permutation, batch_loss=batch_loss,
                judge=judge, desc="train denoiser")
     return DenoiserTrainResult(model, done.history, done.best_epoch, done.best_metrics,
                                done.seconds)

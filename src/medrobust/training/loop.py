@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from medrobust.utils.progress import progress
+from medrobust.utils.validation import check_range
 
 
 @dataclass
@@ -38,6 +39,14 @@ class LoopResult:
     best_metrics: dict[str, Any]
     seconds: float
     cpu_seconds: float
+
+
+def check_fit_settings(epochs: int, batch_size: int, lr: float, weight_decay: float) -> None:
+    """The settings every trainer hands to ``fit``, validated in one place."""
+    check_range("epochs", epochs, 1)
+    check_range("batch_size", batch_size, 1)
+    check_range("lr", lr, 0, low_inclusive=False)
+    check_range("weight_decay", weight_decay, 0)
 
 
 def torch_shuffle(generator: torch.Generator) -> Callable[[int], torch.Tensor]:

@@ -22,10 +22,10 @@ from medrobust.models.registry import build_model
 from medrobust.models.segmenter import Segmenter, save_segmenter
 from medrobust.models.unet import downsampling
 from medrobust.training.augment import augment_batch
-from medrobust.training.loop import Judgement, fit, torch_shuffle
+from medrobust.training.loop import Judgement, check_fit_settings, fit, torch_shuffle
 from medrobust.training.seg_metrics import segmentation_metrics
 from medrobust.utils.seeding import seed_everything
-from medrobust.utils.validation import check_choice, check_range
+from medrobust.utils.validation import check_choice
 
 SEG_AUGMENT = ("flips", "none")
 
@@ -44,10 +44,7 @@ class SegTrainConfig:
     seed: int = 0
 
     def validate(self) -> None:
-        check_range("epochs", self.epochs, 1)
-        check_range("batch_size", self.batch_size, 1)
-        check_range("lr", self.lr, 0, low_inclusive=False)
-        check_range("weight_decay", self.weight_decay, 0)
+        check_fit_settings(self.epochs, self.batch_size, self.lr, self.weight_decay)
         check_choice("augment", self.augment, SEG_AUGMENT)
 
 

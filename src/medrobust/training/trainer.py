@@ -16,7 +16,7 @@ from medrobust.models.checkpoint import save_checkpoint
 from medrobust.models.classifier import Classifier
 from medrobust.models.registry import SIGMOID_MODELS, build_model
 from medrobust.training.augment import POLICIES, augment_batch, default_policy
-from medrobust.training.loop import Judgement, fit, torch_shuffle
+from medrobust.training.loop import Judgement, check_fit_settings, fit, torch_shuffle
 from medrobust.training.metrics import classification_metrics
 from medrobust.utils.seeding import seed_everything
 from medrobust.utils.validation import check_choice, check_range
@@ -39,9 +39,7 @@ class TrainConfig:
     seed: int = 0
 
     def validate(self) -> None:
-        check_range("epochs", self.epochs, 1)
-        check_range("batch_size", self.batch_size, 1)
-        check_range("lr", self.lr, 0, low_inclusive=False)
+        check_fit_settings(self.epochs, self.batch_size, self.lr, self.weight_decay)
         check_range("label_smoothing", self.label_smoothing, 0, 0.5)
         check_choice("augment", self.augment, ("auto", *POLICIES))
         check_choice("select_metric", self.select_metric, ("auc", "accuracy", "loss"))
