@@ -172,17 +172,18 @@ def test_packed_and_per_pixel_map_paths_agree(monkeypatch):
 
 
 @pytest.mark.parametrize("delta_area", [0.0, 100.0])
-def test_delta_convolutions_are_exact_with_groups_and_dilation(monkeypatch, delta_area):
-    """Stride-1 convolutions computed directly (0.0) or from their input's change (100.0: every
-    one, grouped and dilated included) agree with full passes, for mixed and same-pixel chunks."""
-    import medrobust.models.engines.cone as cone
+def test_both_convolution_paths_are_exact_with_groups_and_dilation(monkeypatch, delta_area):
+    """Stride-1 convolutions of the change computed over the output window (0.0) or scattered
+    from the input window (100.0: every one, grouped and dilated included) agree with full
+    passes, for mixed and same-pixel chunks."""
+    import medrobust.models.engines.cone_plan as cone_plan
 
-    monkeypatch.setattr(cone, "DELTA_AREA", delta_area)
+    monkeypatch.setattr(cone_plan, "DELTA_AREA", delta_area)
     torch.manual_seed(4)
     clf = Classifier(_Odd().eval(), mean=[0.5] * 3, std=[0.5] * 3, class_names=("a", "b", "c"))
     images = torch.rand(2, 3, 17, 20)
     fast, ref = ConeEngine(clf, images), DenseEngine(clf, images)
-    assert any(getattr(k, "delta", False) for k in fast.plan.values()) == (delta_area > 1)
+    assert any(getattr(k, "transposed", False) for k in fast.plan.values()) == (delta_area > 1)
     g = torch.Generator().manual_seed(1)
     idx = torch.randint(0, 2, (60,), generator=g)
     xs, ys = torch.randint(0, 20, (60, 1), generator=g), torch.randint(0, 17, (60, 1), generator=g)
