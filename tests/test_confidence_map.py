@@ -191,3 +191,20 @@ def test_both_convolution_paths_are_exact_with_groups_and_dilation(monkeypatch, 
     same = (torch.zeros(60, dtype=torch.long), torch.full((60, 1), 19), torch.full((60, 1), 0), cols)
     for cand in ((idx, xs, ys, cols), same):
         assert float((fast.probabilities(*cand) - ref.probabilities(*cand)).abs().max()) < 1e-5
+
+
+def test_engine_plans_afresh_when_the_weights_change():
+    """Traced graphs and plans are reused across engines, but never for changed weights: the
+    plan folds batch norm into convolution weights, so a stale one would score wrongly."""
+    clf = _classifier("mitosisnet", {"padding": "keras"}, 3, seed=6)
+    images = torch.rand(1, 3, 16, 16)
+    cand = _candidates(16, 3, 40, 1)
+    first = ConeEngine(clf, images)
+    assert ConeEngine(clf, images).plan is first.plan  # reused for the same weights
+    with torch.no_grad():
+        clf.model.stem[1].weight.mul_(1.5)  # in place, as an optimiser step would
+        clf.model.stem[2].running_var.add_(0.5)  # a folded batch norm
+    again = ConeEngine(clf, images)
+    assert again.plan is not first.plan
+    diff = (again.probabilities(*cand) - DenseEngine(clf, images).probabilities(*cand)).abs()
+    assert float(diff.max()) < 1e-5

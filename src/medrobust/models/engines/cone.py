@@ -19,8 +19,10 @@ model fx cannot trace falls back to the reference engine, and ``fallback_reason`
 
 from __future__ import annotations
 
+import itertools
 import operator
 import warnings
+import weakref
 from typing import Any, NamedTuple
 
 import torch
@@ -31,11 +33,24 @@ from medrobust.models.classifier import Classifier
 from medrobust.models.engines.base import PixelEngine
 from medrobust.models.engines.cone_plan import ConePlanner, ConeTracer, Dense, Spatial
 from medrobust.models.engines.dense import DenseEngine
-from medrobust.models.engines.windows import Chunk, Origin, add_into, gather, place
+from medrobust.models.engines.windows import Chunk, Origin, add_into, channels_last, gather, place
 
 #: Rows per call in batch-consistent mode. Cone windows are small, so large calls amortise the
 #: per-layer Python overhead without spilling the caches (unlike full forward passes).
 CONSISTENT_CHUNK = 512
+
+
+#: Traced graph and plan per classifier. Building them takes about 20 ms, which a map of a few
+#: pixels, or an attack on a small batch, would otherwise pay for every image. Keyed by the
+#: input shape and a fingerprint of the weights, so a model trained further (in-place updates
+#: bump tensor versions), given new weights or switched to train mode is planned afresh.
+_COMPILED: weakref.WeakKeyDictionary[Classifier, dict[tuple, tuple]] = weakref.WeakKeyDictionary()
+
+
+def _fingerprint(classifier: Classifier) -> tuple:
+    tensors = itertools.chain(classifier.parameters(), classifier.buffers())
+    return (tuple((id(t), t._version) for t in tensors),
+            tuple(m.training for m in classifier.modules()))
 
 
 class _Change(NamedTuple):
@@ -61,6 +76,14 @@ class ConeEngine(PixelEngine):
         self.chunk = CONSISTENT_CHUNK if batch_consistent else chunk
         self.fallback_reason: str | None = None
         self._reference = DenseEngine(classifier, images)
+        self._padded: dict[tuple[str, int, float], torch.Tensor] = {}
+        key = (tuple(images.shape), str(images.device), _fingerprint(classifier))
+        cached = _COMPILED.setdefault(classifier, {}).get(key)
+        if cached is not None:
+            self.graph, self.plan, self.dense_layers = cached
+            self.modules = dict(self.graph.named_modules())
+            self._clean_pass()
+            return
         try:
             self.graph = fx.GraphModule(classifier, ConeTracer().trace(classifier))
         except Exception as exc:  # any tracing failure means: use the reference engine
@@ -76,7 +99,7 @@ class ConeEngine(PixelEngine):
         self.dense_layers = [n.name for n in self.graph.graph.nodes
                              if isinstance(self.plan[n.name], Dense)
                              and self.plan[n.name].rule == "op" and planner.is_map(n)]
-        self._padded: dict[tuple[str, int, float], torch.Tensor] = {}
+        _COMPILED[classifier] = {key: (self.graph, self.plan, self.dense_layers)}
 
     @torch.inference_mode()
     def _clean_pass(self) -> None:
@@ -97,7 +120,9 @@ class ConeEngine(PixelEngine):
                 return out
 
         Keep(self.graph).run(self.images)
-        self.clean = env
+        # maps channels-last, like every change the engine computes (see windows.py)
+        self.clean = {k: channels_last(v) if isinstance(v, torch.Tensor) else v
+                      for k, v in env.items()}
 
     # ---------------------------------------------------------------- candidate evaluation
     def probabilities(self, image_index: torch.Tensor, xs: torch.Tensor, ys: torch.Tensor,
@@ -132,6 +157,8 @@ class ConeEngine(PixelEngine):
                 return self.classifier.logits_to_probabilities(logits)
             if kind is None:
                 env[node.name] = self.clean[node.name]
+            elif isinstance(kind, Spatial) and kind.rule == "alias":
+                env[node.name] = env[node.all_input_nodes[0].name]
             elif isinstance(kind, Spatial):
                 assert kind.starts is not None
                 origin, size = (kind.window(y0, x0) if uniform else
@@ -155,16 +182,13 @@ class ConeEngine(PixelEngine):
         if rule in ("shift", "scale", "relu", "conv", "avgpool", "pool"):
             delta, at = env[src.name]
         if rule == "shift":
-            before = self.plan[src.name]
-            if kind.offset == (0, 0) and isinstance(before, Spatial) and (
-                    before.rows is kind.rows and before.cols is kind.cols):
-                return delta  # same band, same window
             return place(delta, (at[0] + kind.offset[0], at[1] + kind.offset[1]), origin, size,
                          ck)
         if rule == "scale":
             return self._scale(delta, kind.factor, env)
         if rule == "relu":
-            v = delta + gather(self.clean[src.name], origin, size, ck)
+            pre = gather(self.clean[src.name], origin, size, ck)
+            v = delta.add_(pre) if self._may_update(src, delta) else delta + pre
             return v.relu_().sub_(gather(self.clean[node.name], origin, size, ck))
         if rule == "conv":
             return self._conv(kind, delta, at, origin, size, ck)
@@ -194,11 +218,19 @@ class ConeEngine(PixelEngine):
         signs = [1.0] + [-1.0 if node.target in (operator.sub, torch.sub) else 1.0] * len(rest)
         head = env[first.name]
         out = place(head.delta, head.origin, origin, size, ck)
-        if out.untyped_storage().data_ptr() == head.delta.untyped_storage().data_ptr():
-            out = out.clone()  # a view of the operand's own change: do not add into that
+        shares = out.untyped_storage().data_ptr() == head.delta.untyped_storage().data_ptr()
+        if shares and not (out is head.delta and self._may_update(first, out)):
+            out = out.clone()  # do not add into a change another node still reads
         for arg, sign in zip(rest, signs[1:], strict=True):
             add_into(out, env[arg.name].delta, env[arg.name].origin, origin, ck, sign)
         return out
+
+    def _may_update(self, node: fx.Node, delta: torch.Tensor) -> bool:
+        """True when ``node``'s change is this consumer's alone to overwrite (and contiguous,
+        where in-place arithmetic is fast)."""
+        kind = self.plan[node.name]
+        return isinstance(kind, Spatial) and kind.mutable and delta.is_contiguous(
+            memory_format=torch.channels_last)
 
     @staticmethod
     def _scale(delta: torch.Tensor, factor: Any, env: dict[str, Any]) -> torch.Tensor:
@@ -241,7 +273,7 @@ class ConeEngine(PixelEngine):
     def _padded_clean(self, name: str, margin: int, fill: float) -> torch.Tensor:
         key = (name, margin, fill)
         if key not in self._padded:
-            self._padded[key] = F.pad(self.clean[name], (margin,) * 4, value=fill)
+            self._padded[key] = channels_last(F.pad(self.clean[name], (margin,) * 4, value=fill))
         return self._padded[key]
 
     def _dense(self, node: fx.Node, kind: Dense, env: dict[str, Any], ck: Chunk) -> Any:

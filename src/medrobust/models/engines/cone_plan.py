@@ -12,8 +12,9 @@ Rules of a spatial node (its activation is a (B,C,H,W) map, changed only inside 
 
 =========  =====================================================================================
 input      the perturbed image: the new colour minus the clean one, at the pixel
-shift      the change moves with the data (Keras 'same' padding) or passes through unchanged
-           (identity, dropout in eval, batch norm folded into the convolution before it)
+alias      the change passes through unchanged (identity, dropout in eval, adding a constant,
+           batch norm folded into the convolution before it)
+shift      the change moves with the data (Keras 'same' padding)
 scale      the change times a per-channel factor (batch norm in eval mode, constant arithmetic)
 conv       convolution of the change (any stride, padding, dilation, groups)
 avgpool    average pooling of the change
@@ -90,6 +91,9 @@ class Spatial:
     starts: tuple[torch.Tensor, torch.Tensor] | None = None
     # Uniform calls: each input position's exact window, as (start, length) per axis.
     exact: tuple[list[tuple[int, int]], list[tuple[int, int]]] = ([], [])
+    # The node's change is a tensor no other node holds, so its one consumer may update it in
+    # place (saves an allocation and a pass over memory).
+    mutable: bool = False
 
     def window(self, y: int, x: int) -> tuple[tuple[int, int], tuple[int, int]]:
         """Origin and size of the exact window of pixel (x, y)."""
@@ -130,6 +134,7 @@ class ConePlanner:
                     kind.transposed = (src.length[0] * src.length[1]
                                        <= DELTA_AREA * kind.length[0] * kind.length[1])
             plan[node.name] = kind
+        self._ownership(plan)
         for kind in plan.values():  # weights are final once every batch norm is folded
             if isinstance(kind, Spatial) and kind.rule == "conv":
                 assert kind.weight is not None
@@ -137,6 +142,21 @@ class ConePlanner:
                 if kind.transposed:
                     kind.weight_t = _transposed(kind.weight, kind.groups)
         return plan
+
+    def _ownership(self, plan: dict[str, Any]) -> None:
+        """A change may be updated in place by its consumer when it was computed fresh (aliases
+        and shifts hand on their source's tensor) and exactly one node reads it."""
+        fresh: dict[str, bool] = {}
+        for node in self.graph.graph.nodes:
+            kind = plan[node.name]
+            if not isinstance(kind, Spatial):
+                continue
+            if kind.rule in ("alias", "shift"):
+                src = node.all_input_nodes[0]
+                fresh[node.name] = fresh[src.name] and len(src.users) == 1
+            else:
+                fresh[node.name] = True
+            kind.mutable = fresh[node.name] and len(node.users) == 1
 
     def _windows(self, kind: Spatial) -> None:
         ly, oy = kind.rows.window()
@@ -204,7 +224,7 @@ class ConePlanner:
         if isinstance(m, nn.BatchNorm2d) and not m.training and m.running_var is not None:
             return self._batch_norm(node, m, src, plan)
         if isinstance(m, _PASS_THROUGH) and not m.training:
-            return _like(src, "shift")
+            return _like(src, "alias")
         if isinstance(m, nn.ReLU):
             return _like(src, "relu")
         if isinstance(m, _POINTWISE_MODULES):
@@ -222,7 +242,7 @@ class ConePlanner:
         if src.rule == "conv" and len(inp.users) == 1 and plan[inp.name] is src:
             assert src.weight is not None
             src.weight = src.weight * scale.view(-1, 1, 1, 1)
-            return _like(src, "shift")
+            return _like(src, "alias")
         kind = _like(src, "scale")
         kind.factor = scale.view(1, -1, 1, 1)
         return kind
@@ -259,7 +279,7 @@ class ConePlanner:
         first_is_map = isinstance(node.args[0], fx.Node) and self.is_map(node.args[0])
         if fn in _ADDITIVE:
             if first_is_map or fn not in _SUBTRACT:
-                return _like(src, "shift")
+                return _like(src, "alias")
             kind = _like(src, "scale")
             kind.factor = -1.0
             return kind

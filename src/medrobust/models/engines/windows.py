@@ -7,6 +7,10 @@ the clean activation, on a small window. A call is either
   Python ints and each layer's window is that pixel's exact cone, so moving data is slicing; or
 * **mixed**: rows are different pixels (attacks). Origins are per-row tensors and windows have one
   fixed length per layer, so moving data is a gather or a scatter.
+
+Every map is kept channels-last (NHWC in memory): a spatial window of it is then a run of whole
+channel vectors, so slicing, pasting and broadcasting windows are dense loops (10x faster on a
+CPU than the same on NCHW windows a few pixels wide), and oneDNN convolutions take it natively.
 """
 
 from __future__ import annotations
@@ -14,6 +18,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+
+CHANNELS_LAST = torch.channels_last
 
 #: (row, column) of a window's top-left corner: ints (uniform) or (M,) tensors (mixed).
 Origin = tuple[int | torch.Tensor, int | torch.Tensor]
@@ -53,9 +59,11 @@ def _place_uniform(delta: torch.Tensor, at: tuple[int, int], origin: tuple[int, 
                    size: tuple[int, int]) -> torch.Tensor:
     y0, x0 = at[0] - origin[0], at[1] - origin[1]  # delta's corner inside the window
     h, w = delta.shape[2], delta.shape[3]
+    if y0 == 0 and x0 == 0 and (h, w) == tuple(size):
+        return delta
     if y0 <= 0 and x0 <= 0 and y0 + h >= size[0] and x0 + w >= size[1]:
         return delta[:, :, -y0:size[0] - y0, -x0:size[1] - x0]
-    out = delta.new_zeros(delta.shape[0], delta.shape[1], size[0], size[1])
+    out = zeros(delta, delta.shape[0], delta.shape[1], size[0], size[1])
     ya, xa = max(y0, 0), max(x0, 0)
     yb, xb = min(y0 + h, size[0]), min(x0 + w, size[1])
     if ya < yb and xa < xb:
@@ -83,15 +91,16 @@ def _place_mixed(delta: torch.Tensor, at: Origin, origin: Origin,
                  size: tuple[int, int]) -> torch.Tensor:
     m, c, h, w = delta.shape
     dev = delta.device
-    # One buffer with a spare slot at the end: values that fall outside the window are scattered
-    # there and dropped, which keeps the move a single vectorised scatter.
-    out = delta.new_zeros(m, c, size[0] * size[1] + 1)
+    # One (M, positions + 1, C) buffer with a spare position at the end: values that fall
+    # outside the window are scattered there and dropped, which keeps the move one scatter.
+    out = delta.new_zeros(m, size[0] * size[1] + 1, c)
     r = _rowwise(at[0] - origin[0], m, dev)[:, None] + torch.arange(h, device=dev)
     q = _rowwise(at[1] - origin[1], m, dev)[:, None] + torch.arange(w, device=dev)
     valid = ((r >= 0) & (r < size[0]))[:, :, None] & ((q >= 0) & (q < size[1]))[:, None, :]
     flat = torch.where(valid, r[:, :, None] * size[1] + q[:, None, :], size[0] * size[1])
-    out.scatter_(2, flat.reshape(m, 1, -1).expand(m, c, -1), delta.reshape(m, c, -1))
-    return out[:, :, :-1].view(m, c, size[0], size[1])
+    out.scatter_(1, flat.reshape(m, -1, 1).expand(m, -1, c),
+                 delta.permute(0, 2, 3, 1).reshape(m, h * w, c))
+    return out[:, :-1].view(m, size[0], size[1], c).permute(0, 3, 1, 2)
 
 
 def gather(base: torch.Tensor, origin: Origin, size: tuple[int, int], chunk: Chunk,
@@ -103,12 +112,23 @@ def gather(base: torch.Tensor, origin: Origin, size: tuple[int, int], chunk: Chu
         i, r, c = chunk.image, int(origin[0]) + margin, int(origin[1]) + margin
         # contiguous: broadcasting it over the rows is then one flat loop (10x faster on CPU
         # than broadcasting a strided window with a short inner dimension)
-        return base[i:i + 1, :, r:r + size[0], c:c + size[1]].contiguous()
+        return base[i:i + 1, :, r:r + size[0], c:c + size[1]].contiguous(
+            memory_format=CHANNELS_LAST)
     dev = base.device
     m = chunk.rows
     rows = _rowwise(origin[0] + margin, m, dev)[:, None] + torch.arange(size[0], device=dev)
     cols = _rowwise(origin[1] + margin, m, dev)[:, None] + torch.arange(size[1], device=dev)
     return base[chunk.img[:, None, None], :, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
+
+
+def zeros(like: torch.Tensor, *shape: int) -> torch.Tensor:
+    """A channels-last (N,C,H,W) tensor of zeros."""
+    return torch.zeros(shape, dtype=like.dtype, device=like.device).contiguous(
+        memory_format=CHANNELS_LAST)
+
+
+def channels_last(t: torch.Tensor) -> torch.Tensor:
+    return t.contiguous(memory_format=CHANNELS_LAST) if t.dim() == 4 else t
 
 
 def _rowwise(v: int | torch.Tensor, m: int, device: torch.device) -> torch.Tensor:
