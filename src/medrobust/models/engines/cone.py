@@ -33,12 +33,18 @@ from medrobust.models.classifier import Classifier
 from medrobust.models.engines.base import PixelEngine
 from medrobust.models.engines.cone_plan import ConePlanner, ConeTracer, Dense, Spatial
 from medrobust.models.engines.dense import DenseEngine
+from medrobust.models.engines.toeplitz import conv_matrix
 from medrobust.models.engines.windows import Chunk, Origin, add_into, channels_last, gather, place
 
 #: Rows per call in batch-consistent mode. Cone windows are small, so large calls amortise the
 #: per-layer Python overhead without spilling the caches (unlike full forward passes).
 CONSISTENT_CHUNK = 512
 
+
+#: Convolutions whose input change spans at most this many positions run as one matrix product
+#: in same-pixel calls (the first layers of a cone: a call's fixed cost there dwarfs its
+#: arithmetic).
+MATRIX_INPUTS = 4
 
 #: Traced graph and plan per classifier. Building them takes about 20 ms, which a map of a few
 #: pixels, or an attack on a small batch, would otherwise pay for every image. Keyed by the
@@ -77,6 +83,7 @@ class ConeEngine(PixelEngine):
         self.fallback_reason: str | None = None
         self._reference = DenseEngine(classifier, images)
         self._padded: dict[tuple[str, int, float], torch.Tensor] = {}
+        self._matrices: dict[tuple, torch.Tensor] = {}
         key = (tuple(images.shape), str(images.device), _fingerprint(classifier))
         cached = _COMPILED.setdefault(classifier, {}).get(key)
         if cached is not None:
@@ -191,7 +198,7 @@ class ConeEngine(PixelEngine):
             v = delta.add_(pre) if self._may_update(src, delta) else delta + pre
             return v.relu_().sub_(gather(self.clean[node.name], origin, size, ck))
         if rule == "conv":
-            return self._conv(kind, delta, at, origin, size, ck)
+            return self._conv(node, kind, delta, at, origin, size, ck)
         if rule in ("avgpool", "pool"):
             return self._pool(node, kind, delta, at, origin, size, ck)
         if rule == "sum":
@@ -240,10 +247,12 @@ class ConeEngine(PixelEngine):
             return delta / other if how == "div" else delta * other
         return delta * factor
 
-    def _conv(self, kind: Spatial, delta: torch.Tensor, at: Origin, origin: Origin,
-              size: tuple[int, int], ck: Chunk) -> torch.Tensor:
+    def _conv(self, node: fx.Node, kind: Spatial, delta: torch.Tensor, at: Origin,
+              origin: Origin, size: tuple[int, int], ck: Chunk) -> torch.Tensor:
         """conv(clean + change) - conv(clean) = conv(change): no clean values, no bias."""
         (kh, kw), (ph, pw), (dh, dw) = kind.kernel, kind.padding, kind.dilation
+        if ck.uniform and kind.groups == 1 and delta.shape[2] * delta.shape[3] <= MATRIX_INPUTS:
+            return self._matrix_conv(node, kind, delta, at, origin, size)
         if kind.transposed:  # scatter the input's change through the kernel
             out = F.conv_transpose2d(delta, kind.weight_t, None, 1, 0, 0, kind.groups,
                                      kind.dilation)
@@ -251,6 +260,25 @@ class ConeEngine(PixelEngine):
             return place(out, corner, origin, size, ck)
         return F.conv2d(self._span(kind, delta, at, origin, size, ck), kind.weight, None,
                         kind.stride, 0, kind.dilation, kind.groups)
+
+    def _matrix_conv(self, node: fx.Node, kind: Spatial, delta: torch.Tensor, at: Origin,
+                     origin: Origin, size: tuple[int, int]) -> torch.Tensor:
+        """A convolution whose input change spans a few positions, as one matrix product
+        (see toeplitz.py); the matrix is cached per window placement."""
+        assert kind.weight is not None
+        offset = (int(at[0]) - int(origin[0]) * kind.stride[0],
+                  int(at[1]) - int(origin[1]) * kind.stride[1])
+        in_size = (int(delta.shape[2]), int(delta.shape[3]))
+        key = (node.name, offset, in_size, tuple(size))
+        matrix = self._matrices.get(key)
+        if matrix is None:
+            matrix = conv_matrix(kind.weight, kind.stride, kind.padding, kind.dilation, offset,
+                                 in_size, size)
+            self._matrices[key] = matrix
+        m = delta.shape[0]
+        flat = delta.permute(0, 2, 3, 1).reshape(m, -1)  # a view of a channels-last change
+        out = flat @ matrix
+        return out.view(m, size[0], size[1], -1).permute(0, 3, 1, 2)
 
     def _span(self, kind: Spatial, delta: torch.Tensor, at: Origin, origin: Origin,
               size: tuple[int, int], ck: Chunk) -> torch.Tensor:
