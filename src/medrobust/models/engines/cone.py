@@ -193,10 +193,10 @@ class ConeEngine(PixelEngine):
                          ck)
         if rule == "scale":
             return self._scale(delta, kind.factor, env)
-        if rule == "relu":
+        if rule == "relu":  # relu(pre + change) - relu(pre): one clean window, not two
             pre = gather(self.clean[src.name], origin, size, ck)
             v = delta.add_(pre) if self._may_update(src, delta) else delta + pre
-            return v.relu_().sub_(gather(self.clean[node.name], origin, size, ck))
+            return v.relu_().sub_(pre.relu())  # (pre may be a view of the clean cache)
         if rule == "conv":
             return self._conv(node, kind, delta, at, origin, size, ck)
         if rule in ("avgpool", "pool"):

@@ -91,16 +91,18 @@ def _place_mixed(delta: torch.Tensor, at: Origin, origin: Origin,
                  size: tuple[int, int]) -> torch.Tensor:
     m, c, h, w = delta.shape
     dev = delta.device
-    # One (M, positions + 1, C) buffer with a spare position at the end: values that fall
-    # outside the window are scattered there and dropped, which keeps the move one scatter.
-    out = delta.new_zeros(m, size[0] * size[1] + 1, c)
+    # Channels-last, a window is a stack of channel vectors: copy them row by row into a
+    # (M * (positions + 1), C) buffer whose spare position per candidate takes what falls
+    # outside the window (dropped), so the whole move is one index_copy_.
+    slots = size[0] * size[1] + 1
+    out = delta.new_zeros(m * slots, c)
     r = _rowwise(at[0] - origin[0], m, dev)[:, None] + torch.arange(h, device=dev)
     q = _rowwise(at[1] - origin[1], m, dev)[:, None] + torch.arange(w, device=dev)
     valid = ((r >= 0) & (r < size[0]))[:, :, None] & ((q >= 0) & (q < size[1]))[:, None, :]
-    flat = torch.where(valid, r[:, :, None] * size[1] + q[:, None, :], size[0] * size[1])
-    out.scatter_(1, flat.reshape(m, -1, 1).expand(m, -1, c),
-                 delta.permute(0, 2, 3, 1).reshape(m, h * w, c))
-    return out[:, :-1].view(m, size[0], size[1], c).permute(0, 3, 1, 2)
+    flat = torch.where(valid, r[:, :, None] * size[1] + q[:, None, :], slots - 1)
+    flat = flat + (torch.arange(m, device=dev) * slots)[:, None, None]
+    out.index_copy_(0, flat.reshape(-1), delta.permute(0, 2, 3, 1).reshape(m * h * w, c))
+    return out.view(m, slots, c)[:, :-1].view(m, size[0], size[1], c).permute(0, 3, 1, 2)
 
 
 def gather(base: torch.Tensor, origin: Origin, size: tuple[int, int], chunk: Chunk,
@@ -116,9 +118,13 @@ def gather(base: torch.Tensor, origin: Origin, size: tuple[int, int], chunk: Chu
             memory_format=CHANNELS_LAST)
     dev = base.device
     m = chunk.rows
+    b, c, hh, ww = base.shape
     rows = _rowwise(origin[0] + margin, m, dev)[:, None] + torch.arange(size[0], device=dev)
     cols = _rowwise(origin[1] + margin, m, dev)[:, None] + torch.arange(size[1], device=dev)
-    return base[chunk.img[:, None, None], :, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
+    # one channel vector per window position, picked from the (B*H*W, C) view of the map
+    flat = (chunk.img * (hh * ww))[:, None, None] + rows[:, :, None] * ww + cols[:, None, :]
+    picked = base.permute(0, 2, 3, 1).reshape(b * hh * ww, c).index_select(0, flat.reshape(-1))
+    return picked.view(m, size[0], size[1], c).permute(0, 3, 1, 2)
 
 
 def zeros(like: torch.Tensor, *shape: int) -> torch.Tensor:
