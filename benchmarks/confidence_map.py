@@ -26,7 +26,7 @@ from medrobust.models import Classifier, build_model
 MODELS = {"smallcnn": {}, "mitosisnet": {"padding": "keras"}}
 PAPER_PASSES = 64 * 64 * 140_608
 ROWS_CANDIDATES = (16, 32, 64, 128, 256, 512)
-CHUNK = 512  # colours per engine call (confidence_map's default); --chunk changes it
+CHUNK = 256  # colours per engine call (confidence_map's default); --chunk changes it
 
 
 def make_classifier(name: str, device: str) -> Classifier:
@@ -125,9 +125,9 @@ def main() -> None:
                     help="also time the reference engine at step 5 (slow: 140,608 passes/pixel)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--chunk", type=int, default=512,
-                    help="colours per engine call (512 is the library default; the old 4096 "
-                         "shows why)")
+    ap.add_argument("--chunk", type=int, default=256,
+                    help="colours per engine call (256 is the library default; 512 and 4096 "
+                         "show why)")
     args = ap.parse_args()
     set_chunk(args.chunk)
     torch.set_num_threads(args.threads)

@@ -102,22 +102,22 @@ class ConfidenceMap:
 
 #: Grids with fewer colours than PACK_BELOW share engine calls between pixels, about PACK_ROWS
 #: rows per call (measured best for the cone engine's mixed-pixel path on a 2-core CPU).
-PACK_BELOW, PACK_ROWS = 128, 512
+PACK_BELOW, PACK_ROWS = 128, 256
 
 
 def confidence_map(classifier: Classifier, image: np.ndarray, label: int, step: int = 5,
                    score_class: int | None = None, engine: str = "fast",
                    pixels: list[tuple[int, int]] | None = None,
-                   checkpoint: str | Path | None = None, chunk: int = 512,
+                   checkpoint: str | Path | None = None, chunk: int = 256,
                    show_progress: bool = False) -> ConfidenceMap:
     """Score every (pixel, grid colour) of one uint8 (H,W,C) image.
 
     ``label`` is the true class; the score is P(``score_class``) (default: the label) for softmax
     heads and P(positive) for sigmoid heads. ``pixels`` restricts the map to (x, y) positions
     (others stay NaN). ``checkpoint`` names a file where the partial map is saved as it goes and
-    from which it resumes. ``chunk``: colours per engine call; 512 was fastest on a 2-core CPU
-    (2.4x the rate of 4096 for smallcnn at step 5: the cone windows stay in cache; compare
-    ``benchmarks/confidence_map.py --chunk 4096``).
+    from which it resumes. ``chunk``: colours per engine call; 256 was fastest on a 2-core CPU
+    (the cone windows stay in cache: 1.2x the rate of 512 and several times that of 4096;
+    compare ``benchmarks/confidence_map.py --chunk 512``).
     """
     image = np.asarray(image)
     if image.ndim != 3 or image.dtype != np.uint8:

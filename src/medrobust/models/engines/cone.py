@@ -36,9 +36,10 @@ from medrobust.models.engines.dense import DenseEngine
 from medrobust.models.engines.toeplitz import conv_matrix
 from medrobust.models.engines.windows import Chunk, Origin, add_into, channels_last, gather, place
 
-#: Rows per call in batch-consistent mode. Cone windows are small, so large calls amortise the
-#: per-layer Python overhead without spilling the caches (unlike full forward passes).
-CONSISTENT_CHUNK = 512
+#: Rows per call in batch-consistent mode: large enough to amortise the per-layer overhead,
+#: small enough that a layer's windows stay in cache (256 beat 128, 512 and 1024 on a 2-core
+#: CPU: 1.5x to 1.7x the attack rate of 512 on PneumoniaMNIST and BCCD).
+CONSISTENT_CHUNK = 256
 
 
 #: Convolutions whose input change spans at most this many positions run as one matrix product
@@ -71,7 +72,7 @@ class ConeEngine(PixelEngine):
 
     name = "fast"
 
-    def __init__(self, classifier: Classifier, images: torch.Tensor, chunk: int = 512,
+    def __init__(self, classifier: Classifier, images: torch.Tensor, chunk: int = 256,
                  batch_consistent: bool = False) -> None:
         """``batch_consistent``: every evaluation has the same shape (chunks of exactly
         ``CONSISTENT_CHUNK`` rows, the last one padded) and takes the same code path, so a
