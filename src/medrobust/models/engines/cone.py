@@ -88,7 +88,7 @@ class ConeEngine(PixelEngine):
         key = (tuple(images.shape), str(images.device), _fingerprint(classifier))
         cached = _COMPILED.setdefault(classifier, {}).get(key)
         if cached is not None:
-            self.graph, self.plan, self.dense_layers = cached
+            self.graph, self.plan, self.dense_layers, self.margin = cached
             self.modules = dict(self.graph.named_modules())
             self._clean_pass()
             return
@@ -103,11 +103,12 @@ class ConeEngine(PixelEngine):
         self._clean_pass()
         planner = ConePlanner(self.graph, self.clean, images)
         self.plan = planner.plan()
+        self.margin = planner.margin
         # Spatial layers the planner could not window: computed densely (exact, slower).
         self.dense_layers = [n.name for n in self.graph.graph.nodes
                              if isinstance(self.plan[n.name], Dense)
                              and self.plan[n.name].rule == "op" and planner.is_map(n)]
-        _COMPILED[classifier] = {key: (self.graph, self.plan, self.dense_layers)}
+        _COMPILED[classifier] = {key: (self.graph, self.plan, self.dense_layers, self.margin)}
 
     @torch.inference_mode()
     def _clean_pass(self) -> None:
@@ -176,8 +177,10 @@ class ConeEngine(PixelEngine):
                         self.images[ck.image, :, y0, x0][None]
                     env[node.name] = _Change((colour - pixel)[:, :, None, None], origin)
                 else:
-                    env[node.name] = _Change(self._change(node, kind, env, ck, origin, size),
-                                             origin)
+                    delta = self._change(node, kind, env, ck, origin, size)
+                    if not uniform and kind.masked:
+                        delta = self._mask(node, delta, origin)
+                    env[node.name] = _Change(delta, origin)
             else:
                 env[node.name] = self._dense(node, kind, env, ck)
         raise RuntimeError("graph has no output node")
@@ -195,7 +198,9 @@ class ConeEngine(PixelEngine):
         if rule == "scale":
             return self._scale(delta, kind.factor, env)
         if rule == "relu":  # relu(pre + change) - relu(pre): one clean window, not two
-            pre = gather(self.clean[src.name], origin, size, ck)
+            # mixed windows may leave the map: padding the clean input with -inf makes the
+            # change there exactly zero (relu(-inf + d) - relu(-inf)), whatever d was
+            pre = self._clean(src.name, origin, size, ck, fill=float("-inf"))
             v = delta.add_(pre) if self._may_update(src, delta) else delta + pre
             return v.relu_().sub_(pre.relu())  # (pre may be a view of the clean cache)
         if rule == "conv":
@@ -210,13 +215,13 @@ class ConeEngine(PixelEngine):
             args = fx.node.map_arg(node.args, lambda n: parts[n.name])
             return self._call(node, args, dict(node.kwargs))  # cat's dim=1
         # value: rebuild clean + change for every changed operand, apply, subtract clean
-        values = {n.name: (gather(self.clean[n.name], origin, size, ck)
+        values = {n.name: (self._clean(n.name, origin, size, ck)
                            + place(env[n.name].delta, env[n.name].origin, origin, size, ck))
                   for n in node.all_input_nodes if isinstance(env[n.name], _Change)}
         args = fx.node.map_arg(node.args, lambda n: values.get(n.name, env[n.name]))
         kwargs = fx.node.map_arg(node.kwargs, lambda n: values.get(n.name, env[n.name]))
         out = self._call(node, args, kwargs)
-        return out - gather(self.clean[node.name], origin, size, ck)
+        return out - self._clean(node.name, origin, size, ck)
 
     def _sum(self, node: fx.Node, env: dict[str, Any], ck: Chunk, origin: Origin,
              size: tuple[int, int]) -> torch.Tensor:
@@ -294,10 +299,28 @@ class ConeEngine(PixelEngine):
             return F.avg_pool2d(span, kind.kernel, kind.stride, 0)
         start, extent = _span(kind, origin, size)
         src = node.all_input_nodes[0].name
-        values = gather(self._padded_clean(src, kind.margin, kind.fill), start, extent, ck,
-                        kind.margin) + span
+        values = self._clean(src, start, extent, ck, kind.fill, kind.margin) + span
         pooled = F.max_pool2d(values, kind.kernel, kind.stride, 0, kind.dilation)
-        return pooled - gather(self.clean[node.name], origin, size, ck)
+        return pooled - self._clean(node.name, origin, size, ck)
+
+    def _clean(self, name: str, origin: Origin, size: tuple[int, int], ck: Chunk,
+               fill: float = 0.0, margin: int = 0) -> torch.Tensor:
+        """Clean values of ``name`` on a window. Positions outside the map read ``fill`` (the
+        padding of the layer that reads them). Uniform windows stay inside the map except pool
+        spans (``margin``); mixed windows may reach ``self.margin`` outside it."""
+        if not ck.uniform:
+            margin = self.margin
+        base = self._padded_clean(name, margin, fill) if margin else self.clean[name]
+        return gather(base, origin, size, ck, margin)
+
+    def _mask(self, node: fx.Node, delta: torch.Tensor, origin: Origin) -> torch.Tensor:
+        """Zero the parts of a mixed call's window that lie outside the map."""
+        h, w = self.clean[node.name].shape[2:]
+        dev = delta.device
+        r = origin[0][:, None] + torch.arange(delta.shape[2], device=dev)
+        c = origin[1][:, None] + torch.arange(delta.shape[3], device=dev)
+        inside = ((r >= 0) & (r < h))[:, :, None] & ((c >= 0) & (c < w))[:, None, :]
+        return delta.masked_fill_(~inside[:, None], 0.0)
 
     def _padded_clean(self, name: str, margin: int, fill: float) -> torch.Tensor:
         key = (name, margin, fill)

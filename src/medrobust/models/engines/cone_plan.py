@@ -86,9 +86,14 @@ class Spatial:
     groups: int = 1
     transposed: bool = False  # conv: scatter the input's change (see DELTA_AREA)
     margin: int = 0  # pool: how far windows may read outside the map
-    # Mixed calls: one window length per axis and each input position's window start.
+    # Mixed calls: one window length per axis and each input position's window start. These
+    # windows are not clipped to the map: layer to layer they line up exactly (a transposed
+    # convolution's output is the next window as it is), and the parts outside the map are
+    # zeroed instead (``overhangs``).
     length: tuple[int, int] = (1, 1)
     starts: tuple[torch.Tensor, torch.Tensor] | None = None
+    overhangs: bool = False  # a mixed call's window of this node can leave the map
+    masked: bool = False  # ... and its change there must be zeroed before it is read
     # Uniform calls: each input position's exact window, as (start, length) per axis.
     exact: tuple[list[tuple[int, int]], list[tuple[int, int]]] = ([], [])
     # The node's change is a tensor no other node holds, so its one consumer may update it in
@@ -134,6 +139,8 @@ class ConePlanner:
                     kind.transposed = (src.length[0] * src.length[1]
                                        <= DELTA_AREA * kind.length[0] * kind.length[1])
             plan[node.name] = kind
+        self.margin = self._loose_windows(plan)
+        self._masks(plan)
         self._ownership(plan)
         for kind in plan.values():  # weights are final once every batch norm is folded
             if isinstance(kind, Spatial) and kind.rule == "conv":
@@ -142,6 +149,83 @@ class ConePlanner:
                 if kind.transposed:
                     kind.weight_t = _transposed(kind.weight, kind.groups)
         return plan
+
+    def _loose_windows(self, plan: dict[str, Any]) -> int:
+        """Unclipped fixed-length windows for mixed calls (see ``Spatial.length``); returns how
+        far any window, or any span a window's outputs read, reaches outside its map."""
+        loose: dict[str, tuple[tuple[np.ndarray, int], tuple[np.ndarray, int]]] = {}
+        margin = 0
+        for node in self.graph.graph.nodes:
+            kind = plan[node.name]
+            if not isinstance(kind, Spatial):
+                continue
+            srcs = [loose[n.name] for n in node.all_input_nodes if n.name in loose]
+            size = self.clean[node.name].shape[2:]
+            axes = []
+            for axis in (0, 1):
+                start, length = self._loose_axis(kind, [s[axis] for s in srcs], axis)
+                if length >= size[axis]:  # deep cones: the whole map, clipped as it is
+                    start, length = np.zeros_like(start), int(size[axis])
+                axes.append((start, length))
+                reach = max(0, -int(start.min()), int((start + length).max()) - int(size[axis]))
+                kind.overhangs = kind.overhangs or reach > 0
+                margin = max(margin, reach)
+                if kind.rule in ("conv", "pool", "avgpool"):  # the span the outputs read
+                    k, st, p, d = (kind.kernel[axis], kind.stride[axis], kind.padding[axis],
+                                   kind.dilation[axis])
+                    src_size = self.clean[node.all_input_nodes[0].name].shape[2 + axis]
+                    first = start * st - p
+                    last = (start + length - 1) * st - p + (k - 1) * d
+                    margin = max(margin, -int(first.min()), int(last.max()) + 1 - int(src_size))
+            loose[node.name] = (axes[0], axes[1])
+            dev = self.images.device
+            kind.length = (axes[0][1], axes[1][1])
+            kind.starts = (torch.from_numpy(axes[0][0]).to(dev),
+                           torch.from_numpy(axes[1][0]).to(dev))
+        return margin
+
+    def _masks(self, plan: dict[str, Any]) -> None:
+        """Which overhanging changes must be zeroed outside the map. A convolution, pooling or
+        generic op can leave nonzero values there; a ReLU clears them (mixed calls read its clean
+        input padded with -inf), and linear passes (alias, scale, shift, sum, cat) hand them on
+        to their own readers. Everything else needs them zero."""
+        needs_zero: dict[str, bool] = {}
+        for node in reversed(list(self.graph.graph.nodes)):
+            kind = plan[node.name]
+            if not isinstance(kind, Spatial):
+                continue
+            need = False
+            for user in node.users:
+                ukind = plan[user.name]
+                if isinstance(ukind, Spatial) and ukind.rule == "relu":
+                    continue
+                if isinstance(ukind, Spatial) and ukind.rule in ("alias", "scale", "shift",
+                                                                "sum", "cat"):
+                    need = need or needs_zero[user.name]
+                else:
+                    need = True
+            needs_zero[node.name] = need
+            kind.masked = kind.overhangs and need and kind.rule in ("conv", "pool", "avgpool",
+                                                                     "value")
+
+    def _loose_axis(self, kind: Spatial, srcs: list[tuple[np.ndarray, int]], axis: int
+                    ) -> tuple[np.ndarray, int]:
+        if kind.rule == "input":
+            return np.arange(self.images.shape[2 + axis], dtype=np.int64), 1
+        if kind.rule == "shift":
+            start, length = srcs[0]
+            return start + kind.offset[axis], length
+        if kind.rule in ("conv", "pool", "avgpool"):
+            (a, n), k = srcs[0], kind.kernel[axis]
+            s, p, d = kind.stride[axis], kind.padding[axis], kind.dilation[axis]
+            lo = -((-(a + p - (k - 1) * d)) // s)  # first output that reads the window
+            hi = (a + n - 1 + p) // s  # last one
+            return lo, max(int((hi - lo + 1).max()), 1)
+        if len(srcs) == 1:  # alias, scale, relu, pointwise
+            return srcs[0]
+        lo = np.min([st for st, _ in srcs], axis=0)  # sum, cat, value: the union
+        hi = np.max([st + n - 1 for st, n in srcs], axis=0)
+        return lo, int((hi - lo + 1).max())
 
     def _ownership(self, plan: dict[str, Any]) -> None:
         """A change may be updated in place by its consumer when it was computed fresh (aliases
@@ -159,11 +243,9 @@ class ConePlanner:
             kind.mutable = fresh[node.name] and len(node.users) == 1
 
     def _windows(self, kind: Spatial) -> None:
-        ly, oy = kind.rows.window()
-        lx, ox = kind.cols.window()
-        dev = self.images.device
-        kind.length = (ly, lx)
-        kind.starts = (torch.from_numpy(oy).to(dev), torch.from_numpy(ox).to(dev))
+        """Exact windows for uniform calls; fixed-length (mixed) ones for the planning that
+        follows until ``_loose_windows`` replaces them."""
+        kind.length = (kind.rows.window()[0], kind.cols.window()[0])
         kind.exact = (_exact(kind.rows), _exact(kind.cols))
 
     def is_map(self, node: fx.Node) -> bool:

@@ -52,6 +52,9 @@ def place(delta: torch.Tensor, at: Origin, origin: Origin, size: tuple[int, int]
     if chunk.uniform:
         return _place_uniform(delta, (int(at[0]), int(at[1])), (int(origin[0]), int(origin[1])),
                               size)
+    shift = _common_shift(at, origin)
+    if shift is not None:  # every row moves the same way: slicing, as for one pixel
+        return _place_uniform(delta, shift, (0, 0), size)
     return _place_mixed(delta, at, origin, size)
 
 
@@ -75,16 +78,26 @@ def add_into(out: torch.Tensor, delta: torch.Tensor, at: Origin, origin: Origin,
              chunk: Chunk, sign: float = 1.0) -> torch.Tensor:
     """Add ``sign * delta`` (top-left at ``at``) into ``out`` (the window at ``origin``),
     in place, dropping what falls outside."""
-    if not chunk.uniform:
+    shift = (int(at[0]) - int(origin[0]), int(at[1]) - int(origin[1])) if chunk.uniform else \
+        _common_shift(at, origin)
+    if shift is None:
         placed = _place_mixed(delta, at, origin, (out.shape[2], out.shape[3]))
         return out.add_(placed, alpha=sign)
-    y0, x0 = int(at[0]) - int(origin[0]), int(at[1]) - int(origin[1])
+    y0, x0 = shift
     h, w = delta.shape[2], delta.shape[3]
     ya, xa = max(y0, 0), max(x0, 0)
     yb, xb = min(y0 + h, out.shape[2]), min(x0 + w, out.shape[3])
     if ya < yb and xa < xb:
         out[:, :, ya:yb, xa:xb].add_(delta[:, :, ya - y0:yb - y0, xa - x0:xb - x0], alpha=sign)
     return out
+
+
+def _common_shift(at: Origin, origin: Origin) -> tuple[int, int] | None:
+    """``at - origin`` when it is the same for every row (None otherwise)."""
+    dy, dx = at[0] - origin[0], at[1] - origin[1]
+    lo_y, hi_y = (int(dy.min()), int(dy.max())) if isinstance(dy, torch.Tensor) else (dy, dy)
+    lo_x, hi_x = (int(dx.min()), int(dx.max())) if isinstance(dx, torch.Tensor) else (dx, dx)
+    return (lo_y, lo_x) if lo_y == hi_y and lo_x == hi_x else None
 
 
 def _place_mixed(delta: torch.Tensor, at: Origin, origin: Origin,
