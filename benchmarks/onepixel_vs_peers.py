@@ -64,6 +64,7 @@ from common import (
 from medrobust.attacks.onepixel import OnePixel
 from medrobust.data import load_dataset
 from medrobust.models.classifier import Classifier
+from medrobust.models.engines.cone import CONSISTENT_CHUNK
 from medrobust.utils.device import resolve_device
 
 AUTO_ROWS = "size-aware default (64 for 64x64, 256 for 28x28)"
@@ -460,7 +461,7 @@ def markdown(report: dict[str, Any]) -> str:
         "",
         f"Rows per full forward call (medrobust-reference, padded to exactly; torchattacks' "
         f"inf_batch): {report['args'].get('batch_size') or AUTO_ROWS}; "
-        "the cone engine scores candidates in calls of exactly 512 rows.",
+        f"the cone engine scores candidates in calls of exactly {CONSISTENT_CHUNK} rows.",
         "",
         *[f"* {d['dataset']}: the cone and reference engines gave "
           f"{'identical' if d['engines_agree'] else 'DIFFERENT'} adversarial images."

@@ -140,10 +140,10 @@ def gather(base: torch.Tensor, origin: Origin, size: tuple[int, int], chunk: Chu
     return picked.view(m, size[0], size[1], c).permute(0, 3, 1, 2)
 
 
-def zeros(like: torch.Tensor, *shape: int) -> torch.Tensor:
-    """A channels-last (N,C,H,W) tensor of zeros."""
-    return torch.zeros(shape, dtype=like.dtype, device=like.device).contiguous(
-        memory_format=CHANNELS_LAST)
+def zeros(like: torch.Tensor, n: int, c: int, h: int, w: int) -> torch.Tensor:
+    """A channels-last (N,C,H,W) tensor of zeros: (N,H,W,C) zeros seen through a permute (one
+    allocation; converting NCHW zeros to channels-last would cost 7x more)."""
+    return torch.zeros((n, h, w, c), dtype=like.dtype, device=like.device).permute(0, 3, 1, 2)
 
 
 def channels_last(t: torch.Tensor) -> torch.Tensor:
