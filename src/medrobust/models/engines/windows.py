@@ -6,7 +6,8 @@ the clean activation, on a small window. A call is either
 * **uniform**: every row is the same pixel of the same image (confidence maps). Origins are
   Python ints and each layer's window is that pixel's exact cone, so moving data is slicing; or
 * **mixed**: rows are different pixels (attacks). Origins are per-row tensors and windows have one
-  fixed length per layer, so moving data is a gather or a scatter.
+  fixed length per layer, not clipped to the map (see ``cone_plan.Spatial.length``); rows that
+  all move the same way are sliced, others gathered or scattered.
 
 Every map is kept channels-last (NHWC in memory): a spatial window of it is then a run of whole
 channel vectors, so slicing, pasting and broadcasting windows are dense loops (10x faster on a
