@@ -64,7 +64,7 @@ from common import (
 from medrobust.attacks.onepixel import OnePixel
 from medrobust.data import load_dataset
 from medrobust.models.classifier import Classifier
-from medrobust.models.engines.cone import CONSISTENT_CHUNK
+from medrobust.models.engines import cone
 from medrobust.utils.device import resolve_device
 
 AUTO_ROWS = "size-aware default (64 for 64x64, 256 for 28x28)"
@@ -461,7 +461,8 @@ def markdown(report: dict[str, Any]) -> str:
         "",
         f"Rows per full forward call (medrobust-reference, padded to exactly; torchattacks' "
         f"inf_batch): {report['args'].get('batch_size') or AUTO_ROWS}; "
-        f"the cone engine scores candidates in calls of exactly {CONSISTENT_CHUNK} rows.",
+        "the cone engine scores candidates in calls of exactly "
+        f"{report['args'].get('cone_rows') or cone.CONSISTENT_CHUNK} rows.",
         "",
         *[f"* {d['dataset']}: the cone and reference engines gave "
           f"{'identical' if d['engines_agree'] else 'DIFFERENT'} adversarial images."
@@ -510,6 +511,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="Classifier rows per forward call (default: medrobust's size-aware "
                         "default); torchattacks gets the same")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--cone-rows", type=int, default=None,
+                   help="rows per cone-engine call (default: the library's CONSISTENT_CHUNK); "
+                        "e.g. 512 shows why the default is smaller")
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     p.add_argument("--cache-dir", default=str(DEFAULT_CACHE))
     p.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
@@ -529,6 +533,8 @@ def main(argv: list[str] | None = None) -> int:
         print(text)
         return 0
     set_threads(args.threads)
+    if args.cone_rows is not None:
+        cone.CONSISTENT_CHUNK = args.cone_rows
     warnings.filterwarnings("ignore", category=UserWarning)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     bad = [m for m in methods if m not in ALL_METHODS]
