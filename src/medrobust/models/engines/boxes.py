@@ -31,17 +31,6 @@ class Band:
     def empty(self) -> np.ndarray:
         return self.lo > self.hi
 
-    def window(self) -> tuple[int, np.ndarray]:
-        """A fixed window length for all positions and each position's window start.
-
-        Fixed lengths let a batch of candidates at different pixels share one tensor shape; the
-        start is shifted inside the map so the window never leaves it.
-        """
-        extent = np.where(self.empty, 1, self.hi - self.lo + 1)
-        length = int(min(max(int(extent.max(initial=1)), 1), self.size))
-        start = np.clip(np.where(self.empty, 0, self.lo), 0, self.size - length)
-        return length, start.astype(np.int64)
-
 
 def sliding(band: Band, kernel: int, stride: int, padding: int, dilation: int,
             out_size: int) -> Band:

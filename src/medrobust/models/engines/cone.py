@@ -88,7 +88,7 @@ class ConeEngine(PixelEngine):
         self._padded: dict[tuple[str, int, float], torch.Tensor] = {}
         self._matrices: dict[tuple, torch.Tensor] = {}
         key = (tuple(images.shape), str(images.device), _fingerprint(classifier))
-        cached = _COMPILED.setdefault(classifier, {}).get(key)
+        cached = _COMPILED.get(classifier, {}).get(key)
         if cached is not None:
             self.graph, self.plan, self.dense_layers, self.margin = cached
             self.modules = dict(self.graph.named_modules())
@@ -266,8 +266,9 @@ class ConeEngine(PixelEngine):
                                      kind.dilation)
             corner = (at[0] + ph - (kh - 1) * dh, at[1] + pw - (kw - 1) * dw)
             return place(out, corner, origin, size, ck)
-        return F.conv2d(self._span(kind, delta, at, origin, size, ck), kind.weight, None,
-                        kind.stride, 0, kind.dilation, kind.groups)
+        start, extent = _reads(kind, origin, size)
+        return F.conv2d(place(delta, at, start, extent, ck), kind.weight, None, kind.stride, 0,
+                        kind.dilation, kind.groups)
 
     def _matrix_conv(self, node: fx.Node, kind: Spatial, delta: torch.Tensor, at: Origin,
                      origin: Origin, size: tuple[int, int]) -> torch.Tensor:
@@ -288,18 +289,12 @@ class ConeEngine(PixelEngine):
         out = flat @ matrix
         return out.view(m, size[0], size[1], -1).permute(0, 3, 1, 2)
 
-    def _span(self, kind: Spatial, delta: torch.Tensor, at: Origin, origin: Origin,
-              size: tuple[int, int], ck: Chunk) -> torch.Tensor:
-        """The input change on every position the window's outputs read (zero elsewhere)."""
-        start, extent = _span(kind, origin, size)
-        return place(delta, at, start, extent, ck)
-
     def _pool(self, node: fx.Node, kind: Spatial, delta: torch.Tensor, at: Origin,
               origin: Origin, size: tuple[int, int], ck: Chunk) -> torch.Tensor:
-        span = self._span(kind, delta, at, origin, size, ck)
+        start, extent = _reads(kind, origin, size)
+        span = place(delta, at, start, extent, ck)  # the input change on every position read
         if kind.rule == "avgpool":  # linear: pool the change (padding counts as zeros)
             return F.avg_pool2d(span, kind.kernel, kind.stride, 0)
-        start, extent = _span(kind, origin, size)
         src = node.all_input_nodes[0].name
         values = self._clean(src, start, extent, ck, kind.fill, kind.margin) + span
         pooled = F.max_pool2d(values, kind.kernel, kind.stride, 0, kind.dilation)
@@ -364,7 +359,7 @@ class ConeEngine(PixelEngine):
         raise RuntimeError(f"cannot evaluate node {node.format_node()}")
 
 
-def _span(kind: Spatial, origin: Origin, size: tuple[int, int]) -> tuple[Origin, tuple[int, int]]:
+def _reads(kind: Spatial, origin: Origin, size: tuple[int, int]) -> tuple[Origin, tuple[int, int]]:
     """Top-left corner and size of the input positions a window of outputs reads."""
     (kh, kw), (sh, sw), (ph, pw), (dh, dw) = kind.kernel, kind.stride, kind.padding, kind.dilation
     start = (origin[0] * sh - ph, origin[1] * sw - pw)

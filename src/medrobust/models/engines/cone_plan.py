@@ -132,18 +132,17 @@ class ConePlanner:
         for node in self.graph.graph.nodes:
             kind = self._node(node, plan)
             if isinstance(kind, Spatial):
-                self._windows(kind)
-                if kind.rule == "conv" and kind.stride == (1, 1):
-                    src = plan[node.all_input_nodes[0].name]
-                    assert isinstance(src, Spatial)
-                    kind.transposed = (src.length[0] * src.length[1]
-                                       <= DELTA_AREA * kind.length[0] * kind.length[1])
+                kind.exact = (_exact(kind.rows), _exact(kind.cols))
             plan[node.name] = kind
         self.margin = self._loose_windows(plan)
         self._masks(plan)
         self._ownership(plan)
-        for kind in plan.values():  # weights are final once every batch norm is folded
+        for node in self.graph.graph.nodes:  # weights are final once every batch norm is folded
+            kind = plan[node.name]
             if isinstance(kind, Spatial) and kind.rule == "conv":
+                src = plan[node.all_input_nodes[0].name]
+                kind.transposed = kind.stride == (1, 1) and (
+                    src.length[0] * src.length[1] <= DELTA_AREA * kind.length[0] * kind.length[1])
                 assert kind.weight is not None
                 kind.weight = kind.weight.contiguous()
                 if kind.transposed:
@@ -241,12 +240,6 @@ class ConePlanner:
             else:
                 fresh[node.name] = True
             kind.mutable = fresh[node.name] and len(node.users) == 1
-
-    def _windows(self, kind: Spatial) -> None:
-        """Exact windows for uniform calls; fixed-length (mixed) ones for the planning that
-        follows until ``_loose_windows`` replaces them."""
-        kind.length = (kind.rows.window()[0], kind.cols.window()[0])
-        kind.exact = (_exact(kind.rows), _exact(kind.cols))
 
     def is_map(self, node: fx.Node) -> bool:
         v = self.clean.get(node.name)
