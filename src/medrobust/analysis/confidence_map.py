@@ -13,10 +13,12 @@ killed map resumes where it stopped.
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import os
 import time
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -141,8 +143,12 @@ def confidence_map(classifier: Classifier, image: np.ndarray, label: int, step: 
         if not (0 <= xx < w and 0 <= yy < h):
             raise ConfigError(f"pixel ({xx}, {yy}) is outside the {w}x{h} image")
 
+    # The checkpoint is only valid for this exact model (weights and buffers), image and grid:
+    # resuming another model's or image's partial map would silently mix two maps.
     state = _State.start(h, w, c, checkpoint, {"step": step, "cls": cls, "label": label,
-                                               "engine_independent": True})
+                                               "engine_independent": True,
+                                               "model": model_digest(classifier),
+                                               "image": image_digest(image)})
     clean = float(classifier.probabilities_tensor(x)[0, cls])
     started = time.perf_counter()
     last_save = started
@@ -211,6 +217,29 @@ def _score_pixels(eng: Any, pixels: list[tuple[int, int]], grid: torch.Tensor, c
     return [(lo, hi, total / n_col, lo_i, hi_i, success)]
 
 
+def model_digest(classifier: Classifier) -> str:
+    """sha256 over the classifier's head and every weight and buffer (names, dtypes, shapes,
+    bytes) in state_dict order, so any change of weights, even in place through ``.data``,
+    gives another digest."""
+    h = hashlib.sha256(classifier.head.encode())
+    for name, tensor in classifier.state_dict().items():
+        t = tensor.detach().to("cpu").contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def image_digest(image: np.ndarray) -> str:
+    """sha256 of one uint8 image's shape and bytes."""
+    image = np.ascontiguousarray(image)
+    return hashlib.sha256(f"{image.dtype}|{image.shape}|".encode() + image.tobytes()).hexdigest()
+
+
+#: arrays of a partial map file, with their per-pixel trailing shape and dtype kind
+_PARTIAL_ARRAYS = {"min": ((), "f"), "max": ((), "f"), "mean": ((), "f"), "argmin": (("c",), "u"),
+                   "argmax": (("c",), "u"), "success": ((), "b"), "done": ((), "b")}
+
+
 @dataclass
 class _State:
     """A partial map: what is done so far, checkpointable to an .npz."""
@@ -227,16 +256,39 @@ class _State:
     @staticmethod
     def start(h: int, w: int, c: int, checkpoint: str | Path | None,
               key: dict[str, Any]) -> _State:
+        """Resume ``checkpoint`` when it was written for exactly ``key``; otherwise start afresh
+        (with a one-line warning when a file was there), never mixing two maps."""
         key_s = json.dumps(key, sort_keys=True)
         if checkpoint is not None and Path(checkpoint).is_file():
-            with np.load(checkpoint, allow_pickle=False) as z:
-                if str(z["key"]) == key_s and z["min"].shape == (h, w):
-                    return _State(z["min"], z["max"], z["mean"], z["argmin"], z["argmax"],
-                                  z["success"], z["done"], key_s)
+            loaded, problem = _State._load(Path(checkpoint), h, w, c, key_s)
+            if loaded is not None:
+                return loaded
+            warnings.warn(f"partial map {checkpoint} {problem}; starting this map afresh",
+                          stacklevel=3)
         nan = np.full((h, w), np.nan)
         return _State(nan.copy(), nan.copy(), nan.copy(), np.zeros((h, w, c), np.uint8),
                       np.zeros((h, w, c), np.uint8), np.zeros((h, w), bool),
                       np.zeros((h, w), bool), key_s)
+
+    @staticmethod
+    def _load(path: Path, h: int, w: int, c: int, key_s: str) -> tuple[_State | None, str]:
+        """The saved state if the file is intact and was written for ``key_s``, else the reason."""
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                missing = [k for k in ("key", *_PARTIAL_ARRAYS) if k not in z.files]
+                if missing:
+                    return None, f"is corrupt (missing {', '.join(missing)})"
+                if str(z["key"]) != key_s:
+                    return None, "was made for another model, image or grid"
+                arrays = {k: z[k] for k in _PARTIAL_ARRAYS}
+        except Exception as exc:  # any unreadable file is just a lost checkpoint
+            return None, f"is unreadable ({type(exc).__name__}: {exc})"
+        for name, (tail, kind) in _PARTIAL_ARRAYS.items():
+            shape = (h, w, c) if tail else (h, w)
+            if arrays[name].shape != shape or arrays[name].dtype.kind != kind:
+                return None, (f"is corrupt ({name} is {arrays[name].dtype} "
+                              f"{arrays[name].shape}, expected {shape})")
+        return _State(*(arrays[k] for k in _PARTIAL_ARRAYS), key_s), ""
 
     def record(self, x: int, y: int, lo: float, hi: float, mean: float, argmin: np.ndarray,
                argmax: np.ndarray, success: bool) -> None:
