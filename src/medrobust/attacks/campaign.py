@@ -104,6 +104,7 @@ def run_onepixel_campaign(store: Store, classifier: Classifier, model_dir: str |
     start = time.perf_counter()
     bar = progress(total=len(indices), initial=len(indices) - len(todo), desc="one-pixel campaign",
                    disable=not show_progress, unit="img")
+    engines: set[str] = set()  # what actually scored (a fallback is recorded, not hidden)
     with store.guard(run_id), bar:
         for s in range(0, len(todo), batch_images):
             chunk = todo[s:s + batch_images]
@@ -117,8 +118,13 @@ def run_onepixel_campaign(store: Store, classifier: Classifier, model_dir: str |
 
             attack.run(dataset.images[idx], dataset.labels[idx], targets=tg, keys=chunk,
                        on_result=record)
+            engines |= attack.engines_used
     seconds = time.perf_counter() - start
     summary = summarise_onepixel(store.rows(ONEPIXEL_TABLE, run_id=run_id))
+    summary["engine"] = attack.engine
+    # every engine that scored this run's images, earlier sessions of a resumed run included
+    before = (store.get_run(run_id).get("summary") or {}) if resumed else {}
+    summary["engines_used"] = sorted(engines | set(before.get("engines_used", [])))
     summary["seconds_this_session"] = seconds
     summary["images_per_second"] = len(todo) / seconds if seconds > 0 and todo else None
     store.finish_run(run_id, "completed", summary)

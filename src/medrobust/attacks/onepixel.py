@@ -112,6 +112,8 @@ class OnePixel(Attack):
         self.thresholds = (float(check_range("threshold", thr[0], 0, 1)),
                            float(check_range("threshold", thr[1], 0, 1)))
         self.engine = engine
+        #: what actually scored the last ``run`` (``fast``, or ``reference (...)`` after a fallback)
+        self.engines_used: set[str] = set()
         self.max_batch_images = int(check_range("max_batch_images", max_batch_images, 1))
         if self.direction != "auto" and classifier.head != "sigmoid":
             raise ConfigError("direction applies to sigmoid (single-score) models only")
@@ -150,8 +152,13 @@ class OnePixel(Attack):
             raise ConfigError(f"labels must lie in 0..{clf.num_classes - 1}")
         if targets_np is not None and clf.head == "softmax" and np.any(targets_np == labels_np):
             raise ConfigError("a target equal to the true label is not an attack")
+        h, w = int(x.shape[2]), int(x.shape[3])
+        if self.pixels > h * w:  # distinct positions could never be drawn
+            raise ConfigError(f"pixels must be at most {h * w} for {h}x{w} images, got "
+                              f"{self.pixels}")
         if keys is None:
             keys = [zlib.crc32(x[i].cpu().numpy().tobytes()) for i in range(x.shape[0])]
+        self.engines_used = set()
         objectives = build_objectives(clf.head, labels_np, targets_np, self.direction,
                                       self.thresholds)
         results: list[OnePixelResult] = []
@@ -229,6 +236,7 @@ class OnePixel(Attack):
         b, c, h, w = x.shape
         upper = np.tile(np.array([w - 1, h - 1] + [255] * c, dtype=np.float64), self.pixels)
         engine = make_engine(self.engine, clf, x, batch_consistent=True)
+        self.engines_used.add(_engine_description(engine))
         clean = clf.probabilities_tensor(x, fixed_batch=True).double().cpu().numpy()
         rngs = [numpy_rng(self.seed, self._seed_key(k)) for k in keys]
         names = clf.class_names
@@ -314,7 +322,13 @@ class OnePixel(Attack):
         for i in active:
             j = int(np.argmin(fits[i]))
             finish(i, "failed", queries[i], self.generations, pops[i][j], best_probs[i][j])
+        self.engines_used.add(_engine_description(engine))  # a fallback may have come mid-run
         return [r for r in results if r is not None]
+
+
+def _engine_description(engine: Any) -> str:
+    describe = getattr(engine, "describe", None)
+    return describe() if callable(describe) else engine.name
 
 
 def _distinct_others(rng: np.random.Generator, p: int, n: int) -> np.ndarray:

@@ -49,17 +49,70 @@ CONSISTENT_CHUNK = 256
 #: favours the convolution).
 MATRIX_INPUTS = 256
 
+#: A freshly built plan scores this many random candidates with both engines before use; any
+#: disagreement above ``SELF_CHECK_TOLERANCE`` (in probability) sends the whole engine to the
+#: reference. Costs one engine call and one dense batch per build: milliseconds on a CPU.
+SELF_CHECK_CANDIDATES = 32
+SELF_CHECK_TOLERANCE = 1e-5
+
 #: Traced graph and plan per classifier. Building them takes about 20 ms, which a map of a few
-#: pixels, or an attack on a small batch, would otherwise pay for every image. Keyed by the
-#: input shape and a fingerprint of the weights, so a model trained further (in-place updates
-#: bump tensor versions), given new weights or switched to train mode is planned afresh.
-_COMPILED: weakref.WeakKeyDictionary[Classifier, dict[tuple, tuple]] = weakref.WeakKeyDictionary()
+#: pixels, or an attack on a small batch, would otherwise pay for every image. An entry is
+#: reused only while the input shape, the train/eval flags and the *content* of every parameter
+#: and buffer are unchanged: the plan holds folded copies of the weights, and tensor versions
+#: or ids miss in-place updates through ``.data`` (EMA, weight noise) and recycled objects.
+_COMPILED: weakref.WeakKeyDictionary[Classifier, tuple] = weakref.WeakKeyDictionary()
 
 
-def _fingerprint(classifier: Classifier) -> tuple:
-    tensors = itertools.chain(classifier.parameters(), classifier.buffers())
-    return (tuple((id(t), t._version) for t in tensors),
-            tuple(m.training for m in classifier.modules()))
+def _state(classifier: Classifier) -> tuple[list[torch.Tensor], tuple[bool, ...]]:
+    tensors = [t.detach() for t in itertools.chain(classifier.parameters(), classifier.buffers())]
+    return tensors, tuple(m.training for m in classifier.modules())
+
+
+def _same_state(snapshot: tuple[list[torch.Tensor], tuple[bool, ...]], classifier: Classifier
+                ) -> bool:
+    """True when every weight and buffer holds exactly the values it held at planning time
+    (a memcmp-speed comparison: about 5 ms for densenet121's 7M weights)."""
+    saved, flags = snapshot
+    now, now_flags = _state(classifier)
+    return flags == now_flags and len(saved) == len(now) and all(
+        a.shape == b.shape and a.dtype == b.dtype and a.device == b.device and torch.equal(a, b)
+        for a, b in zip(saved, now, strict=True))
+
+
+def _lookup(classifier: Classifier, key: tuple) -> tuple | None:
+    entry = _COMPILED.get(classifier)
+    if entry is None or entry[0] != key or not _same_state(entry[1], classifier):
+        return None
+    return entry[2]
+
+
+def _remember(classifier: Classifier, key: tuple, compiled: tuple) -> None:
+    tensors, flags = _state(classifier)
+    _COMPILED[classifier] = (key, ([t.clone() for t in tensors], flags), compiled)
+
+
+class _Keep(fx.Interpreter):
+    """Runs a traced graph and keeps every node's output. Operands are copied first, so an
+    in-place layer (ReLU(inplace=True)) cannot overwrite the activation it reads."""
+
+    def __init__(self, graph: fx.GraphModule) -> None:
+        super().__init__(graph)
+        self.values: dict[str, Any] = {}
+
+    def fetch_args_kwargs_from_env(self, n: fx.Node) -> tuple[Any, Any]:
+        args, kwargs = super().fetch_args_kwargs_from_env(n)
+        copy = fx.node.map_aggregate(
+            (args, kwargs), lambda v: v.clone() if isinstance(v, torch.Tensor) else v)
+        return copy[0], copy[1]
+
+    def run_node(self, n: fx.Node) -> Any:
+        out = super().run_node(n)
+        self.values[n.name] = out
+        return out
+
+
+class _CannotTrace(Exception):
+    """torch.fx could not trace the classifier."""
 
 
 class _Change(NamedTuple):
@@ -79,67 +132,148 @@ class ConeEngine(PixelEngine):
         """``batch_consistent``: every evaluation has the same shape (chunks of exactly
         ``CONSISTENT_CHUNK`` rows, the last one padded) and takes the same code path, so a
         candidate's score does not depend on which others share its call (attacks need this;
-        maps do not)."""
+        maps do not).
+
+        Whatever goes wrong while tracing, planning, self-checking or scoring, the engine falls
+        back to the reference engine, warns once in one line and says why in
+        ``fallback_reason``; ``used`` names the engine that actually scored."""
         super().__init__(classifier, images)
         self.batch_consistent = batch_consistent
         self.chunk = CONSISTENT_CHUNK if batch_consistent else chunk
         self.fallback_reason: str | None = None
+        self.dense_layers: list[str] = []
         self._reference = DenseEngine(classifier, images)
         self._padded: dict[tuple[str, int, float], torch.Tensor] = {}
         self._matrices: dict[tuple, torch.Tensor] = {}
-        key = (tuple(images.shape), str(images.device), _fingerprint(classifier))
-        cached = _COMPILED.get(classifier, {}).get(key)
+        try:
+            self._build()
+        except _CannotTrace as exc:
+            self._fall_back(f"torch.fx cannot trace the model ({exc})")
+            return
+        except Exception as exc:  # a planner gap must cost speed, never correctness
+            self._fall_back(f"cannot plan the model ({type(exc).__name__}: {exc})")
+            return
+        self._self_check()
+
+    @property
+    def used(self) -> str:
+        """The engine that scores candidates: ``fast`` or ``reference`` (after a fallback)."""
+        return "reference" if self.fallback_reason is not None else "fast"
+
+    def describe(self) -> str:
+        """One line for the store: the engine that ran, and where it was not fully windowed."""
+        if self.fallback_reason is not None:
+            return f"reference (fast engine fell back: {self.fallback_reason})"
+        if self.dense_layers:
+            return f"fast (dense from {self.dense_layers[0]} on)"
+        return "fast"
+
+    def _fall_back(self, reason: str) -> None:
+        self.fallback_reason = reason
+        warnings.warn(f"fast engine falls back to the reference engine: {reason}", stacklevel=3)
+
+    def _build(self) -> None:
+        key = (tuple(self.images.shape), str(self.images.device))
+        cached = _lookup(self.classifier, key)
         if cached is not None:
             self.graph, self.plan, self.dense_layers, self.margin = cached
             self.modules = dict(self.graph.named_modules())
             self._clean_pass()
             return
         try:
-            self.graph = fx.GraphModule(classifier, ConeTracer().trace(classifier))
+            self.graph = fx.GraphModule(self.classifier, ConeTracer().trace(self.classifier))
         except Exception as exc:  # any tracing failure means: use the reference engine
-            self.fallback_reason = f"torch.fx cannot trace the model ({type(exc).__name__}: {exc})"
-            warnings.warn(f"fast engine falls back to the reference engine: {self.fallback_reason}",
-                          stacklevel=2)
-            return
+            raise _CannotTrace(f"{type(exc).__name__}: {exc}") from exc
         self.modules = dict(self.graph.named_modules())
         self._clean_pass()
-        planner = ConePlanner(self.graph, self.clean, images)
+        planner = ConePlanner(self.graph, self.clean, self.images)
         self.plan = planner.plan()
         self.margin = planner.margin
         # Spatial layers the planner could not window: computed densely (exact, slower).
         self.dense_layers = [n.name for n in self.graph.graph.nodes
                              if isinstance(self.plan[n.name], Dense)
                              and self.plan[n.name].rule == "op" and planner.is_map(n)]
-        _COMPILED[classifier] = {key: (self.graph, self.plan, self.dense_layers, self.margin)}
+        _remember(self.classifier, key, (self.graph, self.plan, self.dense_layers, self.margin))
 
     @torch.inference_mode()
     def _clean_pass(self) -> None:
-        """Run the clean images once, keeping every node's output. Operands are copied first,
-        so an in-place layer (ReLU(inplace=True)) cannot overwrite the activation it reads."""
+        """Run the clean images once, keeping every node's output, one image at a time.
+
+        Convolution kernels are chosen by shape (on a CPU a batch of one may take PyTorch's
+        native kernel and a larger batch oneDNN's), and they round differently. Running each
+        image alone makes its cached activations, and so every score computed from them, the
+        same whichever batch it came in, on any CPU: an image attacked alone, in a batch or after
+        a resume gets bit-identical results."""
+        b = self.images.shape[0]
+        runs = []
+        for i in range(b):
+            keep = _Keep(self.graph)
+            keep.run(self.images[i:i + 1])
+            runs.append(keep.values)
         env: dict[str, Any] = {}
-
-        class Keep(fx.Interpreter):
-            def fetch_args_kwargs_from_env(self, n: fx.Node) -> tuple[Any, Any]:
-                args, kwargs = super().fetch_args_kwargs_from_env(n)
-                copy = fx.node.map_aggregate(
-                    (args, kwargs), lambda v: v.clone() if isinstance(v, torch.Tensor) else v)
-                return copy[0], copy[1]
-
-            def run_node(self, n: fx.Node) -> Any:
-                out = super().run_node(n)
-                env[n.name] = out
-                return out
-
-        Keep(self.graph).run(self.images)
+        reads_input: set[str] = set()  # nodes whose value depends on the images (topological)
+        for node in self.graph.graph.nodes:
+            if node.op == "placeholder" or any(n.name in reads_input
+                                               for n in node.all_input_nodes):
+                reads_input.add(node.name)
+            parts = [r[node.name] for r in runs if node.name in r]
+            if not parts:
+                continue
+            if b > 1 and node.name in reads_input and isinstance(parts[0], torch.Tensor):
+                if parts[0].dim() == 0 or parts[0].shape[0] != 1:
+                    raise ValueError(f"node {node.name} does not keep the batch dimension")
+                env[node.name] = torch.cat(parts)
+            else:
+                env[node.name] = parts[0]
         # maps channels-last, like every change the engine computes (see windows.py)
         self.clean = {k: channels_last(v) if isinstance(v, torch.Tensor) else v
                       for k, v in env.items()}
+
+    def _self_check(self) -> None:
+        """Score random candidates (corners included) with both engines; fall back on any
+        disagreement. Seeded on its own generator: no global random state is touched."""
+        b, c, h, w = self.images.shape
+        gen = torch.Generator().manual_seed(0)
+        n = SELF_CHECK_CANDIDATES
+        img = torch.randint(b, (n,), generator=gen)
+        xs = torch.randint(w, (n, 1), generator=gen)
+        ys = torch.randint(h, (n, 1), generator=gen)
+        corners = torch.tensor([[0, 0], [w - 1, h - 1], [w - 1, 0], [0, h - 1]])
+        xs[:4, 0], ys[:4, 0] = corners[:, 0], corners[:, 1]
+        colours = torch.rand(n, 1, c, generator=gen)
+        checks = [(img, xs, ys, colours)]
+        if not self.batch_consistent:  # the same-pixel path of confidence maps too
+            m = 8
+            checks.append((img[:1].expand(m), xs[4:5].expand(m, 1), ys[4:5].expand(m, 1),
+                           colours[:m]))
+        dev = self.images.device
+        for args in checks:
+            args = tuple(t.to(dev) for t in args)
+            try:
+                fast = self._fast(*args)
+            except Exception as exc:
+                self._fall_back(f"scoring failed in the self-check ({type(exc).__name__}: {exc})")
+                return
+            ref = self._reference.probabilities(*args)
+            gap = float((fast - ref).abs().max()) if fast.numel() else 0.0
+            if not gap <= SELF_CHECK_TOLERANCE:  # also catches NaN
+                self._fall_back(f"self-check: fast and reference scores differ by {gap:.2e} "
+                                f"(tolerance {SELF_CHECK_TOLERANCE:.0e})")
+                return
 
     # ---------------------------------------------------------------- candidate evaluation
     def probabilities(self, image_index: torch.Tensor, xs: torch.Tensor, ys: torch.Tensor,
                       colours: torch.Tensor) -> torch.Tensor:
         if self.fallback_reason is not None or xs.shape[1] != 1:
             return self._reference.probabilities(image_index, xs, ys, colours)
+        try:
+            return self._fast(image_index, xs, ys, colours)
+        except Exception as exc:  # never a wrong or missing score: the reference from now on
+            self._fall_back(f"scoring failed ({type(exc).__name__}: {exc})")
+            return self._reference.probabilities(image_index, xs, ys, colours)
+
+    def _fast(self, image_index: torch.Tensor, xs: torch.Tensor, ys: torch.Tensor,
+              colours: torch.Tensor) -> torch.Tensor:
         out = []
         for s in range(0, image_index.shape[0], self.chunk):
             part = [image_index[s:s + self.chunk], xs[s:s + self.chunk, 0],

@@ -239,7 +239,9 @@ class ConePlanner:
                 fresh[node.name] = fresh[src.name] and len(src.users) == 1
             else:
                 fresh[node.name] = True
-            kind.mutable = fresh[node.name] and len(node.users) == 1
+            # one reader that reads it once (y + y reads y twice: it must stay intact)
+            kind.mutable = fresh[node.name] and len(node.users) == 1 and _reads(
+                next(iter(node.users)), node) == 1
 
     def is_map(self, node: fx.Node) -> bool:
         v = self.clean.get(node.name)
@@ -263,7 +265,7 @@ class ConePlanner:
         if node.op == "call_module":
             return self._module(node, self.modules[node.target], spatial[0], kinds, plan)
         if node.op == "call_function":
-            return self._function(node, spatial, kinds)
+            return self._function(node, spatial, kinds, plan)
         if node.op == "call_method" and len(spatial) == 1:
             if node.target == "relu":
                 return _like(spatial[0], "relu")
@@ -322,8 +324,8 @@ class ConePlanner:
         kind.factor = scale.view(1, -1, 1, 1)
         return kind
 
-    def _function(self, node: fx.Node, spatial: list[Spatial], kinds: list[Any]
-                  ) -> Spatial | Dense:
+    def _function(self, node: fx.Node, spatial: list[Spatial], kinds: list[Any],
+                  plan: dict[str, Any]) -> Spatial | Dense:
         fn = node.target
         if len(spatial) == 1 and fn in _RELU:
             return _like(spatial[0], "relu")
@@ -342,7 +344,8 @@ class ConePlanner:
         rows, cols = union([k.rows for k in spatial]), union([k.cols for k in spatial])
         if node.kwargs:  # alpha=..., out=...: evaluate it as written
             return Spatial(rows, cols, "value")
-        if len(spatial) == 1:
+        # all_input_nodes drops repeats: y + y has one input node but two changed operands
+        if len(spatial) == 1 and _map_operands(node, plan) == 1:
             return self._constant_arithmetic(node, spatial[0])
         linear = fn in _ADDITIVE and all(isinstance(k, Spatial) for k in kinds)
         return Spatial(rows, cols, "sum" if linear else "value")
@@ -398,6 +401,25 @@ def _gap_or_dense(m: nn.AdaptiveAvgPool2d, kinds: list[Any]) -> Dense:
     out = m.output_size
     is_gap = pair(out if out is not None else 1) == (1, 1)
     return Dense("gap" if is_gap and isinstance(kinds[0], Spatial) else "op")
+
+
+def _reads(user: fx.Node, node: fx.Node) -> int:
+    """How many times ``user``'s arguments name ``node``."""
+    count = 0
+
+    def visit(n: fx.Node) -> fx.Node:
+        nonlocal count
+        count += n is node
+        return n
+
+    fx.node.map_arg((user.args, user.kwargs), visit)
+    return count
+
+
+def _map_operands(node: fx.Node, plan: dict[str, Any]) -> int:
+    """Operands of ``node`` that are changed maps, counting repeats (y * y has two)."""
+    return sum(isinstance(a, fx.Node) and isinstance(plan.get(a.name), Spatial)
+               for a in node.args)
 
 
 def _cat_dim(node: fx.Node) -> int | None:
