@@ -19,18 +19,28 @@ DEFAULT_STORE = "medrobust.db"
 
 
 def common_options(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Add ``--json``, ``--seed`` and ``--device``; ``--json`` also silences progress bars."""
+    """Add ``--json``, ``--seed``, ``--device`` and ``--trust-model-code``; ``--json`` also
+    silences progress bars. ``--trust-model-code`` holds only while the command runs, and only
+    checkpoints that name a non-zoo model consult it (see ``models.registry``)."""
 
     @click.option("--json", "as_json", is_flag=True,
                   help="Print one machine-readable JSON summary on stdout.")
     @click.option("--seed", type=int, default=0, show_default=True, help="Random seed.")
     @click.option("--device", type=click.Choice(["cpu", "cuda", "auto"]), default="auto",
                   show_default=True, help="Where to run the model.")
+    @click.option("--trust-model-code", is_flag=True,
+                  help="Let checkpoints name a user model (module:factory), which imports and "
+                       "runs that code; only for checkpoints you trust.")
     @functools.wraps(fn)
-    def wrapper(*args: Any, as_json: bool, **kwargs: Any) -> Any:
+    def wrapper(*args: Any, as_json: bool, trust_model_code: bool, **kwargs: Any) -> Any:
         if as_json:
             os.environ["MEDROBUST_QUIET"] = "1"
-        return fn(*args, as_json=as_json, **kwargs)
+        if not trust_model_code:
+            return fn(*args, as_json=as_json, **kwargs)
+        from medrobust.models.registry import trusting_model_code  # torch: only when asked
+
+        with trusting_model_code():
+            return fn(*args, as_json=as_json, **kwargs)
 
     return wrapper
 

@@ -23,9 +23,16 @@ from torch import nn
 
 from medrobust.errors import CheckpointError, ConfigError
 from medrobust.models import unet as _unet  # noqa: F401  (registers "unet" in the zoo)
-from medrobust.models.checkpoint import META, WEIGHTS, library_versions, load_weights, read_meta
+from medrobust.models.checkpoint import (
+    META,
+    WEIGHTS,
+    build_checkpoint_model,
+    check_model_meta,
+    library_versions,
+    read_meta,
+)
 from medrobust.models.pixels import pixel_tensor
-from medrobust.models.registry import build_model
+from medrobust.models.registry import Factory
 
 TASK = "segmentation"
 
@@ -129,22 +136,16 @@ def is_segmentation_checkpoint(ckpt_dir: str | Path) -> bool:
 
 
 def load_segmenter(ckpt_dir: str | Path, device: str | torch.device = "cpu",
-                   batch_size: int = 32) -> Segmenter:
-    """Rebuild the Segmenter saved in ``ckpt_dir`` (no code from the file is run)."""
+                   batch_size: int = 32, *, model_factory: str | Factory | None = None,
+                   trust_model_code: bool = False) -> Segmenter:
+    """Rebuild the Segmenter saved in ``ckpt_dir``; like ``load_classifier``, a user model named
+    in the file is built only with ``model_factory`` or ``trust_model_code``."""
     meta = read_meta(ckpt_dir)
     if meta.get("task") != TASK:
         raise CheckpointError(f"{ckpt_dir} holds a {meta.get('task', 'classification')} model, "
                               "not a segmentation model")
-    try:
-        model = build_model(meta["model"], meta["channels"], len(meta["class_names"]),
-                            **meta.get("model_kwargs", {}))
-        mean, std, names = meta["mean"], meta["std"], meta["class_names"]
-    except KeyError as exc:
-        raise CheckpointError(f"{ckpt_dir}/{META} lacks the field {exc}") from None
-    try:
-        model.load_state_dict(load_weights(Path(ckpt_dir) / WEIGHTS))
-    except RuntimeError as exc:
-        first = str(exc).splitlines()[0]
-        raise CheckpointError(f"weights in {ckpt_dir} do not fit {meta['model']}: {first}") from None
-    return Segmenter(model, mean=mean, std=std, class_names=names,
+    check_model_meta(meta, ckpt_dir)
+    model = build_checkpoint_model(meta, ckpt_dir, len(meta["class_names"]), model_factory,
+                                   trust_model_code)
+    return Segmenter(model, mean=meta["mean"], std=meta["std"], class_names=meta["class_names"],
                      multiple=int(meta.get("multiple", 1)), batch_size=batch_size, device=device)
