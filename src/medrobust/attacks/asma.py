@@ -37,7 +37,14 @@ from torch import nn
 from medrobust.attacks.base import Attack
 from medrobust.attacks.criteria import foreground_iou
 from medrobust.attacks.pgd import Budget, as_image_batch, model_device
-from medrobust.attacks.projection import clip_box, enforce_budget, flat_norm, per_sample, project
+from medrobust.attacks.projection import (
+    budget_param,
+    clip_box,
+    enforce_budget,
+    flat_norm,
+    per_sample,
+    project,
+)
 from medrobust.errors import ConfigError
 from medrobust.utils.progress import progress
 from medrobust.utils.validation import check_choice, check_range
@@ -138,7 +145,7 @@ class ASMA(Attack):
                  eps: Budget | None = 0.1, eps_l2: Budget | None = None,
                  stop_iou: float | None = None, batch_size: int = 16, seed: int = 0) -> None:
         super().__init__(model, seed)
-        self.iterations = int(check_range("iterations", iterations, 0))
+        self.iterations = int(check_range("iterations", iterations, 1))
         self.tau = float(check_range("tau", tau, 0.0))
         self.beta = float(check_range("beta", beta, 0.0))
         self.mask = check_choice("mask", mask, MASKS)
@@ -147,11 +154,11 @@ class ASMA(Attack):
         if distance_weight is None:
             distance_weight = PAPER_DISTANCE_WEIGHT if normalize is None else DISTANCE_WEIGHT
         self.distance_weight = float(check_range("distance_weight", distance_weight, 0.0))
-        self.eps = eps if eps is None or not isinstance(eps, (int, float)) else float(
-            check_range("eps", eps, 0.0))
-        self.eps_l2 = eps_l2 if eps_l2 is None or not isinstance(eps_l2, (int, float)) else float(
-            check_range("eps_l2", eps_l2, 0.0))
-        self.stop_iou = None if stop_iou is None else float(check_range("stop_iou", stop_iou, 0, 1))
+        self.eps = budget_param("eps", eps, "linf")
+        self.eps_l2 = budget_param("eps_l2", eps_l2)
+        # IoU 0 is reached by any mask: a stop there would end every attack before its first step.
+        self.stop_iou = None if stop_iou is None else float(
+            check_range("stop_iou", stop_iou, 0, 1, low_inclusive=False))
         self.batch_size = int(check_range("batch_size", batch_size, 1))
 
     def params(self) -> dict[str, Any]:

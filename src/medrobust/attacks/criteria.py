@@ -10,6 +10,8 @@ from collections.abc import Callable
 
 import torch
 
+from medrobust.utils.validation import check_range
+
 Criterion = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
@@ -56,6 +58,7 @@ def foreground_iou(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 def mask_iou_at_least(threshold: float) -> Criterion:
     """Segmentation success: foreground IoU between the predicted and the goal mask >= threshold."""
+    threshold = float(check_range("stop_iou", threshold, 0, 1, low_inclusive=False))
 
     def criterion(outputs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return foreground_iou(predictions(outputs), target) >= threshold

@@ -22,6 +22,8 @@ from medrobust.attacks.losses import LossFn, cross_entropy, loss_name
 from medrobust.attacks.projection import (
     NORMS,
     ascent_direction,
+    budget_param,
+    check_budget,
     clip_box,
     enforce_budget,
     per_sample,
@@ -57,12 +59,6 @@ def as_image_batch(x: Any, device: torch.device) -> torch.Tensor:
     return out
 
 
-def _check_budget(name: str, value: Budget | None) -> Budget | None:
-    if value is None or isinstance(value, (torch.Tensor, np.ndarray, list, tuple)):
-        return value
-    return float(check_range(name, float(value), 0.0))
-
-
 class PGD(Attack):
     """PGD with a random start, per-sample budgets, a step size and optional early stop.
 
@@ -93,9 +89,10 @@ class PGD(Attack):
             raise ConfigError("loss must be a callable loss(outputs, target) -> (N,)")
         self.loss = loss
         self.norm = check_choice("norm", norm, NORMS)
-        self.eps = _check_budget("eps", eps)
-        self.step = _check_budget("step", step)
-        self.steps = int(check_range("steps", steps, 0))
+        self.eps = budget_param("eps", eps, self.norm)
+        # A zero step leaves only the random start: it measures noise, not robustness.
+        self.step = budget_param("step", step, positive=True)
+        self.steps = int(check_range("steps", steps, 1))
         self.random_start = self.default_random_start if random_start is None else bool(
             random_start)
         self.targeted = bool(targeted)
@@ -106,6 +103,12 @@ class PGD(Attack):
 
     def default_step(self, eps: torch.Tensor) -> torch.Tensor:
         return 2.5 * eps / max(self.steps, 1)
+
+    def check_images(self, shape: Sequence[int]) -> None:
+        """Refuse a budget beyond the range of images of ``shape`` (C,H,W), before a campaign
+        starts (only L2 needs the shape; Linf is checked on construction)."""
+        if self.norm == "l2" and self.eps is not None:
+            check_budget("eps", self.eps, "l2", shape=tuple(shape))
 
     def params(self) -> dict[str, Any]:
         def plain(v: Budget | None) -> Any:
@@ -136,6 +139,7 @@ class PGD(Attack):
         keys = list(range(n)) if keys is None else [int(k) for k in keys]
         if len(keys) != n:
             raise ConfigError(f"{n} images but {len(keys)} keys")
+        self.check_images(x.shape[1:])
         eps = per_sample(self.eps, n, device, "eps")
         step = self.default_step(eps) if self.step is None else per_sample(self.step, n, device,
                                                                             "step")

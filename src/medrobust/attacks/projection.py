@@ -8,6 +8,7 @@ after float32 rounding (a projection followed by clipping can overshoot by one u
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -31,6 +32,45 @@ def per_sample(value: float | Sequence[float] | np.ndarray | torch.Tensor, n: in
     if not torch.isfinite(t).all() or (t < 0).any():
         raise ConfigError(f"{name} must be finite and non-negative")
     return t.to(device=device, dtype=torch.float32).clone()
+
+
+def check_budget(name: str, value: float | Sequence[float] | np.ndarray | torch.Tensor,
+                 norm: str | None = None, *, positive: bool = False,
+                 shape: Sequence[int] | None = None, unit: str = "") -> None:
+    """Refuse budgets no image can have: negative (or zero when ``positive``), not finite, or
+    beyond the image range. On the [0,1] pixel scale no Linf change exceeds 1, and no L2 change
+    exceeds sqrt(C*H*W) (checked when an image ``shape`` is known), so a larger budget is a unit
+    mistake (``--eps 8`` for 8/255), not a stronger attack. ``unit`` writes the value back in
+    the units the user gave (``/255``)."""
+    values = np.asarray(value.detach().cpu() if isinstance(value, torch.Tensor) else value,
+                        dtype=np.float64).reshape(-1)
+    if not np.isfinite(values).all():
+        raise ConfigError(f"{name} must be finite")
+    worst = float(values.max()) if values.size else 0.0
+    lowest = float(values.min()) if values.size else 1.0
+    if lowest < 0 or (positive and lowest <= 0):
+        raise ConfigError(f"{name} must be {'positive' if positive else 'non-negative'}, "
+                          f"got {lowest:g}{unit}")
+    limit = None
+    if norm == "linf":
+        limit, where = 1.0, "Linf budgets are on the [0,1] pixel scale: write 8/255 for 8 levels"
+    elif norm == "l2" and shape is not None:
+        limit = float(np.sqrt(np.prod([int(d) for d in shape])))
+        where = f"no L2 change of a {'x'.join(map(str, shape))} image exceeds {limit:.4g}"
+    if limit is not None and worst > limit + 1e-9:
+        scale = 255.0 if unit == "/255" else 1.0
+        raise ConfigError(f"{name} {worst * scale:g}{unit} exceeds the image range ({where})")
+
+
+def budget_param(name: str, value: Any, norm: str | None = None, positive: bool = False) -> Any:
+    """A validated budget parameter (``check_budget``): None, a float, or the per-image values
+    as given."""
+    if value is None:
+        return None
+    check_budget(name, value, norm, positive=positive)
+    if isinstance(value, (torch.Tensor, np.ndarray, list, tuple)):
+        return value
+    return float(value)
 
 
 def _view(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:

@@ -92,6 +92,8 @@ class TargetSpec:
                               f"got {self.mode!r}")
         if self.mode == "file" and not self.file:
             raise ConfigError("target mode 'file' needs a mask file (--target-file)")
+        if self.mode == "file" and not Path(self.file).is_file():
+            raise DataError(f"target mask file {self.file} does not exist")
         if self.radius < 0:
             raise ConfigError("dilation radius must be >= 0")
 

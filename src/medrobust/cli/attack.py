@@ -21,11 +21,30 @@ from medrobust.errors import ConfigError
 from medrobust.models import load_classifier, read_meta
 from medrobust.store import Store
 from medrobust.utils.device import resolve_device
+from medrobust.utils.validation import check_image_size, check_range, check_writable
 
 
 @click.group()
 def attack() -> None:
     """Attack a model over a dataset split (results land in the store and resume after a kill)."""
+
+
+def option_given(name: str) -> bool:
+    """Whether the user set option ``name`` (its parameter name) on the command line."""
+    source = click.get_current_context().get_parameter_source(name)
+    return source not in (None, click.core.ParameterSource.DEFAULT)
+
+
+def model_input_size(meta: dict[str, Any]) -> tuple[int, int] | None:
+    """(H, W) the checkpoint was trained at, when its metadata records it."""
+    size = meta.get("image_size")
+    return (int(size[0]), int(size[1])) if isinstance(size, list) and len(size) == 2 else None
+
+
+def check_target_options(targeted: bool) -> None:
+    """``--target`` without ``--targeted`` would be silently ignored."""
+    if not targeted and option_given("target"):
+        raise ConfigError("--target needs --targeted (without it the attack is untargeted)")
 
 
 def resolve_targets(spec: str, ds: ImageDataset, indices: list[int]) -> dict[int, int]:
@@ -80,19 +99,34 @@ def onepixel(model_dir: str, dataset: str | None, data_dir: str | None, size: in
              engine: str, batch_images: int, store_path: str, no_resume: bool, as_json: bool,
              seed: int, device: str) -> None:
     """One-pixel (k-pixel) attack by differential evolution, batched across images."""
-    meta = read_meta(model_dir)
-    clf = load_classifier(model_dir, resolve_device(device))
-    ds = open_dataset(dataset, split, data_dir, size, no_verify, meta.get("dataset"))
+    # Every option is checked before the run is opened, so a bad one records nothing.
+    check_writable("--store", store_path, folder=False)
+    check_range("--batch-images", batch_images, 1)
     if limit is not None and limit < 1:
         raise ConfigError("--limit must be at least 1")
-    indices = list(range(len(ds) if limit is None else min(limit, len(ds))))
-    targets = resolve_targets(target, ds, indices) if targeted else None
-    if targets is not None:
-        indices = [i for i in indices if i in targets]
+    check_target_options(targeted)
+    if partial and option_given("threshold"):
+        raise ConfigError("--partial sets the thresholds (0.9 / 0.1): drop --threshold")
+    meta = read_meta(model_dir)
+    check_image_size("--size", size, model_input_size(meta))
+    clf = load_classifier(model_dir, resolve_device(device))
+    if clf.head != "sigmoid":
+        for flag, used in (("--partial", partial), ("--threshold", option_given("threshold"))):
+            if used:
+                raise ConfigError(f"{flag} applies to sigmoid (single-score) models; this one "
+                                  f"scores {clf.num_classes} classes with softmax")
     thr: Any = (0.9, 0.1) if partial else threshold
     att = OnePixel(clf, pixels=pixels, population=population, generations=generations, f=f_,
                    crossover=crossover, strategy=strategy, init=init, direction=direction,
                    threshold=thr, engine=engine, seed=seed)
+    ds = open_dataset(dataset, split, data_dir, size, no_verify, meta.get("dataset"))
+    h, w = ds.images.shape[1:3]
+    if pixels > h * w:
+        raise ConfigError(f"--pixels {pixels} exceeds the {h * w} pixels of a {h}x{w} image")
+    indices = list(range(len(ds) if limit is None else min(limit, len(ds))))
+    targets = resolve_targets(target, ds, indices) if targeted else None
+    if targets is not None:
+        indices = [i for i in indices if i in targets]
     with Store(store_path) as store:
         outcome = run_onepixel_campaign(store, clf, model_dir, ds, att, indices, targets,
                                         batch_images=batch_images, resume=not no_resume,

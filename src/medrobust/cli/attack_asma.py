@@ -18,12 +18,14 @@ from medrobust.attacks.seg_campaign import run_segmentation_campaign
 from medrobust.cli.common import DEFAULT_STORE, common_options, emit, fmt
 from medrobust.cli.seg_common import (
     Budget,
+    check_campaign_options,
     model_info,
     segmentation_inputs,
     target_options,
 )
 from medrobust.errors import ConfigError
 from medrobust.store import Store
+from medrobust.utils.validation import check_writable
 
 
 @click.command()
@@ -72,8 +74,11 @@ from medrobust.store import Store
 @common_options
 def asma(**opts: Any) -> None:
     """Adaptive segmentation mask attack (ASMA): make a segmentation model draw a chosen mask."""
-    if opts["iterations"] < 1:
-        raise ConfigError("--iterations must be at least 1")
+    check_campaign_options(opts)
+    if opts["out_dir"] is not None:
+        if not opts["ablation"]:
+            raise ConfigError("--out applies with --ablation (the folder for its tables)")
+        check_writable("--out", opts["out_dir"], folder=True)
     seg, ds, indices, target = segmentation_inputs(opts)
     assert target is not None
     att = ASMA(seg, iterations=opts["iterations"], tau=opts["tau"], beta=opts["beta"],

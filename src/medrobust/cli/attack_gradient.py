@@ -22,10 +22,16 @@ from medrobust.attacks.losses import get_loss
 from medrobust.attacks.pgd import PGD
 from medrobust.attacks.seg_ablation import gradient_fn
 from medrobust.attacks.seg_campaign import run_segmentation_campaign
-from medrobust.cli.attack import resolve_targets
+from medrobust.cli.attack import (
+    check_target_options,
+    model_input_size,
+    option_given,
+    resolve_targets,
+)
 from medrobust.cli.common import DEFAULT_STORE, common_options, emit, fmt, open_dataset
 from medrobust.cli.seg_common import (
     Budget,
+    check_campaign_options,
     model_info,
     pick_indices,
     segmentation_inputs,
@@ -35,6 +41,7 @@ from medrobust.errors import ConfigError
 from medrobust.models import load_classifier, read_meta
 from medrobust.store import Store
 from medrobust.utils.device import resolve_device
+from medrobust.utils.validation import check_image_size
 
 ATTACKS: dict[str, type[PGD]] = {"pgd": PGD, "ifgsm": IFGSM}
 
@@ -93,11 +100,30 @@ def resolve_task(task: str, model_dir: str) -> str:
         "classification"
 
 
+def check_task_options(task: str, opts: dict[str, Any]) -> None:
+    """Options of the other task would be silently ignored: refuse them."""
+    if task == "classification":
+        check_target_options(opts["targeted"])
+        if opts["target_mode"] != "none":
+            raise ConfigError("--target-mode applies to segmentation models; classifiers take "
+                              "--targeted and --target")
+        if option_given("stop_iou"):
+            raise ConfigError("--stop-iou applies to segmentation models with --early-stop")
+        if opts["loss"] != "ce":
+            raise ConfigError("--loss dice is for segmentation models")
+    else:
+        if opts["targeted"] or option_given("target"):
+            raise ConfigError("--targeted and --target are for classifiers; segmentation "
+                              "targets come from --target-mode")
+        if option_given("stop_iou") and not opts["early_stop"]:
+            raise ConfigError("--stop-iou applies to segmentation models with --early-stop")
+
+
 def run_gradient(kind: str, opts: dict[str, Any]) -> None:
     """The body of ``pgd`` and ``ifgsm``."""
+    check_campaign_options(opts)
     task = resolve_task(opts["task"], opts["model_dir"])
-    if opts["steps"] < 1:
-        raise ConfigError("--steps must be at least 1")
+    check_task_options(task, opts)
     summary = (_segmentation if task == "segmentation" else _classification)(kind, opts)
     summary["task"] = task
 
@@ -127,19 +153,19 @@ def _attack(kind: str, model: Any, opts: dict[str, Any], targeted: bool, early: 
 
 
 def _classification(kind: str, opts: dict[str, Any]) -> dict[str, Any]:
-    if opts["loss"] != "ce":
-        raise ConfigError("--loss dice is for segmentation models")
     device = resolve_device(opts["device"])
     meta = read_meta(opts["model_dir"])
+    check_image_size("--size", opts["size"], model_input_size(meta))
     clf = load_classifier(opts["model_dir"], device)
+    targeted = bool(opts["targeted"])
+    att = _attack(kind, clf, opts, targeted, hits_target if targeted else misclassified)
     ds = open_dataset(opts["dataset"], opts["split"], opts["data_dir"], opts["size"],
                       opts["no_verify"], meta.get("dataset"))
+    att.check_images((ds.channels, *ds.images.shape[1:3]))
     indices = pick_indices(ds, opts["limit"])
-    targets = resolve_targets(opts["target"], ds, indices) if opts["targeted"] else None
+    targets = resolve_targets(opts["target"], ds, indices) if targeted else None
     if targets is not None:
         indices = [i for i in indices if i in targets]
-    att = _attack(kind, clf, opts, targets is not None,
-                  hits_target if targets is not None else misclassified)
     info = {"dir": str(Path(opts["model_dir"]).resolve()), "model": meta.get("model"),
             "model_kwargs": meta.get("model_kwargs", {}), "saved_at": meta.get("saved_at"),
             "head": clf.head, "class_names": list(clf.class_names)}
@@ -155,10 +181,11 @@ def _classification(kind: str, opts: dict[str, Any]) -> dict[str, Any]:
 
 
 def _segmentation(kind: str, opts: dict[str, Any]) -> dict[str, Any]:
+    if opts["target_mode"] == "none" and opts["early_stop"]:
+        raise ConfigError("--early-stop needs a target (--target-mode other|erase|...)")
     seg, ds, indices, target = segmentation_inputs(opts)
     att = _attack(kind, seg, opts, target is not None, mask_iou_at_least(opts["stop_iou"]))
-    if target is None and opts["early_stop"]:
-        raise ConfigError("--early-stop needs a target (--target-mode other|erase|...)")
+    att.check_images((ds.channels, *ds.images.shape[1:3]))
     params = {"attack": att.params(), "task": "segmentation",
               "target": None if target is None else target.describe(), "indices": indices}
     with Store(opts["store_path"]) as store:

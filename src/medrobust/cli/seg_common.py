@@ -17,6 +17,7 @@ from medrobust.data.segmentation import SegmentationDataset
 from medrobust.errors import ConfigError, DataError
 from medrobust.models.checkpoint import read_meta
 from medrobust.models.segmenter import Segmenter
+from medrobust.utils.validation import check_range, check_writable
 
 
 class Budget(click.ParamType):
@@ -116,9 +117,16 @@ def open_seg_dataset(name: str | None, split: str, data_dir: str | None, size: i
     return ds
 
 
-def pick_indices(ds: SegmentationDataset | Any, limit: int | None) -> list[int]:
-    if limit is not None and limit < 1:
+def check_campaign_options(opts: dict[str, Any]) -> None:
+    """Options every attack campaign command shares, checked before anything is loaded."""
+    check_writable("--store", opts["store_path"], folder=False)
+    check_range("--examples", opts["examples"], 0)
+    if opts["limit"] is not None and opts["limit"] < 1:
         raise ConfigError("--limit must be at least 1")
+
+
+def pick_indices(ds: SegmentationDataset | Any, limit: int | None) -> list[int]:
+    """The first ``limit`` items (``check_campaign_options`` has checked ``limit``)."""
     return list(range(len(ds) if limit is None else min(limit, len(ds))))
 
 
@@ -136,10 +144,10 @@ def segmentation_inputs(opts: dict[str, Any]
     from medrobust.models.segmenter import load_segmenter
     from medrobust.utils.device import resolve_device
 
+    target = make_target(opts["target_mode"], opts["shift"], opts["radius"],
+                         opts["target_file"], opts["seed"])
     seg = load_segmenter(opts["model_dir"], resolve_device(opts["device"]),
                          batch_size=opts["batch_images"])
     ds = open_seg_dataset(opts["dataset"], opts["split"], opts["data_dir"], opts["size"],
                           opts["model_dir"], seg)
-    target = make_target(opts["target_mode"], opts["shift"], opts["radius"],
-                         opts["target_file"], opts["seed"])
     return seg, ds, pick_indices(ds, opts["limit"]), target

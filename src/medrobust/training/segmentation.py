@@ -18,7 +18,7 @@ from monai.losses import DiceCELoss
 
 from medrobust.data.segmentation import SegmentationDataset
 from medrobust.errors import ConfigError
-from medrobust.models.registry import build_model
+from medrobust.models.registry import build_model, resolve_factory
 from medrobust.models.segmenter import Segmenter, save_segmenter
 from medrobust.models.unet import downsampling
 from medrobust.training.augment import augment_batch
@@ -44,6 +44,8 @@ class SegTrainConfig:
     seed: int = 0
 
     def validate(self) -> None:
+        """Every setting, the model name included: called before any data is loaded."""
+        resolve_factory(self.model)
         check_fit_settings(self.epochs, self.batch_size, self.lr, self.weight_decay)
         check_choice("augment", self.augment, SEG_AUGMENT)
 

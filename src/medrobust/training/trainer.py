@@ -14,7 +14,7 @@ from medrobust.data.base import ImageDataset
 from medrobust.errors import ConfigError
 from medrobust.models.checkpoint import save_checkpoint
 from medrobust.models.classifier import Classifier
-from medrobust.models.registry import SIGMOID_MODELS, build_model
+from medrobust.models.registry import SIGMOID_MODELS, build_model, resolve_factory
 from medrobust.training.augment import POLICIES, augment_batch, default_policy
 from medrobust.training.loop import Judgement, check_fit_settings, fit, torch_shuffle
 from medrobust.training.metrics import classification_metrics
@@ -39,6 +39,8 @@ class TrainConfig:
     seed: int = 0
 
     def validate(self) -> None:
+        """Every setting, the model name included: called before any data is loaded."""
+        resolve_factory(self.model)
         check_fit_settings(self.epochs, self.batch_size, self.lr, self.weight_decay)
         check_range("label_smoothing", self.label_smoothing, 0, 0.5)
         check_choice("augment", self.augment, ("auto", *POLICIES))

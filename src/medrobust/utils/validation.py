@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 from medrobust.errors import ConfigError
@@ -39,3 +42,44 @@ def check_split_fractions(val_fraction: float, test_fraction: float) -> None:
     check_range("test_fraction", test_fraction, 0.0, 1.0, high_inclusive=False)
     check_range("val_fraction + test_fraction", val_fraction + test_fraction, 0.0, 1.0,
                 high_inclusive=False)
+
+
+def check_writable(option: str, path: str | os.PathLike[str], *, folder: bool) -> Path:
+    """Refuse an output path that cannot be written, before any work starts.
+
+    The nearest existing ancestor must be a folder we can create a file in (probed with a
+    temporary file that is removed at once: permission bits, read-only mounts and ACLs all
+    show up, which ``os.access`` misses for root). An existing target must be of the right
+    kind (``folder`` or file) and, for a file, writable. Nothing is created.
+    """
+    p = Path(path)
+    if p.exists():
+        if folder and not p.is_dir():
+            raise ConfigError(f"{option} {path}: exists and is not a folder")
+        if not folder and p.is_dir():
+            raise ConfigError(f"{option} {path}: is a folder, not a file")
+    base = p if p.is_dir() else p.parent
+    while not base.exists():
+        base = base.parent
+    if not base.is_dir():
+        raise ConfigError(f"{option} {path}: cannot write there ({base} is a file, not a folder)")
+    try:
+        with tempfile.TemporaryFile(dir=base):
+            pass
+    except OSError as exc:
+        raise ConfigError(f"{option} {path}: cannot write in {base} "
+                          f"({exc.strerror or exc})") from None
+    if p.is_file() and not os.access(p, os.W_OK):
+        raise ConfigError(f"{option} {path}: the file is read-only")
+    return p
+
+
+def check_image_size(option: str, size: int | None, model_size: tuple[int, int] | None) -> None:
+    """A classifier is attacked and evaluated at the size it was trained on: refuse another
+    ``--size`` rather than silently ignore it."""
+    if size is None or model_size is None or (size, size) == tuple(model_size):
+        return
+    h, w = model_size
+    shown = str(h) if h == w else f"{h}x{w}"
+    raise ConfigError(f"{option} {size} differs from the model's input size {shown}: "
+                      "classifiers run at the size they were trained on (omit --size)")
