@@ -219,10 +219,20 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
+def md_text(value: Any) -> str:
+    """Text safe in Markdown: Markdown renderers pass raw HTML through and class names come
+    from user folder names, so ``&`` and ``<`` are escaped (no tag or entity can start; ``>``
+    alone is inert, so directions stay readable as ``a->b``); ``|`` is escaped so a cell cannot
+    split a table row; line breaks are folded."""
+    text = str(value).replace("&", "&amp;").replace("<", "&lt;").replace("|", "\\|")
+    return " ".join(text.splitlines())
+
+
 def markdown_table(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    """A GitHub-style Markdown table; numbers to 3 decimals, None as '-'."""
-    lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
-    lines += ["| " + " | ".join(_fmt(v) for v in row) + " |" for row in rows]
+    """A GitHub-style Markdown table; numbers to 3 decimals, None as '-', text escaped."""
+    lines = ["| " + " | ".join(md_text(c) for c in columns) + " |",
+             "|" + "|".join("---" for _ in columns) + "|"]
+    lines += ["| " + " | ".join(md_text(_fmt(v)) for v in row) + " |" for row in rows]
     return "\n".join(lines) + "\n"
 
 
@@ -231,7 +241,7 @@ def stats_markdown(stats: Mapping[str, Mapping[str, Any]], heading: str) -> str:
     parts = [f"# {heading}\n", f"SD is the sample standard deviation (ddof={SD_DDOF}).\n"]
     for direction, entry in stats.items():
         variables = [k for k, v in entry.items() if isinstance(v, Mapping)]
-        parts.append(f"\n## {direction} (n = {entry['n']})\n\n")
+        parts.append(f"\n## {md_text(direction)} (n = {entry['n']})\n\n")
         rows = [[label] + [entry[v][key] for v in variables]
                 for key, label in (("mean", "mean"), ("median", "median"), ("sd", "SD"))]
         parts.append(markdown_table(["", *variables], rows))

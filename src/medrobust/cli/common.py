@@ -14,6 +14,7 @@ import click
 import numpy as np
 
 from medrobust.data import ImageDataset, load_dataset, load_from_spec
+from medrobust.errors import DataError
 
 DEFAULT_STORE = "medrobust.db"
 
@@ -64,19 +65,30 @@ def dataset_options(required: bool = False) -> Callable[[Callable[..., Any]], Ca
 
 
 def open_dataset(name: str | None, split: str, data_dir: str | None, size: int | None,
-                 no_verify: bool, fallback_spec: dict[str, Any] | None = None) -> ImageDataset:
-    """Load a split by name, or the one described by ``fallback_spec`` (a checkpoint's)."""
+                 no_verify: bool, fallback_spec: dict[str, Any] | None = None,
+                 model_channels: int | None = None) -> ImageDataset:
+    """Load a split by name, or the one described by ``fallback_spec`` (a checkpoint's).
+
+    ``model_channels``: the model's input channels; data with another count stops here, before
+    a command opens its store, rather than as a failed run.
+    """
     if name is None:
         if fallback_spec is None:
             raise click.UsageError("--dataset is required")
         spec = dict(fallback_spec)
         if data_dir is not None:
             spec["data_dir"] = data_dir
-        return load_from_spec(spec, split)
-    options: dict[str, Any] = {"size": size}
-    if no_verify:
-        options["verify"] = False
-    return load_dataset(name, split, data_dir=data_dir, **options)
+        ds = load_from_spec(spec, split)
+    else:
+        options: dict[str, Any] = {"size": size}
+        if no_verify:
+            options["verify"] = False
+        ds = load_dataset(name, split, data_dir=data_dir, **options)
+    if model_channels is not None and ds.channels != model_channels:
+        kind = "greyscale model on colour" if model_channels == 1 else "colour model on greyscale"
+        raise DataError(f"the model takes {model_channels}-channel images but {ds.name} {split} "
+                        f"has {ds.channels} channels (a {kind} data?)")
+    return ds
 
 
 def _jsonable(value: Any) -> Any:

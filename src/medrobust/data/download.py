@@ -71,6 +71,9 @@ def download(url: str, dest: str | Path, md5s: str | Collection[str] | None = No
     """
     dest = Path(dest)
     tmp: Path | None = None
+    # Folders this call creates; removed again if the download fails, so a failure leaves the
+    # file system as it was (a typo in --data-dir must not appear as a new empty folder).
+    created = [p for p in (dest.parent, *dest.parent.parents) if not p.exists()]
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
@@ -94,4 +97,10 @@ def download(url: str, dest: str | Path, md5s: str | Collection[str] | None = No
     finally:
         if tmp is not None:
             tmp.unlink(missing_ok=True)
+        if not dest.is_file():
+            for folder in created:  # deepest first
+                try:
+                    folder.rmdir()
+                except OSError:
+                    break
     return dest

@@ -127,6 +127,10 @@ def load_folder(split: str, data_dir: str | Path, size: int = 64, channels: int 
         items = [(per_class[name][i], c) for c, name in enumerate(classes)
                  for i in parts[c][split]]
 
+    if len(classes) < 2:
+        # One class would "train" to a perfect, meaningless accuracy.
+        raise DataError(f"{root} has one class folder ({classes[0]}): a classifier needs at "
+                        "least 2 classes, one subfolder of images each")
     if channels is None:
         channels = 3 if any(_is_colour(p) for p in all_files) else 1
     mode = "RGB" if channels == 3 else "L"

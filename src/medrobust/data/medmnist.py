@@ -206,6 +206,9 @@ def _labels(raw: np.ndarray, flag: str, n_classes: int, where: str) -> np.ndarra
         labels = labels[:, 0]
     if labels.ndim != 1:
         raise DataError(f"{where}: expected labels of shape (N, 1), got {raw.shape}")
+    if not (np.issubdtype(labels.dtype, np.integer) or labels.dtype == np.bool_):
+        # astype(int64) would truncate 0.7 to 0 and turn NaN into a random class
+        raise DataError(f"{where}: labels must be integers, got {labels.dtype}")
     labels = labels.astype(np.int64)
     if labels.size and (labels.min() < 0 or labels.max() >= n_classes):
         raise DataError(f"{where}: labels outside 0..{n_classes - 1}")
@@ -244,11 +247,21 @@ def load_medmnist(split: str, data_dir: str | Path, flag: str = "pneumoniamnist"
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
         raise DataError(f"cannot read {path} as a MedMNIST npz: {describe_error(exc)}") from exc
 
+    key = f"{split}_images"
+    if images.dtype.kind == "f" and not np.isfinite(images).all():
+        raise DataError(f"{path}: {key} contain NaN or infinite values (expected uint8 0..255)")
     if images.ndim == 3:
-        images = images[..., None]
+        images = images[..., None]  # MedMNIST stores greyscale as (N,H,W)
     if images.ndim != 4 or images.shape[3] not in (1, 3) or images.dtype != np.uint8:
-        raise DataError(f"{path}: expected uint8 images (N,H,W) or (N,H,W,3), got "
+        raise DataError(f"{path}: expected uint8 {key} (N,H,W) or (N,H,W,3), got "
                         f"{images.dtype} {images.shape}")
+    if images.shape[0] == 0:
+        raise DataError(f"{path}: {key} holds 0 images")
+    if images.shape[1:3] != (size, size):
+        raise DataError(f"{path}: {key} are {images.shape[2]}x{images.shape[1]} but a MedMNIST "
+                        f"size-{size} file holds {size}x{size} images")
+    if len(raw_labels) != images.shape[0]:
+        raise DataError(f"{path}: {images.shape[0]} {key} but {len(raw_labels)} {split}_labels")
     if flag == "chestmnist":
         class_names, task = CHEST_BINARY_CLASSES, CHEST_BINARY_TASK
     else:

@@ -6,6 +6,7 @@ data directory, checks the split and records provenance in ``ImageDataset.spec``
 
 from __future__ import annotations
 
+import inspect
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -70,7 +71,7 @@ def load_dataset(name: str, split: str = "train", data_dir: str | Path | None = 
 
 
 # Keys of ``ImageDataset.spec`` that describe a loaded split rather than loader options.
-_NOT_OPTIONS = {"dataset", "data_dir", "task", "indices", "split"}
+_NOT_OPTIONS = {"dataset", "data_dir", "task", "indices", "split", "layout"}
 
 
 def load_from_spec(spec: dict[str, Any], split: str | None = None) -> ImageDataset:
@@ -79,9 +80,24 @@ def load_from_spec(spec: dict[str, Any], split: str | None = None) -> ImageDatas
         raise DataError("dataset spec lacks the field 'dataset'")
     options = {k: (tuple(v) if isinstance(v, list) else v) for k, v in spec.items()
                if k not in _NOT_OPTIONS}
+    options = _loader_options(str(spec["dataset"]), options)
     ds = load_dataset(spec["dataset"], split or spec.get("split", "test"),
                       data_dir=spec.get("data_dir"), **options)
     return ds.subset(spec["indices"]) if "indices" in spec else ds
+
+
+def _loader_options(name: str, options: dict[str, Any]) -> dict[str, Any]:
+    """Only the options the loader takes: a spec also records facts about the loaded data
+    (e.g. the folder layout), and a spec written by another version may hold keys this one
+    does not know; neither must stop the data from loading again."""
+    _ensure_loaded()
+    loader = _REGISTRY.get(name.lower())
+    if loader is None:
+        return options  # load_dataset names the unknown dataset
+    params = inspect.signature(loader).parameters
+    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        return options
+    return {k: v for k, v in options.items() if k in params}
 
 
 def _ensure_loaded() -> None:
