@@ -46,11 +46,12 @@ def check_budget(name: str, value: float | Sequence[float] | np.ndarray | torch.
                         dtype=np.float64).reshape(-1)
     if not np.isfinite(values).all():
         raise ConfigError(f"{name} must be finite")
+    scale = 255.0 if unit == "/255" else 1.0
     worst = float(values.max()) if values.size else 0.0
     lowest = float(values.min()) if values.size else 1.0
     if lowest < 0 or (positive and lowest <= 0):
         raise ConfigError(f"{name} must be {'positive' if positive else 'non-negative'}, "
-                          f"got {lowest:g}{unit}")
+                          f"got {lowest * scale:g}{unit}")
     limit = None
     if norm == "linf":
         limit, where = 1.0, "Linf budgets are on the [0,1] pixel scale: write 8/255 for 8 levels"
@@ -58,7 +59,6 @@ def check_budget(name: str, value: float | Sequence[float] | np.ndarray | torch.
         limit = float(np.sqrt(np.prod([int(d) for d in shape])))
         where = f"no L2 change of a {'x'.join(map(str, shape))} image exceeds {limit:.4g}"
     if limit is not None and worst > limit + 1e-9:
-        scale = 255.0 if unit == "/255" else 1.0
         raise ConfigError(f"{name} {worst * scale:g}{unit} exceeds the image range ({where})")
 
 

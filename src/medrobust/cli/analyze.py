@@ -6,6 +6,7 @@ import click
 
 from medrobust.cli.common import DEFAULT_STORE, emit, fmt
 from medrobust.cli.store import _open
+from medrobust.utils.validation import check_writable
 
 
 @click.command()
@@ -19,6 +20,7 @@ def analyze(store_path: str, run_id: int | None, out: str, as_json: bool) -> Non
     """Chromatic distance, X/Y/colour statistics, location heatmaps and even/odd periodicity."""
     from medrobust.analysis.study import run_study
 
+    check_writable("--out", out, folder=True)
     with _open(store_path) as st:
         summary = run_study(st, out, run_id=run_id)
 

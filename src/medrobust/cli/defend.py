@@ -18,6 +18,8 @@ import click
 import numpy as np
 import torch
 
+from medrobust.attacks.projection import check_budget
+from medrobust.cli.attack import model_input_size, option_given
 from medrobust.cli.common import DEFAULT_STORE, common_options, emit
 from medrobust.defences.adaptive import AdaptiveConfig, evaluate_adaptive
 from medrobust.defences.base import Denoiser
@@ -27,11 +29,15 @@ from medrobust.defences.registry import available_denoisers, make_denoiser
 from medrobust.defences.source import AttackedSet, attacked_set, find_onepixel_run
 from medrobust.defences.table import COLUMNS, adaptive_columns, adaptive_rows, markdown, table_rows
 from medrobust.errors import ConfigError, MedrobustError
-from medrobust.models import load_classifier
+from medrobust.models import load_classifier, read_meta
 from medrobust.store import Store
 from medrobust.utils.device import resolve_device
+from medrobust.utils.validation import check_writable
 
 GRID_NAME = "defence_grid.png"
+#: options that only the adaptive evaluation reads
+ADAPTIVE_OPTIONS = ("adaptive_limit", "linf", "l2", "pgd_steps", "onepixel_population",
+                    "onepixel_generations")
 MAX_GRID_ROWS = 6
 MAX_GRID_DEFENCES = 4
 
@@ -82,11 +88,24 @@ def run_defend(store_path: str | Path, model_dir: str | Path, specs: list[str],
                device: str = "auto", resume: bool = True, show_progress: bool = True
                ) -> dict[str, Any]:
     """The body of ``defend``; also used by ``demo``. Returns the JSON summary."""
-    dev = resolve_device(device)
-    clf = load_classifier(model_dir, dev)
-    denoisers = [make_denoiser(s, dev) for s in specs]
+    # Everything is checked before the store is opened: a bad option records no run.
+    if out is not None:
+        check_writable("--out", out, folder=True)
+    if not Path(store_path).is_file():
+        raise MedrobustError(f"no store at {store_path}")
+    check_writable("--store", store_path, folder=False)
     if clean_limit is not None and clean_limit < 1:
         raise ConfigError("--clean-limit must be at least 1")
+    if adaptive is not None:
+        adaptive.validate()
+    dev = resolve_device(device)
+    clf = load_classifier(model_dir, dev)
+    if adaptive is not None:
+        size = model_input_size(read_meta(model_dir))
+        if size is not None:
+            for eps in adaptive.l2_eps:
+                check_budget("--l2 budget", eps, "l2", shape=(clf.channels, *size))
+    denoisers = [make_denoiser(s, dev) for s in specs]
     with Store(store_path) as store:
         run = find_onepixel_run(store, model_dir, run_id)
         attacked = attacked_set(store, run)
@@ -145,12 +164,15 @@ def defend(model_dir: str, denoisers: tuple[str, ...], store_path: str, run_id: 
            no_resume: bool, as_json: bool, seed: int, device: str) -> None:
     """Evaluate denoising defences against the one-pixel attacks recorded in the store."""
     config = None
+    if not adaptive:
+        for name in ADAPTIVE_OPTIONS:
+            if option_given(name):
+                raise ConfigError(f"--{name.replace('_', '-')} applies with --adaptive")
     if adaptive:
         config = AdaptiveConfig(linf_eps=parse_budgets(linf, 1 / 255), l2_eps=parse_budgets(l2),
                                 pgd_steps=pgd_steps, onepixel_population=onepixel_population,
                                 onepixel_generations=onepixel_generations, limit=adaptive_limit,
                                 seed=seed)
-        config.validate()
     summary = run_defend(store_path, model_dir, split_specs(denoisers), run_id, clean_limit,
                          config, out, device, resume=not no_resume, show_progress=not as_json)
 

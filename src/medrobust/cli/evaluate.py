@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from medrobust.cli.attack import model_input_size
 from medrobust.cli.common import (
     DEFAULT_STORE,
     common_options,
@@ -18,6 +19,7 @@ from medrobust.models import load_classifier, read_meta
 from medrobust.store import Store
 from medrobust.training import evaluate_classifier
 from medrobust.utils.device import resolve_device
+from medrobust.utils.validation import check_image_size, check_writable
 
 
 @click.command()
@@ -31,7 +33,9 @@ def evaluate(model_dir: str, dataset: str | None, data_dir: str | None, size: in
              no_verify: bool, split: str, store_path: str, as_json: bool, seed: int,
              device: str) -> None:
     """Evaluate a checkpoint on a dataset split."""
+    check_writable("--store", store_path, folder=False)
     meta = read_meta(model_dir)
+    check_image_size("--size", size, model_input_size(meta))
     clf = load_classifier(model_dir, resolve_device(device))
     ds = open_dataset(dataset, split, data_dir, size, no_verify, meta.get("dataset"))
     metrics = evaluate_classifier(clf, ds)

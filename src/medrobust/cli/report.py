@@ -6,6 +6,7 @@ import click
 
 from medrobust.cli.common import DEFAULT_STORE, emit
 from medrobust.cli.store import _open
+from medrobust.utils.validation import check_writable
 
 
 @click.command()
@@ -17,6 +18,7 @@ def report(store_path: str, out: str, as_json: bool) -> None:
     """Provenance, model quality, attack summary, gallery and analysis in one HTML page."""
     from medrobust.report import build_report
 
+    check_writable("--out", out, folder=True)
     with _open(store_path) as st:
         path = build_report(st, out)
     emit({"report": str(path)}, as_json, lambda: click.echo(f"report: {path}"))

@@ -9,6 +9,7 @@ import click
 from medrobust.cli.common import DEFAULT_STORE, emit
 from medrobust.errors import MedrobustError
 from medrobust.store import Store, export_runs, export_table
+from medrobust.utils.validation import check_writable
 
 
 def _open(path: str) -> Store:
@@ -49,7 +50,12 @@ def runs(store_path: str, as_json: bool) -> None:
 def export(store_path: str, table: str | None, run_id: int | None, out: str,
            as_json: bool) -> None:
     """Export a result table (or the runs) to CSV or Parquet."""
+    check_writable("--out", out, folder=False)
+    if run_id is not None and table is None:
+        raise MedrobustError("--run selects rows of a result table: give --table too")
     with _open(store_path) as st:
+        if run_id is not None and run_id not in {r["id"] for r in st.runs()}:
+            raise MedrobustError(f"no run {run_id} in {store_path}")
         if table is None:
             path = export_runs(st, out)
         else:

@@ -21,14 +21,23 @@ from medrobust.models.registry import available_models
 from medrobust.store import Store
 from medrobust.training import TrainConfig, evaluate_classifier, save_trained, train_classifier
 from medrobust.utils.device import resolve_device
+from medrobust.utils.validation import check_writable
 
 WIDTH_MODELS = ("smallcnn", "mitosisnet")
+
+
+def check_outputs(out: str | Path, store_path: str | Path) -> None:
+    """Both outputs must be writable before data is loaded or a run is recorded."""
+    check_writable("--out", out, folder=True)
+    check_writable("--store", store_path, folder=False)
 
 
 def train_and_save(dataset: str | None, data_dir: str | None, size: int | None, no_verify: bool,
                    config: TrainConfig, out: str | Path, device: str, store_path: str | Path
                    ) -> dict[str, Any]:
     """The body of ``train``; also used by ``demo``. Returns the JSON summary."""
+    check_outputs(out, store_path)
+    config.validate()
     train_ds = open_dataset(dataset, "train", data_dir, size, no_verify)
     val_ds = open_dataset(dataset, "val", data_dir, size, no_verify)
     test_ds = open_dataset(dataset, "test", data_dir, size, no_verify)

@@ -15,6 +15,7 @@ from medrobust.cli.common import (
     fmt,
     open_dataset,
 )
+from medrobust.cli.train import check_outputs
 from medrobust.defences.storage import save_denoiser
 from medrobust.defences.training import DenoiserTrainConfig, config_dict, train_denoiser
 from medrobust.store import Store
@@ -27,6 +28,8 @@ def train_denoiser_and_save(dataset: str | None, data_dir: str | None, size: int
                             no_verify: bool, config: DenoiserTrainConfig, out: str | Path,
                             device: str, store_path: str | Path) -> dict[str, Any]:
     """The body of ``train-denoiser``; also used by ``demo``. Returns the JSON summary."""
+    check_outputs(out, store_path)
+    config.validate()
     train_ds = open_dataset(dataset, "train", data_dir, size, no_verify)
     val_ds = open_dataset(dataset, "val", data_dir, size, no_verify)
     folder = str(Path(out).resolve())
@@ -76,7 +79,6 @@ def train_denoiser_cmd(dataset: str, data_dir: str | None, size: int | None, no_
                                  densities=(density_min, density_max), channel_share=channel_share,
                                  clean_share=clean_share, patch=patch or None, max_train=max_train,
                                  seed=seed)
-    config.validate()
     summary = train_denoiser_and_save(dataset, data_dir, size, no_verify, config, out, device,
                                       store_path)
 

@@ -40,8 +40,12 @@ def train_segmentation_and_save(dataset: str, data_dir: str | None, size: int | 
                                 overrides: dict[str, Any], out: str | Path, device: str,
                                 store_path: str | Path, seed: int) -> dict[str, Any]:
     """Train on train, select on val, report test metrics; returns the JSON summary."""
-    train_ds, val_ds, test_ds = load_segmentation_splits(dataset, data_dir, size)
+    from medrobust.cli.train import check_outputs
+
+    check_outputs(out, store_path)
     config = SegTrainConfig(seed=seed, **overrides)
+    config.validate()
+    train_ds, val_ds, test_ds = load_segmentation_splits(dataset, data_dir, size)
     checkpoint = str(Path(out).resolve())
     with Store(store_path) as store, store.tracked_run(
             "train", {**asdict(config), "task": "segmentation"},

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from medrobust.attacks.onepixel import OnePixel, OnePixelResult
+from medrobust.attacks.projection import check_budget
 from medrobust.defences.base import Denoiser
 from medrobust.defences.composed import DefendedClassifier
 from medrobust.defences.registry import dataset_name, denoiser_label
@@ -75,8 +76,10 @@ class AdaptiveConfig:
         check_range("batch_size", self.batch_size, 1)
         if self.limit is not None:
             check_range("limit", self.limit, 1)
-        for e in (*self.linf_eps, *self.l2_eps):
-            check_range("eps", e, 0, low_inclusive=False)
+        for e in self.linf_eps:
+            check_budget("eps", e, "linf", positive=True, unit="/255")
+        for e in self.l2_eps:
+            check_budget("eps", e, "l2", positive=True)
         for a in self.attacks:
             if a not in ("onepixel", "pgd-linf", "pgd-l2"):
                 raise ConfigError(f"unknown adaptive attack {a!r}: use onepixel, pgd-linf, pgd-l2")
