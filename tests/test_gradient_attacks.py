@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 import torch
@@ -238,3 +239,45 @@ def test_bad_parameters_are_config_errors(images):
         PGD(model).run(images * 2, torch.zeros(6, dtype=torch.long))
     with pytest.raises(ConfigError):
         PGD(model, loss=lambda o, t: o.sum()).run(images, torch.zeros(6, dtype=torch.long))
+
+
+@pytest.mark.parametrize("build, needle", [
+    (lambda m: PGD(m, eps=300), "eps 300 exceeds the image range"),
+    (lambda m: IFGSM(m, eps=[0.1, 1.5]), "eps 1.5 exceeds the image range"),
+    (lambda m: PGD(m, step=0.0), "step must be positive"),
+    (lambda m: IFGSM(m, steps=0), "steps must lie in [1, inf], got 0"),
+    (lambda m: mask_iou_at_least(2.0), "stop_iou must lie in (0, 1], got 2.0"),
+    (lambda m: mask_iou_at_least(0.0), "stop_iou must lie in (0, 1], got 0.0"),
+])
+def test_budgets_and_steps_no_attack_can_use_are_refused(build, needle):
+    """Linf budgets above 1 on the [0,1] scale (a forgotten /255), a zero step (only the random
+    start is left: robust accuracy then measures noise) and zero steps fail on construction."""
+    with pytest.raises(ConfigError) as err:
+        build(linear_classifier())
+    assert needle in str(err.value)
+
+
+def test_l2_budget_beyond_the_image_is_refused(images):
+    # no L2 change of a (C,H,W) image in [0,1] exceeds sqrt(C*H*W)
+    limit = math.sqrt(math.prod(images.shape[1:]))
+    att = PGD(linear_classifier(), norm="l2", eps=limit + 1)
+    with pytest.raises(ConfigError, match="exceeds the image range"):
+        att.check_images(images.shape[1:])
+    with pytest.raises(ConfigError, match="exceeds the image range"):
+        att.run(images, torch.zeros(images.shape[0], dtype=torch.long))
+    PGD(linear_classifier(), norm="l2", eps=limit).check_images(images.shape[1:])
+
+
+def test_asma_refuses_stop_iou_0_eps_above_1_and_no_iterations():
+    from medrobust.attacks.asma import ASMA
+    from medrobust.attacks.seg_targets import TargetSpec
+    from medrobust.errors import DataError
+
+    model = linear_classifier()
+    for kwargs, needle in (({"stop_iou": 0.0}, "stop_iou must lie in (0, 1]"),
+                           ({"eps": 300.0}, "eps 300 exceeds the image range"),
+                           ({"iterations": 0}, "iterations must lie in [1, inf]")):
+        with pytest.raises(ConfigError, match=re.escape(needle)):
+            ASMA(model, **kwargs)
+    with pytest.raises(DataError, match=re.escape("target mask file nosuch.png does not exist")):
+        TargetSpec(mode="file", file="nosuch.png")
