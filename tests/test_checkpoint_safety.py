@@ -99,6 +99,30 @@ def test_cli_trust_model_code_flag_loads_the_user_model(tmp_path, capsys, monkey
     assert code == 2 and "not in the zoo" in err
 
 
+def test_a_factory_the_user_named_loads_its_own_checkpoint(tmp_path, monkeypatch):
+    """``train --model mod:factory`` (or ``demo``) reloads what it saved without a flag."""
+    name = _user_module(tmp_path, monkeypatch, "medrobust_test_usernet_named")
+    ckpt = _checkpoint(tmp_path / "m", name)
+    meta = json.loads((ckpt / "meta.json").read_text())
+    meta["model_kwargs"] = {}
+    (ckpt / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match="not in the zoo"):
+        load_classifier(ckpt)
+    build_model(name, 3, 2)  # what training does with the user's --model
+    assert load_classifier(ckpt).channels == 3
+
+
+def test_segmenter_meta_multiple_is_checked(tmp_path):
+    from medrobust.models.segmenter import load_segmenter
+
+    ckpt = _checkpoint(tmp_path / "m")
+    meta = json.loads((ckpt / "meta.json").read_text())
+    meta.update(task="segmentation", multiple="eight")
+    (ckpt / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match="'multiple' must be a positive integer"):
+        load_segmenter(ckpt)
+
+
 def test_segmenter_checkpoints_refuse_user_code_too(tmp_path, monkeypatch):
     from medrobust.models.segmenter import load_segmenter
 

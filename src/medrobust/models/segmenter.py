@@ -145,7 +145,11 @@ def load_segmenter(ckpt_dir: str | Path, device: str | torch.device = "cpu",
         raise CheckpointError(f"{ckpt_dir} holds a {meta.get('task', 'classification')} model, "
                               "not a segmentation model")
     check_model_meta(meta, ckpt_dir)
+    multiple = meta.get("multiple", 1)
+    if not isinstance(multiple, int) or isinstance(multiple, bool) or multiple < 1:
+        raise CheckpointError(f"{Path(ckpt_dir) / META}: 'multiple' must be a positive integer, "
+                              f"got {multiple!r}")
     model = build_checkpoint_model(meta, ckpt_dir, len(meta["class_names"]), model_factory,
                                    trust_model_code)
     return Segmenter(model, mean=meta["mean"], std=meta["std"], class_names=meta["class_names"],
-                     multiple=int(meta.get("multiple", 1)), batch_size=batch_size, device=device)
+                     multiple=multiple, batch_size=batch_size, device=device)
