@@ -173,7 +173,7 @@ CASES: list[tuple[str, Argv, str] | tuple[str, Argv, str, str]] = [
     ("op-store-under-a-file", lambda f: [*op()(f), "--store", f.afile + "/s.db"],
      "--store"),
     ("op-store-read-only", lambda f: [*op()(f), "--store", str(READ_ONLY / "s.db")],
-     "cannot write in /proc"),
+     "/proc is not a writable folder"),
     # -- attack pgd / ifgsm ---------------------------------------------------------------------
     ("pgd-eps-negative", grad("pgd", "--eps", "-1"), "must not be negative", USAGE),
     ("pgd-eps-300", grad("pgd", "--eps", "300"), "eps 300 exceeds the image range"),
@@ -212,7 +212,7 @@ CASES: list[tuple[str, Argv, str] | tuple[str, Argv, str, str]] = [
                                          "nosuch.png", model="unet"),
      "target mask file nosuch.png does not exist"),
     ("pgd-store-read-only", lambda f: [*grad("pgd")(f), "--store", str(READ_ONLY / "s.db")],
-     "cannot write in /proc"),
+     "/proc is not a writable folder"),
     # -- attack asma ----------------------------------------------------------------------------
     ("asma-stop-iou-2", asma("--stop-iou", "2"), "stop_iou must lie in (0, 1], got 2.0"),
     ("asma-stop-iou-0", asma("--stop-iou", "0"), "stop_iou must lie in (0, 1], got 0.0"),
@@ -246,9 +246,9 @@ CASES: list[tuple[str, Argv, str] | tuple[str, Argv, str, str]] = [
     ("train-out-under-a-file", lambda f: [*train()(f), "--out", f.afile + "/model"],
      "afile is a file, not a folder"),
     ("train-out-read-only", lambda f: [*train()(f), "--out", str(READ_ONLY / "model")],
-     "cannot write in /proc"),
+     "/proc is not a writable folder"),
     ("train-store-read-only", lambda f: [*train()(f), "--store", str(READ_ONLY / "s.db")],
-     "cannot write in /proc"),
+     "/proc is not a writable folder"),
     ("train-seg-epochs-0", train_seg("--epochs", "0"), "epochs must lie in [1, inf], got 0"),
     ("train-seg-batch-size-0", train_seg("--batch-size", "0"), "batch_size must lie in [1, inf]"),
     ("train-seg-model-unknown", train_seg("--model", "vgg99"), "unknown model 'vgg99'"),
@@ -272,12 +272,12 @@ CASES: list[tuple[str, Argv, str] | tuple[str, Argv, str, str]] = [
      "unknown dataset 'nosuch'"),
     ("evaluate-store-read-only",
      lambda f: ["evaluate", "--model", f.ck, "--store", str(READ_ONLY / "s.db")],
-     "cannot write in /proc"),
+     "/proc is not a writable folder"),
     # -- defend ---------------------------------------------------------------------------------
     ("defend-out-under-a-file", lambda f: [*defend()(f), "--out", f.afile + "/grid"],
      "afile is a file, not a folder"),
     ("defend-out-read-only", lambda f: [*defend()(f), "--out", str(READ_ONLY / "grid")],
-     "cannot write in /proc"),
+     "/proc is not a writable folder"),
     ("defend-denoiser-unknown",
      lambda f: ["defend", "--model", f.ck, "--denoiser", "median0", "--store", f.attacked],
      "unknown denoiser 'median0': use a trained denoiser folder or one of none, median3"),
@@ -301,7 +301,7 @@ CASES: list[tuple[str, Argv, str] | tuple[str, Argv, str, str]] = [
     ("export-out-under-a-file", lambda f: ["store", "export", "--store", f.attacked, "--out",
                                            f.afile + "/x.csv"], "afile is a file, not a folder"),
     ("export-out-read-only", lambda f: ["store", "export", "--store", f.attacked, "--out",
-                                        str(READ_ONLY / "x.csv")], "cannot write in /proc"),
+                                        str(READ_ONLY / "x.csv")], "/proc is not a writable folder"),
     ("export-suffix-unknown", lambda f: ["store", "export", "--store", f.attacked, "--out",
                                          str(f.tmp / "x.txt")], "unknown suffix '.txt'"),
     ("export-table-unknown", lambda f: ["store", "export", "--store", f.attacked, "--table",
@@ -366,7 +366,7 @@ def test_read_only_folder_by_permissions(shared, tmp_path, capsys):
     try:
         code, _, err = run_cli(capsys, "store", "export", "--store", shared["attacked"], "--out",
                                str(ro / "x.csv"))
-        assert code == 2 and err.startswith("error: --out") and "cannot write in" in err
+        assert code == 2 and err.startswith("error: --out") and "is not a writable folder" in err
         assert not any(ro.iterdir())
     finally:
         ro.chmod(0o755)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import tempfile
 from collections.abc import Iterable
@@ -67,8 +68,9 @@ def check_writable(option: str, path: str | os.PathLike[str], *, folder: bool) -
         with tempfile.TemporaryFile(dir=base):
             pass
     except OSError as exc:
-        raise ConfigError(f"{option} {path}: cannot write in {base} "
-                          f"({exc.strerror or exc})") from None
+        why = f" ({exc.strerror})" if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS,
+                                                     errno.ENOSPC, errno.EDQUOT) else ""
+        raise ConfigError(f"{option} {path}: {base} is not a writable folder{why}") from None
     if p.is_file() and not os.access(p, os.W_OK):
         raise ConfigError(f"{option} {path}: the file is read-only")
     return p
