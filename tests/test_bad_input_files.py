@@ -203,7 +203,8 @@ CASES: list[Case] = [
     Case("npz-2-channel-images", lambda t: _train_npz(_npz(t / "d", shape=(28, 28, 2))),
          "expected uint8 train_images"),
     Case("npz-not-a-zip", lambda t: _train_npz(_write(t / "d" / "pneumoniamnist.npz",
-                                                      b"not an npz")), "cannot read"),
+                                                      b"not an npz")),
+         "is not an npz file (not a zip archive)"),
     Case("npz-pickled-object-array", lambda t: _train_npz(_npz(
         t / "d", train_labels=np.array([{"a": 1}] * N, dtype=object))), "cannot read"),
     # --- folder datasets

@@ -238,6 +238,9 @@ def load_medmnist(split: str, data_dir: str | Path, flag: str = "pneumoniamnist"
     elif verify:
         _verify(path, flag, size)
 
+    if not zipfile.is_zipfile(path):  # np.load would read other bytes as a pickle and say so
+        raise DataError(f"{path} is not an npz file (not a zip archive): re-download "
+                        f"{medmnist_url(flag, size)}")
     try:
         with np.load(path, allow_pickle=False) as npz:
             images = npz[f"{split}_images"]
