@@ -1,0 +1,110 @@
+"""The multi-task U-Net for landmarks (Yao et al., MICCAI 2020) on a MONAI ``BasicUNet`` backbone.
+
+One network, 3K output channels at input resolution: K heatmap logits, K x-offsets, K y-offsets
+(``models/landmark_codec.py`` encodes targets and decodes by offset voting). The authors use a
+VGG19-pretrained U-Net on a GPU; here ``BasicUNet`` (four poolings, two conv-norm-LeakyReLU blocks per
+level) is sized for 2 CPU cores. ``BasicUNet`` pads in its up path when a side is not a multiple of
+16, so any input size works (200 = 16 x 12.5 included), unlike ``monai.networks.nets.UNet`` whose
+strided convolutions need exact multiples.
+
+``LandmarkModel`` wraps the network like the classifier wrapper: it takes pixel-space images
+(float [0,1], (N,C,H,W)) and keeps the normalisation ``(x - mean) / std`` inside, so attacks and
+budgets live in pixel space.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from monai.networks.nets import BasicUNet
+from torch import nn
+
+from medrobust.models.landmark_codec import decode
+
+#: Default widths (levels 0-4 and the last up level). Chosen from measured CPU time at 200x160,
+#: batch 8 (benchmarks/landmark_quality.py, report of issue 12 part 2).
+DEFAULT_FEATURES = (16, 16, 32, 64, 128, 16)
+
+
+def landmark_unet(in_channels: int, num_landmarks: int, features: Sequence[int] = DEFAULT_FEATURES,
+                  norm: str = "batch", dropout: float = 0.0, upsample: str = "deconv",
+                  **kwargs) -> nn.Module:
+    """A 2D ``BasicUNet`` with ``3 * num_landmarks`` output channels (heat, x-offset, y-offset).
+
+    ``features`` has six widths as in MONAI; ``width`` (an int) is a shortcut that scales the
+    default widths (``width=8`` gives (8, 8, 16, 32, 64, 8)). Batch norm by default: per-sample in
+    eval mode, so an image predicted alone or in a batch gives the same result.
+    """
+    width = kwargs.pop("width", None)
+    if kwargs:
+        raise TypeError(f"landmark_unet got unexpected options: {', '.join(sorted(kwargs))}")
+    if width is not None:
+        base = DEFAULT_FEATURES[0]
+        features = tuple(max(1, int(round(f * int(width) / base))) for f in DEFAULT_FEATURES)
+    if len(tuple(features)) != 6:
+        raise ValueError(f"features must have 6 widths, got {features!r}")
+    if num_landmarks < 1 or in_channels < 1:
+        raise ValueError("in_channels and num_landmarks must be >= 1")
+    return BasicUNet(spatial_dims=2, in_channels=in_channels, out_channels=3 * num_landmarks,
+                     features=tuple(int(f) for f in features), norm=norm, dropout=dropout,
+                     upsample=upsample)
+
+
+class LandmarkModel(nn.Module):
+    """Pixel-space landmark detector: [0,1] images in, 3K output maps out; ``predict`` decodes.
+
+    ``mean``/``std`` (per channel, [0,1] scale) are buffers saved with the weights; ``radius`` is
+    the heatmap disk radius in input pixels, needed to decode offsets.
+    """
+
+    def __init__(self, model: nn.Module, mean: Sequence[float], std: Sequence[float],
+                 num_landmarks: int, radius: float, device: torch.device | str = "cpu") -> None:
+        super().__init__()
+        self.model = model
+        self.register_buffer("mean", torch.tensor(list(mean), dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(list(std), dtype=torch.float32).view(1, -1, 1, 1))
+        self.num_landmarks = int(num_landmarks)
+        self.radius = float(radius)
+        self.to(torch.device(device))
+
+    @property
+    def device(self) -> torch.device:
+        return self.mean.device
+
+    @property
+    def channels(self) -> int:
+        return int(self.mean.shape[1])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(N,C,H,W) float in [0,1] -> (N,3K,H,W) maps (heat logits, x offsets, y offsets)."""
+        return self.model((x - self.mean) / self.std)
+
+    def to_tensor(self, images: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """uint8 (N,H,W,C) NumPy or float (N,C,H,W) torch in [0,1] -> float (N,C,H,W) on device."""
+        if isinstance(images, torch.Tensor):
+            return images.to(self.device, torch.float32)
+        arr = np.asarray(images)
+        if arr.ndim == 3:
+            arr = arr[None]
+        x = torch.from_numpy(np.ascontiguousarray(arr)).permute(0, 3, 1, 2).float()
+        if arr.dtype == np.uint8:
+            x = x / 255.0
+        return x.to(self.device)
+
+    @torch.no_grad()
+    def predict_tensor(self, x: torch.Tensor, batch_size: int = 16) -> torch.Tensor:
+        """(N,K,2) landmarks (x, y in input pixels) for [0,1] images, in eval mode."""
+        was = self.training
+        self.eval()
+        try:
+            out = [decode(self(x[i:i + batch_size].to(self.device)), self.radius).cpu()
+                   for i in range(0, x.shape[0], batch_size)]
+        finally:
+            self.train(was)
+        return torch.cat(out) if out else torch.zeros(0, self.num_landmarks, 2)
+
+    def predict(self, images: np.ndarray | torch.Tensor, batch_size: int = 16) -> np.ndarray:
+        """float32 (N,K,2) landmarks for uint8 (N,H,W,C) images (or [0,1] tensors)."""
+        return self.predict_tensor(self.to_tensor(images), batch_size).numpy().astype(np.float32)
