@@ -22,6 +22,7 @@ from medrobust.models.checkpoint import model_provenance
 from medrobust.models.classifier import Classifier
 from medrobust.store import Campaign, ResultTable, Store
 from medrobust.utils.progress import progress
+from medrobust.utils.validation import check_range
 
 ONEPIXEL_TABLE = ResultTable(
     "onepixel_results",
@@ -93,6 +94,7 @@ def run_onepixel_campaign(store: Store, classifier: Classifier, model_dir: str |
                           targets: dict[int, int] | None = None, batch_images: int = 32,
                           resume: bool = True, show_progress: bool = True) -> CampaignOutcome:
     """Attack ``dataset[indices]`` and record each image; returns the run's summary."""
+    check_range("batch_images", batch_images, 1)
     params = {"attack": attack.params(), "indices": [int(i) for i in indices],
               "targets": None if targets is None else {str(k): v for k, v in targets.items()}}
     model_info = model_provenance(model_dir, classifier)

@@ -25,7 +25,7 @@ from medrobust.attacks.base import Attack
 from medrobust.attacks.objective import DIRECTIONS, Objective, build_objectives
 from medrobust.errors import ConfigError
 from medrobust.models.classifier import Classifier
-from medrobust.models.engines import make_engine
+from medrobust.models.engines import ENGINES, make_engine
 from medrobust.utils.progress import progress
 from medrobust.utils.seeding import numpy_rng
 from medrobust.utils.validation import check_choice, check_range
@@ -111,12 +111,15 @@ class OnePixel(Attack):
             raise ConfigError("threshold must be a number or a (pos2neg, neg2pos) pair")
         self.thresholds = (float(check_range("threshold", thr[0], 0, 1)),
                            float(check_range("threshold", thr[1], 0, 1)))
-        self.engine = engine
+        self.engine = check_choice("engine", engine, ENGINES)
         #: what actually scored the last ``run`` (``fast``, or ``reference (...)`` after a fallback)
         self.engines_used: set[str] = set()
         self.max_batch_images = int(check_range("max_batch_images", max_batch_images, 1))
         if self.direction != "auto" and classifier.head != "sigmoid":
             raise ConfigError("direction applies to sigmoid (single-score) models only")
+        if self.thresholds != (0.5, 0.5) and classifier.head != "sigmoid":
+            # a softmax attack succeeds when the argmax moves: a threshold would be ignored
+            raise ConfigError("threshold applies to sigmoid (single-score) models only")
 
     def params(self) -> dict[str, Any]:
         return {"pixels": self.pixels, "population": self.population,
