@@ -274,9 +274,16 @@ CASES: list[Case] = [
     # --- a model on data with another channel count
     Case("grey-model-on-rgb-evaluate", lambda t: _evaluate(
         _checkpoint(t / "m", channels=1), "--dataset", "synthetic", "--size", "16"),
-         "the model takes 1-channel images but these have 3 channels"),
+         "the model takes 1-channel images but synthetic test has 3 channels"),
     Case("rgb-model-on-grey-evaluate", _rgb_on_grey_npz,
-         "the model takes 3-channel images but these have 1 channels"),
+         "the model takes 3-channel images but pneumoniamnist test has 1 channels"),
+    Case("grey-model-on-rgb-onepixel", lambda t: _onepixel(
+        _checkpoint(t / "m", channels=1), "--dataset", "synthetic", "--size", "16"),
+         "the model takes 1-channel images but synthetic test has 3 channels"),
+    Case("grey-model-on-rgb-pgd", lambda t: [
+        "attack", "pgd", "--model", str(_checkpoint(t / "m", channels=1)), "--dataset",
+        "synthetic", "--size", "16", "--limit", "2", "--steps", "1", "--store", "s.db"],
+         "the model takes 1-channel images but synthetic test has 3 channels"),
 ]
 
 

@@ -119,7 +119,8 @@ def onepixel(model_dir: str, dataset: str | None, data_dir: str | None, size: in
     att = OnePixel(clf, pixels=pixels, population=population, generations=generations, f=f_,
                    crossover=crossover, strategy=strategy, init=init, direction=direction,
                    threshold=thr, engine=engine, seed=seed)
-    ds = open_dataset(dataset, split, data_dir, size, no_verify, meta.get("dataset"))
+    ds = open_dataset(dataset, split, data_dir, size, no_verify, meta.get("dataset"),
+                      model_channels=clf.channels)
     h, w = ds.images.shape[1:3]
     if pixels > h * w:
         raise ConfigError(f"--pixels {pixels} exceeds the {h * w} pixels of a {h}x{w} image")

@@ -160,7 +160,7 @@ def _classification(kind: str, opts: dict[str, Any]) -> dict[str, Any]:
     targeted = bool(opts["targeted"])
     att = _attack(kind, clf, opts, targeted, hits_target if targeted else misclassified)
     ds = open_dataset(opts["dataset"], opts["split"], opts["data_dir"], opts["size"],
-                      opts["no_verify"], meta.get("dataset"))
+                      opts["no_verify"], meta.get("dataset"), model_channels=clf.channels)
     att.check_images((ds.channels, *ds.images.shape[1:3]))
     indices = pick_indices(ds, opts["limit"])
     targets = resolve_targets(opts["target"], ds, indices) if targeted else None

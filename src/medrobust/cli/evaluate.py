@@ -37,7 +37,8 @@ def evaluate(model_dir: str, dataset: str | None, data_dir: str | None, size: in
     meta = read_meta(model_dir)
     check_image_size("--size", size, model_input_size(meta))
     clf = load_classifier(model_dir, resolve_device(device))
-    ds = open_dataset(dataset, split, data_dir, size, no_verify, meta.get("dataset"))
+    ds = open_dataset(dataset, split, data_dir, size, no_verify, meta.get("dataset"),
+                      model_channels=clf.channels)
     metrics = evaluate_classifier(clf, ds)
     with Store(store_path) as store:
         model_info = {"dir": str(Path(model_dir).resolve()), "model": meta.get("model"),
