@@ -221,6 +221,9 @@ CASES: list[Case] = [
     Case("folder-empty", lambda t: _train_folder(_mkdir(t / "data")),
          "no class subfolders with PNG/JPEG images"),
     Case("folder-missing", lambda t: _train_folder(t / "nowhere"), "does not exist"),
+    Case("folder-too-small-for-the-model", lambda t: [*_train_folder(_folder(t / "data")),
+                                                      "--size", "2"],
+         "model 'smallcnn' cannot run on 2x2 data images"),
     # --- segmentation folders
     Case("segfolder-mask-other-size", lambda t: _train_seg(_seg_mask_size(t)), "but its mask"),
     Case("segfolder-mask-missing", lambda t: _train_seg(_seg_without_mask(t)), "have no mask"),

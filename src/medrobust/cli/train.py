@@ -20,6 +20,7 @@ from medrobust.errors import ConfigError
 from medrobust.models.registry import available_models
 from medrobust.store import Store
 from medrobust.training import TrainConfig, evaluate_classifier, save_trained, train_classifier
+from medrobust.training.trainer import check_model_input
 from medrobust.utils.device import resolve_device
 from medrobust.utils.validation import check_writable
 
@@ -41,6 +42,7 @@ def train_and_save(dataset: str | None, data_dir: str | None, size: int | None, 
     train_ds = open_dataset(dataset, "train", data_dir, size, no_verify)
     val_ds = open_dataset(dataset, "val", data_dir, size, no_verify)
     test_ds = open_dataset(dataset, "test", data_dir, size, no_verify)
+    check_model_input(config, train_ds)
     checkpoint = str(Path(out).resolve())
     with Store(store_path) as store, store.tracked_run(
             "train", asdict(config), model={"dir": checkpoint, "model": config.model},
