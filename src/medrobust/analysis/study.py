@@ -41,6 +41,7 @@ from medrobust.analysis.spatial import (
     top_pixels,
 )
 from medrobust.errors import MedrobustError
+from medrobust.utils.markdown import markdown_table, md_text
 
 if TYPE_CHECKING:
     from medrobust.data.base import ImageDataset
@@ -203,38 +204,6 @@ def plot_chromatic(points: pd.DataFrame, path: str | Path, title: str | None = N
 
 
 # -- tables -------------------------------------------------------------------------------------
-
-def _fmt(value: Any) -> str:
-    if value is None or (isinstance(value, float) and not math.isfinite(value)):
-        return "-"
-    if isinstance(value, (bool, np.bool_)):
-        return str(bool(value))
-    if isinstance(value, (int, np.integer)):
-        return str(int(value))
-    if isinstance(value, (float, np.floating)):
-        v = float(value)
-        if v != 0 and (abs(v) < 1e-3 or abs(v) >= 1e5):
-            return f"{v:.3g}"
-        return f"{v:.3f}"
-    return str(value)
-
-
-def md_text(value: Any) -> str:
-    """Text safe in Markdown: Markdown renderers pass raw HTML through and class names come
-    from user folder names, so ``&`` and ``<`` are escaped (no tag or entity can start; ``>``
-    alone is inert, so directions stay readable as ``a->b``); ``|`` is escaped so a cell cannot
-    split a table row; line breaks are folded."""
-    text = str(value).replace("&", "&amp;").replace("<", "&lt;").replace("|", "\\|")
-    return " ".join(text.splitlines())
-
-
-def markdown_table(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    """A GitHub-style Markdown table; numbers to 3 decimals, None as '-', text escaped."""
-    lines = ["| " + " | ".join(md_text(c) for c in columns) + " |",
-             "|" + "|".join("---" for _ in columns) + "|"]
-    lines += ["| " + " | ".join(md_text(_fmt(v)) for v in row) + " |" for row in rows]
-    return "\n".join(lines) + "\n"
-
 
 def stats_markdown(stats: Mapping[str, Mapping[str, Any]], heading: str) -> str:
     """Per direction a paper-style table: rows mean/median/SD, columns X, Y and the colours."""

@@ -35,6 +35,7 @@ from medrobust.attacks.seg_targets import TargetSpec
 from medrobust.data.segmentation import SegmentationDataset
 from medrobust.models.segmenter import Segmenter
 from medrobust.store import Store
+from medrobust.utils.markdown import markdown_table
 
 VARIANTS = ("static", "adaptive", "asma", "pgd")
 LABELS = {"static": "static mask (SSM)", "adaptive": "adaptive mask (ASM)",
@@ -146,14 +147,10 @@ COLUMNS = [("method", "Method"), ("images", "Images"), ("target_iou", "Target Io
            ("linf", "Mean Linf")]
 
 
-def markdown_table(table: list[dict[str, Any]]) -> str:
-    def cell(v: Any) -> str:
-        return f"{v:.3f}" if isinstance(v, float) else ("-" if v is None else str(v))
-
-    lines = ["| " + " | ".join(h for _, h in COLUMNS) + " |",
-             "|" + "|".join("---" if k == "method" else "---:" for k, _ in COLUMNS) + "|"]
-    lines += ["| " + " | ".join(cell(r.get(k)) for k, _ in COLUMNS) + " |" for r in table]
-    return "\n".join(lines) + "\n"
+def ablation_markdown(table: list[dict[str, Any]]) -> str:
+    """The ablation table as Markdown, numbers right-aligned."""
+    return markdown_table([h for _, h in COLUMNS], [[r.get(k) for k, _ in COLUMNS] for r in table],
+                          align=["l" if k == "method" else "r" for k, _ in COLUMNS])
 
 
 def write_ablation(table: list[dict[str, Any]], out_dir: str | Path) -> dict[str, str]:
@@ -165,5 +162,5 @@ def write_ablation(table: list[dict[str, Any]], out_dir: str | Path) -> dict[str
         writer = csv.DictWriter(fh, fieldnames=list(table[0]) if table else ["variant"])
         writer.writeheader()
         writer.writerows(table)
-    md_path.write_text(markdown_table(table))
+    md_path.write_text(ablation_markdown(table))
     return {"csv": str(csv_path.resolve()), "markdown": str(md_path.resolve())}

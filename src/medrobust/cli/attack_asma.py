@@ -13,7 +13,7 @@ from typing import Any
 import click
 
 from medrobust.attacks.asma import ASMA
-from medrobust.attacks.seg_ablation import asma_fn, markdown_table, run_asma_ablation
+from medrobust.attacks.seg_ablation import ablation_markdown, asma_fn, run_asma_ablation
 from medrobust.attacks.seg_campaign import run_segmentation_campaign
 from medrobust.cli.common import DEFAULT_STORE, common_options, emit, fmt
 from medrobust.cli.seg_common import (
@@ -113,7 +113,7 @@ def asma(**opts: Any) -> None:
         if opts["ablation"]:
             click.echo(f"{verb} ablation run {s['run_id']} on {s['images']} images "
                        f"(matched: {s['matching']})")
-            click.echo(markdown_table(s["ablation"]).rstrip())
+            click.echo(ablation_markdown(s["ablation"]).rstrip())
             click.echo(f"tables: {s['files']['csv']}, {s['files']['markdown']}")
         else:
             click.echo(f"{verb} run {s['run_id']}: {s['images']} images, target IoU "

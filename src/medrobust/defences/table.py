@@ -8,6 +8,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from medrobust.utils.markdown import markdown_table
+
 COLUMNS = [
     "Dataset", "Defence", "Fooled", "Recovered", "Recovery rate",
     "Clean acc (no defence)", "Clean acc (defence)", "Clean acc cost (points)",
@@ -73,7 +75,5 @@ def adaptive_rows(summaries: Sequence[dict[str, Any]]) -> list[list[str]]:
 
 
 def markdown(columns: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    """A GitHub-flavoured markdown table."""
-    lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
-    return "\n".join(lines)
+    """A GitHub-flavoured markdown table (cells escaped: defence names come from users)."""
+    return markdown_table(columns, rows).rstrip("\n")
