@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from medrobust.data.landmarks import load_landmarks, load_from_spec, to_original, to_resized
+from medrobust.data.landmarks import load_from_spec, load_landmarks, to_original, to_resized
 from medrobust.errors import DataError
 from medrobust.metrics.landmarks import RadialError
 from medrobust.models.landmark_codec import decode, default_radius, encode
@@ -103,7 +103,7 @@ def test_splits_csv_honoured_and_seeded_split_reproducible(tmp_path):
     a = [load_landmarks(plain, s, size=16, seed=5).ids for s in ("train", "val", "test")]
     b = [load_landmarks(plain, s, size=16, seed=5).ids for s in ("train", "val", "test")]
     c = load_landmarks(plain, "train", size=16, seed=6).ids
-    assert a == b and sorted(sum(map(list, a), [])) == [f"{i:03d}" for i in range(12)]
+    assert a == b and sorted(i for ids in a for i in ids) == [f"{i:03d}" for i in range(12)]
     assert c != a[0]
 
 
@@ -196,8 +196,10 @@ def test_loss_terms_per_sample_and_minimal_at_target(kind):
     moved[1, :2] -= 3.0  # only sample 1 changes: fainter heatmaps, offsets off by 0.3
     moved[1, 2:] += 0.3
     off = loss(moved, heat, offsets, mask)
-    assert torch.equal(off["heatmap"][0], at["heatmap"][0]) and torch.equal(off["offset"][0], at["offset"][0])
-    assert float(off["heatmap"][1]) > float(at["heatmap"][1]) and float(off["offset"][1]) == pytest.approx(0.6)
+    assert torch.equal(off["heatmap"][0], at["heatmap"][0])
+    assert torch.equal(off["offset"][0], at["offset"][0])
+    assert float(off["heatmap"][1]) > float(at["heatmap"][1])
+    assert float(off["offset"][1]) == pytest.approx(0.6)
     if kind == "bce":  # the minimum of BCE with soft targets is the targets' own entropy
         t = heat.clamp(1e-6, 1 - 1e-6)
         ent = -(t * t.log() + (1 - t) * (1 - t).log()).flatten(1).mean(1)
@@ -220,7 +222,7 @@ def test_radial_error_hand_computed():
     assert out["unit"] == "mm" and out["n"] == 2
     assert out["mre"] == pytest.approx(mm.mean()) and out["mre_std"] == pytest.approx(mm.std())
     assert out["per_landmark"] == pytest.approx(mm.mean(0).tolist())
-    assert out["sdr"] == pytest.approx({"2.0": 5 / 6, "2.5": 5 / 6, "3.0": 5 / 6, "4.0": 1.0})
+    assert out["sdr"] == pytest.approx({"2.0": 5 / 6, "2.5": 5 / 6, "3.0": 5 / 6, "4.0": 5 / 6})
     m.reset()
     m.update(torch.as_tensor(pred), torch.as_tensor(truth), torch.as_tensor(scale), None)
     out = m.aggregate()
@@ -253,25 +255,33 @@ def test_augmentation_moves_landmarks_exactly():
     torch.testing.assert_close(centroid, moved[0, 0], atol=0.1, rtol=0)
 
 
-def test_smoke_training_reduces_mre(tmp_path):
-    torch.set_num_threads(min(2, torch.get_num_threads()))
-    root = _fresh(tmp_path, "t", n=24, h=32, w=40)
-    train = load_landmarks(root, "train", size=(24, 32), val_fraction=0.2, test_fraction=0.0)
-    val = load_landmarks(root, "val", size=(24, 32), val_fraction=0.2, test_fraction=0.0)
+@pytest.fixture
+def one_thread():
+    """Tiny tensors: one thread avoids OpenMP spin-waits on a busy 2-core machine (30x faster)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.mark.slow
+def test_smoke_training_reduces_mre(tmp_path, one_thread):
+    root = _fresh(tmp_path, "t", n=48, h=32, w=40)
+    train = load_landmarks(root, "train", size=(32, 40), val_fraction=0.2, test_fraction=0.0)
+    val = load_landmarks(root, "val", size=(32, 40), val_fraction=0.2, test_fraction=0.0)
     torch.manual_seed(0)
     untrained = LandmarkModel(landmark_unet(1, K, width=4), [0.2], [0.2], K, 3.0)
     before = evaluate_landmarks(untrained, val)["mre"]
-    model, history = train_landmark_model(train, val, epochs=12, batch_size=8, lr=3e-3, radius=3.0,
-                                          width=4, seed=0, augment=False)
+    model, history = train_landmark_model(train, val, epochs=30, batch_size=8, lr=3e-3, radius=3.0,
+                                          width=4, seed=0, augment=False, heatmap_loss="dice",
+                                          heatmap_weight=1.0)
     after = evaluate_landmarks(model, val)
-    assert after["unit"] == "mm" and len(history) == 12
+    assert after["unit"] == "mm" and len(history) == 30
     assert after["mre"] == pytest.approx(min(r["val_mre"] for r in history))
-    assert after["mre"] < 0.6 * before, (before, [r["val_mre"] for r in history])
-    model2, history2 = train_landmark_model(train, val, epochs=2, batch_size=8, lr=3e-3, radius=3.0,
-                                            width=4, seed=0, augment=True)
-    model3, history3 = train_landmark_model(train, val, epochs=2, batch_size=8, lr=3e-3, radius=3.0,
-                                            width=4, seed=0, augment=True)
-    assert [r["train_loss"] for r in history2] == [r["train_loss"] for r in history3]
+    assert after["mre"] < 0.5 * before, (before, [r["val_mre"] for r in history])
+    runs = [train_landmark_model(train, val, epochs=2, batch_size=8, lr=3e-3, radius=3.0, width=4,
+                                 seed=0, augment=True)[1] for _ in range(2)]
+    assert [r["train_loss"] for r in runs[0]] == [r["train_loss"] for r in runs[1]]
 
 
 @pytest.mark.realdata

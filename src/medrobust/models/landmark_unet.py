@@ -25,7 +25,7 @@ from medrobust.models.landmark_codec import decode
 
 #: Default widths (levels 0-4 and the last up level). Chosen from measured CPU time at 200x160,
 #: batch 8 (benchmarks/landmark_quality.py, report of issue 12 part 2).
-DEFAULT_FEATURES = (16, 16, 32, 64, 128, 16)
+DEFAULT_FEATURES = (8, 16, 32, 64, 128, 8)
 
 
 def landmark_unet(in_channels: int, num_landmarks: int, features: Sequence[int] = DEFAULT_FEATURES,
@@ -34,7 +34,7 @@ def landmark_unet(in_channels: int, num_landmarks: int, features: Sequence[int] 
     """A 2D ``BasicUNet`` with ``3 * num_landmarks`` output channels (heat, x-offset, y-offset).
 
     ``features`` has six widths as in MONAI; ``width`` (an int) is a shortcut that scales the
-    default widths (``width=8`` gives (8, 8, 16, 32, 64, 8)). Batch norm by default: per-sample in
+    default widths (``width=4`` gives (4, 8, 16, 32, 64, 4)). Batch norm by default: per-sample in
     eval mode, so an image predicted alone or in a batch gives the same result.
     """
     width = kwargs.pop("width", None)
@@ -42,7 +42,7 @@ def landmark_unet(in_channels: int, num_landmarks: int, features: Sequence[int] 
         raise TypeError(f"landmark_unet got unexpected options: {', '.join(sorted(kwargs))}")
     if width is not None:
         base = DEFAULT_FEATURES[0]
-        features = tuple(max(1, int(round(f * int(width) / base))) for f in DEFAULT_FEATURES)
+        features = tuple(max(1, round(f * int(width) / base)) for f in DEFAULT_FEATURES)
     if len(tuple(features)) != 6:
         raise ValueError(f"features must have 6 widths, got {features!r}")
     if num_landmarks < 1 or in_channels < 1:
