@@ -302,8 +302,11 @@ def load_landmarks(data_dir: str | Path, split: str = "train",
                                 f"({len(absent)} of split {split!r} missing)")
             vals = []
             for i in chosen:
-                v = _number(meta_csv, 0, "pixel_size_mm", sizes[i]) if sizes[i] else float("nan")
-                if not v > 0:
+                try:
+                    v = float(sizes[i])
+                except ValueError:
+                    v = float("nan")
+                if not (math.isfinite(v) and v > 0):
                     raise DataError(f"{meta_csv}: pixel_size_mm of id {i!r} must be a positive "
                                     f"number, got {sizes[i]!r}")
                 vals.append(v)
