@@ -7,12 +7,23 @@ corrupt stores give one line.
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 
 from medrobust.analysis.confidence_map import confidence_map
+from medrobust.cli.main import EXIT_SIGTERM, INTERRUPTED
 from medrobust.models import Classifier, build_model
+from medrobust.store import ResultTable, Store, StoreError, run_fingerprint
+from medrobust.store.database import HEARTBEAT_TIMEOUT_S, SCHEMA_VERSION
 
 
 def _clf(seed: int) -> Classifier:
@@ -93,3 +104,215 @@ def test_corrupt_partial_map_warns_and_starts_afresh(tmp_path, corrupt):
     # the file was overwritten with a good checkpoint: the next run resumes it silently
     again = confidence_map(clf, _image(0), 0, step=51, checkpoint=ckpt)
     assert again.passes == 0
+
+
+# -- a trained checkpoint for CLI tests ---------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory) -> str:
+    """A 1-epoch, width-8 smallcnn on 16x16 synthetic images (a few seconds)."""
+    from medrobust.cli.main import main
+
+    folder = tmp_path_factory.mktemp("ckpt")
+    assert main(["train", "--dataset", "synthetic", "--size", "16", "--epochs", "1", "--width",
+                 "8", "--out", str(folder / "model"), "--store", str(folder / "train.db"),
+                 "--json"]) == 0
+    return str(folder / "model")
+
+
+def _runs(db) -> list[tuple]:
+    """(id, command, status) of every run, read with plain sqlite3 (no schema side effects)."""
+    import sqlite3
+
+    if not Path(db).exists():
+        return []
+    conn = sqlite3.connect(db, timeout=10)
+    try:
+        return conn.execute("SELECT id, command, status FROM runs ORDER BY id").fetchall()
+    except sqlite3.Error:
+        return []
+    finally:
+        conn.close()
+
+
+def _cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    """One real ``medrobust`` process."""
+    return subprocess.run([sys.executable, "-m", "medrobust.cli.main", *args],
+                          capture_output=True, text=True, timeout=timeout)
+
+
+# -- SIGTERM ------------------------------------------------------------------------------------
+
+def test_sigterm_marks_the_run_interrupted_with_one_line(ckpt, tmp_path):
+    db = tmp_path / "s.db"
+    # step 5 on a 16x16 image is 36M scores: minutes, so the signal lands mid-map
+    child = subprocess.Popen(
+        [sys.executable, "-m", "medrobust.cli.main", "map", "--model", ckpt, "--index", "0",
+         "--step", "5", "--out", str(tmp_path / "maps"), "--store", str(db), "--json"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not _runs(db) and time.monotonic() < deadline and child.poll() is None:
+            time.sleep(0.1)
+        assert _runs(db), "the map run never started"
+        time.sleep(0.5)
+        os.kill(child.pid, signal.SIGTERM)
+        _out, err = child.communicate(timeout=30)
+    finally:
+        if child.poll() is None:
+            child.kill()
+    assert child.returncode == EXIT_SIGTERM == 143
+    assert err.strip().splitlines() == [INTERRUPTED], err
+    assert _runs(db) == [(1, "map", "interrupted")]
+
+
+def test_sigterm_handler_is_restored_after_main(capsys):
+    from medrobust.cli.main import main
+
+    before = signal.getsignal(signal.SIGTERM)
+    assert main(["--version"]) == 0
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
+# -- run ownership -----------------------------------------------------------------------------
+
+HOLDER = textwrap.dedent(
+    """
+    import sys
+    from medrobust.store import Store
+    store = Store(sys.argv[1])
+    run_id, _ = store.start_run("campaign", {"n": 1})
+    print(run_id, flush=True)
+    sys.stdin.read()  # hold the run open until the parent closes our stdin
+    """
+)
+
+
+def test_second_process_on_a_live_run_is_refused_then_resumes_after_it_dies(tmp_path):
+    db = tmp_path / "s.db"
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(db)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        run_id = int(holder.stdout.readline())
+        with Store(db) as store:
+            with pytest.raises(StoreError, match=rf"run {run_id} \(campaign\) .* in progress in "
+                                                 rf"pid {holder.pid} on this host") as info:
+                store.start_run("campaign", {"n": 1})
+            assert "\n" not in str(info.value)
+            assert store.get_run(run_id)["status"] == "running"
+            other, resumed = store.start_run("campaign", {"n": 2})  # another run is fine
+            assert not resumed and other != run_id
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=30)
+    # the holder died without finishing (like kill -9): its run is resumed normally
+    with Store(db) as store:
+        assert store.get_run(run_id)["status"] == "running"
+        assert store.start_run("campaign", {"n": 1}) == (run_id, True)
+
+
+def test_run_owned_on_another_host_is_refused_until_its_heartbeat_is_stale(tmp_path):
+    db = tmp_path / "s.db"
+    with Store(db) as store:
+        run_id, _ = store.start_run("campaign", {"n": 1})
+        store._stop_heartbeat()
+        store.connection.execute(
+            "UPDATE runs SET owner_host = 'elsewhere', owner_pid = 1, heartbeat = ?",
+            (time.time() - 60,))
+    with Store(db) as store:
+        with pytest.raises(StoreError, match="pid 1 on host elsewhere"):
+            store.start_run("campaign", {"n": 1})
+        store.connection.execute("UPDATE runs SET heartbeat = ?",
+                                 (time.time() - HEARTBEAT_TIMEOUT_S - 5,))
+        assert store.start_run("campaign", {"n": 1}) == (run_id, True)
+
+
+def test_recording_an_item_refreshes_the_heartbeat(tmp_path):
+    table = ResultTable("t", {"v": "REAL"})
+    with Store(tmp_path / "s.db") as store:
+        run_id, _ = store.start_run("campaign", {})
+        store.connection.execute("UPDATE runs SET heartbeat = 0")
+        store.put(table, run_id, 1, {"v": 1.0})
+        beat = store.connection.execute("SELECT heartbeat FROM runs").fetchone()[0]
+        assert time.time() - beat < 60
+
+
+V1_SCHEMA = """
+CREATE TABLE runs (id INTEGER PRIMARY KEY, command TEXT NOT NULL, params TEXT NOT NULL,
+  fingerprint TEXT NOT NULL, code_version TEXT, model TEXT, dataset TEXT, started_at TEXT NOT NULL,
+  ended_at TEXT, status TEXT NOT NULL CHECK (status IN ('running', 'completed', 'failed',
+  'interrupted')), summary TEXT, host TEXT, resumed_count INTEGER NOT NULL DEFAULT 0,
+  last_resumed_at TEXT);
+CREATE INDEX runs_by_fingerprint ON runs (fingerprint, id);
+CREATE INDEX runs_by_command ON runs (command, id);
+CREATE TABLE result_tables (name TEXT PRIMARY KEY, columns TEXT NOT NULL,
+  declared_at TEXT NOT NULL, updated_at TEXT NOT NULL);
+CREATE TABLE store_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+INSERT INTO store_meta VALUES ('schema_version', '1');
+CREATE TABLE t (run_id INTEGER NOT NULL REFERENCES runs(id), item TEXT NOT NULL, v REAL,
+  recorded_at TEXT NOT NULL, PRIMARY KEY (run_id, item));
+INSERT INTO result_tables VALUES ('t', '{"v": "REAL"}', 'then', 'then');
+"""
+
+
+def test_version_1_store_is_upgraded_in_place(tmp_path):
+    import sqlite3
+
+    db = tmp_path / "old.db"
+    conn = sqlite3.connect(db)
+    conn.executescript(V1_SCHEMA)
+    fp = run_fingerprint("campaign", {"n": 1})
+    conn.execute("INSERT INTO runs (command, params, fingerprint, started_at, status) VALUES "
+                 "('campaign', ?, ?, 'then', 'running')", ('{"n": 1}', fp))
+    conn.execute("INSERT INTO t VALUES (1, '0', 0.5, 'then')")
+    conn.commit()
+    conn.close()
+    with Store(db) as store:
+        assert store.schema_version == SCHEMA_VERSION == 2
+        assert store.rows("t") == [{"run_id": 1, "item": "0", "v": 0.5, "recorded_at": "then"}]
+        assert store.get_run(1)["status"] == "running"
+        assert store.start_run("campaign", {"n": 1}) == (1, True)  # no owner recorded: free
+    conn = sqlite3.connect(db)
+    owner = conn.execute("SELECT owner_pid, owner_host FROM runs").fetchone()
+    conn.close()
+    assert owner[0] == os.getpid()
+
+
+# -- map runs end marked; map options -----------------------------------------------------------
+
+def test_failed_map_run_is_marked_failed(ckpt, tmp_path, capsys):
+    from medrobust.cli.main import main
+
+    out = tmp_path / "maps"
+    out.mkdir()
+    (out / "map_0.npz").mkdir()  # the map cannot be saved where a folder stands
+    db = tmp_path / "s.db"
+    code = main(["map", "--model", ckpt, "--index", "0", "--step", "255", "--out", str(out),
+                 "--store", str(db), "--json"])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1 and err.startswith("error:"), err
+    assert _runs(db) == [(1, "map", "failed")]
+
+
+@pytest.mark.parametrize("args,needle", [
+    (("--limit", "-1", "--step", "255"), "error: --limit must be at least 1, got -1"),
+    (("--limit", "0", "--step", "255"), "error: --limit must be at least 1, got 0"),
+    (("--limit", "2", "--index", "0", "--step", "255"), "error: --limit and --index cannot be used together"),
+    (("--index", "400", "--step", "255"), "error: --index 400 is outside the 400 images of synthetic test "
+                         "(valid: 0..399)"),
+    (("--index", "-1", "--step", "255"), "error: --index -1 is outside the 400 images"),
+    (("--index", "0", "--step", "0"), "error: --step must lie in [1, 255], got 0"),
+    (("--index", "0", "--step", "300"), "error: --step must lie in [1, 255], got 300"),
+    (("--index", "0", "--score-class", "5"), "error: --score-class must lie in 0..1, got 5"),
+    (("--index", "0", "--step", "x"), "error: Invalid value for '--step'"),
+])
+def test_bad_map_options_give_one_line_and_record_nothing(ckpt, tmp_path, capsys, args, needle):
+    from medrobust.cli.main import main
+
+    db = tmp_path / "s.db"
+    code = main(["map", "--model", ckpt, "--out", str(tmp_path / "maps"), "--store", str(db),
+                 *args])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert len(err.strip().splitlines()) == 1 and err.startswith(needle), err
+    assert _runs(db) == []

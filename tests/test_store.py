@@ -23,6 +23,7 @@ from medrobust.store import (
     export_table,
     run_fingerprint,
 )
+from medrobust.store.database import SCHEMA_VERSION
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 
@@ -41,7 +42,7 @@ def test_store_creates_parent_dirs_and_schema(tmp_path: Path) -> None:
     path = tmp_path / "a" / "b" / "medrobust.db"
     with Store(path) as s:
         assert path.exists()
-        assert s.schema_version == 1
+        assert s.schema_version == SCHEMA_VERSION == 2
         assert s.tables() == []
         assert s.runs() == []
         assert s.latest_run() is None

@@ -42,29 +42,31 @@ def run_map_campaign(store: Store, classifier: Classifier, model_dir: str | Path
     model_info = model_provenance(model_dir, classifier)
     run_id, _ = store.start_run("map", params, model=model_info,
                                 dataset={**dataset.spec, "split": dataset.split})
-    campaign = Campaign(store, MAP_TABLE, run_id)
-    for i in campaign.pending([int(i) for i in indices]):
-        start = time.perf_counter()
-        image, label = dataset.images[i], int(dataset.labels[i])
-        cmap = confidence_map(classifier, image, label, step=step, score_class=score_class,
-                              engine=engine, checkpoint=out / f"map_{i}.partial.npz",
-                              show_progress=show_progress)
-        npz = cmap.save(out / f"map_{i}.npz")
-        (out / f"map_{i}.partial.npz").unlink(missing_ok=True)
-        fig = save_confidence_figure(cmap, image, out / f"map_{i}.png",
-                                     title=f"{dataset.name} {dataset.split} #{i}")
-        best = cmap.best_attack()
-        campaign.record(i, {
-            "dataset_index": i, "label": label, "score_name": cmap.score_name,
-            "clean_score": cmap.clean_score, "min_score": float(cmap.min.min()),
-            "max_score": float(cmap.max.max()), "robust": int(cmap.robust),
-            "successful_pixels": best["successful_pixels"], "best_x": best["x"],
-            "best_y": best["y"], "best_colour": best["colour"], "best_score": best["score"],
-            "parity_min": map_parity(cmap.min, "low"),
-            "parity_max": map_parity(cmap.max, "high"),
-            "npz": str(npz), "figure": str(fig), "engine": cmap.engine,
-            "seconds": time.perf_counter() - start, "passes": cmap.passes})
-    rows = store.rows(MAP_TABLE, run_id=run_id)
+    # guard: a failure marks the run failed and Ctrl-C/SIGTERM interrupted, never left running
+    with store.guard(run_id):
+        campaign = Campaign(store, MAP_TABLE, run_id)
+        for i in campaign.pending([int(i) for i in indices]):
+            start = time.perf_counter()
+            image, label = dataset.images[i], int(dataset.labels[i])
+            cmap = confidence_map(classifier, image, label, step=step, score_class=score_class,
+                                  engine=engine, checkpoint=out / f"map_{i}.partial.npz",
+                                  show_progress=show_progress)
+            npz = cmap.save(out / f"map_{i}.npz")
+            (out / f"map_{i}.partial.npz").unlink(missing_ok=True)
+            fig = save_confidence_figure(cmap, image, out / f"map_{i}.png",
+                                         title=f"{dataset.name} {dataset.split} #{i}")
+            best = cmap.best_attack()
+            campaign.record(i, {
+                "dataset_index": i, "label": label, "score_name": cmap.score_name,
+                "clean_score": cmap.clean_score, "min_score": float(cmap.min.min()),
+                "max_score": float(cmap.max.max()), "robust": int(cmap.robust),
+                "successful_pixels": best["successful_pixels"], "best_x": best["x"],
+                "best_y": best["y"], "best_colour": best["colour"], "best_score": best["score"],
+                "parity_min": map_parity(cmap.min, "low"),
+                "parity_max": map_parity(cmap.max, "high"),
+                "npz": str(npz), "figure": str(fig), "engine": cmap.engine,
+                "seconds": time.perf_counter() - start, "passes": cmap.passes})
+        rows = store.rows(MAP_TABLE, run_id=run_id)
     store.finish_run(run_id, "completed", {"images": len(rows),
                                            "robust": sum(r["robust"] for r in rows)})
     return run_id, rows

@@ -3,7 +3,14 @@
 from __future__ import annotations
 
 import importlib
+import signal
 import sys
+import threading
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from types import FrameType
+from typing import TextIO
 
 import click
 
@@ -71,23 +78,88 @@ def cli() -> None:
     """Find out how easily a medical-imaging model can be fooled, see why, and harden it."""
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point: user errors print ``error: ...`` on stderr and exit 2."""
+#: what Ctrl-C and SIGTERM print: every campaign commits each finished item, so a rerun resumes
+INTERRUPTED = "interrupted: finished items are saved; run the same command to resume"
+#: exit codes: 128 + the signal's number, as shells report a process killed by that signal
+EXIT_SIGINT, EXIT_SIGTERM = 130, 143
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``timeout``, Slurm, ``docker stop``) raised in the main thread: a subclass of
+    KeyboardInterrupt, so ``Store.guard`` marks the run ``interrupted`` exactly as for Ctrl-C."""
+
+
+def _raise_terminated(signum: int, frame: FrameType | None) -> None:
+    """Turn the first SIGTERM into ``Terminated``; later ones are ignored so the cleanup that
+    marks the run interrupted is not itself interrupted."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise Terminated()
+
+
+@contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """Handle SIGTERM like Ctrl-C for the duration of one command, then restore the previous
+    handler (``main`` also runs in-process, in tests and from other programs)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
-        cli.main(args=argv, prog_name="medrobust", standalone_mode=False)
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _one_line_warning(message: Warning | str, category: type[Warning], filename: str,
+                      lineno: int, file: TextIO | None = None, line: str | None = None) -> None:
+    """Warnings on the command line are one ``warning: ...`` line, like errors."""
+    click.echo(f"warning: {message}", err=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: user errors print ``error: ...`` on stderr and exit 2.
+
+    Ctrl-C and SIGTERM both mark the running campaign ``interrupted`` (its finished items stay)
+    and print one line saying so; the exit code is 130 after Ctrl-C and 143 after SIGTERM.
+    """
+    args = sys.argv[1:] if argv is None else list(argv)
+    with warnings.catch_warnings():
+        if argv is None:  # a real command line; in-process callers keep their own warning hooks
+            warnings.showwarning = _one_line_warning
+        with _sigterm_as_interrupt():
+            return _run(args)
+
+
+def _run(args: list[str]) -> int:
+    """Run one command, turning every way it can stop into an exit code and at most one line.
+
+    Click's own ``main`` is bypassed because it turns Ctrl-C into ``Abort`` and prints a blank
+    line first."""
+    try:
+        with cli.make_context("medrobust", args) as ctx:
+            cli.invoke(ctx)
     except MedrobustError as exc:
         click.echo(f"error: {exc}", err=True)
         return 2
-    except click.exceptions.Abort:
-        click.echo("interrupted", err=True)
-        return 130
-    except click.ClickException as exc:
-        exc.show()
+    except click.exceptions.Exit as exc:  # --help, --version
         return exc.exit_code
+    except click.exceptions.Abort:
+        click.echo(INTERRUPTED, err=True)
+        return EXIT_SIGINT
+    except click.UsageError as exc:  # one line, like every other error, with where to look
+        where = exc.ctx.command_path if exc.ctx is not None else "medrobust"
+        message = " ".join(exc.format_message().split())
+        click.echo(f"error: {message} (see '{where} --help')", err=True)
+        return exc.exit_code
+    except click.ClickException as exc:
+        click.echo(f"error: {' '.join(exc.format_message().split())}", err=True)
+        return exc.exit_code
+    except Terminated:
+        click.echo(INTERRUPTED, err=True)
+        return EXIT_SIGTERM
     except KeyboardInterrupt:
-        click.echo("interrupted: finished items are saved; run the same command to resume",
-                   err=True)
-        return 130
+        click.echo(INTERRUPTED, err=True)
+        return EXIT_SIGINT
     except OSError as exc:
         click.echo(f"error: {exc}", err=True)
         return 2

@@ -10,6 +10,7 @@ from medrobust.errors import ConfigError
 from medrobust.models import load_classifier, read_meta
 from medrobust.store import Store
 from medrobust.utils.device import resolve_device
+from medrobust.utils.validation import check_range
 
 
 @click.command(name="map")
@@ -35,13 +36,27 @@ def map_command(model_dir: str, dataset: str | None, data_dir: str | None, size:
                 step: int, engine: str, score_class: int | None, out: str, store_path: str,
                 as_json: bool, seed: int, device: str) -> None:
     """Score every pixel x every grid colour; save min/max/mean maps, figures and the verdict."""
+    # Every option is checked before anything is loaded or recorded: a bad option is one line
+    # and never a failed run in the store.
+    if limit is not None and indices:
+        raise ConfigError("--limit and --index cannot be used together (--index picks the images, "
+                          "--limit maps the first N)")
+    if limit is not None and limit < 1:
+        raise ConfigError(f"--limit must be at least 1, got {limit}")
+    check_range("--step", step, 1, 255)
     meta = read_meta(model_dir)
     clf = load_classifier(model_dir, resolve_device(device))
+    if score_class is not None and clf.head == "softmax" and not (
+            0 <= score_class < clf.num_classes):
+        raise ConfigError(f"--score-class must lie in 0..{clf.num_classes - 1}, got {score_class}")
     ds = open_dataset(dataset, split, data_dir, size, no_verify, meta.get("dataset"))
+    if len(ds) == 0:
+        raise ConfigError(f"{ds.name} {split} has no images to map")
     chosen = list(indices) if indices else list(range(min(limit or 1, len(ds))))
     bad = [i for i in chosen if not 0 <= i < len(ds)]
     if bad:
-        raise ConfigError(f"--index {bad[0]} is outside the {len(ds)} images of {ds.name} {split}")
+        raise ConfigError(f"--index {bad[0]} is outside the {len(ds)} images of {ds.name} {split} "
+                          f"(valid: 0..{len(ds) - 1})")
     with Store(store_path) as store:
         run_id, rows = run_map_campaign(store, clf, model_dir, ds, chosen, out, step=step,
                                         engine=engine, score_class=score_class,

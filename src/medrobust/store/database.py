@@ -12,6 +12,8 @@ from __future__ import annotations
 import hashlib
 import os
 import sqlite3
+import threading
+import time
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -32,8 +34,16 @@ from medrobust.store.tables import ResultTable
 if TYPE_CHECKING:
     import pandas as pd
 
-#: Bumped when the store's own tables change shape; a newer file is refused, not misread.
-SCHEMA_VERSION = 1
+#: Bumped when the store's own tables change shape; a newer file is refused, not misread, and an
+#: older one is upgraded in place (``_migrate``). 2: run ownership (owner host/pid, heartbeat).
+SCHEMA_VERSION = 2
+
+#: A run whose owner has not beaten its heart for this long is taken as dead even if a process
+#: with its pid exists (pids are recycled) or it ran on another host.
+HEARTBEAT_TIMEOUT_S = 600.0
+#: How often an open run's owner refreshes its heartbeat while it computes (a thread of its own,
+#: so one long item, e.g. a full confidence map, does not look dead).
+HEARTBEAT_INTERVAL_S = 60.0
 
 RUN_STATUSES: tuple[str, ...] = ("running", "completed", "failed", "interrupted")
 FINISHED_STATUSES: tuple[str, ...] = ("completed", "failed", "interrupted")
@@ -61,7 +71,10 @@ _SCHEMA = (
         summary TEXT,
         host TEXT,
         resumed_count INTEGER NOT NULL DEFAULT 0,
-        last_resumed_at TEXT
+        last_resumed_at TEXT,
+        owner_host TEXT,
+        owner_pid INTEGER,
+        heartbeat REAL
     )
     """,
     "CREATE INDEX IF NOT EXISTS runs_by_fingerprint ON runs (fingerprint, id)",
@@ -76,6 +89,27 @@ _SCHEMA = (
     """,
     "CREATE TABLE IF NOT EXISTS store_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
 )
+
+#: Columns added to ``runs`` after version 1, with their SQL types: a version-1 file gets them by
+#: ``ALTER TABLE ... ADD COLUMN`` (old runs read them as NULL: owner unknown, so resumable).
+_OWNER_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("owner_host", "TEXT"), ("owner_pid", "INTEGER"), ("heartbeat", "REAL"),
+)
+
+
+def _pid_exists(pid: int) -> bool:
+    """True when a process with ``pid`` exists on this host (signal 0 only checks)."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by another user
+        return True
+    except OSError:
+        return False
+    return True
 
 
 def run_fingerprint(
@@ -127,6 +161,7 @@ class Store:
     def __init__(self, path: str | os.PathLike[str], *, timeout: float = 30.0) -> None:
         self.path = Path(path)
         self._declared: dict[str, ResultTable] = {}
+        self._beats: dict[int, tuple[threading.Event, threading.Thread]] = {}
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             conn = sqlite3.connect(self.path, timeout=timeout, isolation_level=None)
@@ -161,6 +196,7 @@ class Store:
 
     def close(self) -> None:
         """Close the connection (idempotent); committed data is already on disk."""
+        self._stop_heartbeat()
         if self._conn is not None:
             self._conn.close()
             self._conn = None
@@ -209,11 +245,32 @@ class Store:
                     [("schema_version", str(SCHEMA_VERSION)), ("created_at", utc_now()),
                      ("created_by", code_version())],
                 )
-            elif int(row[0]) > SCHEMA_VERSION:
-                raise StoreError(
-                    f"{self.path} has store schema version {row[0]}, newer than this medrobust "
-                    f"understands ({SCHEMA_VERSION}); upgrade medrobust"
-                )
+            else:
+                try:
+                    version = int(row[0])
+                except ValueError:
+                    raise StoreError(
+                        f"{self.path} is not a medrobust store / corrupt: schema version "
+                        f"{row[0]!r} is not a number"
+                    ) from None
+                if version > SCHEMA_VERSION:
+                    raise StoreError(
+                        f"{self.path} has store schema version {row[0]}, newer than this "
+                        f"medrobust understands ({SCHEMA_VERSION}); upgrade medrobust"
+                    )
+                if version < SCHEMA_VERSION:
+                    self._migrate(conn)
+
+    @staticmethod
+    def _migrate(conn: sqlite3.Connection) -> None:
+        """Upgrade an older file in place, inside the caller's transaction (all or nothing)."""
+        have = {info[1] for info in conn.execute("PRAGMA table_info(runs)")}
+        for column, kind in _OWNER_COLUMNS:
+            if column not in have:
+                conn.execute(f"ALTER TABLE runs ADD COLUMN {column} {kind}")
+        conn.execute(
+            "UPDATE store_meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),)
+        )
 
     @property
     def schema_version(self) -> int:
@@ -250,26 +307,97 @@ class Store:
         dataset_text = _json_or_none("dataset", dataset)
         fingerprint = run_fingerprint(command, params, model, dataset)
         now = utc_now()
+        host, pid = host_name(), os.getpid()
+        resumed = False
         with self._write() as conn:
             if resume:
                 row = conn.execute(
-                    "SELECT id FROM runs WHERE fingerprint = ? ORDER BY id DESC LIMIT 1",
+                    "SELECT id, status, owner_host, owner_pid, heartbeat FROM runs "
+                    "WHERE fingerprint = ? ORDER BY id DESC LIMIT 1",
                     (fingerprint,),
                 ).fetchone()
                 if row is not None:
+                    run_id, status, owner_host, owner_pid, heartbeat = row
+                    if status == "running":
+                        self._refuse_if_owned(run_id, command, owner_host, owner_pid, heartbeat)
                     conn.execute(
                         "UPDATE runs SET status = 'running', ended_at = NULL, "
-                        "resumed_count = resumed_count + 1, last_resumed_at = ? WHERE id = ?",
-                        (now, row[0]),
+                        "resumed_count = resumed_count + 1, last_resumed_at = ?, "
+                        "owner_host = ?, owner_pid = ?, heartbeat = ? WHERE id = ?",
+                        (now, host, pid, time.time(), run_id),
                     )
-                    return int(row[0]), True
-            cursor = conn.execute(
-                "INSERT INTO runs (command, params, fingerprint, code_version, model, dataset, "
-                "started_at, status, host) VALUES (?, ?, ?, ?, ?, ?, ?, 'running', ?)",
-                (command, params_text, fingerprint, code_version(), model_text, dataset_text, now,
-                 host_name()),
-            )
-            return int(cursor.lastrowid), False
+                    resumed = True
+            if not resumed:
+                cursor = conn.execute(
+                    "INSERT INTO runs (command, params, fingerprint, code_version, model, "
+                    "dataset, started_at, status, host, owner_host, owner_pid, heartbeat) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, 'running', ?, ?, ?, ?)",
+                    (command, params_text, fingerprint, code_version(), model_text, dataset_text,
+                     now, host, host, pid, time.time()),
+                )
+                run_id, resumed = cursor.lastrowid, False
+        self._start_heartbeat(int(run_id))
+        return int(run_id), resumed
+
+    def _refuse_if_owned(self, run_id: int, command: str, owner_host: str | None,
+                         owner_pid: int | None, heartbeat: float | None) -> None:
+        """StoreError if ``running`` run ``run_id`` is held by another live process.
+
+        Alive means: a heartbeat younger than ``HEARTBEAT_TIMEOUT_S`` and, on this host, a
+        process with that pid. A run left ``running`` by a hard kill (its pid gone) or with no
+        recorded owner (an older store) is free; so is one this very process owns.
+        """
+        if owner_pid is None or heartbeat is None:
+            return
+        here = host_name()
+        if owner_host == here and owner_pid == os.getpid():
+            return
+        age = time.time() - float(heartbeat)
+        if age > HEARTBEAT_TIMEOUT_S:
+            return
+        if owner_host == here and not _pid_exists(int(owner_pid)):
+            return
+        where = "this host" if owner_host == here else f"host {owner_host or '?'}"
+        raise StoreError(
+            f"run {run_id} ({command}) in {self.path} is in progress in pid {owner_pid} on "
+            f"{where} (heartbeat {max(age, 0):.0f} s ago); wait for it to finish or stop it, "
+            "then run the same command to resume"
+        )
+
+    # -- heartbeat ----------------------------------------------------------------------------
+
+    def _start_heartbeat(self, run_id: int) -> None:
+        """Refresh run ``run_id``'s heartbeat every ``HEARTBEAT_INTERVAL_S`` from a daemon thread
+        (its own connection: sqlite3 connections stay in their thread) until it finishes."""
+        if run_id in self._beats:
+            return
+        stop = threading.Event()
+        thread = threading.Thread(target=self._beat, args=(run_id, stop, os.getpid()),
+                                  name=f"medrobust-heartbeat-{run_id}", daemon=True)
+        self._beats[run_id] = (stop, thread)
+        thread.start()
+
+    def _beat(self, run_id: int, stop: threading.Event, pid: int) -> None:
+        while not stop.wait(HEARTBEAT_INTERVAL_S):
+            try:
+                conn = sqlite3.connect(self.path, timeout=5.0, isolation_level=None)
+                try:
+                    conn.execute(
+                        "UPDATE runs SET heartbeat = ? WHERE id = ? AND status = 'running' "
+                        "AND owner_pid = ? AND owner_host = ?",
+                        (time.time(), run_id, pid, host_name()),
+                    )
+                finally:
+                    conn.close()
+            except sqlite3.Error:
+                pass  # a busy store skips one beat; the timeout is ten beats long
+
+    def _stop_heartbeat(self, run_id: int | None = None) -> None:
+        """Stop the heartbeat of ``run_id`` (of every run when None)."""
+        for rid in list(self._beats) if run_id is None else [run_id]:
+            entry = self._beats.pop(rid, None)
+            if entry is not None:
+                entry[0].set()
 
     def finish_run(
         self, run_id: int, status: str = "completed", summary: Mapping[str, Any] | None = None
@@ -280,11 +408,13 @@ class Store:
                 f"run status must be one of {', '.join(FINISHED_STATUSES)}; got {status!r}"
             )
         summary_text = _json_or_none("summary", summary)
+        rid = _run_id(run_id)
+        self._stop_heartbeat(rid)
         with self._write() as conn:
             cursor = conn.execute(
                 "UPDATE runs SET status = ?, ended_at = ?, summary = COALESCE(?, summary) "
                 "WHERE id = ?",
-                (status, utc_now(), summary_text, _run_id(run_id)),
+                (status, utc_now(), summary_text, rid),
             )
             if cursor.rowcount == 0:
                 raise StoreError(f"no run with id {run_id} in {self.path}")
@@ -507,6 +637,9 @@ class Store:
             with self._write() as conn:
                 for sql, args in writes:
                     conn.execute(sql, args)
+                # recording an item is a sign of life (cheap: same transaction)
+                conn.execute("UPDATE runs SET heartbeat = ? WHERE id = ? AND owner_pid = ?",
+                             (time.time(), run_id, os.getpid()))
         except sqlite3.IntegrityError as exc:
             if "FOREIGN KEY" in str(exc).upper():
                 raise StoreError(
