@@ -14,6 +14,7 @@ budgets live in pixel space.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -30,12 +31,16 @@ DEFAULT_FEATURES = (8, 16, 32, 64, 128, 8)
 
 def landmark_unet(in_channels: int, num_landmarks: int, features: Sequence[int] = DEFAULT_FEATURES,
                   norm: str = "batch", dropout: float = 0.0, upsample: str = "deconv",
-                  **kwargs) -> nn.Module:
+                  heatmap_prior: float | None = 0.01, **kwargs) -> nn.Module:
     """A 2D ``BasicUNet`` with ``3 * num_landmarks`` output channels (heat, x-offset, y-offset).
 
     ``features`` has six widths as in MONAI; ``width`` (an int) is a shortcut that scales the
     default widths (``width=4`` gives (4, 8, 16, 32, 64, 4)). Batch norm by default: per-sample in
     eval mode, so an image predicted alone or in a batch gives the same result.
+    ``heatmap_prior``: the heatmap logits' initial bias is logit(prior) (RetinaNet's prior trick;
+    0.01 ~ a radius-10 disk in 200x160): with a zero bias every pixel starts at p = 0.5 and the
+    first CPU epochs only learn to switch the background off (measured: BCE 0.70 -> 0.62 in 6
+    epochs, MRE ~80 mm); None keeps MONAI's initialisation.
     """
     width = kwargs.pop("width", None)
     if kwargs:
@@ -47,9 +52,13 @@ def landmark_unet(in_channels: int, num_landmarks: int, features: Sequence[int] 
         raise ValueError(f"features must have 6 widths, got {features!r}")
     if num_landmarks < 1 or in_channels < 1:
         raise ValueError("in_channels and num_landmarks must be >= 1")
-    return BasicUNet(spatial_dims=2, in_channels=in_channels, out_channels=3 * num_landmarks,
-                     features=tuple(int(f) for f in features), norm=norm, dropout=dropout,
-                     upsample=upsample)
+    net = BasicUNet(spatial_dims=2, in_channels=in_channels, out_channels=3 * num_landmarks,
+                    features=tuple(int(f) for f in features), norm=norm, dropout=dropout,
+                    upsample=upsample)
+    if heatmap_prior is not None:  # heatmap logits start at the disk's share of the image
+        with torch.no_grad():
+            net.final_conv.bias[:num_landmarks].fill_(math.log(heatmap_prior / (1 - heatmap_prior)))
+    return net
 
 
 class LandmarkModel(nn.Module):
