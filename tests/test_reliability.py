@@ -316,3 +316,134 @@ def test_bad_map_options_give_one_line_and_record_nothing(ckpt, tmp_path, capsys
     assert code == 2
     assert len(err.strip().splitlines()) == 1 and err.startswith(needle), err
     assert _runs(db) == []
+
+
+# -- corrupt stores -----------------------------------------------------------------------------
+
+def _corrupt_store(kind: str, path: Path) -> None:
+    if kind == "random":
+        path.write_bytes(np.random.default_rng(0).bytes(8192))
+    elif kind == "text":
+        path.write_text("runs,id\n1,2\n")
+    elif kind == "header-only":
+        path.write_bytes(b"SQLite format 3\x00" + b"\x00" * 20)
+    else:  # a real store cut in half
+        big = path.with_name("big.db")
+        with Store(big) as store:
+            run_id, _ = store.start_run("campaign", {})
+            store.put_many(ResultTable("t", {"v": "JSON"}), run_id,
+                           [(i, {"v": list(range(50))}) for i in range(400)])
+            store.finish_run(run_id)
+        data = big.read_bytes()
+        assert len(data) > 20000
+        path.write_bytes(data[: len(data) // 2])
+
+
+CORRUPT_KINDS = ["random", "text", "header-only", "truncated"]
+STORE_COMMANDS = [
+    ("report", "--out", "{tmp}/rep"), ("analyze", "--out", "{tmp}/an"),
+    ("defend", "--model", "{ckpt}", "--denoiser", "median3"), ("store", "runs"),
+    ("store", "export", "--table", "runs", "--out", "{tmp}/x.csv"),
+    ("attack", "onepixel", "--model", "{ckpt}", "--limit", "1", "--population", "4",
+     "--generations", "1"),
+]
+
+
+@pytest.mark.parametrize("kind", CORRUPT_KINDS)
+def test_corrupt_store_file_gives_one_line_and_stays_untouched(ckpt, tmp_path, capsys, kind):
+    from medrobust.cli.main import main
+
+    db = tmp_path / "s.db"
+    _corrupt_store(kind, db)
+    before = db.read_bytes()
+    for command in STORE_COMMANDS:
+        args = [a.format(tmp=tmp_path, ckpt=ckpt) for a in command]
+        code = main([*args, "--store", str(db)])
+        err = capsys.readouterr().err
+        assert code == 2, (args, err)
+        lines = err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(f"error: {db} is not a medrobust store / "
+                                                       "corrupt: "), (args, err)
+        assert db.read_bytes() == before
+        assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("s.db")) == ["s.db"]
+
+
+@pytest.mark.parametrize("column", ["summary", "params", "model", "dataset"])
+def test_corrupt_json_in_runs_names_the_cell(tmp_path, column):
+    db = tmp_path / "s.db"
+    with Store(db) as store:
+        run_id, _ = store.start_run("campaign", {"n": 1}, model={"m": 1}, dataset={"d": 1})
+        store.finish_run(run_id, "completed", {"ok": 1})
+        store.connection.execute(f"UPDATE runs SET {column} = '{{bad'")
+        with pytest.raises(StoreError, match=rf"corrupt JSON in runs\.{column} of run {run_id} "):
+            store.get_run(run_id)
+        with pytest.raises(StoreError, match=rf"runs\.{column}"):
+            store.runs()
+
+
+def test_corrupt_json_in_a_result_cell_names_it(tmp_path):
+    table = ResultTable("t", {"v": "JSON", "w": "REAL"})
+    with Store(tmp_path / "s.db") as store:
+        run_id, _ = store.start_run("campaign", {})
+        store.put(table, run_id, 7, {"v": [1, 2], "w": 1.0})
+        store.connection.execute("UPDATE t SET v = '[1,'")
+        with pytest.raises(StoreError, match=rf"corrupt JSON in t\.v of run {run_id}, item 7"):
+            store.rows(table)
+        assert store.frame(table, decode_json=False)["v"].tolist() == ["[1,"]  # raw stays readable
+
+
+@pytest.fixture(scope="module")
+def attacked_store(ckpt, tmp_path_factory) -> Path:
+    """A store holding one small one-pixel run on ``ckpt``."""
+    from medrobust.cli.main import main
+
+    db = tmp_path_factory.mktemp("attacked") / "s.db"
+    assert main(["attack", "onepixel", "--model", ckpt, "--limit", "2", "--population", "8",
+                 "--generations", "2", "--store", str(db), "--json"]) == 0
+    return db
+
+
+@pytest.mark.parametrize("column", ["summary", "params"])
+def test_corrupt_json_in_the_store_gives_one_line_in_every_reader(ckpt, attacked_store, tmp_path,
+                                                                   capsys, column):
+    import shutil
+    import sqlite3
+
+    from medrobust.cli.main import main
+
+    db = tmp_path / "s.db"
+    shutil.copy(attacked_store, db)
+    conn = sqlite3.connect(db)
+    conn.execute(f"UPDATE runs SET {column} = '{{bad' WHERE command = 'attack onepixel'")
+    conn.commit()
+    conn.close()
+    capsys.readouterr()
+    for command in (("report", "--out", str(tmp_path / "rep")),
+                    ("analyze", "--out", str(tmp_path / "an")),
+                    ("defend", "--model", ckpt, "--denoiser", "median3"), ("store", "runs")):
+        code = main([*command, "--store", str(db)])
+        err = capsys.readouterr().err
+        assert code == 2, (command, err)
+        assert err.strip().splitlines() == [err.strip()] and err.startswith(
+            f"error: corrupt JSON in runs.{column} of run 1 ("), (command, err)
+
+
+def test_store_corrupt_deep_inside_gives_one_line(tmp_path, capsys):
+    """Corruption SQLite only meets when it reads the damaged pages (not at open)."""
+    from medrobust.cli.main import main
+
+    db = tmp_path / "s.db"
+    with Store(db) as store:
+        run_id, _ = store.start_run("campaign", {})
+        store.put_many(ResultTable("t", {"v": "JSON"}), run_id,
+                       [(i, {"v": list(range(50))}) for i in range(400)])
+        store.finish_run(run_id)
+    data = bytearray(db.read_bytes())
+    half = len(data) // 2
+    data[half:half + 8192] = np.random.default_rng(0).bytes(8192)
+    db.write_bytes(bytes(data))
+    code = main(["store", "export", "--table", "t", "--out", str(tmp_path / "t.csv"),
+                 "--store", str(db)])
+    err = capsys.readouterr().err
+    assert code == 2 and err == (f"error: {db} is not a medrobust store / corrupt: database disk "
+                                 "image is malformed\n")

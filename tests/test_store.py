@@ -57,7 +57,7 @@ def test_store_error_is_a_medrobust_error() -> None:
 def test_not_a_database_gives_one_line_error(tmp_path: Path) -> None:
     bogus = tmp_path / "bogus.db"
     bogus.write_bytes(b"this is not sqlite at all" * 100)
-    with pytest.raises(StoreError, match="not a usable medrobust run store") as info:
+    with pytest.raises(StoreError, match="not a medrobust store / corrupt") as info:
         Store(bogus)
     assert "\n" not in str(info.value)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import signal
+import sqlite3
 import sys
 import threading
 import warnings
@@ -160,10 +161,25 @@ def _run(args: list[str]) -> int:
     except KeyboardInterrupt:
         click.echo(INTERRUPTED, err=True)
         return EXIT_SIGINT
+    except sqlite3.DatabaseError as exc:  # corruption SQLite finds only deep inside the file
+        store = _option_value(args, "--store") or "the run store"
+        click.echo(f"error: {store} is not a medrobust store / corrupt: {exc}", err=True)
+        return 2
     except OSError as exc:
         click.echo(f"error: {exc}", err=True)
         return 2
     return 0
+
+
+def _option_value(args: list[str], name: str) -> str | None:
+    """The last value given to option ``name`` on the command line (``--x v`` or ``--x=v``)."""
+    value = None
+    for i, arg in enumerate(args):
+        if arg == name and i + 1 < len(args):
+            value = args[i + 1]
+        elif arg.startswith(name + "="):
+            value = arg[len(name) + 1:]
+    return value
 
 
 if __name__ == "__main__":

@@ -49,9 +49,19 @@ def encode_json(value: Any, *, canonical: bool = False) -> str:
     return json.dumps(value, default=_json_default)
 
 
-def decode_json(text: str | None) -> Any:
-    """The Python value of stored JSON text; NULL stays None."""
-    return None if text is None else json.loads(text)
+def decode_json(text: str | None, where: str = "a JSON cell") -> Any:
+    """The Python value of stored JSON text; NULL stays None.
+
+    Text that is not JSON (a store edited by hand, a disk error) raises StoreError naming
+    ``where`` (table, column, run), so every command reports it in one line instead of a
+    traceback.
+    """
+    if text is None:
+        return None
+    try:
+        return json.loads(text)
+    except (TypeError, ValueError) as exc:
+        raise StoreError(f"corrupt JSON in {where} ({_short(text, 30)}): {exc}") from None
 
 
 def to_sql(column: str, kind: str, value: Any) -> Any:
@@ -85,12 +95,12 @@ def to_sql(column: str, kind: str, value: Any) -> Any:
     )
 
 
-def from_sql(kind: str, value: Any) -> Any:
-    """The Python value of a stored cell of declared ``kind``."""
+def from_sql(kind: str, value: Any, where: str = "a JSON cell") -> Any:
+    """The Python value of a stored cell of declared ``kind`` (``where`` names it in errors)."""
     if value is None:
         return None
     if kind == "JSON":
-        return json.loads(value)
+        return decode_json(value, where)
     if kind == "REAL":
         return float(value)
     return value

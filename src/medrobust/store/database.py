@@ -97,6 +97,33 @@ _OWNER_COLUMNS: tuple[tuple[str, str], ...] = (
 )
 
 
+def _header_problem(path: Path) -> str | None:
+    """Why an existing file cannot be an intact SQLite database, from its 100-byte header: not
+    SQLite at all, or shorter than the size its header records (truncated). None if it looks
+    fine, is empty or does not exist (SQLite creates it)."""
+    try:
+        if not path.is_file():
+            return None
+        size = path.stat().st_size
+        if size == 0:
+            return None
+        with path.open("rb") as f:
+            header = f.read(100)
+    except OSError as exc:
+        return f"cannot read it ({exc.strerror or exc})"
+    if not header.startswith(b"SQLite format 3\x00"):
+        return "not an SQLite database"
+    if len(header) < 100:
+        return f"truncated ({size} bytes, shorter than an SQLite header)"
+    page_size = int.from_bytes(header[16:18], "big")
+    page_size = 65536 if page_size == 1 else page_size
+    pages = int.from_bytes(header[28:32], "big")
+    size_valid = header[24:28] == header[92:96] and pages > 0
+    if size_valid and size < pages * page_size:
+        return f"truncated ({size} bytes, its header records {pages * page_size})"
+    return None
+
+
 def _pid_exists(pid: int) -> bool:
     """True when a process with ``pid`` exists on this host (signal 0 only checks)."""
     if pid <= 0:
@@ -162,6 +189,9 @@ class Store:
         self.path = Path(path)
         self._declared: dict[str, ResultTable] = {}
         self._beats: dict[int, tuple[threading.Event, threading.Thread]] = {}
+        problem = _header_problem(self.path)
+        if problem is not None:  # refused before SQLite opens (and might write to) the file
+            raise StoreError(f"{self.path} is not a medrobust store / corrupt: {problem}")
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             conn = sqlite3.connect(self.path, timeout=timeout, isolation_level=None)
@@ -177,7 +207,7 @@ class Store:
             self._load_declarations()
         except sqlite3.DatabaseError as exc:
             self.close()
-            raise StoreError(f"{self.path} is not a usable medrobust run store: {exc}") from None
+            raise StoreError(f"{self.path} is not a medrobust store / corrupt: {exc}") from None
         except BaseException:
             self.close()
             raise
@@ -462,7 +492,7 @@ class Store:
         """A ``runs`` row as a dict with its JSON columns decoded."""
         run = dict(zip(RUN_COLUMNS, row, strict=True))
         for column in RUN_JSON_COLUMNS:
-            run[column] = decode_json(run[column])
+            run[column] = decode_json(run[column], f"runs.{column} of run {run['id']}")
         return run
 
     def get_run(self, run_id: int) -> dict[str, Any]:
@@ -508,7 +538,8 @@ class Store:
         """Refresh the cached table declarations from the file (another process may add some)."""
         declared = {}
         for name, columns in self.connection.execute("SELECT name, columns FROM result_tables"):
-            declared[name] = ResultTable(name, decode_json(columns))
+            declared[name] = ResultTable(
+                name, decode_json(columns, f"result_tables.columns of table {name!r}"))
         self._declared = declared
 
     def tables(self) -> list[str]:
@@ -534,7 +565,8 @@ class Store:
             row = conn.execute(
                 "SELECT columns FROM result_tables WHERE name = ?", (name,)
             ).fetchone()
-            stored = ResultTable(name, decode_json(row[0])) if row is not None else None
+            stored = (ResultTable(name, decode_json(row[0], f"result_tables.columns of {name!r}"))
+                      if row is not None else None)
             existing = {
                 info[1].lower(): info[1]
                 for info in conn.execute(f"PRAGMA table_info({_quote(name)})")
@@ -723,8 +755,16 @@ class Store:
         if not decode:
             return columns, raw
         kinds = [None, None, *decl.columns.values(), None]
+
+        def cell(column: str, kind: str | None, value: Any, row: tuple[Any, ...]) -> Any:
+            if kind is None:
+                return value
+            if kind == "JSON" and value is not None:  # name the cell only where JSON can fail
+                return decode_json(value, f"{decl.name}.{column} of run {row[0]}, item {row[1]}")
+            return from_sql(kind, value)
+
         decoded = [
-            tuple(v if k is None else from_sql(k, v) for k, v in zip(kinds, row, strict=True))
+            tuple(cell(c, k, v, row) for c, k, v in zip(columns, kinds, row, strict=True))
             for row in raw
         ]
         return columns, decoded
