@@ -447,3 +447,47 @@ def test_store_corrupt_deep_inside_gives_one_line(tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2 and err == (f"error: {db} is not a medrobust store / corrupt: database disk "
                                  "image is malformed\n")
+
+
+# -- the demo is idempotent ---------------------------------------------------------------------
+
+TINY_DEMO = ("--size", "16", "--epochs", "3", "--width", "8", "--limit", "4", "--population",
+             "8", "--generations", "2", "--skip-defence")
+
+
+def test_demo_twice_resumes_and_reports_each_run_once(tmp_path, capsys):
+    from cli_util import run_json
+
+    out = tmp_path / "demo"
+    first = run_json(capsys, "demo", "--out", str(out), *TINY_DEMO)
+    html_first = (out / "report.html").read_text()
+    second = run_json(capsys, "demo", "--out", str(out), *TINY_DEMO)
+    assert not first["train"]["reused"] and second["train"]["reused"]
+    assert second["attack"]["run_id"] == first["attack"]["run_id"]
+    assert second["attack"]["resumed"] and second["attack"]["attacked_now"] == 0
+    assert second["train"]["test"] == first["train"]["test"]
+    runs = _runs(out / "medrobust.db")
+    assert [r[1] for r in runs] == ["train", "attack onepixel"]
+    assert all(r[2] == "completed" for r in runs)
+    html = (out / "report.html").read_text()
+    assert html.count("<h2") == html_first.count("<h2")  # no section twice
+    headings = [h for h in html.split("<h2")[1:]]
+    assert len(headings) == len(set(headings))
+
+
+@pytest.mark.parametrize("args,needle", [
+    (("--epochs", "0"), "error: --epochs must be at least 1, got 0"),
+    (("--limit", "0"), "error: --limit must be at least 1, got 0"),
+    (("--generations", "0"), "error: --generations must be at least 1, got 0"),
+    (("--population", "1"), "error: --population must be at least 4, got 1"),
+    (("--dataset", "nosuch"), "error: unknown dataset"),
+])
+def test_demo_checks_its_options_before_training(tmp_path, capsys, args, needle):
+    from medrobust.cli.main import main
+
+    start = time.perf_counter()
+    code = main(["demo", "--out", str(tmp_path / "demo"), *args])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith(needle) and len(err.strip().splitlines()) == 1, err
+    assert time.perf_counter() - start < 10
+    assert not (tmp_path / "demo" / "medrobust.db").exists()

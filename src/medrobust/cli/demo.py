@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import time
+from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -12,8 +14,9 @@ from medrobust.attacks.campaign import run_onepixel_campaign
 from medrobust.cli.common import common_options, dataset_options, emit, fmt, open_dataset
 from medrobust.cli.defend import demo_defence_step
 from medrobust.cli.train import train_and_save
-from medrobust.models import load_classifier
-from medrobust.store import Store
+from medrobust.errors import ConfigError
+from medrobust.models import load_classifier, read_meta
+from medrobust.store import Store, run_fingerprint
 from medrobust.training import TrainConfig
 from medrobust.utils.device import resolve_device
 
@@ -32,31 +35,58 @@ DEMO_MODEL_KWARGS = {"smallcnn": {"width": 16}}
 @click.option("--limit", type=int, default=16, show_default=True, help="Test images attacked.")
 @click.option("--population", type=int, default=400, show_default=True)
 @click.option("--generations", type=int, default=100, show_default=True)
+@click.option("--width", type=int, default=None, hidden=True,
+              help="smallcnn width (tests: a tiny model).")
+@click.option("--skip-defence", is_flag=True, hidden=True,
+              help="Leave out the denoiser step (tests: a demo in seconds).")
 @common_options
 def demo(dataset: str | None, data_dir: str | None, size: int | None, no_verify: bool, out: str,
          model_name: str, epochs: int | None, limit: int, population: int, generations: int,
-         as_json: bool, seed: int, device: str) -> None:
-    """Train on the embedded synthetic default (or --dataset), attack, analyse, write a report."""
+         width: int | None, skip_defence: bool, as_json: bool, seed: int, device: str) -> None:
+    """Train on the embedded synthetic default (or --dataset), attack, analyse, write a report.
+
+    Rerunning the same command into the same --out resumes: a finished training is reused (its
+    checkpoint, so every later run keeps its fingerprint and resumes), finished items are not
+    recomputed, and the report shows each run once.
+    """
     from medrobust.analysis.study import run_study
     from medrobust.report import build_report
 
     start = time.perf_counter()
     name = dataset or "synthetic"
+    # Every option is checked before any training: a typo costs a second, not minutes.
+    if epochs is not None and epochs < 1:
+        raise ConfigError(f"--epochs must be at least 1, got {epochs}")
+    if limit < 1:
+        raise ConfigError(f"--limit must be at least 1, got {limit}")
+    if generations < 1:
+        raise ConfigError(f"--generations must be at least 1, got {generations}")
+    if population < 4:  # DE/rand/1 draws three distinct partners per member
+        raise ConfigError(f"--population must be at least 4, got {population}")
+    test = open_dataset(name, "test", data_dir, size, no_verify)  # unknown names fail here
     root = Path(out)
     root.mkdir(parents=True, exist_ok=True)
     db = root / "medrobust.db"
     say = (lambda msg: None) if as_json else (lambda msg: click.echo(msg, err=True))
 
-    say(f"[1/4] training {model_name} on {name}")
-    config = TrainConfig(model=model_name, model_kwargs=DEMO_MODEL_KWARGS.get(model_name, {}),
+    kwargs = dict(DEMO_MODEL_KWARGS.get(model_name, {}))
+    if width is not None:
+        kwargs["width"] = width
+    config = TrainConfig(model=model_name, model_kwargs=kwargs,
                          epochs=epochs or DEMO_EPOCHS.get(name, 12), seed=seed)
-    trained = train_and_save(name, data_dir, size, no_verify, config, root / "model", device, db)
+    config.validate()
+    trained = _finished_training(db, name, data_dir, size, no_verify, config, root / "model")
+    if trained is not None:
+        say(f"[1/4] reusing the trained {model_name} in {root / 'model'}")
+    else:
+        say(f"[1/4] training {model_name} on {name}")
+        trained = train_and_save(name, data_dir, size, no_verify, config, root / "model", device,
+                                 db)
     say(f"      test accuracy {fmt(trained['test']['accuracy'])}, AUC {fmt(trained['test']['auc'])}")
 
     say(f"[2/4] one-pixel attack on {limit} test images (population {population}, "
         f"{generations} generations)")
     clf = load_classifier(root / "model", resolve_device(device))
-    test = open_dataset(name, "test", data_dir, size, no_verify)
     attack = OnePixel(clf, population=population, generations=generations, seed=seed)
     with Store(db) as store:
         outcome = run_onepixel_campaign(store, clf, root / "model", test, attack,
@@ -64,14 +94,71 @@ def demo(dataset: str | None, data_dir: str | None, size: int | None, no_verify:
                                         show_progress=not as_json)
         say(f"      success rate {fmt(outcome.summary['success_rate'])} "
             f"({outcome.summary['successes']}/{outcome.summary['attacked']})")
-        demo_defence_step(root, name, data_dir, size, no_verify, db, device, seed, say,
-                          show_progress=not as_json)
+        if skip_defence:
+            pass
+        elif trained.get("reused") and _defence_done(store, root):
+            say("[2+] denoising defence: already evaluated for this model")
+        else:
+            demo_defence_step(root, name, data_dir, size, no_verify, db, device, seed, say,
+                              show_progress=not as_json)
         say("[3/4] analysing attack colours, locations and periodicity")
         study = run_study(store, root / "analysis", run_id=outcome.run_id)
         say("[4/4] writing the report")
         report_path = build_report(store, root)
     summary = {"report": str(Path(report_path).resolve()), "store": str(db.resolve()),
-               "train": {"test": trained["test"], "checkpoint": trained["checkpoint"]},
-               "attack": outcome.summary, "periodicity": study.get("periodicity"),
+               "train": {"test": trained["test"], "checkpoint": trained["checkpoint"],
+                         "reused": bool(trained.get("reused"))},
+               "attack": {**outcome.summary, "run_id": outcome.run_id,
+                          "resumed": outcome.resumed, "attacked_now": outcome.attacked_now},
+               "periodicity": study.get("periodicity"),
                "seconds": time.perf_counter() - start}
     emit(summary, as_json, lambda: click.echo(f"report: {summary['report']}"))
+
+
+def _finished_training(db: Path, name: str, data_dir: str | None, size: int | None,
+                       no_verify: bool, config: TrainConfig, out: Path) -> dict[str, Any] | None:
+    """The summary of a completed ``train`` run of exactly this config into ``out`` whose
+    checkpoint is still there (so the demo reuses it), else None.
+
+    Retraining would write a new checkpoint (a new ``saved_at``), which changes the fingerprint
+    of every later run: the attack would start over and the report would list everything twice.
+    """
+    if not db.is_file() or not (out / "meta.json").is_file():
+        return None
+    train_ds = open_dataset(name, "train", data_dir, size, no_verify)
+    checkpoint = str(out.resolve())
+    fingerprint = run_fingerprint("train", asdict(config),
+                                  {"dir": checkpoint, "model": config.model}, train_ds.spec)
+    with Store(db) as store:
+        run = store.find_run(fingerprint, status="completed")
+    if run is None or not isinstance(run.get("summary"), dict):
+        return None
+    summary = run["summary"]
+    if summary.get("checkpoint") != checkpoint or "test" not in summary:
+        return None
+    saved = read_meta(out).get("saved_at")
+    newer = [r for r in _runs_into(db, "train", checkpoint) if r["id"] > run["id"]]
+    if newer or saved is None:  # the folder was rewritten since: trust nothing
+        return None
+    return {**summary, "run_id": run["id"], "reused": True}
+
+
+def _runs_into(db: Path, command: str, checkpoint: str) -> list[dict[str, Any]]:
+    """Runs of ``command`` whose model folder is ``checkpoint``."""
+    with Store(db) as store:
+        return [r for r in store.runs(command)
+                if isinstance(r.get("model"), dict) and r["model"].get("dir") == checkpoint]
+
+
+def _defence_done(store: Store, root: Path) -> bool:
+    """True when this folder's denoiser was trained, defended and attacked adaptively, all
+    completed, after the model's own training."""
+    folder = str((root / "denoiser").resolve())
+    trained = [r for r in store.runs("train-denoiser")
+               if isinstance(r.get("model"), dict) and r["model"].get("dir") == folder]
+    if not trained or trained[-1]["status"] != "completed" or not (root / "denoiser").is_dir():
+        return False
+    later = [r for r in store.runs() if r["id"] > trained[-1]["id"]]
+    commands = {r["command"] for r in later if r["status"] == "completed"}
+    return {"defend", "defend adaptive"} <= commands and all(
+        r["status"] == "completed" for r in later if r["command"].startswith("defend"))

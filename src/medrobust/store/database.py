@@ -513,6 +513,16 @@ class Store:
             args = (command,)
         return [self._run_dict(row) for row in self.connection.execute(sql + " ORDER BY id", args)]
 
+    def find_run(self, fingerprint: str, status: str | None = None) -> dict[str, Any] | None:
+        """The newest run with ``fingerprint`` (and ``status``, if given), or None."""
+        sql = f"SELECT {', '.join(RUN_COLUMNS)} FROM runs WHERE fingerprint = ?"
+        args: list[Any] = [fingerprint]
+        if status is not None:
+            sql += " AND status = ?"
+            args.append(status)
+        row = self.connection.execute(sql + " ORDER BY id DESC LIMIT 1", args).fetchone()
+        return None if row is None else self._run_dict(row)
+
     def latest_run(
         self, command: str | None = None, status: str | None = None
     ) -> dict[str, Any] | None:
