@@ -261,3 +261,28 @@ def test_onepixel_refuses_more_pixels_than_the_image_has():
     images = (torch.rand(1, 28, 28, 3) * 255).to(torch.uint8).numpy()
     with pytest.raises(ConfigError, match="28x28"):
         OnePixel(clf, pixels=1000, population=8, generations=1).run(images, [0])
+
+
+def test_self_check_runs_once_per_plan_and_call_path(monkeypatch):
+    """A map of a few pixels must not pay a dense batch per engine build."""
+    clf = _zoo("smallcnn")
+    images = torch.rand(1, 3, 28, 28)
+    cone_module._COMPILED.clear()
+    calls = []
+    real = ConeEngine._self_check
+
+    def counting(self, path):
+        calls.append(path)
+        return real(self, path)
+
+    monkeypatch.setattr(ConeEngine, "_self_check", counting)
+    ConeEngine(clf, images, batch_consistent=True)
+    assert calls == ["mixed"]
+    ConeEngine(clf, images)  # a map: the same-pixel path is new
+    ConeEngine(clf, torch.rand(1, 3, 28, 28))
+    assert calls == ["mixed", "same-pixel"]
+    with torch.no_grad():
+        next(clf.parameters()).data.mul_(1.01)  # new weights: a new plan, checked again
+    ConeEngine(clf, images)
+    assert calls == ["mixed", "same-pixel", "mixed", "same-pixel"]
+    cone_module._COMPILED.clear()

@@ -23,10 +23,11 @@ def conv_matrix(weight: torch.Tensor, stride: tuple[int, int], padding: tuple[in
     (y, x, c_out), the order of channels-last windows.
     """
     c_out, c_in = weight.shape[:2]
+    dev = weight.device  # the tap tables index and mask the weights where they live (GPU too)
     taps_y = _taps(offset[0], in_size[0], out_size[0], stride[0], padding[0], dilation[0],
-                   weight.shape[2])
+                   weight.shape[2], dev)
     taps_x = _taps(offset[1], in_size[1], out_size[1], stride[1], padding[1], dilation[1],
-                   weight.shape[3])
+                   weight.shape[3], dev)
     # (in_h, out_h) and (in_w, out_w) tap indices, -1 where the pair is not joined
     ky, kx = taps_y[:, None, :, None], taps_x[None, :, None, :]
     valid = (ky >= 0) & (kx >= 0)  # (in_h, in_w, out_h, out_w)
@@ -38,11 +39,11 @@ def conv_matrix(weight: torch.Tensor, stride: tuple[int, int], padding: tuple[in
 
 
 def _taps(offset: int, n_in: int, n_out: int, stride: int, padding: int, dilation: int,
-          kernel: int) -> torch.Tensor:
+          kernel: int, device: torch.device) -> torch.Tensor:
     """Kernel tap joining input a and output i on one axis (-1: none). Output i reads input
     i * stride - padding + k * dilation."""
-    a = torch.arange(n_in)[:, None] + offset
-    i = torch.arange(n_out)[None, :] * stride
+    a = torch.arange(n_in, device=device)[:, None] + offset
+    i = torch.arange(n_out, device=device)[None, :] * stride
     reach = a + padding - i
     k = torch.div(reach, dilation, rounding_mode="floor")
     ok = (reach % dilation == 0) & (k >= 0) & (k < kernel)
