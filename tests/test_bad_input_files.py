@@ -251,7 +251,7 @@ CASES: list[Case] = [
     Case("ckpt-mean-not-numbers", lambda t: _evaluate(_ck(t, _meta(mean=["a", "b", "c"]))),
          "'mean' must be 3 finite number(s)"),
     Case("ckpt-one-class-name", lambda t: _evaluate(_ck(t, _meta(class_names=["x"]))),
-         "'class_names' must list at least 2 class names"),
+         "'class_names' must list at least 2 class name(s)"),
     Case("ckpt-channels-not-int", lambda t: _evaluate(_ck(t, _meta(channels="3"))),
          "'channels' must be a positive integer"),
     Case("ckpt-bad-head", lambda t: _evaluate(_ck(t, _meta(head="linear"))),

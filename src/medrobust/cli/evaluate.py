@@ -35,6 +35,10 @@ def evaluate(model_dir: str, dataset: str | None, data_dir: str | None, size: in
     """Evaluate a checkpoint on a dataset split."""
     check_writable("--store", store_path, folder=False)
     meta = read_meta(model_dir)
+    if meta.get("task") in ("landmarks", "detection"):
+        _evaluate_task(model_dir, meta, dataset, data_dir, size, split, store_path, as_json,
+                       device)
+        return
     check_image_size("--size", size, model_input_size(meta))
     clf = load_classifier(model_dir, resolve_device(device))
     ds = open_dataset(dataset, split, data_dir, size, no_verify, meta.get("dataset"),
@@ -56,3 +60,34 @@ def evaluate(model_dir: str, dataset: str | None, data_dir: str | None, size: in
         click.echo("  confusion matrix (rows = truth): " + str(metrics["confusion_matrix"]))
 
     emit(metrics, as_json, human)
+
+
+def _evaluate_task(model_dir: str, meta: dict, dataset: str | None, data_dir: str | None,
+                   size: int | None, split: str, store_path: str, as_json: bool,
+                   device: str) -> None:
+    """Landmark models and detectors: the task scores them (MRE and SDR; COCO mAP)."""
+    from medrobust.cli.train_task import describe_metrics
+    from medrobust.data import load_dataset, load_from_spec
+    from medrobust.models.loading import load_model
+    from medrobust.tasks import get_task
+
+    task = get_task(meta["task"])
+    model = load_model(model_dir, resolve_device(device))
+    spec = dict(meta.get("dataset") or {})
+    if dataset is not None:
+        ds = load_dataset(dataset, split, data_dir=data_dir, size=size or spec.get("size"))
+    else:
+        if data_dir is not None:
+            spec["data_dir"] = data_dir
+        ds = load_from_spec(spec, split)
+    metrics = task.evaluate(model, ds)
+    with Store(store_path) as store:
+        model_info = {"dir": str(Path(model_dir).resolve()), "model": meta.get("model"),
+                      "task": task.name}
+        run_id, _ = store.start_run("evaluate", {"split": split, "task": task.name},
+                                    model=model_info, dataset={**ds.spec, "split": split},
+                                    resume=False)
+        store.finish_run(run_id, "completed", metrics)
+    metrics["run_id"] = run_id
+    emit(metrics, as_json, lambda: click.echo(f"{ds.name} {split}: n={len(ds)} "
+                                              f"{describe_metrics(task.name, metrics)}"))

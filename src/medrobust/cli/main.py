@@ -37,8 +37,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "report": ("report", "report", "Provenance, model quality, attack summary, gallery and "
                "analysis in one HTML page."),
     "store": ("store", "store", "Inspect and export the run store."),
-    "train": ("train", "train", "Train a classifier (or, with --task segmentation, a U-Net) and "
-              "save it as safetensors + JSON metadata."),
+    "train": ("train", "train", "Train a classifier, segmenter, landmark model or detector "
+              "(--task) and save it as safetensors + JSON metadata."),
     "train-denoiser": ("train_denoiser", "train_denoiser_cmd", "Train a denoising autoencoder on "
                        "impulse noise (saved as safetensors + JSON)."),
 }

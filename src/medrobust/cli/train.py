@@ -60,9 +60,12 @@ def train_and_save(dataset: str | None, data_dir: str | None, size: int | None, 
 
 
 @click.command()
-@click.option("--task", type=click.Choice(["classification", "segmentation"]),
+@click.option("--task", type=click.Choice(["classification", "segmentation", "landmarks",
+                                           "detection"]),
               default="classification", show_default=True,
-              help="segmentation: a U-Net on image+mask data (e.g. --dataset segfolder).")
+              help="segmentation: a U-Net on image+mask data (--dataset segfolder); landmarks: "
+                   "the multi-task landmark U-Net (--dataset landmarks, a landmark folder); "
+                   "detection: a CenterNet detector (--dataset bccd-detection or voc).")
 @dataset_options(required=True)
 @click.option("--model", "model_name", default="smallcnn", show_default=True,
               help=f"Zoo model ({', '.join(available_models())}) or module:factory.")
@@ -76,6 +79,12 @@ def train_and_save(dataset: str | None, data_dir: str | None, size: int | None, 
 @click.option("--lr", type=float, default=3e-3, show_default=True)
 @click.option("--augment", type=click.Choice(["auto", "flips", "shift", "none"]), default="auto",
               show_default=True)
+@click.option("--minutes", type=click.FloatRange(0, min_open=True), default=None,
+              help="landmarks / detection: wall-clock training budget (the best validation "
+                   "epoch so far is kept).")
+@click.option("--heatmap-loss", type=click.Choice(["bce", "dice"]), default=None,
+              help="landmarks: heatmap loss (default bce, the original; dice: the paper's "
+                   "variant).")
 @click.option("--out", type=click.Path(file_okay=False), required=True,
               help="Checkpoint folder to write.")
 @click.option("--store", "store_path", default=DEFAULT_STORE, show_default=True,
@@ -83,10 +92,17 @@ def train_and_save(dataset: str | None, data_dir: str | None, size: int | None, 
 @common_options
 def train(task: str, dataset: str, data_dir: str | None, size: int | None, no_verify: bool,
           model_name: str, padding: str | None, width: int | None, epochs: int, batch_size: int,
-          lr: float, augment: str, out: str, store_path: str, as_json: bool, seed: int,
-          device: str) -> None:
-    """Train a classifier (or, with --task segmentation, a U-Net) and save it as safetensors +
-    JSON metadata."""
+          lr: float, augment: str, minutes: float | None, heatmap_loss: str | None, out: str,
+          store_path: str, as_json: bool, seed: int, device: str) -> None:
+    """Train a classifier, segmenter, landmark model or detector (--task) and save it as
+    safetensors + JSON metadata."""
+    if task in ("landmarks", "detection"):
+        from medrobust.cli.train_task import run_train_task
+
+        run_train_task(click.get_current_context(), task, as_json)
+        return
+    if minutes is not None or heatmap_loss is not None:
+        raise ConfigError("--minutes and --heatmap-loss apply to landmarks and detection training")
     if task == "segmentation":
         from medrobust.cli.train_segmentation import run_train_segmentation
 

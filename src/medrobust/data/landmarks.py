@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from medrobust.data.registry import register_dataset
 from medrobust.errors import DataError
 from medrobust.utils.seeding import numpy_rng
 from medrobust.utils.validation import check_split_fractions
@@ -340,3 +341,11 @@ def load_from_spec(spec: dict[str, Any], split: str) -> LandmarkDataset:
     """The ``split`` of the dataset a ``spec`` (e.g. from a checkpoint) describes."""
     keys = ("data_dir", "size", "channels", "val_fraction", "test_fraction", "seed")
     return load_landmarks(split=split, **{k: spec[k] for k in keys if k in spec})
+
+
+@register_dataset("landmarks")
+def _registered(split: str, data_dir: Path, size: tuple[int, int] | list[int] | int = DEFAULT_SIZE,
+                channels: int | None = None, val_fraction: float = 0.15,
+                test_fraction: float = 0.15, seed: int = 0) -> LandmarkDataset:
+    """The registry's face of ``load_landmarks``: ``--data-dir`` is the landmark folder."""
+    return load_landmarks(data_dir, split, size, channels, val_fraction, test_fraction, seed)

@@ -102,4 +102,4 @@ def _loader_options(name: str, options: dict[str, Any]) -> dict[str, Any]:
 
 def _ensure_loaded() -> None:
     # Importing the loader modules runs their @register_dataset decorators.
-    from medrobust.data import bccd, folder, medmnist, segfolder, synthetic  # noqa: F401
+    from medrobust.data import bccd, folder, landmarks, medmnist, segfolder, synthetic, voc  # noqa: F401

@@ -21,6 +21,7 @@ import numpy as np
 from PIL import Image
 
 from medrobust.data.base import PixelArrays
+from medrobust.data.registry import register_dataset
 from medrobust.errors import DataError
 from medrobust.utils.progress import progress
 from medrobust.utils.seeding import numpy_rng
@@ -305,3 +306,19 @@ def load_bccd_detection(root: str | Path, split: str, size: int | Sequence[int] 
     spec.pop("unknown", None)
     object.__setattr__(dataset, "spec", spec)
     return dataset
+
+
+@register_dataset("bccd-detection")
+def _registered_bccd(split: str, data_dir: Path, size: int | Sequence[int] = 320,
+                     classes: Sequence[str] = BCCD_DETECTION_CLASSES) -> DetectionDataset:
+    """The registry's face of ``load_bccd_detection`` (``--data-dir``: BCCD or its parent)."""
+    return load_bccd_detection(data_dir, split, size, tuple(classes))
+
+
+@register_dataset("voc")
+def _registered_voc(split: str, data_dir: Path, size: int | Sequence[int] = 320,
+                    classes: Sequence[str] | None = None, seed: int = 0,
+                    val_fraction: float = 0.2, test_fraction: float = 0.2) -> DetectionDataset:
+    """The registry's face of ``load_voc_detection`` (``--data-dir``: the VOC folder)."""
+    return load_voc_detection(data_dir, split, size, None if classes is None else tuple(classes),
+                              seed=seed, val_fraction=val_fraction, test_fraction=test_fraction)

@@ -30,6 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from medrobust.models.registry import register_model
+
 HEATMAP_BIAS = -math.log((1 - 0.1) / 0.1)  # -2.197: initial centre probability 0.1
 
 
@@ -112,3 +114,6 @@ def split_outputs(outputs: torch.Tensor, num_classes: int) -> tuple[torch.Tensor
                          f"{tuple(outputs.shape)}")
     c = num_classes
     return outputs[:, :c], outputs[:, c:c + 2], outputs[:, c + 2:c + 4]
+
+
+register_model("centernet", centernet)

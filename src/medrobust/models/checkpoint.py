@@ -20,6 +20,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from medrobust.errors import CheckpointError
+from medrobust.models.base import PixelModel
 from medrobust.models.classifier import Classifier
 from medrobust.models.registry import Factory, build_with, checkpoint_factory
 
@@ -38,24 +39,24 @@ def library_versions() -> dict[str, str]:
             "python": platform.python_version()}
 
 
-def save_checkpoint(classifier: Classifier, out_dir: str | Path, meta: dict[str, Any]) -> Path:
-    """Write weights and metadata; ``meta`` must name ``model`` and may hold anything JSON-able."""
+def save_model(model: PixelModel, out_dir: str | Path, meta: dict[str, Any]) -> Path:
+    """Write any task's wrapper: the network's weights as safetensors, and ``meta`` (which must
+    name ``model``, the zoo name it was built from) plus what the wrapper needs to be rebuilt."""
+    if "model" not in meta:
+        raise CheckpointError("checkpoint metadata must name its 'model'")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu().contiguous() for k, v in classifier.model.state_dict().items()}
+    state = {k: v.detach().cpu().contiguous() for k, v in model.model.state_dict().items()}
     save_file(state, str(out / WEIGHTS))
-    full = {
-        **meta,
-        "head": classifier.head,
-        "class_names": list(classifier.class_names),
-        "channels": classifier.channels,
-        "mean": classifier.mean.flatten().tolist(),
-        "std": classifier.std.flatten().tolist(),
-        "versions": library_versions(),
-        "saved_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    }
+    full = {**meta, **model.checkpoint_meta(), "versions": library_versions(),
+            "saved_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     (out / META).write_text(json.dumps(full, indent=2))
     return out
+
+
+def save_checkpoint(classifier: Classifier, out_dir: str | Path, meta: dict[str, Any]) -> Path:
+    """Write a classifier's weights and metadata (``save_model`` for classifiers)."""
+    return save_model(classifier, out_dir, meta)
 
 
 def read_meta(ckpt_dir: str | Path) -> dict[str, Any]:
@@ -84,8 +85,8 @@ def _numbers(meta: dict[str, Any], key: str, channels: int, where: Path) -> list
     return [float(v) for v in values]
 
 
-def check_model_meta(meta: dict[str, Any], ckpt_dir: str | Path, fields: tuple[str, ...] = ()
-                     ) -> None:
+def check_model_meta(meta: dict[str, Any], ckpt_dir: str | Path, fields: tuple[str, ...] = (),
+                     min_names: int = 2) -> None:
     """One clear line for metadata a model cannot be rebuilt from (checked here, once, so no
     command meets a KeyError or a division by a zero std later). ``fields``: extra required keys."""
     where = Path(ckpt_dir) / META
@@ -96,10 +97,10 @@ def check_model_meta(meta: dict[str, Any], ckpt_dir: str | Path, fields: tuple[s
     if not isinstance(channels, int) or isinstance(channels, bool) or channels < 1:
         raise CheckpointError(f"{where}: 'channels' must be a positive integer, got {channels!r}")
     names = meta["class_names"]
-    if (not isinstance(names, list) or len(names) < 2
+    if (not isinstance(names, list) or len(names) < min_names
             or not all(isinstance(n, str) for n in names)):
-        raise CheckpointError(f"{where}: 'class_names' must list at least 2 class names, "
-                              f"got {names!r}")
+        raise CheckpointError(f"{where}: 'class_names' must list at least {min_names} class "
+                              f"name(s), got {names!r}")
     _numbers(meta, "mean", channels, where)
     std = _numbers(meta, "std", channels, where)
     if min(std) <= 0:
@@ -190,9 +191,12 @@ def load_classifier(ckpt_dir: str | Path, device: str | torch.device = "cpu",
     ``trust_model_code=True``; nothing named in the file is imported otherwise.
     """
     meta = read_meta(ckpt_dir)
-    if meta.get("task") == "segmentation":
+    task = meta.get("task", "classification")
+    if task == "segmentation":
         raise CheckpointError(f"{ckpt_dir} holds a segmentation model; this needs a classifier "
                               "(segmentation models take attack pgd / ifgsm / asma)")
+    if task != "classification":
+        raise CheckpointError(f"{ckpt_dir} holds a {task} model; this needs a classifier")
     if meta.get("kind") is not None:
         raise CheckpointError(f"{ckpt_dir} holds a {meta['kind']}, not a classifier")
     check_model_meta(meta, ckpt_dir, ("head",))

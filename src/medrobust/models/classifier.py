@@ -1,21 +1,22 @@
-"""``Classifier``: one face for every model.
+"""``Classifier``: the classification face of ``PixelModel``.
 
 Attacks, analyses and defences see pixel-space images (uint8 0..255 or float [0,1]) and scores;
-the model's normalisation lives here, never in an attack. Layout convention: NumPy arrays are
-(N,H,W,C) or (H,W,C) like the datasets; torch tensors are (N,C,H,W).
+the model's normalisation lives in the base, never in an attack. Layout convention: NumPy arrays
+are (N,H,W,C) or (H,W,C) like the datasets; torch tensors are (N,C,H,W).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
 from medrobust.errors import ConfigError
-from medrobust.models.pixels import pixel_tensor
+from medrobust.models.base import PixelModel
 from medrobust.utils.validation import check_range
 
 #: Pixels (rows x height x width) per forward call on a CPU. Larger calls spill the caches and
@@ -33,7 +34,7 @@ def default_batch_size(height: int, width: int, device: str | torch.device = "cp
     return int(min(512, max(16, 2 ** int(math.log2(rows)))))
 
 
-class Classifier(nn.Module):
+class Classifier(PixelModel):
     """Wraps a network with normalisation, head semantics and batched no-grad inference.
 
     ``head="softmax"``: K logits, ``probabilities`` are the softmax.
@@ -41,48 +42,35 @@ class Classifier(nn.Module):
     [1 - p, p], so code written for K classes works unchanged on binary detectors.
     """
 
+    task = "classification"
+
     def __init__(self, model: nn.Module, *, mean: Sequence[float], std: Sequence[float],
                  class_names: Sequence[str], head: str = "softmax", batch_size: int | None = None,
                  device: str | torch.device = "cpu") -> None:
-        super().__init__()
         if head not in ("softmax", "sigmoid"):
             raise ConfigError(f"head must be softmax or sigmoid, got {head!r}")
         if head == "sigmoid" and len(class_names) != 2:
             raise ConfigError("a sigmoid head needs exactly two class names (negative, positive)")
-        self.model = model
+        super().__init__(model, mean=mean, std=std, device=device)
         self.head = head
         self.class_names = tuple(class_names)
         # None: rows per forward call follow the image size (``default_batch_size``).
         self.batch_size = None if batch_size is None else int(check_range("batch_size",
                                                                           batch_size, 1))
-        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
-        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
-        self.to(device)
-        self.eval()
 
     # --- properties -------------------------------------------------------------------------
-    @property
-    def device(self) -> torch.device:
-        return self.mean.device
-
-    @property
-    def channels(self) -> int:
-        return int(self.mean.shape[1])
-
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
 
-    # --- input handling ---------------------------------------------------------------------
-    def to_tensor(self, images: np.ndarray | torch.Tensor) -> torch.Tensor:
-        """Pixel-space images (uint8 0..255 or float [0,1]) to a new float [0,1] (N,C,H,W)
-        tensor on this device; see ``pixel_tensor``."""
-        return pixel_tensor(images, self.channels, self.device)
+    def checkpoint_meta(self) -> dict[str, Any]:
+        return {**super().checkpoint_meta(), "head": self.head,
+                "class_names": list(self.class_names)}
 
     # --- differentiable path ----------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits for float [0,1] (N,C,H,W) input; differentiable (gradient attacks use this)."""
-        return self.model((x - self.mean) / self.std)
+        return self.model(self.normalise(x))
 
     def logits_to_probabilities(self, logits: torch.Tensor) -> torch.Tensor:
         """(N,K) class probabilities from raw outputs, for either head."""

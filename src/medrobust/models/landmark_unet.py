@@ -7,22 +7,24 @@ level) is sized for 2 CPU cores. ``BasicUNet`` pads in its up path when a side i
 16, so any input size works (200 = 16 x 12.5 included), unlike ``monai.networks.nets.UNet`` whose
 strided convolutions need exact multiples.
 
-``LandmarkModel`` wraps the network like the classifier wrapper: it takes pixel-space images
-(float [0,1], (N,C,H,W)) and keeps the normalisation ``(x - mean) / std`` inside, so attacks and
-budgets live in pixel space.
+``LandmarkModel`` is the landmark face of ``PixelModel``: pixel-space images in (float [0,1],
+(N,C,H,W)), the normalisation inside, so attacks and budgets live in pixel space.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
 from monai.networks.nets import BasicUNet
 from torch import nn
 
+from medrobust.models.base import PixelModel
 from medrobust.models.landmark_codec import decode
+from medrobust.models.registry import register_model
 
 #: Default widths (levels 0-4 and the last up level). Chosen from measured CPU time at 200x160,
 #: batch 8 (benchmarks/landmark_quality.py, report of issue 12 part 2).
@@ -61,59 +63,46 @@ def landmark_unet(in_channels: int, num_landmarks: int, features: Sequence[int] 
     return net
 
 
-class LandmarkModel(nn.Module):
+class LandmarkModel(PixelModel):
     """Pixel-space landmark detector: [0,1] images in, 3K output maps out; ``predict`` decodes.
 
-    ``mean``/``std`` (per channel, [0,1] scale) are buffers saved with the weights; ``radius`` is
-    the heatmap disk radius in input pixels, needed to decode offsets.
+    ``radius`` is the heatmap disk radius in input pixels, needed to decode offsets; ``names``
+    label the landmarks (saved as the checkpoint's ``class_names``).
     """
 
+    task = "landmarks"
+
     def __init__(self, model: nn.Module, mean: Sequence[float], std: Sequence[float],
-                 num_landmarks: int, radius: float, device: torch.device | str = "cpu") -> None:
-        super().__init__()
-        self.model = model
-        self.register_buffer("mean", torch.tensor(list(mean), dtype=torch.float32).view(1, -1, 1, 1))
-        self.register_buffer("std", torch.tensor(list(std), dtype=torch.float32).view(1, -1, 1, 1))
+                 num_landmarks: int, radius: float, device: torch.device | str = "cpu",
+                 names: Sequence[str] | None = None) -> None:
+        super().__init__(model, mean=mean, std=std, device=device)
         self.num_landmarks = int(num_landmarks)
         self.radius = float(radius)
-        self.to(torch.device(device))
-
-    @property
-    def device(self) -> torch.device:
-        return self.mean.device
-
-    @property
-    def channels(self) -> int:
-        return int(self.mean.shape[1])
+        #: one name per landmark (the landmark folder's column order): L1..LK by default
+        self.names = tuple(names) if names is not None else tuple(
+            f"L{i + 1}" for i in range(self.num_landmarks))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(N,C,H,W) float in [0,1] -> (N,3K,H,W) maps (heat logits, x offsets, y offsets)."""
-        return self.model((x - self.mean) / self.std)
+        return self.model(self.normalise(x))
 
-    def to_tensor(self, images: np.ndarray | torch.Tensor) -> torch.Tensor:
-        """uint8 (N,H,W,C) NumPy or float (N,C,H,W) torch in [0,1] -> float (N,C,H,W) on device."""
-        if isinstance(images, torch.Tensor):
-            return images.to(self.device, torch.float32)
-        arr = np.asarray(images)
-        if arr.ndim == 3:
-            arr = arr[None]
-        x = torch.from_numpy(np.ascontiguousarray(arr)).permute(0, 3, 1, 2).float()
-        if arr.dtype == np.uint8:
-            x = x / 255.0
-        return x.to(self.device)
+    def checkpoint_meta(self) -> dict[str, Any]:
+        return {**super().checkpoint_meta(), "num_landmarks": self.num_landmarks,
+                "radius": self.radius, "class_names": list(self.names)}
 
-    @torch.no_grad()
     def predict_tensor(self, x: torch.Tensor, batch_size: int = 16) -> torch.Tensor:
         """(N,K,2) landmarks (x, y in input pixels) for [0,1] images, in eval mode."""
-        was = self.training
-        self.eval()
-        try:
-            out = [decode(self(x[i:i + batch_size].to(self.device)), self.radius).cpu()
-                   for i in range(0, x.shape[0], batch_size)]
-        finally:
-            self.train(was)
+        out = self.batched(lambda c: decode(self(c), self.radius).cpu(), x, batch_size)
         return torch.cat(out) if out else torch.zeros(0, self.num_landmarks, 2)
 
     def predict(self, images: np.ndarray | torch.Tensor, batch_size: int = 16) -> np.ndarray:
         """float32 (N,K,2) landmarks for uint8 (N,H,W,C) images (or [0,1] tensors)."""
         return self.predict_tensor(self.to_tensor(images), batch_size).numpy().astype(np.float32)
+
+
+def zoo_landmark_unet(in_channels: int, num_classes: int, **kwargs: Any) -> nn.Module:
+    """The zoo's face of ``landmark_unet``: ``num_classes`` is the number of landmarks K."""
+    return landmark_unet(in_channels, num_classes, **kwargs)
+
+
+register_model("landmark_unet", zoo_landmark_unet)

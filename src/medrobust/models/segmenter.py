@@ -9,80 +9,62 @@ inference. Checkpoints use the same safetensors + meta.json files as classifiers
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import save_file
 from torch import nn
 
 from medrobust.errors import CheckpointError, ConfigError
 from medrobust.models import unet as _unet  # noqa: F401  (registers "unet" in the zoo)
+from medrobust.models.base import PixelModel
 from medrobust.models.checkpoint import (
     META,
-    WEIGHTS,
     build_checkpoint_model,
     check_model_meta,
-    library_versions,
     read_meta,
+    save_model,
 )
-from medrobust.models.pixels import pixel_tensor
 from medrobust.models.registry import Factory
 
 TASK = "segmentation"
 
 
-class Segmenter(nn.Module):
+class Segmenter(PixelModel):
     """Wraps a per-pixel network with normalisation, padding and batched inference.
 
     ``multiple``: input sides are padded (replicate) up to a multiple of it and the logits are
     cropped back, so any image size works with a U-Net whose strides need e.g. multiples of 8.
     """
 
+    task = TASK
+
     def __init__(self, model: nn.Module, *, mean: Sequence[float], std: Sequence[float],
                  class_names: Sequence[str], multiple: int = 1, batch_size: int = 32,
                  device: str | torch.device = "cpu") -> None:
-        super().__init__()
         if len(class_names) < 2:
             raise ConfigError("a segmenter needs at least two classes (background and one more)")
-        self.model = model
+        super().__init__(model, mean=mean, std=std, device=device)
         self.class_names = tuple(class_names)
         self.multiple = max(1, int(multiple))
         self.batch_size = int(batch_size)
-        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
-        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
-        self.to(device)
-        self.eval()
-
-    task = TASK
-
-    @property
-    def device(self) -> torch.device:
-        return self.mean.device
-
-    @property
-    def channels(self) -> int:
-        return int(self.mean.shape[1])
 
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
 
-    def to_tensor(self, images: np.ndarray | torch.Tensor) -> torch.Tensor:
-        """Pixel-space images (uint8 0..255 or float [0,1]) to a new float [0,1] (N,C,H,W)
-        tensor on this device; see ``pixel_tensor``."""
-        return pixel_tensor(images, self.channels, self.device)
+    def checkpoint_meta(self) -> dict[str, Any]:
+        return {**super().checkpoint_meta(), "class_names": list(self.class_names),
+                "multiple": self.multiple}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(N,K,H,W) logits for float [0,1] (N,C,H,W) input; differentiable."""
         h, w = x.shape[-2:]
         ph, pw = (-h) % self.multiple, (-w) % self.multiple
-        z = (x - self.mean) / self.std
+        z = self.normalise(x)
         if ph or pw:
             z = F.pad(z, (0, pw, 0, ph), mode="replicate")
         return self.model(z)[..., :h, :w]
@@ -109,26 +91,8 @@ class Segmenter(nn.Module):
 
 
 def save_segmenter(segmenter: Segmenter, out_dir: str | Path, meta: dict[str, Any]) -> Path:
-    """Write weights and metadata; ``meta`` must name ``model`` and may hold anything JSON-able."""
-    if "model" not in meta:
-        raise CheckpointError("segmentation checkpoint metadata must name its 'model'")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu().contiguous() for k, v in segmenter.model.state_dict().items()}
-    save_file(state, str(out / WEIGHTS))
-    full = {
-        **meta,
-        "task": TASK,
-        "class_names": list(segmenter.class_names),
-        "channels": segmenter.channels,
-        "mean": segmenter.mean.flatten().tolist(),
-        "std": segmenter.std.flatten().tolist(),
-        "multiple": segmenter.multiple,
-        "versions": library_versions(),
-        "saved_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    }
-    (out / META).write_text(json.dumps(full, indent=2))
-    return out
+    """Write weights and metadata (``save_model`` for segmenters)."""
+    return save_model(segmenter, out_dir, meta)
 
 
 def is_segmentation_checkpoint(ckpt_dir: str | Path) -> bool:

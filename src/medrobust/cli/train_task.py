@@ -1,0 +1,108 @@
+"""The body of ``medrobust train --task landmarks|detection``: one path for tasks in the registry.
+
+The task (``medrobust.tasks``) says how it trains and is scored; this file only opens the data,
+records the run and saves the checkpoint. Options the user did not set take the task's defaults,
+not the classification defaults of ``train``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+from click.core import ParameterSource
+
+from medrobust.cli.common import emit, fmt
+from medrobust.data import load_dataset
+from medrobust.errors import ConfigError
+from medrobust.models.checkpoint import save_model
+from medrobust.store import Store
+from medrobust.tasks import get_task
+from medrobust.utils.device import resolve_device
+
+#: ``train``'s options that map onto a task option of the same meaning
+SHARED = {"epochs": "epochs", "batch_size": "batch_size", "lr": "lr", "width": "width",
+          "minutes": "minutes", "heatmap_loss": "heatmap_loss", "seed": "seed"}
+
+
+def task_options(ctx: click.Context, task_name: str) -> dict[str, Any]:
+    """The task's options with what the user set on the command line."""
+    task = get_task(task_name)
+    p = ctx.params
+
+    def given(name: str) -> bool:
+        return ctx.get_parameter_source(name) not in (ParameterSource.DEFAULT, None)
+
+    for name in ("padding", "model_name", "augment"):
+        if given(name):
+            raise ConfigError(f"--{name.replace('_name', '').replace('_', '-')} does not apply "
+                              f"to {task_name} training")
+    chosen = {SHARED[k]: p[k] for k in SHARED if k in p and (given(k) or k == "seed")}
+    return task.check_options(chosen)
+
+
+def train_task_and_save(task_name: str, dataset: str | None, data_dir: str | None,
+                        size: int | None, options: dict[str, Any], out: str | Path, device: str,
+                        store_path: str | Path) -> dict[str, Any]:
+    """Train on train, select on val, score test, save, record; returns the JSON summary."""
+    from medrobust.cli.train import check_outputs
+
+    task = get_task(task_name)
+    check_outputs(out, store_path)
+    name = dataset or task.datasets[0]
+    if name not in task.datasets:
+        raise ConfigError(f"{task_name} trains on {', '.join(task.datasets)}, not {name!r}")
+    splits = [load_dataset(name, s, data_dir=data_dir, size=size) for s in ("train", "val", "test")]
+    train_ds, val_ds, test_ds = splits
+    checkpoint = str(Path(out).resolve())
+    params = {"task": task_name, **options}
+    with Store(store_path) as store, store.tracked_run(
+            "train", params, model={"dir": checkpoint, "model": task.default_model,
+                                    "task": task_name},
+            dataset=train_ds.spec, resume=False) as (run_id, _):
+        model, trained = task.train(train_ds, val_ds, options, resolve_device(device))
+        test_metrics = task.evaluate(model, test_ds)
+        meta = {"model": task.default_model, "model_kwargs": trained["model_kwargs"],
+                "dataset": train_ds.spec, "train": {"options": options,
+                                                    "epochs_run": trained["epochs_run"],
+                                                    "best_epoch": trained["best_epoch"],
+                                                    "seconds": trained["train_seconds"]},
+                "val": trained["val"], "test": test_metrics}
+        save_model(model, out, meta)
+        summary = {"checkpoint": checkpoint, "task": task_name, "model": task.default_model,
+                   "dataset": train_ds.spec, "train_seconds": trained["train_seconds"],
+                   "epochs_run": trained["epochs_run"], "best_epoch": trained["best_epoch"],
+                   "sizes": {"train": len(train_ds), "val": len(val_ds), "test": len(test_ds)},
+                   "val": trained["val"], "test": test_metrics}
+        store.finish_run(run_id, "completed", summary)
+    summary["run_id"] = run_id
+    return summary
+
+
+def describe_metrics(task_name: str, m: dict[str, Any]) -> str:
+    """One line of a task's test metrics."""
+    if task_name == "landmarks":
+        sdr = m["sdr"]
+        unit = m["unit"]
+        return (f"MRE {fmt(m['mre'], 2)} {unit} (SD {fmt(m['mre_std'], 2)}), SDR@2/2.5/3/4 "
+                f"{unit}: " + " / ".join(f"{100 * sdr[k]:.1f}%" for k in ("2.0", "2.5", "3.0",
+                                                                           "4.0")))
+    per_class = ", ".join(f"{k} {fmt(v)}" for k, v in m["per_class"].items())
+    return f"mAP@0.5:0.95 {fmt(m['map'])}  mAP@0.5 {fmt(m['map50'])}  ({per_class})"
+
+
+def run_train_task(ctx: click.Context, task_name: str, as_json: bool) -> None:
+    p = ctx.params
+    options = task_options(ctx, task_name)
+    summary = train_task_and_save(task_name, p["dataset"], p["data_dir"], p["size"], options,
+                                  p["out"], p["device"], p["store_path"])
+
+    def human() -> None:
+        click.echo(f"trained {summary['model']} ({task_name}) in {summary['train_seconds']:.0f}s "
+                   f"(best epoch {summary['best_epoch']} of {summary['epochs_run']}) -> "
+                   f"{summary['checkpoint']}")
+        click.echo(f"test {describe_metrics(task_name, summary['test'])} "
+                   f"({summary['sizes']['test']} images)")
+
+    emit(summary, as_json, human)

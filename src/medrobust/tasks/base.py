@@ -1,0 +1,49 @@
+"""``Task``: what one kind of model needs, said once, so nothing else asks ``if task == ...``.
+
+A task names its datasets and pixel-space wrapper, how it trains (returning the wrapper and a
+summary), how it is scored on a split, and its loss as per-sample terms: training, gradient
+attacks and adaptive-margin training all differentiate the same terms (a landmark model's
+heatmap and offset terms, a detector's heatmap, size and offset terms).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from medrobust.models.base import PixelModel
+
+#: per-sample loss terms: outputs of the wrapper and the task's targets -> {term: (N,)}
+LossTerms = Callable[[PixelModel, torch.Tensor, Any], Mapping[str, torch.Tensor]]
+
+
+@dataclass(frozen=True)
+class Task:
+    """One task's recipe; see ``medrobust.tasks.TASKS`` for the registered ones."""
+
+    name: str
+    wrapper: type[PixelModel]
+    datasets: tuple[str, ...]
+    #: (train split, val split, options dict, device) -> (trained wrapper, JSON-able summary)
+    train: Callable[[Any, Any, dict[str, Any], str], tuple[PixelModel, dict[str, Any]]]
+    #: (wrapper, split) -> metrics; ``headline`` names the one a table leads with
+    evaluate: Callable[[Any, Any], dict[str, Any]]
+    headline: str
+    #: per-sample loss terms (training loss; attacks maximise their sum)
+    loss_terms: LossTerms | None = None
+    #: model zoo name the task trains by default
+    default_model: str = ""
+    #: training options the task understands, with their defaults
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def check_options(self, given: Mapping[str, Any]) -> dict[str, Any]:
+        """The task's options with ``given`` (None: default) applied; unknown names refused."""
+        from medrobust.errors import ConfigError
+
+        unknown = sorted(k for k, v in given.items() if v is not None and k not in self.options)
+        if unknown:
+            raise ConfigError(f"{self.name} training takes no option(s) {', '.join(unknown)}")
+        return {k: (given[k] if given.get(k) is not None else v) for k, v in self.options.items()}

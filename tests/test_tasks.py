@@ -1,0 +1,139 @@
+"""One house for every task: the PixelModel base, the task registry, load_model, and the CLI's
+train/evaluate path for landmarks and detection."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from cli_util import run_cli, run_json
+from test_detection import _voc
+from test_landmarks import make_folder
+
+from medrobust.models import Classifier, PixelModel, build_model, load_model, save_model
+from medrobust.models.detector import Detector
+from medrobust.models.landmark_unet import LandmarkModel, landmark_unet
+from medrobust.models.segmenter import Segmenter
+from medrobust.tasks import TASKS, get_task
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny trainings on a shared 2-core machine: two spinning threads cost more than they give."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_every_wrapper_is_a_pixel_model_and_every_task_is_registered():
+    assert set(TASKS) == {"classification", "segmentation", "landmarks", "detection"}
+    for task in TASKS.values():
+        assert issubclass(task.wrapper, PixelModel) and task.wrapper.task == task.name
+        assert task.loss_terms is not None
+    assert {Classifier, Segmenter, LandmarkModel, Detector} == {t.wrapper for t in TASKS.values()}
+
+
+def test_pixel_model_refuses_bad_normalisation():
+    from medrobust.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="std must be positive"):
+        Classifier(build_model("smallcnn", 3, 2, width=4), mean=[0.5] * 3, std=[0.2, 0.0, 0.2],
+                   class_names=("a", "b"))
+    with pytest.raises(ConfigError, match="one value per channel"):
+        LandmarkModel(landmark_unet(1, 2, width=2), [0.5], [0.2, 0.2], 2, 3.0)
+
+
+@pytest.mark.parametrize("task", ["landmarks", "detection"])
+def test_checkpoint_round_trip_through_load_model(tmp_path, task):
+    torch.manual_seed(0)
+    if task == "landmarks":
+        model = LandmarkModel(build_model("landmark_unet", 1, 3, width=2), [0.4], [0.2], 3, 4.0)
+        meta = {"model": "landmark_unet", "model_kwargs": {"width": 2}}
+        x = torch.rand(2, 1, 24, 20)
+    else:
+        model = Detector(build_model("centernet", 3, 2, width=4), mean=[0.5] * 3, std=[0.25] * 3,
+                         class_names=("RBC", "WBC"))
+        meta = {"model": "centernet", "model_kwargs": {"width": 4}}
+        x = torch.rand(2, 3, 32, 32)
+    save_model(model, tmp_path / "m", meta)
+    saved = json.loads((tmp_path / "m" / "meta.json").read_text())
+    assert saved["task"] == task
+    back = load_model(tmp_path / "m")
+    assert type(back) is type(model)
+    with torch.no_grad():
+        assert torch.equal(back(x), model(x))
+
+
+def test_a_classifier_loader_names_the_task_it_was_given(tmp_path):
+    from medrobust.errors import CheckpointError
+    from medrobust.models import load_classifier
+
+    model = LandmarkModel(build_model("landmark_unet", 1, 3, width=2), [0.4], [0.2], 3, 4.0)
+    save_model(model, tmp_path / "m", {"model": "landmark_unet", "model_kwargs": {"width": 2}})
+    with pytest.raises(CheckpointError, match="holds a landmarks model"):
+        load_classifier(tmp_path / "m")
+
+
+def test_task_options_refuse_unknown_names():
+    from medrobust.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="takes no option"):
+        get_task("detection").check_options({"heatmap_loss": "bce"})
+    assert get_task("landmarks").check_options({"epochs": 3})["epochs"] == 3
+
+
+@pytest.mark.parametrize("task", ["landmarks", "detection"])
+def test_loss_terms_are_per_sample_and_differentiable(task):
+    torch.manual_seed(0)
+    if task == "landmarks":
+        model = LandmarkModel(build_model("landmark_unet", 1, 2, width=2), [0.4], [0.2], 2, 3.0)
+        x = torch.rand(3, 1, 24, 20, requires_grad=True)
+        target = torch.tensor([[[5.0, 6.0], [12.0, 15.0]]]).repeat(3, 1, 1)
+    else:
+        model = Detector(build_model("centernet", 3, 2, width=4), mean=[0.5] * 3, std=[0.25] * 3,
+                         class_names=("a", "b"))
+        x = torch.rand(3, 3, 32, 32, requires_grad=True)
+        target = ([torch.tensor([[4.0, 4.0, 20.0, 18.0]])] * 3, [torch.tensor([1])] * 3)
+    terms = get_task(task).loss_terms(model, model(x), target)
+    assert len(terms) >= 2 and all(t.shape == (3,) for t in terms.values())
+    sum(t.sum() for t in terms.values()).backward()
+    assert x.grad is not None and float(x.grad.abs().sum()) > 0
+
+
+def test_train_and_evaluate_landmarks_from_the_cli(tmp_path, capsys, one_thread):
+    make_folder(tmp_path / "lm", n=16, h=24, w=20)
+    out = run_json(capsys, "train", "--task", "landmarks", "--dataset", "landmarks",
+                   "--data-dir", str(tmp_path / "lm"), "--size", "24", "--epochs", "2",
+                   "--width", "2", "--out", str(tmp_path / "m"), "--store",
+                   str(tmp_path / "s.db"))
+    assert out["task"] == "landmarks" and out["test"]["unit"] == "mm"
+    assert out["epochs_run"] == 2 and np.isfinite(out["test"]["mre"])
+    again = run_json(capsys, "evaluate", "--model", str(tmp_path / "m"), "--store",
+                     str(tmp_path / "s.db"))
+    assert again["mre"] == pytest.approx(out["test"]["mre"])  # the same model, the same data
+    code, _, err = run_cli(capsys, "train", "--task", "landmarks", "--dataset", "landmarks",
+                           "--data-dir", str(tmp_path / "lm"), "--model", "smallcnn", "--out",
+                           str(tmp_path / "m2"), "--store", str(tmp_path / "s.db"))
+    assert code == 2 and "does not apply to landmarks training" in err
+
+
+def test_train_and_evaluate_detection_from_the_cli(tmp_path, capsys, one_thread):
+    boxes = {f"i{k}": [("RBC", 4 + k, 4, 20 + k, 18, 0), ("WBC", 30, 20, 56, 44, 0)]
+             for k in range(8)}
+    _voc(tmp_path / "voc", boxes, {"train": [f"i{k}" for k in range(5)], "val": ["i5", "i6"],
+                                   "test": ["i7"]})
+    out = run_json(capsys, "train", "--task", "detection", "--dataset", "voc", "--data-dir",
+                   str(tmp_path / "voc"), "--size", "32", "--epochs", "1", "--width", "4",
+                   "--out", str(tmp_path / "m"), "--store", str(tmp_path / "s.db"))
+    assert out["task"] == "detection" and 0.0 <= out["test"]["map"] <= 1.0
+    assert set(out["test"]["per_class"]) == {"RBC", "WBC"}
+    again = run_json(capsys, "evaluate", "--model", str(tmp_path / "m"), "--store",
+                     str(tmp_path / "s.db"))
+    assert again["map"] == pytest.approx(out["test"]["map"])
+    code, _, err = run_cli(capsys, "train", "--task", "detection", "--dataset", "landmarks",
+                           "--data-dir", str(tmp_path / "voc"), "--out", str(tmp_path / "m3"),
+                           "--store", str(tmp_path / "s.db"))
+    assert code == 2 and "detection trains on bccd-detection, voc" in err
