@@ -19,6 +19,15 @@ from medrobust.errors import DataError
 DEFAULT_STORE = "medrobust.db"
 
 
+def check_outputs(out: str | Path, store_path: str | Path) -> None:
+    """A checkpoint folder and a store must both be writable before data is loaded or a run is
+    recorded (every ``train`` path checks this first)."""
+    from medrobust.utils.validation import check_writable
+
+    check_writable("--out", out, folder=True)
+    check_writable("--store", store_path, folder=False)
+
+
 def common_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Add ``--json``, ``--seed``, ``--device`` and ``--trust-model-code``; ``--json`` also
     silences progress bars. ``--trust-model-code`` holds only while the command runs, and only

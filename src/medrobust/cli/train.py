@@ -10,6 +10,7 @@ import click
 
 from medrobust.cli.common import (
     DEFAULT_STORE,
+    check_outputs,
     common_options,
     dataset_options,
     emit,
@@ -22,15 +23,8 @@ from medrobust.store import Store
 from medrobust.training import TrainConfig, evaluate_classifier, save_trained, train_classifier
 from medrobust.training.trainer import check_model_input
 from medrobust.utils.device import resolve_device
-from medrobust.utils.validation import check_writable
 
 WIDTH_MODELS = ("smallcnn", "mitosisnet")
-
-
-def check_outputs(out: str | Path, store_path: str | Path) -> None:
-    """Both outputs must be writable before data is loaded or a run is recorded."""
-    check_writable("--out", out, folder=True)
-    check_writable("--store", store_path, folder=False)
 
 
 def train_and_save(dataset: str | None, data_dir: str | None, size: int | None, no_verify: bool,

@@ -9,13 +9,13 @@ import click
 
 from medrobust.cli.common import (
     DEFAULT_STORE,
+    check_outputs,
     common_options,
     dataset_options,
     emit,
     fmt,
     open_dataset,
 )
-from medrobust.cli.train import check_outputs
 from medrobust.defences.storage import save_denoiser
 from medrobust.defences.training import DenoiserTrainConfig, config_dict, train_denoiser
 from medrobust.store import Store

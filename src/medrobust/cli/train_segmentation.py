@@ -11,6 +11,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from medrobust.cli.common import check_outputs
 from medrobust.data import load_dataset
 from medrobust.data.segmentation import SegmentationDataset
 from medrobust.errors import DataError
@@ -40,8 +41,6 @@ def train_segmentation_and_save(dataset: str, data_dir: str | None, size: int | 
                                 overrides: dict[str, Any], out: str | Path, device: str,
                                 store_path: str | Path, seed: int) -> dict[str, Any]:
     """Train on train, select on val, report test metrics; returns the JSON summary."""
-    from medrobust.cli.train import check_outputs
-
     check_outputs(out, store_path)
     config = SegTrainConfig(seed=seed, **overrides)
     config.validate()

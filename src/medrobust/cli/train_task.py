@@ -13,7 +13,7 @@ from typing import Any
 import click
 from click.core import ParameterSource
 
-from medrobust.cli.common import emit, fmt
+from medrobust.cli.common import check_outputs, emit, fmt
 from medrobust.data import load_dataset
 from medrobust.errors import ConfigError
 from medrobust.models.checkpoint import save_model
@@ -46,8 +46,6 @@ def train_task_and_save(task_name: str, dataset: str | None, data_dir: str | Non
                         size: int | None, options: dict[str, Any], out: str | Path, device: str,
                         store_path: str | Path) -> dict[str, Any]:
     """Train on train, select on val, score test, save, record; returns the JSON summary."""
-    from medrobust.cli.train import check_outputs
-
     task = get_task(task_name)
     check_outputs(out, store_path)
     name = dataset or task.datasets[0]
