@@ -30,6 +30,19 @@ from medrobust.training.trainer import TrainConfig, save_trained, train_classifi
 BENCH_DIR = Path(__file__).resolve().parent
 DEFAULT_CACHE = BENCH_DIR / ".cache"
 DEFAULT_DATA_DIR = BENCH_DIR.parent.parent / "shared" / "data"
+#: ../shared/data, or where MEDROBUST_SHARED_DATA points (as for the tests)
+SHARED_DATA = Path(os.environ.get("MEDROBUST_SHARED_DATA", DEFAULT_DATA_DIR))
+
+
+def git_commit() -> str:
+    """The short commit a result was measured at ("" outside a git checkout)."""
+    import subprocess
+
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, cwd=BENCH_DIR, check=False).stdout.strip()
+    except OSError:
+        return ""
 
 
 # --- environment ------------------------------------------------------------------------------

@@ -16,30 +16,21 @@ import argparse
 import json
 import os
 import platform
-import subprocess
 import time
 from pathlib import Path
 
 import torch
+from common import SHARED_DATA, git_commit
 
 from medrobust.data.voc import load_bccd_detection
 from medrobust.training.detection import evaluate_detector, train_detector
 
 HERE = Path(__file__).resolve().parent
-DEFAULT_DATA = Path(os.environ.get("MEDROBUST_SHARED_DATA", HERE.parents[1] / "shared" / "data"))
-
-
-def commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              cwd=HERE, check=False).stdout.strip()
-    except OSError:
-        return ""
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data-dir", type=Path, default=DEFAULT_DATA)
+    ap.add_argument("--data-dir", type=Path, default=SHARED_DATA)
     ap.add_argument("--epochs", type=int, default=400, help="upper bound; the clock usually stops first")
     ap.add_argument("--minutes", type=float, default=44.0, help="wall-clock budget for training")
     ap.add_argument("--size", type=int, default=320)
@@ -84,7 +75,7 @@ def main() -> None:
         "config": vars(args) | {"data_dir": str(args.data_dir), "out": str(args.out)},
         "machine": {"python": platform.python_version(), "torch": torch.__version__,
                     "threads": args.threads, "cpu": platform.processor() or platform.machine(),
-                    "load_average": list(os.getloadavg()), "commit": commit()},
+                    "load_average": list(os.getloadavg()), "commit": git_commit()},
         "history": history["epochs"],
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -15,30 +15,21 @@ import argparse
 import json
 import os
 import platform
-import subprocess
 import time
 from pathlib import Path
 
 import torch
+from common import SHARED_DATA, git_commit
 
 from medrobust.data.landmarks import load_landmarks
 from medrobust.training.landmarks import evaluate_landmarks, train_landmark_model
 
 HERE = Path(__file__).resolve().parent
-DEFAULT_DATA = Path(os.environ.get("MEDROBUST_SHARED_DATA", HERE.parents[1] / "shared" / "data"))
-
-
-def commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              cwd=HERE, check=False).stdout.strip()
-    except OSError:
-        return ""
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data-dir", type=Path, default=DEFAULT_DATA / "isbi2015_ceph")
+    ap.add_argument("--data-dir", type=Path, default=SHARED_DATA / "isbi2015_ceph")
     ap.add_argument("--epochs", type=int, default=200, help="planned epochs (cosine schedule length)")
     ap.add_argument("--minutes", type=float, default=None, help="wall-clock budget for training")
     ap.add_argument("--height", type=int, default=200)
@@ -77,7 +68,7 @@ def main() -> None:
         "seconds_per_epoch": history[-1]["seconds"] / len(history), "load_seconds": load_s,
         "test": test_metrics, "val": val_metrics, "history": history,
         "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-        "machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(), "commit": commit(),
+        "machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(), "commit": git_commit(),
         "bar": {"mre_mm": 2.5, "sdr_2mm": 0.60, "minutes": 30},
         "passes_bar": bool(test_metrics["mre"] <= 2.5 and test_metrics["sdr"]["2.0"] >= 0.60
                            and history[-1]["seconds"] <= 30 * 60),

@@ -220,13 +220,6 @@ def _toy_dataset(n: int, seed: int) -> DetectionDataset:
                             tuple(map(str, range(n))), np.full((n, 2), 32), np.ones((n, 2)))
 
 
-@pytest.fixture
-def one_thread():
-    """Tiny tensors: one thread avoids OpenMP hand-offs that dominate on busy shared cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def test_smoke_training_lowers_loss_and_is_seeded(one_thread) -> None:

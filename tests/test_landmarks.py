@@ -255,13 +255,6 @@ def test_augmentation_moves_landmarks_exactly():
     torch.testing.assert_close(centroid, moved[0, 0], atol=0.1, rtol=0)
 
 
-@pytest.fixture
-def one_thread():
-    """Tiny tensors: one thread avoids OpenMP spin-waits on a busy 2-core machine (30x faster)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.mark.slow

@@ -19,15 +19,6 @@ from medrobust.models.segmenter import Segmenter
 from medrobust.tasks import TASKS, get_task
 
 
-@pytest.fixture
-def one_thread():
-    """Tiny trainings on a shared 2-core machine: two spinning threads cost more than they give."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def test_every_wrapper_is_a_pixel_model_and_every_task_is_registered():
     assert set(TASKS) == {"classification", "segmentation", "landmarks", "detection"}
     for task in TASKS.values():

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image, UnidentifiedImageError
 
 from medrobust.errors import DataError
 
@@ -86,3 +88,17 @@ class ImageDataset(PixelArrays):
             "class_counts": self.class_counts(),
             "spec": self.spec,
         }
+
+
+#: PIL modes with one channel: a folder whose images all have one of these loads as greyscale
+GREY_MODES = frozenset({"1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
+
+
+def is_colour(path: Path) -> bool:
+    """Whether an image file is colour, from its header alone (folder loaders pick the channel
+    count of a whole folder this way before decoding anything)."""
+    try:
+        with Image.open(path) as img:
+            return img.mode not in GREY_MODES
+    except (OSError, UnidentifiedImageError) as exc:
+        raise DataError(f"cannot read image {path}: {exc}") from None

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from medrobust.data.base import ImageDataset
+from medrobust.data.base import ImageDataset, is_colour
 from medrobust.data.registry import SPLITS, register_dataset
 from medrobust.errors import DataError
 from medrobust.utils.progress import progress
@@ -21,7 +21,6 @@ from medrobust.utils.validation import check_choice, check_range, check_split_fr
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 # PIL modes without colour bands; anything else (RGB, RGBA, palette, CMYK...) counts as colour.
-GREY_MODES = frozenset({"1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
 
 
 def _images_in(folder: Path) -> list[Path]:
@@ -66,13 +65,6 @@ def stratified_split(n_per_class: list[int], val_fraction: float, test_fraction:
                     "train": np.sort(order[n_test + n_val:])})
     return out
 
-
-def _is_colour(path: Path) -> bool:
-    try:
-        with Image.open(path) as img:  # reads the header only
-            return img.mode not in GREY_MODES
-    except (OSError, UnidentifiedImageError) as exc:
-        raise DataError(f"cannot read image {path}: {exc}") from exc
 
 
 def _read(path: Path, size: int, mode: str) -> np.ndarray:
@@ -132,7 +124,7 @@ def load_folder(split: str, data_dir: str | Path, size: int = 64, channels: int 
         raise DataError(f"{root} has one class folder ({classes[0]}): a classifier needs at "
                         "least 2 classes, one subfolder of images each")
     if channels is None:
-        channels = 3 if any(_is_colour(p) for p in all_files) else 1
+        channels = 3 if any(is_colour(p) for p in all_files) else 1
     mode = "RGB" if channels == 3 else "L"
     images = np.zeros((len(items), size, size, channels), dtype=np.uint8)
     for k, (path, _) in enumerate(progress(items, desc=f"{root.name} {split}", unit="img")):

@@ -28,13 +28,13 @@ from typing import Any
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from medrobust.data.base import is_colour
 from medrobust.data.registry import register_dataset
 from medrobust.errors import DataError
 from medrobust.utils.seeding import numpy_rng
 from medrobust.utils.validation import check_split_fractions
 
 SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
-GREY_MODES = frozenset({"1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
 WIDE_MODES = frozenset({"I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
 SEEDED_SPLITS = ("train", "val", "test")
 #: The paper's input size (H, W) for ISBI 2015 cephalograms.
@@ -196,13 +196,6 @@ def _image_files(folder: Path) -> dict[str, Path]:
     return files
 
 
-def _is_colour(path: Path) -> bool:
-    try:
-        with Image.open(path) as img:  # header only
-            return img.mode not in GREY_MODES
-    except (OSError, UnidentifiedImageError) as exc:
-        raise DataError(f"cannot read image {path}: {exc}") from None
-
 
 def _read_resized(path: Path, channels: int, size: tuple[int, int]) -> tuple[np.ndarray, tuple[int, int]]:
     """uint8 (H, W, C) resized with Lanczos, and the file's (H, W)."""
@@ -314,7 +307,7 @@ def load_landmarks(data_dir: str | Path, split: str = "train",
             pixel_size = np.asarray(vals, dtype=np.float64)
 
     if channels is None:
-        channels = 3 if any(_is_colour(files[i]) for i in ids) else 1
+        channels = 3 if any(is_colour(files[i]) for i in ids) else 1
     images = np.empty((len(chosen), hw[0], hw[1], channels), dtype=np.uint8)
     points = np.empty((len(chosen), k, 2), dtype=np.float32)
     orig = np.empty((len(chosen), 2), dtype=np.int64)

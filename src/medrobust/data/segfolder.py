@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from medrobust.data.base import is_colour
 from medrobust.data.registry import SPLITS, register_dataset
 from medrobust.data.segmentation import SegmentationDataset
 from medrobust.errors import DataError
@@ -25,7 +26,6 @@ from medrobust.utils.validation import check_choice, check_range, check_split_fr
 
 SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 LOSSY = (".jpg", ".jpeg")
-GREY_MODES = frozenset({"1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
 WIDE_MODES = frozenset({"I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
 MODES = ("resize", "tile")
 MASK_MODES = ("auto", "binary", "index")
@@ -74,13 +74,6 @@ def seeded_split(n: int, val_fraction: float, test_fraction: float, seed: int
     return {"test": np.sort(order[:n_test]), "val": np.sort(order[n_test:n_test + n_val]),
             "train": np.sort(order[n_test + n_val:])}
 
-
-def _is_colour(path: Path) -> bool:
-    try:
-        with Image.open(path) as img:  # header only
-            return img.mode not in GREY_MODES
-    except (OSError, UnidentifiedImageError) as exc:
-        raise DataError(f"cannot read image {path}: {exc}") from None
 
 
 def read_image(path: Path, channels: int) -> np.ndarray:
@@ -206,7 +199,7 @@ def load_segfolder(split: str, data_dir: str | Path, size: int = 128, mode: str 
         items = [pairs[i] for i in seeded_split(len(pairs), val_fraction, test_fraction,
                                                 seed)[split]]
     if channels is None:
-        channels = 3 if any(_is_colour(p) for p in everything) else 1
+        channels = 3 if any(is_colour(p) for p in everything) else 1
 
     names, images, masks = [], [], []
     for stem, ipath, mpath in progress(items, desc=f"{root.name} {split}", unit="img"):
