@@ -126,16 +126,18 @@ class PGD(Attack):
             **kwargs: Any) -> torch.Tensor:
         """Adversarial images for ``images`` (float [0,1] or uint8 (N,C,H,W)); a new tensor.
 
-        ``labels`` are the true labels/masks (untargeted) or the targets (targeted). ``keys``
+        ``labels`` are the true labels/masks/landmarks (untargeted) or the targets (targeted):
+        a tensor or array with one row per image, or a list with one entry per image when the
+        targets are ragged (a detector's boxes and labels per image). ``keys``
         name each image's random stream (default 0..N-1), so a campaign gets the same result
         whether an image is attacked alone or in a batch.
         """
         device = model_device(self.model)
         x = as_image_batch(images, device)
         n = x.shape[0]
-        target = torch.as_tensor(labels).to(device)
-        if target.shape[0] != n:
-            raise ConfigError(f"{n} images but {target.shape[0]} labels/targets")
+        target = _targets(labels, device)
+        if len(target) != n:
+            raise ConfigError(f"{n} images but {len(target)} labels/targets")
         keys = list(range(n)) if keys is None else [int(k) for k in keys]
         if len(keys) != n:
             raise ConfigError(f"{n} images but {len(keys)} keys")
@@ -184,3 +186,12 @@ class PGD(Attack):
             delta = torch.where(active.view(view), new, delta)
             taken += active.cpu().long()
         return enforce_budget(x0, x0 + delta, eps, self.norm), taken
+
+
+def _targets(labels: Any, device: torch.device) -> torch.Tensor | list[Any]:
+    """One target per image: a tensor when they stack, else the list as given. Ragged targets
+    (a detector's (boxes, labels) per image) are a list of tuples; they are sliced per batch like
+    a tensor and handed to the loss as they are."""
+    if isinstance(labels, list) and labels and isinstance(labels[0], (tuple, dict)):
+        return labels
+    return torch.as_tensor(labels).to(device)

@@ -16,7 +16,8 @@ import torch
 
 from medrobust.models.base import PixelModel
 
-#: per-sample loss terms: outputs of the wrapper and the task's targets -> {term: (N,)}
+#: per-sample loss terms: outputs of the wrapper and the task's targets -> {term: (N,)}, with
+#: ``total`` the training objective
 LossTerms = Callable[[PixelModel, torch.Tensor, Any], Mapping[str, torch.Tensor]]
 
 
@@ -38,6 +39,21 @@ class Task:
     default_model: str = ""
     #: training options the task understands, with their defaults
     options: dict[str, Any] = field(default_factory=dict)
+
+    def attack_loss(self, model: PixelModel) -> Callable[[torch.Tensor, Any], torch.Tensor]:
+        """``loss(outputs, targets) -> (N,)`` for gradient attacks: the per-sample training
+        objective (``total`` of the loss terms), which untargeted attacks maximise."""
+        if self.loss_terms is None:
+            from medrobust.errors import ConfigError
+
+            raise ConfigError(f"{self.name} defines no loss to attack")
+        terms = self.loss_terms
+
+        def loss(outputs: torch.Tensor, targets: Any) -> torch.Tensor:
+            return terms(model, outputs, targets)["total"]
+
+        loss.__name__ = f"{self.name}_loss"
+        return loss
 
     def check_options(self, given: Mapping[str, Any]) -> dict[str, Any]:
         """The task's options with ``given`` (None: default) applied; unknown names refused."""

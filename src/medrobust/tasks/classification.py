@@ -27,13 +27,14 @@ def train(train_ds: Any, val_ds: Any, options: dict[str, Any], device: str
 
 def loss_terms(model: Classifier, outputs: torch.Tensor, labels: torch.Tensor
                ) -> dict[str, torch.Tensor]:
-    """Per-sample cross-entropy (one-logit sigmoid heads: binary cross-entropy)."""
+    """Per-sample cross-entropy (one-logit sigmoid heads: binary cross-entropy); ``total`` is
+    the training objective."""
     if model.head == "sigmoid":
         ce = F.binary_cross_entropy_with_logits(outputs.reshape(-1), labels.float(),
                                                 reduction="none")
     else:
         ce = F.cross_entropy(outputs, labels, reduction="none")
-    return {"ce": ce}
+    return {"ce": ce, "total": ce}
 
 
 TASK = Task(name="classification", wrapper=Classifier,

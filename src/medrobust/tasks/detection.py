@@ -45,7 +45,10 @@ def evaluate(detector: Detector, dataset: DetectionDataset) -> dict[str, Any]:
 
 
 def loss_terms(model: Detector, outputs: torch.Tensor, targets: Any) -> dict[str, torch.Tensor]:
-    """Per-sample heatmap, size and offset terms against per-image (boxes, labels) lists."""
+    """Per-sample heatmap, size and offset terms and their weighted total, against one
+    (boxes, labels) pair per image (or the pair of per-image lists the loss takes)."""
+    if isinstance(targets, list):  # one (boxes, labels) per image, as attacks slice them
+        targets = ([b for b, _ in targets], [lab for _, lab in targets])
     return dict(DetectionLoss(model.num_classes)(outputs, targets))
 
 

@@ -24,13 +24,14 @@ def train(train_ds: Any, val_ds: Any, options: dict[str, Any], device: str
 
 def loss_terms(model: Segmenter, outputs: torch.Tensor, masks: torch.Tensor
                ) -> dict[str, torch.Tensor]:
-    """Per-sample soft Dice loss (foreground classes) and pixel-mean cross-entropy."""
+    """Per-sample soft Dice loss (foreground classes), pixel-mean cross-entropy and their sum
+    (``total``, the training objective)."""
     ce = F.cross_entropy(outputs, masks, reduction="none").flatten(1).mean(1)
     prob = outputs.softmax(1)[:, 1:]
     onehot = F.one_hot(masks, outputs.shape[1]).permute(0, 3, 1, 2)[:, 1:].float()
     inter = (prob * onehot).flatten(1).sum(1)
     dice = 1 - (2 * inter + 1e-5) / (prob.flatten(1).sum(1) + onehot.flatten(1).sum(1) + 1e-5)
-    return {"dice": dice, "ce": ce}
+    return {"dice": dice, "ce": ce, "total": dice + ce}
 
 
 TASK = Task(name="segmentation", wrapper=Segmenter, datasets=("segfolder",), train=train,
