@@ -239,7 +239,7 @@ CASES: list[tuple[str, Argv, str] | tuple[str, Argv, str, str]] = [
     ("train-lr-negative", train("--lr", "-1"), "lr must lie in (0, inf], got -1.0"),
     ("train-lr-0", train("--lr", "0"), "lr must lie in (0, inf], got 0.0"),
     ("train-model-unknown", train("--model", "vgg99"),
-     "unknown model 'vgg99': choose from densenet121, mitosisnet, resnet18, smallcnn"),
+     "unknown model 'vgg99': choose from "),
     ("train-dataset-unknown", lambda f: [*train()(f), "--dataset", "nosuch"],
      "unknown dataset 'nosuch': choose from"),
     ("train-augment-unknown", train("--augment", "rotate"), "'rotate' is not one of", USAGE),

@@ -109,6 +109,27 @@ def test_train_and_evaluate_landmarks_from_the_cli(tmp_path, capsys, one_thread)
                            "--data-dir", str(tmp_path / "lm"), "--model", "smallcnn", "--out",
                            str(tmp_path / "m2"), "--store", str(tmp_path / "s.db"))
     assert code == 2 and "does not apply to landmarks training" in err
+    _attack_resumes(capsys, tmp_path, "landmarks", ("clean_mre", "adv_mre"))
+
+
+def _attack_resumes(capsys, tmp_path, task: str, keys: tuple[str, str]) -> None:
+    """attack pgd on a landmark model or detector: per-image rows, a summary that says how the
+    task metric moved, a rerun that resumes with nothing left, one line for foreign options."""
+    from medrobust.store import Store
+
+    args = ["attack", "pgd", "--model", str(tmp_path / "m"), "--split", "test", "--norm", "l2",
+            "--eps", "2", "--steps", "3", "--store", str(tmp_path / "a.db")]
+    out = run_json(capsys, *args)
+    assert out["task"] == task and out["images"] >= 1 and out["table"] == "task_attack_results"
+    assert all(np.isfinite(out[k]) for k in keys)
+    with Store(tmp_path / "a.db") as store:
+        rows = store.rows("task_attack_results", run_id=out["run_id"])
+    assert len(rows) == out["images"] and all(r["l2"] <= 2 + 1e-5 for r in rows)
+    assert all(r["adv_loss"] >= r["clean_loss"] for r in rows)  # PGD raised the task's loss
+    again = run_json(capsys, *args)
+    assert again["resumed"] and again["attacked_now"] == 0 and again[keys[1]] == out[keys[1]]
+    code, _, err = run_cli(capsys, *args, "--targeted")
+    assert code == 2 and f"--targeted does not apply to {task} models" in err
 
 
 def test_train_and_evaluate_detection_from_the_cli(tmp_path, capsys, one_thread):
@@ -128,6 +149,7 @@ def test_train_and_evaluate_detection_from_the_cli(tmp_path, capsys, one_thread)
                            "--data-dir", str(tmp_path / "voc"), "--out", str(tmp_path / "m3"),
                            "--store", str(tmp_path / "s.db"))
     assert code == 2 and "detection trains on bccd-detection, voc" in err
+    _attack_resumes(capsys, tmp_path, "detection", ("clean_map", "adv_map"))
 
 
 def _landmark_model() -> LandmarkModel:

@@ -51,7 +51,8 @@ def gradient_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     decorators = [
         click.option("--model", "model_dir", required=True, type=click.Path(),
                      help="Checkpoint folder."),
-        click.option("--task", type=click.Choice(["auto", "classification", "segmentation"]),
+        click.option("--task", type=click.Choice(["auto", "classification", "segmentation",
+                                                  "landmarks", "detection"]),
                      default="auto", show_default=True,
                      help="auto: from the checkpoint's metadata."),
         click.option("--dataset", default=None,
@@ -94,14 +95,28 @@ def gradient_options(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def resolve_task(task: str, model_dir: str) -> str:
-    if task != "auto":
-        return task
-    return "segmentation" if read_meta(model_dir).get("task") == "segmentation" else \
-        "classification"
+    """The task the user named, or the checkpoint's; a mismatch is one line, not a traceback."""
+    saved = read_meta(model_dir).get("task", "classification")
+    if task == "auto":
+        return str(saved)
+    if task != saved:
+        raise ConfigError(f"--task {task}, but {model_dir} holds a {saved} model")
+    return task
 
 
 def check_task_options(task: str, opts: dict[str, Any]) -> None:
     """Options of the other task would be silently ignored: refuse them."""
+    if task in ("landmarks", "detection"):
+        for flag, used in (("--targeted", opts["targeted"]), ("--target", option_given("target")),
+                           ("--target-mode", opts["target_mode"] != "none"),
+                           ("--loss", option_given("loss")),
+                           ("--early-stop", opts["early_stop"]),
+                           ("--stop-iou", option_given("stop_iou")),
+                           ("--examples", option_given("examples"))):
+            if used:
+                raise ConfigError(f"{flag} does not apply to {task} models: their attacks raise "
+                                  "the task's own training loss, untargeted")
+        return
     if task == "classification":
         check_target_options(opts["targeted"])
         if opts["target_mode"] != "none":
@@ -124,14 +139,24 @@ def run_gradient(kind: str, opts: dict[str, Any]) -> None:
     check_campaign_options(opts)
     task = resolve_task(opts["task"], opts["model_dir"])
     check_task_options(task, opts)
-    summary = (_segmentation if task == "segmentation" else _classification)(kind, opts)
+    if task in ("landmarks", "detection"):
+        summary = _task_attack(kind, task, opts)
+    else:
+        summary = (_segmentation if task == "segmentation" else _classification)(kind, opts)
     summary["task"] = task
 
     def human() -> None:
         s = summary
         verb = "resumed" if s["resumed"] else "ran"
         click.echo(f"{verb} run {s['run_id']} ({kind}, {task}): {s['images']} images")
-        if task == "classification":
+        if task == "landmarks":
+            u = s.get("unit", "")
+            click.echo(f"MRE {fmt(s.get('clean_mre'), 2)} -> {fmt(s.get('adv_mre'), 2)} {u}  "
+                       f"SDR@2 {fmt(s.get('clean_sdr_2'))} -> {fmt(s.get('adv_sdr_2'))}")
+        elif task == "detection":
+            click.echo(f"mAP@0.5:0.95 {fmt(s.get('clean_map'))} -> {fmt(s.get('adv_map'))}  "
+                       f"mAP@0.5 {fmt(s.get('clean_map50'))} -> {fmt(s.get('adv_map50'))}")
+        elif task == "classification":
             click.echo(f"clean accuracy {fmt(s['clean_accuracy'])}  robust accuracy "
                        f"{fmt(s['robust_accuracy'])}  success rate {fmt(s['success_rate'])}  "
                        f"mean L2 {fmt(s['mean_l2'])}  mean Linf {fmt(s['mean_linf'])}")
@@ -198,15 +223,59 @@ def _segmentation(kind: str, opts: dict[str, Any]) -> dict[str, Any]:
             "store": opts["store_path"], "table": "segattack_results", **out.summary}
 
 
+def _task_attack(kind: str, task_name: str, opts: dict[str, Any]) -> dict[str, Any]:
+    """Landmark models and detectors: the attack raises the task's training loss; each image's
+    task metric before and after lands in the store (``task_attack_results``)."""
+    from medrobust.attacks.task_campaign import run_task_attack_campaign
+    from medrobust.data import load_dataset, load_from_spec
+    from medrobust.models.loading import load_model
+    from medrobust.tasks import get_task
+
+    task = get_task(task_name)
+    meta = read_meta(opts["model_dir"])
+    model = load_model(opts["model_dir"], resolve_device(opts["device"]))
+    att = ATTACKS[kind](model, loss=task.attack_loss(model), norm=opts["norm"], eps=opts["eps"],
+                        step=opts["step"], steps=opts["steps"],
+                        random_start=opts["random_start"], batch_size=opts["batch_images"],
+                        seed=opts["seed"])
+    spec = dict(meta.get("dataset") or {})
+    if opts["dataset"] is not None:
+        ds = load_dataset(opts["dataset"], opts["split"], data_dir=opts["data_dir"],
+                          size=opts["size"] or spec.get("size"))
+    else:
+        if opts["data_dir"] is not None:
+            spec["data_dir"] = opts["data_dir"]
+        if opts["size"] is not None:
+            spec["size"] = opts["size"]
+        ds = load_from_spec(spec, opts["split"])
+    if ds.channels != model.channels:
+        raise ConfigError(f"the model takes {model.channels}-channel images but {ds.name} "
+                          f"{opts['split']} has {ds.channels} channels")
+    att.check_images((ds.channels, *ds.images.shape[1:3]))
+    indices = pick_indices(ds, opts["limit"])
+    info = {"dir": str(Path(opts["model_dir"]).resolve()), "model": meta.get("model"),
+            "model_kwargs": meta.get("model_kwargs", {}), "saved_at": meta.get("saved_at"),
+            "task": task_name}
+    params = {"attack": att.params(), "task": task_name, "indices": indices}
+    with Store(opts["store_path"]) as store:
+        out = run_task_attack_campaign(store, task, model, info, ds, att, f"attack {kind}",
+                                       params, indices, batch_images=opts["batch_images"],
+                                       resume=not opts["no_resume"],
+                                       show_progress=not opts["as_json"])
+    return {"run_id": out.run_id, "resumed": out.resumed, "attacked_now": out.attacked_now,
+            "store": opts["store_path"], "table": "task_attack_results", **out.summary}
+
+
 @click.command()
 @gradient_options
 def pgd(**opts: Any) -> None:
-    """PGD (Linf or L2, random start) on a classifier or a segmentation model."""
+    """PGD (Linf or L2, random start) on a classifier, segmenter, landmark model or detector."""
     run_gradient("pgd", opts)
 
 
 @click.command()
 @gradient_options
 def ifgsm(**opts: Any) -> None:
-    """Iterative FGSM / BIM (no random start) on a classifier or a segmentation model."""
+    """Iterative FGSM / BIM (no random start) on a classifier, segmenter, landmark model or
+    detector."""
     run_gradient("ifgsm", opts)

@@ -39,6 +39,12 @@ class Task:
     default_model: str = ""
     #: training options the task understands, with their defaults
     options: dict[str, Any] = field(default_factory=dict)
+    #: attack campaigns on this task (landmarks, detection): (dataset, indices) -> the targets an
+    #: untargeted attack moves away from; (model, dataset, indices, clean, adversarial) -> one
+    #: row per image (task metric before and after, predictions); (rows, dataset) -> summary
+    attack_targets: Callable[[Any, Any], Any] | None = None
+    attack_rows: Callable[..., list[dict[str, Any]]] | None = None
+    attack_summary: Callable[[list[dict[str, Any]], Any], dict[str, Any]] | None = None
 
     def attack_loss(self, model: PixelModel) -> Callable[[torch.Tensor, Any], torch.Tensor]:
         """``loss(outputs, targets) -> (N,)`` for gradient attacks: the per-sample training

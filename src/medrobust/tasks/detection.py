@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
 
 from medrobust.data.voc import DetectionDataset
@@ -52,6 +53,61 @@ def loss_terms(model: Detector, outputs: torch.Tensor, targets: Any) -> dict[str
     return dict(DetectionLoss(model.num_classes)(outputs, targets))
 
 
+def _image_map(dets: tuple[np.ndarray, np.ndarray, np.ndarray], ds: DetectionDataset,
+               i: int) -> float:
+    metric = MeanAveragePrecision(ds.class_names)
+    metric.update([dets[0]], [dets[1]], [dets[2]], [ds.boxes[i]], [ds.labels[i]],
+                  [ds.difficult[i]])
+    return float(metric.aggregate()["map"])
+
+
+def _plain(dets: tuple[np.ndarray, np.ndarray, np.ndarray]) -> list[list[float]]:
+    """Detections as rows (x0, y0, x1, y1, score, label), rounded for the store."""
+    boxes, scores, labels = dets
+    return [[*np.round(b, 2).tolist(), round(float(s), 4), int(lab)]
+            for b, s, lab in zip(boxes, scores, labels, strict=True)]
+
+
+def attack_rows(model: Detector, ds: DetectionDataset, idx: np.ndarray, clean: torch.Tensor,
+                adv: torch.Tensor) -> list[dict[str, Any]]:
+    """Per image: COCO mAP@0.5:0.95 of that image before and after, confident detections
+    (score >= 0.3) before and after, and every detection kept (the summary's dataset mAP)."""
+    before, after = model.predict_tensor(clean), model.predict_tensor(adv)
+    rows = []
+    for j, i in enumerate(int(v) for v in idx):
+        rows.append({"metric": "map", "unit": "",
+                     "clean_metric": _image_map(before[j], ds, i),
+                     "adv_metric": _image_map(after[j], ds, i),
+                     "clean_extra": float((before[j][1] >= 0.3).sum()),
+                     "adv_extra": float((after[j][1] >= 0.3).sum()),
+                     "clean_pred": _plain(before[j]), "adv_pred": _plain(after[j])})
+    return rows
+
+
+def attack_summary(rows: list[dict[str, Any]], ds: DetectionDataset) -> dict[str, Any]:
+    """Dataset-level COCO mAP and mAP@0.5 over the attacked images, before and after."""
+    if not rows:
+        return {"images": 0}
+    idx = [int(r["dataset_index"]) for r in rows]
+    out: dict[str, Any] = {"images": len(rows)}
+    for side in ("clean", "adv"):
+        preds = [np.asarray(r[f"{side}_pred"], dtype=np.float64).reshape(-1, 6) for r in rows]
+        metric = MeanAveragePrecision(ds.class_names)
+        metric.update([p[:, :4] for p in preds], [p[:, 4] for p in preds],
+                      [p[:, 5].astype(np.int64) for p in preds], [ds.boxes[i] for i in idx],
+                      [ds.labels[i] for i in idx], [ds.difficult[i] for i in idx])
+        agg = metric.aggregate()
+        out[f"{side}_map"], out[f"{side}_map50"] = agg["map"], agg["map50"]
+        out[f"{side}_detections"] = float(np.mean([r[f"{side}_extra"] for r in rows]))
+    return out
+
+
+def attack_targets(ds: DetectionDataset, idx: np.ndarray) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The true boxes and labels per image: an untargeted attack raises the detector's loss."""
+    return [(torch.from_numpy(ds.boxes[i]), torch.from_numpy(ds.labels[i])) for i in idx]
+
+
 TASK = Task(name="detection", wrapper=Detector, datasets=("bccd-detection", "voc"), train=train,
             evaluate=evaluate, headline="map", loss_terms=loss_terms, default_model="centernet",
-            options=OPTIONS)
+            options=OPTIONS, attack_rows=attack_rows, attack_summary=attack_summary,
+            attack_targets=attack_targets)

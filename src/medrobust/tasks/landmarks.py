@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
 
 from medrobust.data.landmarks import LandmarkDataset
+from medrobust.metrics.landmarks import radial_errors
 from medrobust.models.landmark_codec import encode
 from medrobust.models.landmark_unet import LandmarkModel
 from medrobust.tasks.base import Task
@@ -49,6 +51,45 @@ def loss_terms(model: LandmarkModel, outputs: torch.Tensor, landmarks: torch.Ten
     return dict(LandmarkLoss(heatmap_loss, heatmap_weight)(outputs, heat, offsets, mask))
 
 
+def _errors(model: LandmarkModel, ds: LandmarkDataset, idx: np.ndarray, x: torch.Tensor
+            ) -> tuple[np.ndarray, np.ndarray, str]:
+    """Predictions (n,K,2) and their radial errors (n,K) in mm (px without pixel sizes)."""
+    pred = model.predict_tensor(x).numpy()
+    err = radial_errors(pred, ds.landmarks[idx], ds.scales[idx]).numpy()
+    if ds.pixel_size_mm is None:
+        return pred, err, "px"
+    return pred, err * np.asarray(ds.pixel_size_mm)[idx][:, None], "mm"
+
+
+def attack_rows(model: LandmarkModel, ds: LandmarkDataset, idx: np.ndarray, clean: torch.Tensor,
+                adv: torch.Tensor) -> list[dict[str, Any]]:
+    """Per image: mean radial error and SDR@2 before and after the attack, both predictions."""
+    pred_c, err_c, unit = _errors(model, ds, idx, clean)
+    pred_a, err_a, _ = _errors(model, ds, idx, adv)
+    return [{"metric": "mre", "unit": unit, "clean_metric": float(err_c[j].mean()),
+             "adv_metric": float(err_a[j].mean()), "clean_extra": float((err_c[j] <= 2).mean()),
+             "adv_extra": float((err_a[j] <= 2).mean()),
+             "clean_pred": np.round(pred_c[j], 2).tolist(),
+             "adv_pred": np.round(pred_a[j], 2).tolist()} for j in range(len(idx))]
+
+
+def attack_summary(rows: list[dict[str, Any]], ds: LandmarkDataset) -> dict[str, Any]:
+    """MRE and SDR@2 (the unit of the rows) over the attacked images, before and after."""
+    if not rows:
+        return {"images": 0}
+    mean = lambda key: float(np.mean([r[key] for r in rows]))  # noqa: E731
+    return {"images": len(rows), "unit": rows[0]["unit"], "clean_mre": mean("clean_metric"),
+            "adv_mre": mean("adv_metric"), "clean_sdr_2": mean("clean_extra"),
+            "adv_sdr_2": mean("adv_extra")}
+
+
+def attack_targets(ds: LandmarkDataset, idx: np.ndarray) -> torch.Tensor:
+    """The true landmarks: an untargeted attack pushes predictions away from them."""
+    return torch.from_numpy(ds.landmarks[idx].astype(np.float32))
+
+
 TASK = Task(name="landmarks", wrapper=LandmarkModel, datasets=("landmarks",), train=train,
             evaluate=evaluate_landmarks, headline="mre", loss_terms=loss_terms,
-            default_model="landmark_unet", options=OPTIONS)
+            default_model="landmark_unet", options=OPTIONS,
+            attack_rows=attack_rows, attack_summary=attack_summary,
+            attack_targets=attack_targets)
