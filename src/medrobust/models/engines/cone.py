@@ -49,9 +49,9 @@ CONSISTENT_CHUNK = 256
 #: favours the convolution).
 MATRIX_INPUTS = 256
 
-#: A freshly built plan scores this many random candidates with both engines before use; any
-#: disagreement above ``SELF_CHECK_TOLERANCE`` (in probability) sends the whole engine to the
-#: reference. Costs one engine call and one dense batch per build: milliseconds on a CPU.
+#: A plan scores this many random candidates with both engines before its first use on each
+#: call path; any disagreement above ``SELF_CHECK_TOLERANCE`` (in probability) sends the whole
+#: engine to the reference. Costs one engine call and one dense batch per plan and path.
 SELF_CHECK_CANDIDATES = 32
 SELF_CHECK_TOLERANCE = 1e-5
 
