@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -66,13 +68,29 @@ def bright_pixel_classifier():
                       class_names=("normal", "mitosis"), head="sigmoid")
 
 
+@contextlib.contextmanager
+def _torch_threads(n: int) -> Iterator[None]:
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 @pytest.fixture
 def one_thread():
     """Tiny trainings: one thread avoids OpenMP hand-offs that dominate tiny tensors on a busy
     2-core machine (measured up to 30x faster)."""
-    import torch
+    with _torch_threads(1):
+        yield
 
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+
+@pytest.fixture(scope="module")
+def one_thread_module():
+    """``one_thread`` for a whole module of tiny networks: ``pytestmark =
+    pytest.mark.usefixtures("one_thread_module")``."""
+    with _torch_threads(1):
+        yield

@@ -10,14 +10,7 @@ from torch import nn
 from medrobust.attacks.asma import ASMA, distance, mask_loss, multiplier
 from medrobust.errors import ConfigError
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny convolutions run several times faster on one thread on a shared CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread_module")
 
 
 class PerPixel(nn.Module):

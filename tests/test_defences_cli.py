@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-import torch
 from cli_util import run_json
 
 from medrobust.attacks import OnePixel
@@ -12,14 +11,7 @@ from medrobust.cli.main import main
 from medrobust.models.checkpoint import save_checkpoint
 from medrobust.store import Store
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny convolutions run many times faster on one thread than on two busy cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread_module")
 
 
 @pytest.fixture(scope="module")

@@ -15,14 +15,7 @@ from medrobust.attacks.losses import DiceLoss
 from medrobust.attacks.projection import enforce_budget, random_start
 from medrobust.errors import ConfigError
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run several times faster on one thread on a shared CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread_module")
 
 
 def linear_classifier(seed: int = 0, k: int = 3) -> nn.Module:

@@ -28,14 +28,7 @@ from medrobust.models.unet import unet
 from medrobust.training.seg_metrics import per_image_metrics, segmentation_metrics
 from medrobust.training.segmentation import SegTrainConfig, evaluate_segmenter, train_segmenter
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small networks run faster on one thread on a shared CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread_module")
 
 
 def blob_image(rng: np.random.Generator, h: int, w: int, colour: bool
