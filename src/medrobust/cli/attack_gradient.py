@@ -227,7 +227,6 @@ def _task_attack(kind: str, task_name: str, opts: dict[str, Any]) -> dict[str, A
     """Landmark models and detectors: the attack raises the task's training loss; each image's
     task metric before and after lands in the store (``task_attack_results``)."""
     from medrobust.attacks.task_campaign import run_task_attack_campaign
-    from medrobust.data import load_dataset, load_from_spec
     from medrobust.models.loading import load_model
     from medrobust.tasks import get_task
 
@@ -238,19 +237,10 @@ def _task_attack(kind: str, task_name: str, opts: dict[str, Any]) -> dict[str, A
                         step=opts["step"], steps=opts["steps"],
                         random_start=opts["random_start"], batch_size=opts["batch_images"],
                         seed=opts["seed"])
-    spec = dict(meta.get("dataset") or {})
-    if opts["dataset"] is not None:
-        ds = load_dataset(opts["dataset"], opts["split"], data_dir=opts["data_dir"],
-                          size=opts["size"] or spec.get("size"))
-    else:
-        if opts["data_dir"] is not None:
-            spec["data_dir"] = opts["data_dir"]
-        if opts["size"] is not None:
-            spec["size"] = opts["size"]
-        ds = load_from_spec(spec, opts["split"])
-    if ds.channels != model.channels:
-        raise ConfigError(f"the model takes {model.channels}-channel images but {ds.name} "
-                          f"{opts['split']} has {ds.channels} channels")
+    spec = meta.get("dataset") or {}
+    ds = open_dataset(opts["dataset"], opts["split"], opts["data_dir"],
+                      opts["size"] or spec.get("size"), opts["no_verify"], spec,
+                      model_channels=model.channels)
     att.check_images((ds.channels, *ds.images.shape[1:3]))
     indices = pick_indices(ds, opts["limit"])
     info = {"dir": str(Path(opts["model_dir"]).resolve()), "model": meta.get("model"),

@@ -87,6 +87,8 @@ def open_dataset(name: str | None, split: str, data_dir: str | None, size: int |
         spec = dict(fallback_spec)
         if data_dir is not None:
             spec["data_dir"] = data_dir
+        if size is not None:  # the loaders that take a size (classifiers refuse another earlier)
+            spec["size"] = size
         ds = load_from_spec(spec, split)
     else:
         options: dict[str, Any] = {"size": size}

@@ -36,8 +36,8 @@ def evaluate(model_dir: str, dataset: str | None, data_dir: str | None, size: in
     check_writable("--store", store_path, folder=False)
     meta = read_meta(model_dir)
     if meta.get("task") in ("landmarks", "detection"):
-        _evaluate_task(model_dir, meta, dataset, data_dir, size, split, store_path, as_json,
-                       device)
+        _evaluate_task(model_dir, meta, dataset, data_dir, size, no_verify, split, store_path,
+                       as_json, device)
         return
     check_image_size("--size", size, model_input_size(meta))
     clf = load_classifier(model_dir, resolve_device(device))
@@ -63,23 +63,18 @@ def evaluate(model_dir: str, dataset: str | None, data_dir: str | None, size: in
 
 
 def _evaluate_task(model_dir: str, meta: dict, dataset: str | None, data_dir: str | None,
-                   size: int | None, split: str, store_path: str, as_json: bool,
+                   size: int | None, no_verify: bool, split: str, store_path: str, as_json: bool,
                    device: str) -> None:
     """Landmark models and detectors: the task scores them (MRE and SDR; COCO mAP)."""
     from medrobust.cli.train_task import describe_metrics
-    from medrobust.data import load_dataset, load_from_spec
     from medrobust.models.loading import load_model
     from medrobust.tasks import get_task
 
     task = get_task(meta["task"])
     model = load_model(model_dir, resolve_device(device))
-    spec = dict(meta.get("dataset") or {})
-    if dataset is not None:
-        ds = load_dataset(dataset, split, data_dir=data_dir, size=size or spec.get("size"))
-    else:
-        if data_dir is not None:
-            spec["data_dir"] = data_dir
-        ds = load_from_spec(spec, split)
+    spec = meta.get("dataset") or {}
+    ds = open_dataset(dataset, split, data_dir, size or spec.get("size"), no_verify, spec,
+                      model_channels=model.channels)
     metrics = task.evaluate(model, ds)
     with Store(store_path) as store:
         model_info = {"dir": str(Path(model_dir).resolve()), "model": meta.get("model"),
