@@ -138,7 +138,7 @@ CASES: list[tuple[str, Argv, str] | tuple[str, Argv, str, str]] = [
     ("op-generations-negative", op("--generations", "-1"), "generations must lie in [0, inf]"),
     ("op-pixels-0", op("--pixels", "0"), "pixels must lie in [1, inf], got 0"),
     ("op-pixels-beyond-image", op("--pixels", "1000"),
-     "--pixels 1000 exceeds the 256 pixels of a 16x16 image"),
+     "pixels must be at most 256 for 16x16 images, got 1000"),
     ("op-batch-images-0", op("--batch-images", "0"), "--batch-images must lie in [1, inf], got 0"),
     ("op-limit-negative", op("--limit", "-1"), "--limit must be at least 1"),
     ("op-limit-0", op("--limit", "0"), "--limit must be at least 1"),

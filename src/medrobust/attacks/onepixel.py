@@ -127,6 +127,14 @@ class OnePixel(Attack):
                 "strategy": self.strategy, "init": self.init, "direction": self.direction,
                 "thresholds": list(self.thresholds), "engine": self.engine, "seed": self.seed}
 
+    def check_images(self, shape: tuple[int, ...]) -> None:
+        """Refuse images of (C,H,W) ``shape`` this attack cannot run on, before a campaign opens
+        (like ``PGD.check_images``): k distinct positions must exist, or drawing them never ends."""
+        h, w = int(shape[-2]), int(shape[-1])
+        if self.pixels > h * w:
+            raise ConfigError(f"pixels must be at most {h * w} for {h}x{w} images, got "
+                              f"{self.pixels}")
+
     @property
     def max_queries(self) -> int:
         return self.population * (self.generations + 1)
@@ -155,10 +163,7 @@ class OnePixel(Attack):
             raise ConfigError(f"labels must lie in 0..{clf.num_classes - 1}")
         if targets_np is not None and clf.head == "softmax" and np.any(targets_np == labels_np):
             raise ConfigError("a target equal to the true label is not an attack")
-        h, w = int(x.shape[2]), int(x.shape[3])
-        if self.pixels > h * w:  # distinct positions could never be drawn
-            raise ConfigError(f"pixels must be at most {h * w} for {h}x{w} images, got "
-                              f"{self.pixels}")
+        self.check_images(tuple(x.shape[1:]))
         if keys is None:
             keys = [zlib.crc32(x[i].cpu().numpy().tobytes()) for i in range(x.shape[0])]
         self.engines_used = set()

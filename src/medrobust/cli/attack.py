@@ -121,9 +121,7 @@ def onepixel(model_dir: str, dataset: str | None, data_dir: str | None, size: in
                    threshold=thr, engine=engine, seed=seed)
     ds = open_dataset(dataset, split, data_dir, size, no_verify, meta.get("dataset"),
                       model_channels=clf.channels)
-    h, w = ds.images.shape[1:3]
-    if pixels > h * w:
-        raise ConfigError(f"--pixels {pixels} exceeds the {h * w} pixels of a {h}x{w} image")
+    att.check_images((ds.channels, *ds.images.shape[1:3]))
     indices = list(range(len(ds) if limit is None else min(limit, len(ds))))
     targets = resolve_targets(target, ds, indices) if targeted else None
     if targets is not None:
