@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from medrobust.data.base import is_colour
+from medrobust.data.base import PixelArrays, is_colour
 from medrobust.data.registry import register_dataset
 from medrobust.errors import DataError
 from medrobust.utils.seeding import numpy_rng
@@ -42,8 +42,8 @@ DEFAULT_SIZE = (200, 160)
 
 
 @dataclass(frozen=True)
-class LandmarkDataset:
-    """One split of a landmark dataset held in memory.
+class LandmarkDataset(PixelArrays):
+    """One split of a landmark dataset held in memory (``class_names`` name the landmarks).
 
     ``images`` uint8 (N, H, W, C); ``landmarks`` float32 (N, K, 2) as (x, y) in resized pixels;
     ``original_sizes`` int64 (N, 2) as (H, W) of the files; ``scales`` float64 (N, 2) as
@@ -62,10 +62,8 @@ class LandmarkDataset:
     spec: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        self.check_images(self.name)
         n = self.images.shape[0]
-        if self.images.dtype != np.uint8 or self.images.ndim != 4:
-            raise DataError(f"{self.name}: images must be uint8 (N,H,W,C), got {self.images.dtype} "
-                            f"{self.images.shape}")
         if self.landmarks.ndim != 3 or self.landmarks.shape[0] != n or self.landmarks.shape[2] != 2:
             raise DataError(f"{self.name}: landmarks must be (N,K,2) with N = {n}, got "
                             f"{self.landmarks.shape}")
@@ -74,21 +72,14 @@ class LandmarkDataset:
         if self.pixel_size_mm is not None and self.pixel_size_mm.shape != (n,):
             raise DataError(f"{self.name}: pixel_size_mm must be (N,) with N = {n}")
 
-    def __len__(self) -> int:
-        return int(self.images.shape[0])
-
     @property
     def num_landmarks(self) -> int:
         return int(self.landmarks.shape[1])
 
     @property
-    def channels(self) -> int:
-        return int(self.images.shape[3])
-
-    @property
-    def size(self) -> tuple[int, int]:
-        """(height, width) of the resized images."""
-        return int(self.images.shape[1]), int(self.images.shape[2])
+    def class_names(self) -> tuple[str, ...]:  # type: ignore[override]
+        """The landmarks in ``landmarks.csv``'s column order: L1..LK."""
+        return tuple(f"L{k + 1}" for k in range(self.num_landmarks))
 
     def to_original(self, points: np.ndarray, i: int) -> np.ndarray:
         """(..., 2) points (x, y) in resized pixels of image ``i`` -> pixels of its original file."""
