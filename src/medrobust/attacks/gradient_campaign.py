@@ -21,8 +21,8 @@ from medrobust.attacks.losses import cross_entropy
 from medrobust.attacks.pgd import PGD
 from medrobust.data.base import ImageDataset
 from medrobust.models.classifier import Classifier
-from medrobust.store import Campaign, ResultTable, Store
-from medrobust.utils.progress import progress
+from medrobust.store import ResultTable, Store
+from medrobust.store.campaign import batch_run
 
 GRADIENT_TABLE = ResultTable(
     "gradient_results",
@@ -61,17 +61,12 @@ def run_gradient_campaign(store: Store, classifier: Classifier, model_info: dict
                           targets: dict[int, int] | None = None, batch_images: int = 64,
                           resume: bool = True, show_progress: bool = True) -> GradientOutcome:
     """Attack ``dataset[indices]`` (targeted when ``targets`` is given) and record each image."""
-    run_id, resumed = store.start_run(command, params, model=model_info,
-                                      dataset={**dataset.spec, "split": dataset.split},
-                                      resume=resume)
-    campaign = Campaign(store, GRADIENT_TABLE, run_id)
-    todo = campaign.pending([int(i) for i in indices])
     start = time.perf_counter()
-    bar = progress(total=len(indices), initial=len(indices) - len(todo), desc=attack.name,
-                   unit="img", disable=not show_progress)
-    with store.guard(run_id), bar:
-        for s in range(0, len(todo), batch_images):
-            chunk = todo[s:s + batch_images]
+    with batch_run(store, GRADIENT_TABLE, command, params, model=model_info,
+                   dataset={**dataset.spec, "split": dataset.split},
+                   items=[int(i) for i in indices], size=batch_images, desc=attack.name,
+                   resume=resume, show_progress=show_progress) as run:
+        for chunk in run.batches():
             idx = np.asarray(chunk, dtype=np.int64)
             x = classifier.to_tensor(dataset.images[idx])
             labels = torch.from_numpy(dataset.labels[idx]).to(classifier.device)
@@ -101,13 +96,12 @@ def run_gradient_campaign(store: Store, classifier: Classifier, model_info: dict
                     "clean_loss": float(clean_loss[j]), "adv_loss": float(adv_loss[j]),
                     "l2": float(d[j].norm()), "linf": float(d[j].abs().max()),
                     "steps": None if steps is None else int(steps[j]), "seconds": seconds}))
-            campaign.record_many(rows)
-            bar.update(len(chunk))
+            run.campaign.record_many(rows)
     seconds = time.perf_counter() - start
-    summary = summarise_gradient(store.rows(GRADIENT_TABLE, run_id=run_id))
+    summary = summarise_gradient(store.rows(GRADIENT_TABLE, run_id=run.run_id))
     summary["seconds_this_session"] = seconds
-    store.finish_run(run_id, "completed", summary)
-    return GradientOutcome(run_id, resumed, len(todo), seconds, summary)
+    store.finish_run(run.run_id, "completed", summary)
+    return GradientOutcome(run.run_id, run.resumed, len(run.todo), seconds, summary)
 
 
 def summarise_gradient(rows: list[dict[str, Any]]) -> dict[str, Any]:

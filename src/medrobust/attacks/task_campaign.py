@@ -18,9 +18,9 @@ import torch
 
 from medrobust.attacks.pgd import PGD
 from medrobust.models.base import PixelModel
-from medrobust.store import Campaign, ResultTable, Store
+from medrobust.store import ResultTable, Store
+from medrobust.store.campaign import batch_run
 from medrobust.tasks import Task
-from medrobust.utils.progress import progress
 
 TASK_ATTACK_TABLE = ResultTable(
     "task_attack_results",
@@ -55,10 +55,6 @@ class TaskAttackOutcome:
     summary: dict[str, Any]
 
 
-def _slice(targets: Any, s: slice) -> Any:
-    return targets[s] if isinstance(targets, (list, torch.Tensor)) else targets
-
-
 def run_task_attack_campaign(store: Store, task: Task, model: PixelModel,
                              model_info: dict[str, Any], dataset: Any, attack: PGD,
                              command: str, params: dict[str, Any], indices: Sequence[int],
@@ -67,17 +63,12 @@ def run_task_attack_campaign(store: Store, task: Task, model: PixelModel,
     """Attack ``dataset[indices]`` through ``task``'s loss and record each image's scores."""
     assert task.attack_rows and task.attack_summary and task.attack_targets
     loss = task.attack_loss(model)
-    run_id, resumed = store.start_run(command, params, model=model_info,
-                                      dataset={**dataset.spec, "split": dataset.split},
-                                      resume=resume)
-    campaign = Campaign(store, TASK_ATTACK_TABLE, run_id)
-    todo = campaign.pending([int(i) for i in indices])
     start = time.perf_counter()
-    bar = progress(total=len(indices), initial=len(indices) - len(todo), desc=attack.name,
-                   unit="img", disable=not show_progress)
-    with store.guard(run_id), bar:
-        for s in range(0, len(todo), batch_images):
-            chunk = todo[s:s + batch_images]
+    with batch_run(store, TASK_ATTACK_TABLE, command, params, model=model_info,
+                   dataset={**dataset.spec, "split": dataset.split},
+                   items=[int(i) for i in indices], size=batch_images, desc=attack.name,
+                   resume=resume, show_progress=show_progress) as run:
+        for chunk in run.batches():
             idx = np.asarray(chunk, dtype=np.int64)
             x = model.to_tensor(dataset.images[idx])
             targets = task.attack_targets(dataset, idx)
@@ -97,10 +88,9 @@ def run_task_attack_campaign(store: Store, task: Task, model: PixelModel,
                          "steps": None if steps is None else int(steps[j]),
                          "seconds": seconds})
                     for j, i in enumerate(chunk)]
-            campaign.record_many(rows)
-            bar.update(len(chunk))
-        summary = task.attack_summary(store.rows(TASK_ATTACK_TABLE, run_id=run_id), dataset)
+            run.campaign.record_many(rows)
+        summary = task.attack_summary(store.rows(TASK_ATTACK_TABLE, run_id=run.run_id), dataset)
     seconds = time.perf_counter() - start
     summary["seconds_this_session"] = seconds
-    store.finish_run(run_id, "completed", summary)
-    return TaskAttackOutcome(run_id, resumed, len(todo), seconds, summary)
+    store.finish_run(run.run_id, "completed", summary)
+    return TaskAttackOutcome(run.run_id, run.resumed, len(run.todo), seconds, summary)
