@@ -9,7 +9,6 @@ the same results as an uninterrupted one.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +20,7 @@ from medrobust.data.base import ImageDataset
 from medrobust.models.checkpoint import model_provenance
 from medrobust.models.classifier import Classifier
 from medrobust.store import Campaign, ResultTable, Store
+from medrobust.store.campaign import CampaignOutcome
 from medrobust.utils.progress import progress
 from medrobust.utils.validation import check_range
 
@@ -78,15 +78,6 @@ def result_row(result: OnePixelResult, image: np.ndarray, index: int, head: str
         "original_score": before, "final_score": after, "score_change": after - before,
         "seconds": result.seconds,
     }
-
-
-@dataclass
-class CampaignOutcome:
-    run_id: int
-    resumed: bool
-    attacked_now: int
-    seconds: float
-    summary: dict[str, Any]
 
 
 def run_onepixel_campaign(store: Store, classifier: Classifier, model_dir: str | Path,

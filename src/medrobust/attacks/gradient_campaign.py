@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -22,7 +21,12 @@ from medrobust.attacks.pgd import PGD
 from medrobust.data.base import ImageDataset
 from medrobust.models.classifier import Classifier
 from medrobust.store import ResultTable, Store
-from medrobust.store.campaign import batch_run
+from medrobust.store.campaign import CampaignOutcome, batch_run
+
+#: what every gradient-attack row ends with: the loss before and after, the perturbation's size,
+#: the steps an image took (early stop) and the seconds per image
+PERTURBATION_COLUMNS = {"clean_loss": "REAL", "adv_loss": "REAL", "l2": "REAL", "linf": "REAL",
+                        "steps": "INTEGER", "seconds": "REAL"}
 
 GRADIENT_TABLE = ResultTable(
     "gradient_results",
@@ -36,30 +40,16 @@ GRADIENT_TABLE = ResultTable(
         "clean_correct": "INTEGER",
         "adv_correct": "INTEGER",
         "success": "INTEGER",
-        "clean_loss": "REAL",
-        "adv_loss": "REAL",
-        "l2": "REAL",
-        "linf": "REAL",
-        "steps": "INTEGER",
-        "seconds": "REAL",
+        **PERTURBATION_COLUMNS,
     },
 )
-
-
-@dataclass
-class GradientOutcome:
-    run_id: int
-    resumed: bool
-    attacked_now: int
-    seconds: float
-    summary: dict[str, Any]
 
 
 def run_gradient_campaign(store: Store, classifier: Classifier, model_info: dict[str, Any],
                           dataset: ImageDataset, attack: PGD, command: str,
                           params: dict[str, Any], indices: Sequence[int],
                           targets: dict[int, int] | None = None, batch_images: int = 64,
-                          resume: bool = True, show_progress: bool = True) -> GradientOutcome:
+                          resume: bool = True, show_progress: bool = True) -> CampaignOutcome:
     """Attack ``dataset[indices]`` (targeted when ``targets`` is given) and record each image."""
     start = time.perf_counter()
     with batch_run(store, GRADIENT_TABLE, command, params, model=model_info,
@@ -101,7 +91,7 @@ def run_gradient_campaign(store: Store, classifier: Classifier, model_info: dict
     summary = summarise_gradient(store.rows(GRADIENT_TABLE, run_id=run.run_id))
     summary["seconds_this_session"] = seconds
     store.finish_run(run.run_id, "completed", summary)
-    return GradientOutcome(run.run_id, run.resumed, len(run.todo), seconds, summary)
+    return CampaignOutcome(run.run_id, run.resumed, len(run.todo), seconds, summary)
 
 
 def summarise_gradient(rows: list[dict[str, Any]]) -> dict[str, Any]:

@@ -10,16 +10,16 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
+from medrobust.attacks.gradient_campaign import PERTURBATION_COLUMNS
 from medrobust.attacks.pgd import PGD
 from medrobust.models.base import PixelModel
 from medrobust.store import ResultTable, Store
-from medrobust.store.campaign import batch_run
+from medrobust.store.campaign import CampaignOutcome, batch_run
 from medrobust.tasks import Task
 
 TASK_ATTACK_TABLE = ResultTable(
@@ -36,30 +36,16 @@ TASK_ATTACK_TABLE = ResultTable(
         "adv_extra": "REAL",
         "clean_pred": "JSON",
         "adv_pred": "JSON",
-        "clean_loss": "REAL",
-        "adv_loss": "REAL",
-        "l2": "REAL",
-        "linf": "REAL",
-        "steps": "INTEGER",
-        "seconds": "REAL",
+        **PERTURBATION_COLUMNS,
     },
 )
-
-
-@dataclass
-class TaskAttackOutcome:
-    run_id: int
-    resumed: bool
-    attacked_now: int
-    seconds: float
-    summary: dict[str, Any]
 
 
 def run_task_attack_campaign(store: Store, task: Task, model: PixelModel,
                              model_info: dict[str, Any], dataset: Any, attack: PGD,
                              command: str, params: dict[str, Any], indices: Sequence[int],
                              batch_images: int = 16, resume: bool = True,
-                             show_progress: bool = True) -> TaskAttackOutcome:
+                             show_progress: bool = True) -> CampaignOutcome:
     """Attack ``dataset[indices]`` through ``task``'s loss and record each image's scores."""
     assert task.attack_rows and task.attack_summary and task.attack_targets
     loss = task.attack_loss(model)
@@ -93,4 +79,4 @@ def run_task_attack_campaign(store: Store, task: Task, model: PixelModel,
     seconds = time.perf_counter() - start
     summary["seconds_this_session"] = seconds
     store.finish_run(run.run_id, "completed", summary)
-    return TaskAttackOutcome(run.run_id, run.resumed, len(run.todo), seconds, summary)
+    return CampaignOutcome(run.run_id, run.resumed, len(run.todo), seconds, summary)

@@ -90,6 +90,18 @@ class Campaign:
 
 
 @dataclass
+class CampaignOutcome:
+    """What a campaign function returns: its run, whether it resumed, how many items this call
+    computed, its seconds and the run's summary."""
+
+    run_id: int
+    resumed: bool
+    attacked_now: int
+    seconds: float
+    summary: dict[str, Any]
+
+
+@dataclass
 class BatchRun:
     """An open run of a batched campaign: its id, whether it resumed, and its pending batches
     (``batches()`` advances the progress bar as each one is handed out after the last)."""
