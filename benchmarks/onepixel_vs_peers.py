@@ -180,10 +180,10 @@ def run_medrobust(clf: Classifier, images: np.ndarray, labels: np.ndarray, keys:
         results = []
         for i in range(len(images)):
             t0 = time.perf_counter()
-            results += attack.run(images[i:i + 1], labels[i:i + 1], keys=keys[i:i + 1])
+            results += attack(images[i:i + 1], labels[i:i + 1], keys=keys[i:i + 1]).records
             per_image_seconds.append(time.perf_counter() - t0)
     else:
-        results = attack.run(images, labels, keys=keys)
+        results = attack(images, labels, keys=keys).records
     seconds = time.perf_counter() - start
     advs = np.stack([r.apply(img) for r, img in zip(results, images, strict=True)])
     return {
@@ -318,7 +318,7 @@ def profile_medrobust(clf: Classifier, images: np.ndarray, labels: np.ndarray, k
                       seed=args.seed)
     prof = cProfile.Profile()
     prof.enable()
-    attack.run(images, labels, keys=keys)
+    attack(images, labels, keys=keys)
     prof.disable()
     out = io.StringIO()
     stats = pstats.Stats(prof, stream=out).strip_dirs()

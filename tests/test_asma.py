@@ -97,7 +97,7 @@ def test_multiplier_schedule(normalize):
     target[:, 1:5, 1:5] = 1
     tau, beta = (0.06, 0.1) if normalize else (0.01, 0.05)
     res = ASMA(Smooth(), iterations=12, tau=tau, beta=beta, normalize=normalize, eps=None
-               ).run(x, target, history=True)
+               )(x, target, history=True)
     m, iou = res.history["multiplier"], res.history["iou"]
     assert m.shape == (12, 3) and iou.shape == (13, 3)
     assert torch.allclose(m[0], torch.full((3,), tau))  # m_0 = tau
@@ -105,7 +105,7 @@ def test_multiplier_schedule(normalize):
     assert float(iou[-1].mean()) > float(iou[0].mean())  # and it makes progress
     assert torch.equal(multiplier(torch.tensor([0.0, 1.0]), 0.1, 0.5), torch.tensor([0.1, 0.6]))
     fixed = ASMA(Smooth(), iterations=5, tau=tau, dynamic=False, normalize=normalize, eps=None
-                 ).run(x, target, history=True)
+                 )(x, target, history=True)
     assert torch.allclose(fixed.history["multiplier"], torch.full((5, 3), tau))
 
 
@@ -114,7 +114,7 @@ def test_best_iterate_is_kept_when_the_last_one_overshoots():
     x = torch.full((1, 1, 1, 1), 0.1)
     target = torch.ones(1, 1, 1, dtype=torch.long)
     res = ASMA(Band(), iterations=2, tau=0.35, dynamic=False, mask="static", normalize="sign",
-               distance_weight=0.0, eps=None).run(x, target, history=True)
+               distance_weight=0.0, eps=None)(x, target, history=True)
     assert res.history["iou"][:, 0].tolist() == [0.0, 1.0, 0.0]
     assert int(res.iteration[0]) == 1 and float(res.target_iou[0]) == 1.0
     assert float(res.adversarial[0, 0, 0, 0]) == pytest.approx(0.45)
@@ -126,7 +126,7 @@ def test_best_iterate_ties_go_to_the_smaller_perturbation():
     x = torch.full((1, 1, 1, 1), 0.4)
     target = torch.ones(1, 1, 1, dtype=torch.long)
     res = ASMA(PerPixel(), iterations=3, tau=0.3, dynamic=False, normalize="sign",
-               distance_weight=1.0, eps=None).run(x, target, history=True)
+               distance_weight=1.0, eps=None)(x, target, history=True)
     assert res.history["iou"][:, 0].tolist() == [0.0, 1.0, 1.0, 0.0]
     assert int(res.iteration[0]) == 2
     assert float(res.adversarial[0, 0, 0, 0]) == pytest.approx(0.52, abs=1e-6)
@@ -138,7 +138,7 @@ def test_stop_iou_freezes_images_that_reached_the_target():
     x[1] = 0.1
     target = torch.ones(2, 2, 2, dtype=torch.long)
     res = ASMA(PerPixel(), iterations=10, tau=0.2, dynamic=False, normalize="sign",
-               distance_weight=0.0, stop_iou=1.0, eps=None).run(x, target)
+               distance_weight=0.0, stop_iou=1.0, eps=None)(x, target)
     assert res.target_iou.tolist() == [1.0, 1.0]
     assert res.iteration.tolist() == [1, 3]  # 0.4 -> 0.6; 0.1 -> 0.3 -> 0.5 (not > 0.5) -> 0.7
 
@@ -150,13 +150,13 @@ def test_budgets_hold_exactly_per_image():
     x = torch.rand(4, 1, 8, 8, generator=g)
     target = torch.ones(4, 8, 8, dtype=torch.long)
     eps = [0.0, 0.01, 0.05, 0.2]
-    res = ASMA(Smooth(), iterations=15, tau=0.02, beta=0.05, eps=eps).run(x, target)
+    res = ASMA(Smooth(), iterations=15, tau=0.02, beta=0.05, eps=eps)(x, target)
     d = (res.adversarial - x).flatten(1)
     assert bool((d.abs().amax(1) <= torch.tensor(eps)).all())
     assert torch.equal(res.adversarial[0], x[0])
     assert float(res.adversarial.min()) >= 0 and float(res.adversarial.max()) <= 1
     l2 = [0.0, 0.05, 0.3, 1.0]
-    res2 = ASMA(Smooth(), iterations=15, tau=0.02, beta=0.05, eps=None, eps_l2=l2).run(x, target)
+    res2 = ASMA(Smooth(), iterations=15, tau=0.02, beta=0.05, eps=None, eps_l2=l2)(x, target)
     assert bool(((res2.adversarial - x).flatten(1).norm(dim=1) <= torch.tensor(l2)).all())
     assert torch.allclose(res2.l2, (res2.adversarial - x).flatten(1).norm(dim=1).double().float())
 
@@ -164,7 +164,7 @@ def test_budgets_hold_exactly_per_image():
 def test_eps_zero_returns_the_input_and_input_is_not_mutated():
     x = torch.rand(2, 1, 5, 5)
     copy = x.clone()
-    res = ASMA(Smooth(), iterations=5, eps=0.0).run(x, torch.ones(2, 5, 5, dtype=torch.long))
+    res = ASMA(Smooth(), iterations=5, eps=0.0)(x, torch.ones(2, 5, 5, dtype=torch.long))
     assert torch.equal(res.adversarial, x) and torch.equal(x, copy)
 
 
@@ -174,8 +174,8 @@ def test_deterministic_and_reaches_the_target():
     target = torch.zeros(2, 12, 12, dtype=torch.long)
     target[:, 3:9, 2:10] = 1
     settings = {"iterations": 25, "tau": 0.05, "beta": 0.1, "eps": 0.5, "distance_weight": 0.1}
-    a = ASMA(Smooth(), batch_size=1, **settings).run(x, target)
-    b = ASMA(Smooth(), batch_size=2, **settings).run(x, target)
+    a = ASMA(Smooth(), batch_size=1, **settings)(x, target)
+    b = ASMA(Smooth(), batch_size=2, **settings)(x, target)
     assert torch.equal(a.adversarial, b.adversarial)
     assert bool((a.target_iou > a.clean_iou).all()) and float(a.target_iou.min()) >= 0.9
 
@@ -188,4 +188,4 @@ def test_bad_settings_are_config_errors():
     with pytest.raises(ConfigError):
         ASMA(PerPixel(), tau=-1)
     with pytest.raises(ConfigError):
-        ASMA(PerPixel()).run(torch.rand(1, 1, 4, 4), torch.ones(1, 3, 3, dtype=torch.long))
+        ASMA(PerPixel())(torch.rand(1, 1, 4, 4), torch.ones(1, 3, 3, dtype=torch.long))

@@ -359,6 +359,6 @@ def test_pgd_attacks_the_composed_model():
     y = torch.tensor([0, 1, 0, 1])
     for d in (Median(3), AutoencoderDenoiser(ImpulseAutoencoder(3, width=4))):
         model = DefendedClassifier(clf, d)
-        adv = PGD(model, norm="linf", eps=8 / 255, steps=3, seed=0).run(x, y)
+        adv = PGD(model, norm="linf", eps=8 / 255, steps=3, seed=0)(x, y).adversarial
         assert adv.shape == x.shape and float((adv - x).abs().max()) <= 8 / 255 + 1e-6
         assert float((adv - x).abs().max()) > 0  # the gradient moved the images

@@ -80,9 +80,9 @@ def test_attack_alone_equals_attack_in_batch_for_a_wide_model(engine):
     images = (torch.rand(8, 28, 28, 3, generator=g) * 255).round().to(torch.uint8).numpy()
     labels = clf.predict(images)
     attack = OnePixel(clf, population=24, generations=3, engine=engine, seed=3)
-    batch = attack.run(images, labels)
+    batch = attack(images, labels).records
     for i in (0, 5, 7):
-        alone = attack.run(images[i:i + 1], labels[i:i + 1])[0]
+        alone = attack(images[i:i + 1], labels[i:i + 1]).records[0]
         assert alone.to_row() | {"seconds": 0} == batch[i].to_row() | {"seconds": 0}
 
 
@@ -239,7 +239,7 @@ def test_onepixel_reports_the_engine_that_ran(monkeypatch):
     clf = _zoo("smallcnn")
     images = (torch.rand(2, 28, 28, 3) * 255).to(torch.uint8).numpy()
     attack = OnePixel(clf, population=8, generations=1, seed=0)
-    attack.run(images, clf.predict(images))
+    attack(images, clf.predict(images))
     assert attack.engines_used == {"fast"}
 
     def broken(self):
@@ -248,7 +248,7 @@ def test_onepixel_reports_the_engine_that_ran(monkeypatch):
     monkeypatch.setattr(cone_module.ConePlanner, "plan", broken)
     cone_module._COMPILED.clear()
     with pytest.warns(UserWarning):
-        attack.run(images, clf.predict(images))
+        attack(images, clf.predict(images))
     assert len(attack.engines_used) == 1
     assert next(iter(attack.engines_used)).startswith("reference (fast engine fell back")
     cone_module._COMPILED.clear()
@@ -260,7 +260,7 @@ def test_onepixel_refuses_more_pixels_than_the_image_has():
     clf = _zoo("smallcnn")
     images = (torch.rand(1, 28, 28, 3) * 255).to(torch.uint8).numpy()
     with pytest.raises(ConfigError, match="28x28"):
-        OnePixel(clf, pixels=1000, population=8, generations=1).run(images, [0])
+        OnePixel(clf, pixels=1000, population=8, generations=1)(images, [0])
 
 
 def test_self_check_runs_once_per_plan_and_call_path(monkeypatch):

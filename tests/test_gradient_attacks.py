@@ -118,7 +118,7 @@ def test_per_sample_budgets_and_box_hold_exactly(cls, norm, images):
         [0.0, 1 / 255, 2 / 255, 8 / 255, 0.1, 0.5]
     x = images.clone()
     att = cls(linear_classifier(), norm=norm, eps=eps, steps=7, seed=3)
-    adv = att.run(images, torch.tensor([0, 1, 2, 0, 1, 2]))
+    adv = att(images, torch.tensor([0, 1, 2, 0, 1, 2])).adversarial
     assert torch.equal(images, x), "input was mutated"
     assert adv.dtype == torch.float32 and adv.shape == images.shape
     assert float(adv.min()) >= 0.0 and float(adv.max()) <= 1.0
@@ -132,7 +132,7 @@ def test_per_sample_budgets_and_box_hold_exactly(cls, norm, images):
 
 @pytest.mark.parametrize("cls", [PGD, IFGSM])
 def test_eps_zero_returns_the_input_exactly(cls, images):
-    adv = cls(linear_classifier(), eps=0.0, steps=5).run(images, torch.zeros(6, dtype=torch.long))
+    adv = cls(linear_classifier(), eps=0.0, steps=5)(images, torch.zeros(6, dtype=torch.long)).adversarial
     assert torch.equal(adv, images) and adv is not images
 
 
@@ -154,11 +154,11 @@ def test_pgd_raises_the_loss_and_targeted_lowers_it(images):
     model = linear_classifier()
     labels = model(images).argmax(1)
     clean = cross_entropy(model(images), labels)
-    adv = PGD(model, eps=0.1, steps=10).run(images, labels)
+    adv = PGD(model, eps=0.1, steps=10)(images, labels).adversarial
     assert bool((cross_entropy(model(adv), labels) > clean).all())
     targets = (labels + 1) % 3
     t_clean = cross_entropy(model(images), targets)
-    t_adv = PGD(model, eps=0.1, steps=10, targeted=True).run(images, targets)
+    t_adv = PGD(model, eps=0.1, steps=10, targeted=True)(images, targets).adversarial
     assert bool((cross_entropy(model(t_adv), targets) < t_clean).all())
 
 
@@ -168,20 +168,20 @@ def test_ifgsm_one_step_is_fgsm(images):
     x = images.clone().requires_grad_(True)
     (g,) = torch.autograd.grad(cross_entropy(model(x), labels).sum(), x)
     want = (images + 0.03 * g.sign()).clamp(0, 1)
-    got = IFGSM(model, eps=0.03, steps=1).run(images, labels)
+    got = IFGSM(model, eps=0.03, steps=1)(images, labels).adversarial
     assert torch.allclose(got, want, atol=1e-7)
 
 
 def test_seeded_and_deterministic(images):
     model = linear_classifier()
     labels = torch.tensor([0, 1, 2, 0, 1, 2])
-    a = PGD(model, eps=0.05, steps=3, seed=5).run(images, labels)
-    b = PGD(model, eps=0.05, steps=3, seed=5).run(images, labels)
-    c = PGD(model, eps=0.05, steps=3, seed=6).run(images, labels)
+    a = PGD(model, eps=0.05, steps=3, seed=5)(images, labels).adversarial
+    b = PGD(model, eps=0.05, steps=3, seed=5)(images, labels).adversarial
+    c = PGD(model, eps=0.05, steps=3, seed=6)(images, labels).adversarial
     assert torch.equal(a, b) and not torch.equal(a, c)
     # IFGSM has no random start: the seed cannot matter.
-    assert torch.equal(IFGSM(model, eps=0.05, seed=1).run(images, labels),
-                       IFGSM(model, eps=0.05, seed=2).run(images, labels))
+    assert torch.equal(IFGSM(model, eps=0.05, seed=1)(images, labels).adversarial,
+                       IFGSM(model, eps=0.05, seed=2)(images, labels).adversarial)
 
 
 def test_random_start_streams_are_keyed_per_image():
@@ -199,10 +199,11 @@ def test_early_stop_freezes_images_that_already_succeeded(images):
     labels = model(images).argmax(1)
     labels[:2] = (labels[:2] + 1) % 3  # already misclassified before any step
     att = IFGSM(model, eps=0.3, steps=20, early_stop=misclassified)
-    adv = att.run(images, labels)
+    res = att(images, labels)
+    adv = res.adversarial
     assert torch.equal(adv[:2], images[:2])
-    assert att.steps_taken[:2].tolist() == [0, 0]
-    assert bool((att.steps_taken[2:] < 20).all())  # the others stopped once fooled
+    assert res.steps[:2].tolist() == [0, 0]
+    assert bool((res.steps[2:] < 20).all())  # the others stopped once fooled
     assert bool(misclassified(model(adv), labels).all())
 
 
@@ -215,7 +216,7 @@ def test_targeted_segmentation_pgd_with_dice_reaches_the_mask():
     before = foreground_iou(model(x).argmax(1), target)
     att = PGD(model, loss=dice_loss, eps=0.5, steps=40, targeted=True,
               early_stop=mask_iou_at_least(0.99))
-    adv = att.run(x, target)
+    adv = att(x, target).adversarial
     after = foreground_iou(model(adv).argmax(1), target)
     assert bool((after > before).all()) and float(after.min()) > 0.8
 
@@ -227,11 +228,11 @@ def test_bad_parameters_are_config_errors(images):
     with pytest.raises(ConfigError):
         PGD(model, norm="l1")
     with pytest.raises(ConfigError):
-        PGD(model, eps=[0.1, 0.2]).run(images, torch.zeros(6, dtype=torch.long))
+        PGD(model, eps=[0.1, 0.2])(images, torch.zeros(6, dtype=torch.long))
     with pytest.raises(ConfigError):
-        PGD(model).run(images * 2, torch.zeros(6, dtype=torch.long))
+        PGD(model)(images * 2, torch.zeros(6, dtype=torch.long))
     with pytest.raises(ConfigError):
-        PGD(model, loss=lambda o, t: o.sum()).run(images, torch.zeros(6, dtype=torch.long))
+        PGD(model, loss=lambda o, t: o.sum())(images, torch.zeros(6, dtype=torch.long))
 
 
 @pytest.mark.parametrize("build, needle", [
@@ -257,7 +258,7 @@ def test_l2_budget_beyond_the_image_is_refused(images):
     with pytest.raises(ConfigError, match="exceeds the image range"):
         att.check_images(images.shape[1:])
     with pytest.raises(ConfigError, match="exceeds the image range"):
-        att.run(images, torch.zeros(images.shape[0], dtype=torch.long))
+        att(images, torch.zeros(images.shape[0], dtype=torch.long))
     PGD(linear_classifier(), norm="l2", eps=limit).check_images(images.shape[1:])
 
 

@@ -24,8 +24,8 @@ def attack_batch(tiny_synthetic):
 def test_exactly_k_pixels_and_integral_colours(tiny_classifier, attack_batch, k):
     images, labels = attack_batch
     keep = images.copy()
-    results = OnePixel(tiny_classifier, pixels=k, population=40, generations=8, seed=0).run(
-        images, labels)
+    results = OnePixel(tiny_classifier, pixels=k, population=40, generations=8, seed=0)(
+        images, labels).records
     assert np.array_equal(images, keep), "inputs must not be mutated"
     attacked = [r for r in results if r.status != "skipped"]
     assert attacked
@@ -51,15 +51,15 @@ def test_exactly_k_pixels_and_integral_colours(tiny_classifier, attack_batch, k)
 def test_same_seed_same_result_and_batch_consistency(tiny_classifier, attack_batch):
     images, labels = attack_batch
     attack = OnePixel(tiny_classifier, population=30, generations=5, seed=7)
-    batch = attack.run(images, labels)
-    again = attack.run(images, labels)
+    batch = attack(images, labels).records
+    again = attack(images, labels).records
     assert [r.to_row() | {"seconds": 0} for r in batch] == [r.to_row() | {"seconds": 0} for r in again]
     for i in (0, 3, 7):
-        alone = attack.run(images[i:i + 1], labels[i:i + 1])[0]
+        alone = attack(images[i:i + 1], labels[i:i + 1]).records[0]
         a, b = alone.to_row(), batch[i].to_row()
         a.pop("seconds"), b.pop("seconds")
         assert a == b, f"image {i} differs alone vs in batch"
-    other = OnePixel(tiny_classifier, population=30, generations=5, seed=8).run(images, labels)
+    other = OnePixel(tiny_classifier, population=30, generations=5, seed=8)(images, labels).records
     assert [r.pixels for r in other] != [r.pixels for r in batch]
 
 
@@ -67,14 +67,14 @@ def test_targeted_success_means_prediction_equals_target(tiny_classifier, tiny_s
     _, _, test = tiny_synthetic
     images, labels = test.images[:8], test.labels[:8]
     targets = 1 - labels
-    results = OnePixel(tiny_classifier, population=40, generations=10, seed=1).run(
-        images, labels, targets=targets)
+    results = OnePixel(tiny_classifier, population=40, generations=10, seed=1)(
+        images, labels, targets=targets).records
     for img, r, t in zip(images, results, targets, strict=True):
         assert r.target == int(t)
         pred = int(tiny_classifier.predict(r.apply(img))[0])
         assert r.success == (pred == t) or r.status == "skipped"
     with pytest.raises(ConfigError):
-        OnePixel(tiny_classifier).run(images[:1], labels[:1], targets=labels[:1])
+        OnePixel(tiny_classifier)(images[:1], labels[:1], targets=labels[:1])
 
 
 def test_sigmoid_direction_semantics(bright_pixel_classifier):
@@ -83,27 +83,27 @@ def test_sigmoid_direction_semantics(bright_pixel_classifier):
     bright = dark.copy()
     bright[:, 2:6, 2:6, 0] = 255  # many bright red pixels: one pixel cannot undo it
     attack = OnePixel(clf, population=30, generations=10, seed=0)
-    up = attack.run(dark, [0, 0])
+    up = attack(dark, [0, 0]).records
     assert all(r.success and r.direction == "normal->mitosis" for r in up)
     for r in up:
         assert r.final_scores[1] > 0.5 and r.colours[0][0] > 128  # a bright red pixel
-    down = attack.run(bright, [1, 1])
+    down = attack(bright, [1, 1]).records
     assert all(r.status == "failed" and r.direction == "mitosis->normal" for r in down)
     assert all(r.queries == 30 * 11 for r in down)
     # partial-success thresholds: pushing a negative above 0.1 is enough
     partial = OnePixel(clf, population=30, generations=10, threshold=(0.9, 0.1), seed=0)
-    assert all(r.final_scores[1] > 0.1 for r in partial.run(dark, [0, 0]))
+    assert all(r.final_scores[1] > 0.1 for r in partial(dark, [0, 0]).records)
     # a forced direction disagrees with the label: the attack tries to raise a negative's score
     forced = OnePixel(clf, direction="neg2pos", population=30, generations=3, seed=0)
-    assert forced.run(dark[:1], [1])[0].direction == "normal->mitosis"
+    assert forced(dark[:1], [1]).records[0].direction == "normal->mitosis"
     # already on the wrong side of the threshold: nothing to attack
-    assert attack.run(bright[:1], [0])[0].status == "skipped"
+    assert attack(bright[:1], [0]).records[0].status == "skipped"
 
 
 def test_fools_a_trained_model(tiny_classifier, tiny_synthetic):
     _, _, test = tiny_synthetic
-    results = OnePixel(tiny_classifier, population=100, generations=20, seed=0).run(
-        test.images[:16], test.labels[:16])
+    results = OnePixel(tiny_classifier, population=100, generations=20, seed=0)(
+        test.images[:16], test.labels[:16]).records
     attacked = [r for r in results if r.status != "skipped"]
     rate = sum(r.success for r in attacked) / len(attacked)
     assert rate >= 0.3, f"success rate {rate:.2f} below the floor"

@@ -180,12 +180,12 @@ def test_pgd_through_the_task_loss_holds_its_budget_and_raises_the_loss(task, no
         targets = [(torch.tensor([[4.0, 4.0, 20.0, 18.0]]), torch.tensor([1]))] * 3
     loss = get_task(task).attack_loss(model)
     attack = PGD(model, loss=loss, norm=norm, eps=eps, steps=5, seed=1)
-    adv = attack.run(x, targets)
+    adv = attack(x, targets).adversarial
     delta = (adv - x).flatten(1)
     size = delta.norm(dim=1) if norm == "l2" else delta.abs().amax(dim=1)
     assert bool((size <= eps + 1e-6).all()) and float(adv.min()) >= 0 and float(adv.max()) <= 1
     with torch.no_grad():
         assert bool((loss(model(adv), targets) > loss(model(x), targets)).all())
-    assert torch.equal(attack.run(x, targets), adv)
-    alone = attack.run(x[1:2], targets[1:2], keys=[1])
+    assert torch.equal(attack(x, targets).adversarial, adv)
+    alone = attack(x[1:2], targets[1:2], keys=[1]).adversarial
     assert torch.allclose(alone, adv[1:2], atol=1e-6)

@@ -27,16 +27,15 @@ image is iterate 0, so the result is never worse than doing nothing).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from medrobust.attacks.base import Attack
+from medrobust.attacks.base import Attack, as_image_batch, model_device, output_device
 from medrobust.attacks.criteria import foreground_iou
-from medrobust.attacks.pgd import Budget, as_image_batch, model_device
+from medrobust.attacks.pgd import Budget
 from medrobust.attacks.projection import (
     budget_param,
     clip_box,
@@ -45,6 +44,7 @@ from medrobust.attacks.projection import (
     per_sample,
     project,
 )
+from medrobust.attacks.result import AttackResult
 from medrobust.errors import ConfigError
 from medrobust.utils.progress import progress
 from medrobust.utils.validation import check_choice, check_range
@@ -86,23 +86,6 @@ def distance(x: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
 def multiplier(iou: torch.Tensor, tau: float, beta: float) -> torch.Tensor:
     """The dynamic perturbation multiplier after a step: beta * IoU + tau."""
     return beta * iou + tau
-
-
-@dataclass
-class ASMAResult:
-    """Per image: the best adversarial image and how good it is (tensors on the input's device).
-
-    ``iteration`` is the step that produced it (0 = the clean image). ``history`` (when asked
-    for) holds ``iou`` (T+1, N) of every iterate and ``multiplier`` (T, N) of every step.
-    """
-
-    adversarial: torch.Tensor
-    target_iou: torch.Tensor
-    clean_iou: torch.Tensor
-    iteration: torch.Tensor
-    l2: torch.Tensor
-    linf: torch.Tensor
-    history: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 class ASMA(Attack):
@@ -172,12 +155,17 @@ class ASMA(Attack):
                 "eps": plain(self.eps), "eps_l2": plain(self.eps_l2), "stop_iou": self.stop_iou,
                 "seed": self.seed}
 
-    def run(self, images: torch.Tensor, labels: torch.Tensor, keys: Sequence[int] | None = None,
-            history: bool = False, show_progress: bool = False, **kwargs: Any) -> ASMAResult:
-        """Attack ``images`` (float [0,1] or uint8 (N,C,H,W)) towards target masks ``labels``
-        (N,H,W); returns the best iterate per image. ``history`` records IoU and multiplier of
-        every step (for tests and plots). ASMA draws no random numbers: ``keys`` is accepted
-        for the common attack interface and ignored."""
+    def run(self, images: Any, labels: Any, keys: Sequence[int] | None = None,
+            history: bool = False, show_progress: bool = False, **kwargs: Any) -> AttackResult:
+        """Attack ``images`` (pixel space, torch (N,C,H,W) or NumPy (N,H,W,C)) towards target
+        masks ``labels`` (N,H,W); returns the best iterate per image.
+
+        Extras per image: ``target_iou`` and ``clean_iou`` (foreground IoU with the target),
+        ``iteration`` (the step that produced it, 0 = the clean image), ``l2`` and ``linf``;
+        ``history`` (when asked for) holds ``iou`` (T+1, N) of every iterate and ``multiplier``
+        (T, N) of every step. ``success`` is target IoU >= ``stop_iou`` when one is set.
+        ASMA draws no random numbers: ``keys`` is accepted for the common interface and
+        ignored."""
         device = model_device(self.model)
         x = as_image_batch(images, device)
         n = x.shape[0]
@@ -200,8 +188,11 @@ class ASMA(Attack):
         if history:
             hist = {k: torch.cat([p["history"][k] for p in parts], dim=1)
                     for k in parts[0]["history"]}
-        return ASMAResult(out["adversarial"].to(images.device), out["target_iou"],
-                          out["clean_iou"], out["iteration"], out["l2"], out["linf"], hist)
+        success = None if self.stop_iou is None else (out["target_iou"] >= self.stop_iou).cpu()
+        extras = {k: out[k] for k in ("target_iou", "clean_iou", "iteration", "l2", "linf")}
+        return AttackResult(out["adversarial"].to(output_device(images, device)), success=success,
+                            steps=out["steps"], extras={**extras,
+                                                                         "history": hist})
 
     # -- one batch --------------------------------------------------------------------------------
 
@@ -261,6 +252,7 @@ class ASMA(Attack):
         best_l2 = torch.zeros(n, dtype=x0.dtype, device=x0.device)
         best_it = torch.zeros(n, dtype=torch.long, device=x0.device)
         active = torch.ones(n, dtype=torch.bool, device=x0.device)
+        taken = torch.zeros(n, dtype=torch.long, device=x0.device)
         m = torch.full((n,), self.tau, dtype=x0.dtype, device=x0.device)  # m_0 = tau
         ious, mults = [], []
         clean_iou = None
@@ -294,13 +286,14 @@ class ASMA(Attack):
                 mults.append(m.clone())
             stepped = self._project(x0, x + m.view(view) * direction, eps, eps_l2)
             x = torch.where(active.view(view), stepped, x).detach()
+            taken += active.long()
             bar.update(n)
         adv = self._finish(x0, best_x, eps, eps_l2)
         d = adv - x0
         out: dict[str, Any] = {
             "adversarial": adv, "target_iou": best_iou.cpu(), "clean_iou": clean_iou.cpu(),
             "iteration": best_it.cpu(), "l2": flat_norm(d, "l2").cpu(),
-            "linf": flat_norm(d, "linf").cpu()}
+            "linf": flat_norm(d, "linf").cpu(), "steps": taken.cpu()}
         if history:
             out["history"] = {
                 "iou": torch.stack(ious).cpu(),

@@ -109,7 +109,7 @@ def run_onepixel_campaign(store: Store, classifier: Classifier, model_dir: str |
                 campaign.record(i, result_row(result, dataset.images[i], i, classifier.head))
                 bar.update(1)
 
-            attack.run(dataset.images[idx], dataset.labels[idx], targets=tg, keys=chunk,
+            attack(dataset.images[idx], dataset.labels[idx], targets=tg, keys=chunk,
                        on_result=record)
             engines |= attack.engines_used
     seconds = time.perf_counter() - start

@@ -63,7 +63,8 @@ def run_gradient_campaign(store: Store, classifier: Classifier, model_info: dict
             goal = labels if targets is None else torch.tensor(
                 [targets[i] for i in chunk], device=classifier.device)
             t0 = time.perf_counter()
-            adv = attack.run(x, goal, keys=chunk)
+            result = attack(x, goal, keys=chunk)
+            adv = result.adversarial
             seconds = (time.perf_counter() - t0) / len(chunk)
             with torch.no_grad():
                 clean_logits, adv_logits = classifier(x), classifier(adv)
@@ -72,7 +73,7 @@ def run_gradient_campaign(store: Store, classifier: Classifier, model_info: dict
             clean_loss = cross_entropy(clean_logits, goal)
             adv_loss = cross_entropy(adv_logits, goal)
             d = (adv - x).flatten(1).double()
-            steps = attack.steps_taken
+            steps = result.steps
             rows = []
             for j, i in enumerate(chunk):
                 label, ap = int(labels[j]), int(adv_pred[j])

@@ -21,8 +21,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from medrobust.attacks.base import Attack
+from medrobust.attacks.base import Attack, output_device
 from medrobust.attacks.objective import DIRECTIONS, Objective, build_objectives
+from medrobust.attacks.result import AttackResult
 from medrobust.errors import ConfigError
 from medrobust.models.classifier import Classifier
 from medrobust.models.engines import ENGINES, make_engine
@@ -144,8 +145,12 @@ class OnePixel(Attack):
             targets: np.ndarray | list[int] | None = None,
             keys: list[int | str] | None = None, show_progress: bool = False,
             on_result: Callable[[int, OnePixelResult], None] | None = None
-            ) -> list[OnePixelResult]:
-        """Attack each image; returns one result per image in order.
+            ) -> AttackResult:
+        """Attack each image (pixel space: NumPy (N,H,W,C) or torch (N,C,H,W)).
+
+        The result's extras hold ``records``, one ``OnePixelResult`` per image in order (status,
+        pixels, colours, scores), and ``status``; ``success`` excludes skipped images (already
+        misclassified) and ``queries`` counts model evaluations.
 
         ``keys`` name each image's random stream (a campaign passes dataset indices); by default
         a checksum of the image's bytes, so the same image gets the same stream anywhere.
@@ -176,7 +181,20 @@ class OnePixel(Attack):
             results.extend(self._run_batch(x[sl], objectives[sl], list(keys[sl]), on_result, s))
             bar.update(len(results) - bar.n)
         bar.close()
-        return results
+        return self._result(x, results, images)
+
+    @staticmethod
+    def _result(x: torch.Tensor, records: list[OnePixelResult], images: Any) -> AttackResult:
+        """The shared result type: ``x`` with each record's pixels written."""
+        adv = x.clone()
+        for i, r in enumerate(records):
+            for (px, py), colour in zip(r.pixels, r.colours, strict=True):
+                adv[i, :, py, px] = torch.as_tensor(colour, dtype=adv.dtype) / 255.0
+        return AttackResult(
+            adv.to(output_device(images, adv.device)),
+            success=torch.tensor([r.success for r in records], dtype=torch.bool),
+            queries=torch.tensor([r.queries for r in records], dtype=torch.long),
+            extras={"records": records, "status": [r.status for r in records]})
 
     # ------------------------------------------------------------------------------------------
     def _seed_key(self, key: int | str) -> int:

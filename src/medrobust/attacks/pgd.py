@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from medrobust.attacks.base import Attack
+from medrobust.attacks.base import Attack, as_image_batch, model_device, output_device
 from medrobust.attacks.criteria import Criterion
 from medrobust.attacks.losses import LossFn, cross_entropy, loss_name
 from medrobust.attacks.projection import (
@@ -30,33 +30,11 @@ from medrobust.attacks.projection import (
     project,
     random_start,
 )
+from medrobust.attacks.result import AttackResult
 from medrobust.errors import ConfigError
 from medrobust.utils.validation import check_choice, check_range
 
 Budget = float | Sequence[float] | np.ndarray | torch.Tensor
-
-
-def model_device(model: nn.Module) -> torch.device:
-    """Where the model's parameters (or buffers) live; CPU for a parameter-free module."""
-    for t in (*model.parameters(), *model.buffers()):
-        return t.device
-    return torch.device("cpu")
-
-
-def as_image_batch(x: Any, device: torch.device) -> torch.Tensor:
-    """A new float32 [0,1] (N,C,H,W) tensor on ``device`` from a float or uint8 tensor."""
-    if not isinstance(x, torch.Tensor):
-        raise ConfigError(f"images must be a torch tensor (N,C,H,W), not {type(x).__name__}")
-    if x.ndim != 4:
-        raise ConfigError(f"images must be (N,C,H,W), got shape {tuple(x.shape)}")
-    if x.dtype == torch.uint8:
-        return x.to(device=device, dtype=torch.float32) / 255.0
-    if not x.is_floating_point():
-        raise ConfigError(f"images must be float in [0,1] or uint8, got {x.dtype}")
-    out = x.detach().to(device=device, dtype=torch.float32).clone()
-    if out.numel() and (float(out.min()) < 0.0 or float(out.max()) > 1.0):
-        raise ConfigError("float images must lie in [0,1] (pixel space)")
-    return out
 
 
 class PGD(Attack):
@@ -72,7 +50,8 @@ class PGD(Attack):
     steps: number of gradient steps.
     random_start: start from a uniform point of the ball (seeded, one stream per image key).
     targeted: minimise the loss towards ``target`` instead of maximising it away from it.
-    early_stop: ``fn(outputs, target) -> (N,) bool``; an image is frozen once it is True.
+    early_stop: ``fn(outputs, target) -> (N,) bool``; an image is frozen once it is True, and
+        the result's ``success`` is this test on the returned images.
     batch_size: images per forward/backward pass.
     """
 
@@ -98,8 +77,6 @@ class PGD(Attack):
         self.targeted = bool(targeted)
         self.early_stop = early_stop
         self.batch_size = int(check_range("batch_size", batch_size, 1))
-        #: Gradient steps each image of the last ``run`` actually took (early stop freezes).
-        self.steps_taken: torch.Tensor | None = None
 
     def default_step(self, eps: torch.Tensor) -> torch.Tensor:
         return 2.5 * eps / max(self.steps, 1)
@@ -122,15 +99,16 @@ class PGD(Attack):
                     self.early_stop, "__name__", repr(self.early_stop)),
                 "seed": self.seed}
 
-    def run(self, images: torch.Tensor, labels: torch.Tensor, keys: Sequence[int] | None = None,
-            **kwargs: Any) -> torch.Tensor:
-        """Adversarial images for ``images`` (float [0,1] or uint8 (N,C,H,W)); a new tensor.
+    def run(self, images: Any, labels: Any, keys: Sequence[int] | None = None,
+            **kwargs: Any) -> AttackResult:
+        """Attack ``images`` (pixel space: torch (N,C,H,W) or NumPy (N,H,W,C), uint8 or float).
 
         ``labels`` are the true labels/masks/landmarks (untargeted) or the targets (targeted):
         a tensor or array with one row per image, or a list with one entry per image when the
         targets are ragged (a detector's boxes and labels per image). ``keys``
         name each image's random stream (default 0..N-1), so a campaign gets the same result
-        whether an image is attacked alone or in a batch.
+        whether an image is attacked alone or in a batch. The result's ``steps`` are the
+        gradient steps each image took (early stop freezes).
         """
         device = model_device(self.model)
         x = as_image_batch(images, device)
@@ -147,12 +125,15 @@ class PGD(Attack):
                                                                             "step")
         out = x.clone()
         taken = torch.zeros(n, dtype=torch.long)
+        success = None if self.early_stop is None else torch.zeros(n, dtype=torch.bool)
         for s in range(0, n, self.batch_size):
             e = min(s + self.batch_size, n)
             out[s:e], taken[s:e] = self._attack(x[s:e], target[s:e], eps[s:e], step[s:e],
                                                 keys[s:e])
-        self.steps_taken = taken
-        return out.to(images.device)
+            if success is not None:
+                with torch.no_grad():
+                    success[s:e] = self.early_stop(self.model(out[s:e]), target[s:e]).cpu()
+        return AttackResult(out.to(output_device(images, device)), success=success, steps=taken)
 
     def _attack(self, x0: torch.Tensor, target: torch.Tensor, eps: torch.Tensor,
                 step: torch.Tensor, keys: list[int]) -> tuple[torch.Tensor, torch.Tensor]:

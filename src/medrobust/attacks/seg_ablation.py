@@ -57,7 +57,7 @@ def asma_fn(attack: ASMA, budgets: dict[int, float] | None = None) -> AttackFn:
 
     def fn(x: torch.Tensor, goal: torch.Tensor, keys: list[int]
            ) -> tuple[torch.Tensor, torch.Tensor]:
-        res = _budgeted(attack, "eps_l2", budgets, keys).run(x, goal, keys=keys)
+        res = _budgeted(attack, "eps_l2", budgets, keys)(x, goal, keys=keys)
         return res.adversarial, res.iteration
 
     return fn
@@ -68,10 +68,8 @@ def gradient_fn(attack: PGD, budgets: dict[int, float] | None = None) -> AttackF
 
     def fn(x: torch.Tensor, goal: torch.Tensor, keys: list[int]
            ) -> tuple[torch.Tensor, torch.Tensor]:
-        att = _budgeted(attack, "eps", budgets, keys)
-        adv = att.run(x, goal, keys=keys)
-        assert att.steps_taken is not None
-        return adv, att.steps_taken
+        res = _budgeted(attack, "eps", budgets, keys)(x, goal, keys=keys)
+        return res.adversarial, res.steps
 
     return fn
 

@@ -59,14 +59,15 @@ def run_task_attack_campaign(store: Store, task: Task, model: PixelModel,
             x = model.to_tensor(dataset.images[idx])
             targets = task.attack_targets(dataset, idx)
             t0 = time.perf_counter()
-            adv = attack.run(x, targets, keys=chunk)
+            result = attack(x, targets, keys=chunk)
+            adv = result.adversarial
             seconds = (time.perf_counter() - t0) / len(chunk)
             with torch.no_grad():
                 model.eval()
                 clean_loss, adv_loss = loss(model(x), targets), loss(model(adv), targets)
             scores = task.attack_rows(model, dataset, idx, x, adv)
             d = (adv - x).flatten(1).double()
-            steps = attack.steps_taken
+            steps = result.steps
             rows = [(i, {"dataset_index": i, "attack": attack.name, "task": task.name,
                          **scores[j], "clean_loss": float(clean_loss[j]),
                          "adv_loss": float(adv_loss[j]), "l2": float(d[j].norm()),

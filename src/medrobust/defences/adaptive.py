@@ -23,7 +23,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from medrobust.attacks.onepixel import OnePixel, OnePixelResult
+from medrobust.attacks.onepixel import OnePixel
+from medrobust.attacks.pgd import PGD
 from medrobust.attacks.projection import check_budget
 from medrobust.defences.base import Denoiser
 from medrobust.defences.composed import DefendedClassifier
@@ -132,13 +133,9 @@ def summarise_adaptive(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 def _pgd(model: DefendedClassifier, norm: str, eps: float, steps: int, seed: int,
          x: torch.Tensor, y: torch.Tensor, keys: list[int]) -> torch.Tensor:
-    try:
-        from medrobust.attacks.pgd import PGD
-    except ImportError as exc:  # the PGD attack ships in medrobust.attacks.pgd
-        raise ConfigError(f"PGD is unavailable in this medrobust installation: {exc}") from None
     attack = PGD(model, norm=norm, eps=eps, steps=steps, random_start=True, seed=seed,
                  batch_size=x.shape[0])
-    return attack.run(x, y, keys=keys)
+    return attack(x, y, keys=keys).adversarial
 
 
 def evaluate_adaptive(store: Store, classifier: Classifier, denoiser: Denoiser,
@@ -201,9 +198,9 @@ def _attack_batch(model: DefendedClassifier, attack: str, eps: float, config: Ad
         op = OnePixel(model, population=config.onepixel_population,
                       generations=config.onepixel_generations, seed=config.seed,
                       engine="reference", max_batch_images=len(keys))
-        results: list[OnePixelResult] = op.run(clean, labels, keys=keys)
-        adv = model.to_tensor(np.stack([r.apply(img) for r, img in zip(results, clean, strict=True)]))
-        extra = [{"status": r.status, "queries": r.queries} for r in results]
+        result = op(clean, labels, keys=keys)
+        adv = result.adversarial
+        extra = [{"status": r.status, "queries": r.queries} for r in result.records]
     else:
         norm = attack.split("-")[1]
         adv = _pgd(model, norm, eps, config.pgd_steps, config.seed, x,
