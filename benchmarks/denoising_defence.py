@@ -53,11 +53,11 @@ from common import (
     write_json,
 )
 
-from medrobust.attacks.campaign import run_onepixel_campaign
 from medrobust.attacks.onepixel import OnePixel
+from medrobust.campaigns.adaptive_defence import AdaptiveConfig, evaluate_adaptive
+from medrobust.campaigns.defence import evaluate_defence
+from medrobust.campaigns.onepixel import run_onepixel_campaign
 from medrobust.data import load_dataset
-from medrobust.defences.adaptive import AdaptiveConfig, evaluate_adaptive
-from medrobust.defences.evaluate import evaluate_defence
 from medrobust.defences.grid import save_defence_grid
 from medrobust.defences.noise import channel_salt_pepper, pixel_impulse
 from medrobust.defences.quality import quality

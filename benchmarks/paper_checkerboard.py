@@ -23,11 +23,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from medrobust.analysis.confidence_campaign import run_map_campaign
 from medrobust.analysis.confidence_map import ConfidenceMap
 from medrobust.analysis.periodicity import map_parity, periodicity
 from medrobust.attacks import OnePixel
-from medrobust.attacks.campaign import ONEPIXEL_TABLE, run_onepixel_campaign
+from medrobust.campaigns.confidence_map import run_map_campaign
+from medrobust.campaigns.onepixel import ONEPIXEL_TABLE, run_onepixel_campaign
 from medrobust.data import load_dataset
 from medrobust.models import load_classifier
 from medrobust.store import Store

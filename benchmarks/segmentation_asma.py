@@ -145,7 +145,7 @@ def main() -> None:
               "targets": [{"target": t, "met": ok, "measured": m} for t, ok, m in targets]}
     (out / "segmentation_asma.json").write_text(json.dumps(result, indent=2, default=str))
 
-    from medrobust.attacks.seg_ablation import markdown_table
+    from medrobust.campaigns.asma_ablation import markdown_table
 
     lines = [
         "# Segmentation under attack: DSB2018 nuclei, U-Net, ASMA",

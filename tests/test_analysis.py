@@ -29,7 +29,7 @@ from medrobust.analysis.spatial import (
     spatial_stats,
 )
 from medrobust.analysis.study import chromatic_summary, run_image_size, run_study
-from medrobust.attacks.campaign import ONEPIXEL_TABLE
+from medrobust.campaigns.onepixel import ONEPIXEL_TABLE
 from medrobust.errors import MedrobustError
 from medrobust.store import Store
 

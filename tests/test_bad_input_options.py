@@ -52,7 +52,7 @@ pytestmark = pytest.mark.usefixtures("one_thread_module")
 @pytest.fixture(scope="module")
 def shared(tmp_path_factory, tiny_classifier, tiny_synthetic) -> dict[str, str]:
     from medrobust.attacks import OnePixel
-    from medrobust.attacks.campaign import run_onepixel_campaign
+    from medrobust.campaigns.onepixel import run_onepixel_campaign
     from medrobust.data import load_dataset
     from medrobust.models import save_checkpoint
     from medrobust.models.segmenter import Segmenter, save_segmenter

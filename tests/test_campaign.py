@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from medrobust.attacks import OnePixel
-from medrobust.attacks.campaign import ONEPIXEL_TABLE, run_onepixel_campaign
+from medrobust.campaigns.onepixel import ONEPIXEL_TABLE, run_onepixel_campaign
 from medrobust.data import load_dataset
 from medrobust.models import load_classifier
 from medrobust.store import Store
@@ -48,12 +48,12 @@ def test_resume_after_kill_loses_and_repeats_nothing(tmp_path, checkpoint):
     script = textwrap.dedent(f"""
         import os, sys
         sys.path.insert(0, {str(SRC)!r})
-        from medrobust.attacks.campaign import run_onepixel_campaign
+        from medrobust.campaigns.onepixel import run_onepixel_campaign
         from medrobust.attacks import OnePixel
         from medrobust.data import load_dataset
         from medrobust.models import load_classifier
         from medrobust.store import Store
-        import medrobust.attacks.campaign as campaign_module
+        import medrobust.campaigns.onepixel as campaign_module
 
         done = []
         original = campaign_module.result_row

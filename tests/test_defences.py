@@ -9,6 +9,7 @@ from scipy.ndimage import median_filter
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 from torch import nn
 
+from medrobust.campaigns.defence import evaluate_defence
 from medrobust.data.base import ImageDataset
 from medrobust.data.registry import register_dataset
 from medrobust.defences import (
@@ -29,7 +30,6 @@ from medrobust.defences import (
     ssim,
     train_denoiser,
 )
-from medrobust.defences.evaluate import evaluate_defence
 from medrobust.defences.quality import PSNR_CAP
 from medrobust.defences.source import attacked_set, find_onepixel_run
 from medrobust.errors import ConfigError, MedrobustError
@@ -255,7 +255,7 @@ def _hand_store(path, bright_pixel_classifier) -> Store:
     run_id, _ = store.start_run("attack onepixel", {"attack": {"population": 4}},
                                 model={"dir": "/nowhere", "head": "sigmoid"},
                                 dataset={"dataset": HAND, "split": "test"})
-    camp = Campaign(store, __import__("medrobust.attacks.campaign",
+    camp = Campaign(store, __import__("medrobust.campaigns.onepixel",
                                       fromlist=["ONEPIXEL_TABLE"]).ONEPIXEL_TABLE, run_id)
     black = [0, 0, 0]
     rows = {  # index: (status, pixel, colour)

@@ -6,7 +6,7 @@ import pytest
 from cli_util import run_json
 
 from medrobust.attacks import OnePixel
-from medrobust.attacks.campaign import run_onepixel_campaign
+from medrobust.campaigns.onepixel import run_onepixel_campaign
 from medrobust.cli.main import main
 from medrobust.models.checkpoint import save_checkpoint
 from medrobust.store import Store

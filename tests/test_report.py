@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from medrobust.attacks.campaign import ONEPIXEL_TABLE
+from medrobust.campaigns.onepixel import ONEPIXEL_TABLE
 from medrobust.data import load_dataset
 from medrobust.errors import MedrobustError
 from medrobust.report import Note, Section, build_report

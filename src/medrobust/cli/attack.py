@@ -7,7 +7,7 @@ from typing import Any
 import click
 
 from medrobust.attacks import OnePixel
-from medrobust.attacks.campaign import run_onepixel_campaign
+from medrobust.campaigns.onepixel import run_onepixel_campaign
 from medrobust.cli.common import (
     DEFAULT_STORE,
     common_options,

@@ -16,12 +16,12 @@ from typing import Any
 import click
 
 from medrobust.attacks.criteria import hits_target, mask_iou_at_least, misclassified
-from medrobust.attacks.gradient_campaign import run_gradient_campaign
 from medrobust.attacks.ifgsm import IFGSM
 from medrobust.attacks.losses import get_loss
 from medrobust.attacks.pgd import PGD
-from medrobust.attacks.seg_ablation import gradient_fn
-from medrobust.attacks.seg_campaign import run_segmentation_campaign
+from medrobust.campaigns.asma_ablation import gradient_fn
+from medrobust.campaigns.gradient import run_gradient_campaign
+from medrobust.campaigns.segmentation import run_segmentation_campaign
 from medrobust.cli.attack import (
     check_target_options,
     model_input_size,
@@ -226,7 +226,7 @@ def _segmentation(kind: str, opts: dict[str, Any]) -> dict[str, Any]:
 def _task_attack(kind: str, task_name: str, opts: dict[str, Any]) -> dict[str, Any]:
     """Landmark models and detectors: the attack raises the task's training loss; each image's
     task metric before and after lands in the store (``task_attack_results``)."""
-    from medrobust.attacks.task_campaign import run_task_attack_campaign
+    from medrobust.campaigns.task_attack import run_task_attack_campaign
     from medrobust.models.loading import load_model
     from medrobust.tasks import get_task
 

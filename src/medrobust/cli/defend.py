@@ -19,11 +19,11 @@ import numpy as np
 import torch
 
 from medrobust.attacks.projection import check_budget
+from medrobust.campaigns.adaptive_defence import AdaptiveConfig, evaluate_adaptive
+from medrobust.campaigns.defence import evaluate_defence
 from medrobust.cli.attack import model_input_size, option_given
 from medrobust.cli.common import DEFAULT_STORE, common_options, emit
-from medrobust.defences.adaptive import AdaptiveConfig, evaluate_adaptive
 from medrobust.defences.base import Denoiser
-from medrobust.defences.evaluate import evaluate_defence
 from medrobust.defences.grid import save_defence_grid
 from medrobust.defences.registry import available_denoisers, make_denoiser
 from medrobust.defences.source import AttackedSet, attacked_set, find_onepixel_run

@@ -10,7 +10,7 @@ from typing import Any
 import click
 
 from medrobust.attacks import OnePixel
-from medrobust.attacks.campaign import run_onepixel_campaign
+from medrobust.campaigns.onepixel import run_onepixel_campaign
 from medrobust.cli.common import common_options, dataset_options, emit, fmt, open_dataset
 from medrobust.cli.defend import demo_defence_step
 from medrobust.cli.train import train_and_save

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from medrobust.analysis.confidence_campaign import run_map_campaign
+from medrobust.campaigns.confidence_map import run_map_campaign
 from medrobust.cli.common import DEFAULT_STORE, common_options, dataset_options, emit, fmt, open_dataset
 from medrobust.errors import ConfigError
 from medrobust.models import load_classifier, read_meta

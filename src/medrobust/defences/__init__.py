@@ -2,9 +2,10 @@
 
 Noise generators for training (``noise``), the residual impulse autoencoder (``autoencoder``,
 ``training``, ``storage``, ``learned``), classical filters (``filters``) by name (``registry``),
-the defended model (``composed``, with ``bpda`` for filters), image quality (``quality``), the
-store-backed evaluation on one-pixel adversarial images (``evaluate``) and attacks that see the
-defence (``adaptive``).
+the defended model (``composed``, with ``bpda`` for filters), image quality (``quality``) and the
+one-pixel adversarial images a defence is judged on (``source``). The store-backed evaluations
+(defence on recorded attacks, attacks that see the defence) are campaigns:
+``medrobust.campaigns.defence`` and ``medrobust.campaigns.adaptive_defence``.
 """
 
 from medrobust.defences.autoencoder import ImpulseAutoencoder

@@ -14,6 +14,7 @@ import numpy as np
 
 from medrobust.defences.images import as_float_batch
 from medrobust.errors import ConfigError
+from medrobust.utils.images import to_rgb_uint8
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -42,8 +43,6 @@ def defence_grid_figure(clean: np.ndarray, attacked: np.ndarray,
     and |output - clean|. ``clean``/``attacked``: (N,H,W,C); ``denoised``: name -> (N,H,W,C).
     """
     from matplotlib.figure import Figure
-
-    from medrobust.report.plots import to_rgb_uint8
 
     n = len(clean)
     if len(attacked) != n or any(len(v) != n for v in denoised.values()):

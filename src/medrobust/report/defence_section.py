@@ -112,8 +112,8 @@ def _grid(ctx: ReportContext, source_run: int, summaries: list[dict[str, Any]]) 
 
 def defence_section(ctx: ReportContext) -> Section | None:
     """Defences against one-pixel attacks, honestly evaluated (including adaptive attacks)."""
-    from medrobust.defences.adaptive import ADAPTIVE_COMMAND
-    from medrobust.defences.evaluate import DEFEND_COMMAND
+    from medrobust.campaigns.adaptive_defence import ADAPTIVE_COMMAND
+    from medrobust.campaigns.defence import DEFEND_COMMAND
     from medrobust.defences.table import COLUMNS, adaptive_columns, adaptive_rows, table_rows
 
     defend_runs = _latest_per_key(ctx.runs_of(DEFEND_COMMAND))

@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image, ImageDraw
 
+from medrobust.utils.images import to_rgb_uint8
+
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
@@ -38,18 +40,6 @@ def figure_to_data_uri(fig: Figure, dpi: int = 110) -> str:
 def png_file_to_data_uri(path: str | Path) -> str:
     """A PNG file (e.g. a plot written by the analysis) as a data URI."""
     return png_bytes_to_data_uri(Path(path).read_bytes())
-
-
-def to_rgb_uint8(image: np.ndarray) -> np.ndarray:
-    """(H, W), (H, W, 1) or (H, W, 3) image -> uint8 (H, W, 3), for display."""
-    img = np.asarray(image)
-    if img.dtype != np.uint8:
-        img = np.clip(np.rint(img), 0, 255).astype(np.uint8)
-    if img.ndim == 2:
-        img = img[:, :, None]
-    if img.shape[2] == 1:
-        img = np.repeat(img, 3, axis=2)
-    return img[:, :, :3]
 
 
 def display_scale(height: int, width: int, target: int = 160) -> int:

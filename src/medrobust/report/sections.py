@@ -288,7 +288,7 @@ def _onepixel_summary(ctx: ReportContext, run: dict[str, Any]) -> dict[str, Any]
     rows = ctx.onepixel_rows(run["id"])
     if not rows:
         return None
-    from medrobust.attacks.campaign import summarise_onepixel
+    from medrobust.campaigns.onepixel import summarise_onepixel
 
     return summarise_onepixel(rows)
 

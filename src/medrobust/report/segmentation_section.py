@@ -15,8 +15,9 @@ import numpy as np
 
 from medrobust.report.blocks import Definitions, Figure, Note, Paragraphs, Section, Table, num, pct
 from medrobust.report.context import ReportContext
-from medrobust.report.plots import figure_to_data_uri, to_rgb_uint8
+from medrobust.report.plots import figure_to_data_uri
 from medrobust.report.sections import run_title
+from medrobust.utils.images import to_rgb_uint8
 
 SEG_TABLE_NAME = "segattack_results"
 SEG_COMMANDS = ("attack asma", "attack asma-ablation", "attack pgd", "attack ifgsm")

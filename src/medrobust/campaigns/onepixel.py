@@ -16,11 +16,11 @@ import numpy as np
 
 from medrobust.analysis.chromatic import colour_distance, neighbour_mean
 from medrobust.attacks.onepixel import OnePixel, OnePixelResult
+from medrobust.campaigns.base import CampaignOutcome
 from medrobust.data.base import ImageDataset
 from medrobust.models.checkpoint import model_provenance
 from medrobust.models.classifier import Classifier
 from medrobust.store import Campaign, ResultTable, Store
-from medrobust.store.campaign import CampaignOutcome
 from medrobust.utils.progress import progress
 from medrobust.utils.validation import check_range
 

@@ -18,10 +18,10 @@ import torch
 
 from medrobust.attacks.losses import cross_entropy
 from medrobust.attacks.pgd import PGD
+from medrobust.campaigns.base import CampaignOutcome, batch_run
 from medrobust.data.base import ImageDataset
 from medrobust.models.classifier import Classifier
 from medrobust.store import ResultTable, Store
-from medrobust.store.campaign import CampaignOutcome, batch_run
 
 #: what every gradient-attack row ends with: the loss before and after, the perturbation's size,
 #: the steps an image took (early stop) and the seconds per image

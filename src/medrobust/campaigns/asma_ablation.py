@@ -24,14 +24,14 @@ import torch
 from medrobust.attacks.asma import ASMA
 from medrobust.attacks.losses import cross_entropy
 from medrobust.attacks.pgd import PGD
-from medrobust.attacks.seg_campaign import (
+from medrobust.attacks.seg_targets import TargetSpec
+from medrobust.campaigns.segmentation import (
     SEG_TABLE,
     AttackFn,
     artifacts_dir,
     run_segmentation_campaign,
     summarise_segmentation,
 )
-from medrobust.attacks.seg_targets import TargetSpec
 from medrobust.data.segmentation import SegmentationDataset
 from medrobust.models.segmenter import Segmenter
 from medrobust.store import Store

@@ -15,11 +15,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from medrobust.attacks.gradient_campaign import PERTURBATION_COLUMNS
 from medrobust.attacks.pgd import PGD
+from medrobust.campaigns.base import CampaignOutcome, batch_run
+from medrobust.campaigns.gradient import PERTURBATION_COLUMNS
 from medrobust.models.base import PixelModel
 from medrobust.store import ResultTable, Store
-from medrobust.store.campaign import CampaignOutcome, batch_run
 from medrobust.tasks import Task
 
 TASK_ATTACK_TABLE = ResultTable(
