@@ -8,6 +8,7 @@ those two callables; everything else (and its determinism) lives here once.
 from __future__ import annotations
 
 import copy
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from medrobust.training.resume import EpochState, rng_state, set_rng_state, to_json, weights
 from medrobust.utils.progress import progress
 from medrobust.utils.validation import check_range
 
@@ -57,22 +59,43 @@ def torch_shuffle(generator: torch.Generator) -> Callable[[int], torch.Tensor]:
 def fit(wrapper: nn.Module, model: nn.Module, n_train: int, *, epochs: int, batch_size: int,
         lr: float, weight_decay: float, shuffle: Callable[[int], Any],
         batch_loss: Callable[[Any], torch.Tensor], judge: Callable[[], Judgement],
-        desc: str) -> LoopResult:
+        desc: str, objective: Any = None, resume: EpochState | None = None,
+        generators: tuple[torch.Generator, ...] = ()) -> LoopResult:
     """Train ``wrapper`` (whose ``model`` holds the weights) and load the best epoch's weights.
 
     ``shuffle(n)`` gives each epoch's order of the n training items (a seeded permutation);
     ``batch_loss(indices)`` returns the mean loss of those items (drawing any augmentation from
     the same seeded source); ``judge()`` validates the model in eval mode. Ties on the key keep
-    the earlier epoch.
+    the earlier epoch. ``objective`` (a robust objective that ``batch_loss`` uses) is told where
+    each epoch starts and ends; its summary joins the history row. With ``resume`` the state
+    after each epoch is saved (weights, optimizer, scheduler, best epoch, history, the RNG of
+    ``generators`` and torch, the objective) and a saved state is continued from.
     """
     opt = torch.optim.AdamW(wrapper.parameters(), lr=lr, weight_decay=weight_decay)
     steps = max(1, int(np.ceil(n_train / batch_size)))
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * steps)
-    history: list[dict[str, float]] = []
+    history: list[dict[str, Any]] = []
     best: tuple[tuple[float, ...], int, dict[str, Any], dict[str, torch.Tensor]] | None = None
-    start, cpu_start = time.perf_counter(), time.process_time()
-    bar = progress(total=epochs * steps, desc=desc)
-    for epoch in range(1, epochs + 1):
+    first, offset, cpu_offset = 1, 0.0, 0.0
+    saved = resume.load() if resume is not None else None
+    if saved is not None:
+        blob, info = saved
+        model.load_state_dict(blob["model"])
+        opt.load_state_dict(blob["optimizer"])
+        sched.load_state_dict(blob["scheduler"])
+        set_rng_state(blob["rng"], list(generators))
+        if objective is not None:
+            objective.load_state_dict(blob["objective"])
+        history = info["history"]
+        best = (tuple(info["best_key"]), info["best_epoch"], info["best_metrics"],
+                blob["best_model"])
+        first = info["epoch"] + 1
+        offset, cpu_offset = history[-1]["seconds"], history[-1]["cpu_seconds"]
+    start, cpu_start = time.perf_counter() - offset, time.process_time() - cpu_offset
+    bar = progress(total=(epochs - first + 1) * steps, desc=desc)
+    for epoch in range(first, epochs + 1):
+        if objective is not None:
+            objective.begin_epoch(epoch)
         wrapper.train()
         order = shuffle(n_train)
         total = 0.0
@@ -86,13 +109,21 @@ def fit(wrapper: nn.Module, model: nn.Module, n_train: int, *, epochs: int, batc
             total += float(loss.detach()) * len(idx)
             bar.update(1)
         wrapper.eval()
+        extra = objective.end_epoch() if objective is not None else {}
         verdict = judge()
-        history.append({"epoch": epoch, "train_loss": total / n_train, **verdict.row,
+        history.append({"epoch": epoch, "train_loss": total / n_train, **verdict.row, **extra,
                         "seconds": time.perf_counter() - start,
                         "cpu_seconds": time.process_time() - cpu_start})
         bar.set_postfix(**verdict.postfix)
         if best is None or verdict.key > best[0]:
             best = (verdict.key, epoch, verdict.metrics, copy.deepcopy(model.state_dict()))
+        if resume is not None:
+            resume.save({"model": weights(model), "optimizer": opt.state_dict(),
+                         "scheduler": sched.state_dict(), "best_model": best[3],
+                         "rng": rng_state(list(generators)),
+                         "objective": objective.state_dict() if objective is not None else {}},
+                        {"epoch": epoch, "history": history, "best_key": list(best[0]),
+                         "best_epoch": best[1], "best_metrics": json.loads(to_json(best[2]))})
     bar.close()
     assert best is not None
     model.load_state_dict(best[3])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,8 @@ from medrobust.models.registry import SIGMOID_MODELS, build_model, resolve_facto
 from medrobust.training.augment import POLICIES, augment_batch, default_policy
 from medrobust.training.loop import Judgement, check_fit_settings, fit, torch_shuffle
 from medrobust.training.metrics import classification_metrics
+from medrobust.training.resume import EpochState
+from medrobust.training.robust import LossSpec, Objective, RobustConfig, build_objective
 from medrobust.utils.seeding import seed_everything
 from medrobust.utils.validation import check_choice, check_range
 
@@ -70,6 +73,8 @@ class TrainResult:
     best_epoch: int
     val_metrics: dict[str, Any]
     seconds: float
+    #: the robust objective (margins, xi, ensemble) when one was used
+    objective: Objective | None = None
 
 
 def _normalisation(ds: ImageDataset) -> tuple[list[float], list[float]]:
@@ -94,12 +99,33 @@ def _selection_value(metrics: dict[str, Any], name: str, loss: float) -> float:
     return float("-inf") if value is None else float(value)
 
 
+def classification_terms(clf: Classifier, smoothing: float = 0.0
+                         ) -> Callable[[torch.Tensor, torch.Tensor], dict[str, torch.Tensor]]:
+    """Per-sample terms {"ce", "total"} of a classifier (unweighted cross-entropy, BCE for a
+    sigmoid head): what xi thresholds and what inner attacks maximise."""
+
+    def terms(logits: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+        if clf.head == "sigmoid":
+            target = y.float() * (1 - smoothing) + 0.5 * smoothing
+            ce = F.binary_cross_entropy_with_logits(logits.reshape(-1), target, reduction="none")
+        else:
+            ce = F.cross_entropy(logits, y, reduction="none", label_smoothing=smoothing)
+        return {"ce": ce, "total": ce}
+
+    return terms
+
+
 def train_classifier(train: ImageDataset, val: ImageDataset, config: TrainConfig,
-                     device: torch.device | str = "cpu") -> TrainResult:
+                     device: torch.device | str = "cpu", *, robust: RobustConfig | None = None,
+                     init: dict[str, torch.Tensor] | None = None,
+                     state_dir: str | Path | None = None) -> TrainResult:
     """Train ``config.model`` on ``train``; keep the epoch with the best validation metric.
 
     Deterministic for a given seed on a given device: seeded init, seeded shuffling and
-    augmentation through one torch.Generator, deterministic kernels requested.
+    augmentation through one torch.Generator, deterministic kernels requested. ``robust``
+    chooses a robust objective (``training.robust``; None: standard training), ``init`` starts
+    from these network weights (fine-tuning, e.g. from the standard model xi comes from),
+    ``state_dir`` saves a resumable state after each epoch and resumes from one.
     """
     config.validate()
     if train.channels != val.channels or train.class_names != val.class_names:
@@ -111,6 +137,8 @@ def train_classifier(train: ImageDataset, val: ImageDataset, config: TrainConfig
     head = "sigmoid" if config.model in SIGMOID_MODELS else "softmax"
     clf = Classifier(model, mean=mean, std=std, class_names=train.class_names, head=head,
                      device=device)
+    if init is not None:
+        model.load_state_dict(init)
     policy = default_policy(train.spec) if config.augment == "auto" else config.augment
 
     x_train = torch.from_numpy(train.images).permute(0, 3, 1, 2).contiguous()
@@ -122,9 +150,19 @@ def train_classifier(train: ImageDataset, val: ImageDataset, config: TrainConfig
         weights = torch.tensor(w, dtype=torch.float32, device=device)
 
     gen = torch.Generator().manual_seed(config.seed)
+    spec = LossSpec(terms=classification_terms(clf, config.label_smoothing),
+                    criterion=lambda out, y: _loss(clf, out, y, weights, config.label_smoothing))
+    objective: Objective | None = build_objective(robust, spec, len(train), config.epochs,
+                                                  config.seed)
+    if objective is not None and objective.needs_calibration:
+        objective.calibrate(clf, ((x_train[i:i + 256].float().div(255).to(device),
+                                   y_train[i:i + 256].to(device))
+                                  for i in range(0, len(train), 256)))
 
     def batch_loss(idx: torch.Tensor) -> torch.Tensor:
         xb = augment_batch(x_train[idx].float() / 255.0, policy, gen).to(device)
+        if objective is not None:
+            return objective.loss(clf, xb, y_train[idx].to(device), idx)[0]
         return _loss(clf, clf(xb), y_train[idx].to(device), weights, config.label_smoothing)
 
     def judge() -> Judgement:
@@ -141,8 +179,13 @@ def train_classifier(train: ImageDataset, val: ImageDataset, config: TrainConfig
 
     done = fit(clf, clf.model, len(train), epochs=config.epochs, batch_size=config.batch_size,
                lr=config.lr, weight_decay=config.weight_decay, shuffle=torch_shuffle(gen),
-               batch_loss=batch_loss, judge=judge, desc=f"train {config.model}")
-    return TrainResult(clf, done.history, done.best_epoch, done.best_metrics, done.seconds)
+               batch_loss=batch_loss, judge=judge, desc=f"train {config.model}",
+               objective=objective, generators=(gen,),
+               resume=None if state_dir is None else EpochState(
+                   state_dir, {"config": asdict(config), "dataset": train.spec, "n": len(train),
+                               "robust": None if robust is None else robust.as_dict()}))
+    return TrainResult(clf, done.history, done.best_epoch, done.best_metrics, done.seconds,
+                       objective)
 
 
 def save_trained(result: TrainResult, config: TrainConfig, train: ImageDataset,
