@@ -26,7 +26,7 @@ import torch
 from medrobust.analysis.confidence_map import ConfidenceMap
 from medrobust.analysis.periodicity import map_parity, periodicity
 from medrobust.attacks import OnePixel
-from medrobust.campaigns.confidence_map import run_map_campaign
+from medrobust.campaigns.confidence_map import MAP_TABLE, run_map_campaign
 from medrobust.campaigns.onepixel import ONEPIXEL_TABLE, run_onepixel_campaign
 from medrobust.data import load_dataset
 from medrobust.models import load_classifier
@@ -123,8 +123,9 @@ def main() -> None:
             # sensitivity pattern even when one pixel is not enough to cross the threshold.
             best_pixels = by_direction([r for r in rows if r["x"] is not None])
             correct = [i for i in pos if clf.predict(test.images[i:i + 1])[0] == 1]
-            _, maps = run_map_campaign(store, clf, ckpt, test, correct[:args.maps],
-                                       out / f"maps_{padding}", step=args.step)
+            mapped = run_map_campaign(store, clf, ckpt, test, correct[:args.maps],
+                                      out / f"maps_{padding}", step=args.step)
+            maps = store.rows(MAP_TABLE, run_id=mapped.run_id)
             summary[padding] = {
                 "test_accuracy": json.loads((ckpt / "meta.json").read_text())["metrics"]["test"]
                 ["accuracy"],

@@ -77,7 +77,7 @@ def test_resume_after_kill_loses_and_repeats_nothing(tmp_path, checkpoint):
     assert len(before) == 3
 
     outcome = _campaign(killed_db, checkpoint)
-    assert outcome.resumed and outcome.attacked_now == N - 3
+    assert outcome.resumed and outcome.computed_now == N - 3
     after = _rows(killed_db)
     assert sorted(after, key=int) == [str(i) for i in range(N)]
     for key, row in before.items():
@@ -95,9 +95,9 @@ def test_resume_after_kill_loses_and_repeats_nothing(tmp_path, checkpoint):
 def test_rerun_of_completed_campaign_attacks_nothing(tmp_path, checkpoint):
     db = tmp_path / "s.db"
     first = _campaign(db, checkpoint)
-    assert first.attacked_now == N and not first.resumed
+    assert first.computed_now == N and not first.resumed
     second = _campaign(db, checkpoint)
-    assert second.resumed and second.attacked_now == 0
+    assert second.resumed and second.computed_now == 0
     assert second.summary["images"] == N
     assert second.summary["attacked"] + second.summary["skipped"] == N
     with Store(db) as store:

@@ -16,6 +16,7 @@ image) result is committed to ``adaptive_results`` as it is done, so the evaluat
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -26,14 +27,14 @@ import torch
 from medrobust.attacks.onepixel import OnePixel
 from medrobust.attacks.pgd import PGD
 from medrobust.attacks.projection import check_budget
+from medrobust.campaigns.base import CampaignOutcome, batch_run
 from medrobust.defences.base import Denoiser
 from medrobust.defences.composed import DefendedClassifier
 from medrobust.defences.registry import dataset_name, denoiser_label
 from medrobust.defences.source import AttackedSet
 from medrobust.errors import ConfigError
 from medrobust.models.classifier import Classifier
-from medrobust.store import Campaign, ResultTable, Store
-from medrobust.utils.progress import progress, progress_enabled
+from medrobust.store import ResultTable, Store
 from medrobust.utils.validation import check_range
 
 ADAPTIVE_COMMAND = "defend adaptive"
@@ -92,14 +93,6 @@ class AdaptiveConfig:
         return out
 
 
-@dataclass
-class AdaptiveOutcome:
-    run_id: int
-    resumed: bool
-    computed_now: int
-    summary: dict[str, Any]
-
-
 def _budgets(config: AdaptiveConfig) -> list[tuple[str, float]]:
     out: list[tuple[str, float]] = [("clean", 0.0)]
     if "onepixel" in config.attacks and config.onepixel:
@@ -140,7 +133,7 @@ def _pgd(model: DefendedClassifier, norm: str, eps: float, steps: int, seed: int
 
 def evaluate_adaptive(store: Store, classifier: Classifier, denoiser: Denoiser,
                       attacked: AttackedSet, config: AdaptiveConfig | None = None,
-                      resume: bool = True, show_progress: bool = True) -> AdaptiveOutcome:
+                      resume: bool = True, show_progress: bool = True) -> CampaignOutcome:
     """Attack ``denoiser`` + ``classifier`` end to end on the clean images of a one-pixel run.
 
     The images are the run's attacked images (those the undefended model got right), the first
@@ -156,31 +149,27 @@ def evaluate_adaptive(store: Store, classifier: Classifier, denoiser: Denoiser,
     defended = DefendedClassifier(classifier, denoiser, batch_size=min(classifier.batch_size or 256, 256))
     params = {"source_run": run["id"], "denoiser": denoiser.spec(), "images": indices.tolist(),
               "config": config.params()}
-    run_id, resumed = store.start_run(ADAPTIVE_COMMAND, params, model=run.get("model"),
-                                      dataset=run.get("dataset"), resume=resume)
-    campaign = Campaign(store, ADAPTIVE_TABLE, run_id)
-    budgets = _budgets(config)
-    total = len(budgets) * n
-    done = campaign.done()
-    bar = progress(total=total, initial=len(done), desc=f"adaptive {denoiser.name}",
-                   disable=not (show_progress and progress_enabled()), unit="img")
-    computed = 0
-    with store.guard(run_id), bar:
-        for attack, eps in budgets:
-            todo = [j for j, i in enumerate(indices.tolist()) if _key(attack, eps, i) not in done]
-            for s in range(0, len(todo), config.batch_size):
-                sel = np.asarray(todo[s:s + config.batch_size])
-                rows = _attack_batch(defended, attack, eps, config, indices[sel], clean[sel],
-                                     labels[sel])
-                campaign.record_many(rows)
-                computed += len(rows)
-                bar.update(len(rows))
+    start = time.perf_counter()
+    position = {int(i): j for j, i in enumerate(indices.tolist())}
+    items = [_key(attack, eps, int(i)) for attack, eps in _budgets(config) for i in indices]
+    budget_of = {_key(attack, eps, int(i)): (attack, eps, int(i))
+                 for attack, eps in _budgets(config) for i in indices}
+    with batch_run(store, ADAPTIVE_TABLE, ADAPTIVE_COMMAND, params, model=run.get("model"),
+                   dataset=run.get("dataset"), items=items, size=config.batch_size,
+                   desc=f"adaptive {denoiser.name}", resume=resume,
+                   show_progress=show_progress, group=lambda k: budget_of[k][:2]) as br:
+        for batch in br.batches():
+            attack, eps, _ = budget_of[batch[0]]
+            sel = np.asarray([position[budget_of[k][2]] for k in batch])
+            br.record_many(_attack_batch(defended, attack, eps, config, indices[sel],
+                                         clean[sel], labels[sel]))
+    run_id, resumed, computed = br.run_id, br.resumed, len(br.todo)
     summary = {"denoiser": denoiser.spec(), "label": denoiser_label(denoiser.spec()),
                "dataset": dataset_name(run.get("dataset")), "source_run": run["id"],
                "config": config.params(),
                **summarise_adaptive(store.rows(ADAPTIVE_TABLE, run_id=run_id))}
     store.finish_run(run_id, "completed", summary)
-    return AdaptiveOutcome(run_id, resumed, computed, summary)
+    return CampaignOutcome(run_id, resumed, computed, time.perf_counter() - start, summary)
 
 
 def _attack_batch(model: DefendedClassifier, attack: str, eps: float, config: AdaptiveConfig,

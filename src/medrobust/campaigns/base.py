@@ -8,31 +8,36 @@ stands on this file, so resume, progress and crash handling behave the same ever
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
 from medrobust.store import Campaign, ResultTable, Store
-from medrobust.utils.progress import progress
+from medrobust.utils.progress import progress, progress_enabled
 
 
 @dataclass
 class CampaignOutcome:
-    """What a campaign function returns: its run, whether it resumed, how many items this call
-    computed, its seconds and the run's summary."""
+    """What every campaign function returns: its run, whether it resumed, how many items this
+    call computed, its seconds and the run's summary."""
 
     run_id: int
     resumed: bool
-    attacked_now: int
+    computed_now: int
     seconds: float
     summary: dict[str, Any]
 
 
 @dataclass
 class BatchRun:
-    """An open run of a batched campaign: its id, whether it resumed, and its pending batches
-    (``batches()`` advances the progress bar as each one is handed out after the last)."""
+    """An open run of a batched campaign: its id, whether it resumed, and its pending items.
+
+    ``batches()`` hands them out in lists of at most ``size`` that never mix two groups (one
+    attack at one budget, say) and advances the progress bar by each list once the body has
+    handled it; a body that reports finer progress (one image of a long batch) calls
+    ``advance`` and the bar is not counted twice.
+    """
 
     campaign: Campaign
     run_id: int
@@ -40,29 +45,74 @@ class BatchRun:
     todo: list[Any]
     size: int
     bar: Any
+    group: Callable[[Any], Hashable] | None = None
+    _advanced: int = 0
+
+    @property
+    def store(self) -> Store:
+        return self.campaign.store
+
+    def advance(self, n: int = 1) -> None:
+        """Count ``n`` items of the current batch as done on the progress bar."""
+        self._advanced += n
+        self.bar.update(n)
+
+    def record_many(self, rows: Iterable[tuple[str | int, Mapping[str, Any]]]) -> int:
+        """Commit a batch's rows (all or nothing)."""
+        return self.campaign.record_many(rows)
+
+    def record(self, item: str | int, row: Mapping[str, Any]) -> None:
+        """Commit one item's row at once (for items that take long on their own)."""
+        self.campaign.record(item, row)
 
     def batches(self) -> Iterator[list[Any]]:
-        for start in range(0, len(self.todo), self.size):
-            chunk = self.todo[start:start + self.size]
+        for chunk in _chunks(self.todo, self.size, self.group):
+            self._advanced = 0
             yield chunk
-            self.bar.update(len(chunk))
+            self.bar.update(max(0, len(chunk) - self._advanced))
+
+
+def _chunks(items: list[Any], size: int, group: Callable[[Any], Hashable] | None
+            ) -> Iterator[list[Any]]:
+    """Consecutive lists of at most ``size`` items, split where ``group`` changes."""
+    chunk: list[Any] = []
+    key: Hashable = None
+    for item in items:
+        k = None if group is None else group(item)
+        if chunk and (len(chunk) == size or k != key):
+            yield chunk
+            chunk = []
+        chunk.append(item)
+        key = k
+    if chunk:
+        yield chunk
 
 
 @contextmanager
 def batch_run(store: Store, table: ResultTable, command: str, params: Mapping[str, Any], *,
               model: Mapping[str, Any] | None, dataset: Mapping[str, Any] | None,
               items: Sequence[Any], size: int, desc: str, resume: bool = True,
-              show_progress: bool = True) -> Iterator[BatchRun]:
+              show_progress: bool = True, join: int | None = None,
+              group: Callable[[Any], Hashable] | None = None, unit: str = "img"
+              ) -> Iterator[BatchRun]:
     """Open (or resume) a run, hand out its pending items in batches under a progress bar, and
-    mark it interrupted or failed if the body stops early: the skeleton every batched campaign
-    shares (the body computes and ``record_many``s each batch)."""
+    mark it interrupted or failed if the body stops early: the skeleton every campaign shares
+    (the body computes and records each batch; it finishes the run with its summary).
+
+    ``join`` records into an already open run instead (one run holding several passes, like the
+    ASMA ablation's variants); the caller that opened it guards and finishes it.
+    """
     if size < 1:
         raise ValueError(f"batch size must be at least 1, got {size}")
-    run_id, resumed = store.start_run(command, params, model=model, dataset=dataset,
-                                      resume=resume)
+    if join is None:
+        run_id, resumed = store.start_run(command, params, model=model, dataset=dataset,
+                                          resume=resume)
+    else:
+        run_id, resumed = join, False
     campaign = Campaign(store, table, run_id)
     todo = campaign.pending(items)
-    bar = progress(total=len(items), initial=len(items) - len(todo), desc=desc, unit="img",
-                   disable=not show_progress)
-    with store.guard(run_id), bar:
-        yield BatchRun(campaign, run_id, resumed, todo, size, bar)
+    bar = progress(total=len(items), initial=len(items) - len(todo), desc=desc, unit=unit,
+                   disable=not (show_progress and progress_enabled()))
+    guard = store.guard(run_id) if join is None else nullcontext()
+    with guard, bar:
+        yield BatchRun(campaign, run_id, resumed, todo, size, bar, group)

@@ -14,19 +14,19 @@ defended model classifies correctly; *adversarial accuracy* = accuracy over all 
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from medrobust.campaigns.base import CampaignOutcome, batch_run
 from medrobust.defences.base import Denoiser
 from medrobust.defences.quality import quality
 from medrobust.defences.registry import dataset_name, denoiser_label
 from medrobust.defences.source import AttackedSet
 from medrobust.models.classifier import Classifier
-from medrobust.store import Campaign, ResultTable, Store
-from medrobust.utils.progress import progress, progress_enabled
+from medrobust.store import ResultTable, Store
 
 DEFEND_COMMAND = "defend"
 
@@ -47,14 +47,6 @@ DEFENCE_TABLE = ResultTable(
         "ssim_denoised": "REAL",
     },
 )
-
-
-@dataclass
-class DefenceOutcome:
-    run_id: int
-    resumed: bool
-    computed_now: int
-    summary: dict[str, Any]
 
 
 def _mean(values: Sequence[float | None]) -> float | None:
@@ -115,7 +107,7 @@ def summarise_defence(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 def evaluate_defence(store: Store, classifier: Classifier, denoiser: Denoiser, attacked: AttackedSet,
                      clean_indices: Sequence[int] | None = None, batch_size: int = 64,
-                     resume: bool = True, show_progress: bool = True) -> DefenceOutcome:
+                     resume: bool = True, show_progress: bool = True) -> CampaignOutcome:
     """Evaluate ``denoiser`` in front of ``classifier`` on a one-pixel run's images.
 
     ``clean_indices``: clean images of the run's split for clean accuracy (default: all of it).
@@ -125,17 +117,14 @@ def evaluate_defence(store: Store, classifier: Classifier, denoiser: Denoiser, a
     clean_idx = np.arange(len(ds)) if clean_indices is None else np.asarray(clean_indices, np.int64)
     params = {"source_run": run["id"], "denoiser": denoiser.spec(),
               "clean": "all" if clean_indices is None else clean_idx.tolist()}
-    run_id, resumed = store.start_run(DEFEND_COMMAND, params, model=run.get("model"),
-                                      dataset=run.get("dataset"), resume=resume)
-    campaign = Campaign(store, DEFENCE_TABLE, run_id)
+    start = time.perf_counter()
     pos = {int(i): j for j, i in enumerate(attacked.indices.tolist())}
     items = [f"adv:{i}" for i in attacked.indices.tolist()] + [f"clean:{i}" for i in clean_idx]
-    todo = campaign.pending(items)
-    bar = progress(total=len(items), initial=len(items) - len(todo),
-                   desc=f"defend {denoiser.name}", unit="img",
-                   disable=not (show_progress and progress_enabled()))
-    with store.guard(run_id), bar:
-        for batch in [todo[s:s + batch_size] for s in range(0, len(todo), batch_size)]:
+    with batch_run(store, DEFENCE_TABLE, DEFEND_COMMAND, params, model=run.get("model"),
+                   dataset=run.get("dataset"), items=items, size=batch_size,
+                   desc=f"defend {denoiser.name}", resume=resume,
+                   show_progress=show_progress) as br:
+        for batch in br.batches():
             adv_i = np.asarray([int(t[4:]) for t in batch if t.startswith("adv:")], np.int64)
             cln_i = np.asarray([int(t[6:]) for t in batch if t.startswith("clean:")], np.int64)
             rows: list[tuple[str, dict[str, Any]]] = []
@@ -147,10 +136,10 @@ def evaluate_defence(store: Store, classifier: Classifier, denoiser: Denoiser, a
             if cln_i.size:
                 rows += _rows_for("clean", cln_i, ds.labels[cln_i], [None] * cln_i.size,
                                   ds.images[cln_i], None, classifier, denoiser)
-            campaign.record_many(rows)
-            bar.update(len(batch))
+            br.record_many(rows)
+    run_id, resumed, todo = br.run_id, br.resumed, br.todo
     summary = {"denoiser": denoiser.spec(), "label": denoiser_label(denoiser.spec()),
                "dataset": dataset_name(run.get("dataset")), "source_run": run["id"],
                **summarise_defence(store.rows(DEFENCE_TABLE, run_id=run_id))}
     store.finish_run(run_id, "completed", summary)
-    return DefenceOutcome(run_id, resumed, len(todo), summary)
+    return CampaignOutcome(run_id, resumed, len(todo), time.perf_counter() - start, summary)

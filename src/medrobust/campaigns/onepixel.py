@@ -16,12 +16,11 @@ import numpy as np
 
 from medrobust.analysis.chromatic import colour_distance, neighbour_mean
 from medrobust.attacks.onepixel import OnePixel, OnePixelResult
-from medrobust.campaigns.base import CampaignOutcome
+from medrobust.campaigns.base import CampaignOutcome, batch_run
 from medrobust.data.base import ImageDataset
 from medrobust.models.checkpoint import model_provenance
 from medrobust.models.classifier import Classifier
-from medrobust.store import Campaign, ResultTable, Store
-from medrobust.utils.progress import progress
+from medrobust.store import ResultTable, Store
 from medrobust.utils.validation import check_range
 
 ONEPIXEL_TABLE = ResultTable(
@@ -89,29 +88,27 @@ def run_onepixel_campaign(store: Store, classifier: Classifier, model_dir: str |
     params = {"attack": attack.params(), "indices": [int(i) for i in indices],
               "targets": None if targets is None else {str(k): v for k, v in targets.items()}}
     model_info = model_provenance(model_dir, classifier)
-    run_id, resumed = store.start_run("attack onepixel", params, model=model_info,
-                                      dataset={**dataset.spec, "split": dataset.split},
-                                      resume=resume)
-    campaign = Campaign(store, ONEPIXEL_TABLE, run_id)
-    todo = campaign.pending([int(i) for i in indices])
     start = time.perf_counter()
-    bar = progress(total=len(indices), initial=len(indices) - len(todo), desc="one-pixel campaign",
-                   disable=not show_progress, unit="img")
     engines: set[str] = set()  # what actually scored (a fallback is recorded, not hidden)
-    with store.guard(run_id), bar:
-        for s in range(0, len(todo), batch_images):
-            chunk = todo[s:s + batch_images]
+    with batch_run(store, ONEPIXEL_TABLE, "attack onepixel", params, model=model_info,
+                   dataset={**dataset.spec, "split": dataset.split},
+                   items=[int(i) for i in indices], size=batch_images,
+                   desc="one-pixel campaign", resume=resume,
+                   show_progress=show_progress) as run:
+        for chunk in run.batches():
             idx = np.asarray(chunk)
             tg = None if targets is None else np.asarray([targets[i] for i in chunk])
 
             def record(pos: int, result: OnePixelResult, chunk: list[int] = chunk) -> None:
+                # each image commits the moment it finishes: DE on a batch takes minutes
                 i = chunk[pos]
-                campaign.record(i, result_row(result, dataset.images[i], i, classifier.head))
-                bar.update(1)
+                run.record(i, result_row(result, dataset.images[i], i, classifier.head))
+                run.advance()
 
             attack(dataset.images[idx], dataset.labels[idx], targets=tg, keys=chunk,
-                       on_result=record)
+                   on_result=record)
             engines |= attack.engines_used
+    run_id, resumed, todo = run.run_id, run.resumed, run.todo
     seconds = time.perf_counter() - start
     summary = summarise_onepixel(store.rows(ONEPIXEL_TABLE, run_id=run_id))
     summary["engine"] = attack.engine

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,11 +20,11 @@ import numpy as np
 import torch
 
 from medrobust.attacks.seg_targets import TargetSpec
+from medrobust.campaigns.base import CampaignOutcome, batch_run
 from medrobust.data.segmentation import SegmentationDataset
 from medrobust.models.segmenter import Segmenter
-from medrobust.store import Campaign, ResultTable, Store
+from medrobust.store import ResultTable, Store
 from medrobust.training.seg_metrics import per_image_metrics
-from medrobust.utils.progress import progress
 
 SEG_TABLE = ResultTable(
     "segattack_results",
@@ -64,15 +63,6 @@ AttackFn = Callable[[torch.Tensor, torch.Tensor, list[int]], tuple[torch.Tensor,
 MEAN_FIELDS = ("iou_target", "pa_target", "dice_target", "iou_truth", "pa_truth", "dice_truth",
                "clean_iou_target", "clean_iou_truth", "clean_dice_truth", "l2", "linf",
                "iterations")
-
-
-@dataclass
-class SegCampaignOutcome:
-    run_id: int
-    resumed: bool
-    attacked_now: int
-    seconds: float
-    summary: dict[str, Any]
 
 
 def artifacts_dir(store: Store, run_id: int) -> Path:
@@ -149,32 +139,25 @@ def run_segmentation_campaign(
         params: dict[str, Any], indices: Sequence[int], target: TargetSpec | None,
         variant: str | None = None, run_id: int | None = None, budgets_l2: dict[int, float] |
         None = None, batch_images: int = 16, examples: int = 8, resume: bool = True,
-        show_progress: bool = True) -> SegCampaignOutcome:
+        show_progress: bool = True) -> CampaignOutcome:
     """Attack ``dataset[indices]`` and record one row per image (per variant).
 
     ``run_id`` joins an already started run (the ablation records its variants in one run);
     otherwise a run is started from ``command``/``params`` (resumed when they match).
     ``budgets_l2`` is recorded per image when the attack's L2 budget was matched to another's.
     """
-    resumed = False
     own_run = run_id is None
-    if run_id is None:
-        run_id, resumed = store.start_run(command, params, model=model_info,
-                                          dataset={**dataset.spec, "split": dataset.split},
-                                          resume=resume)
-    campaign = Campaign(store, SEG_TABLE, run_id)
     order = [int(i) for i in indices]
-    items = {_item(variant, i): i for i in order}
-    pending = [items[k] for k in campaign.pending(list(items))]
+    index_of = {_item(variant, i): i for i in order}
     show = set(order[:max(0, examples)])
-    folder = artifacts_dir(store, run_id)
     start = time.perf_counter()
-    bar = progress(total=len(order), initial=len(order) - len(pending),
-                   desc=f"{attack_name}{'/' + variant if variant else ''}", unit="img",
-                   disable=not show_progress)
-    with store.guard(run_id), bar:
-        for s in range(0, len(pending), batch_images):
-            chunk = pending[s:s + batch_images]
+    with batch_run(store, SEG_TABLE, command, params, model=model_info,
+                   dataset={**dataset.spec, "split": dataset.split}, items=list(index_of),
+                   size=batch_images, desc=f"{attack_name}{'/' + variant if variant else ''}",
+                   resume=resume, show_progress=show_progress, join=run_id) as run:
+        folder = artifacts_dir(store, run.run_id)
+        for items in run.batches():
+            chunk = [index_of[k] for k in items]
             idx = np.asarray(chunk, dtype=np.int64)
             x = segmenter.to_tensor(dataset.images[idx])
             truth = dataset.masks[idx]
@@ -184,8 +167,7 @@ def run_segmentation_campaign(
             seconds = (time.perf_counter() - t0) / len(chunk)
             rows = score_rows(segmenter, x, adv, truth, goal, target is not None)
             batch = []
-            for j, (i, row) in enumerate(zip(chunk, rows, strict=True)):
-                item = _item(variant, i)
+            for j, (item, i, row) in enumerate(zip(items, chunk, rows, strict=True)):
                 adv_pred = row.pop("_adv_pred")
                 artifact = save_example(folder, item, x[j], adv[j], truth[j], goal[j],
                                         adv_pred) if i in show else None
@@ -195,8 +177,8 @@ def run_segmentation_campaign(
                     "target_source": sources[j], "iterations": int(iterations[j]),
                     "budget_l2": None if budgets_l2 is None else budgets_l2.get(i),
                     "seconds": seconds, "artifact": artifact}))
-            campaign.record_many(batch)
-            bar.update(len(chunk))
+            run.record_many(batch)
+    run_id, resumed, pending = run.run_id, run.resumed, run.todo
     seconds = time.perf_counter() - start
     rows = [r for r in store.rows(SEG_TABLE, run_id=run_id)
             if variant is None or r["variant"] == variant]
@@ -204,7 +186,7 @@ def run_segmentation_campaign(
     summary["seconds_this_session"] = seconds
     if own_run:
         store.finish_run(run_id, "completed", summary)
-    return SegCampaignOutcome(run_id, resumed, len(pending), seconds, summary)
+    return CampaignOutcome(run_id, resumed, len(pending), seconds, summary)
 
 
 def summarise_segmentation(rows: list[dict[str, Any]], success_iou: float = 0.9

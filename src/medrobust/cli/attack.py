@@ -131,7 +131,7 @@ def onepixel(model_dir: str, dataset: str | None, data_dir: str | None, size: in
                                         batch_images=batch_images, resume=not no_resume,
                                         show_progress=not as_json)
     summary = {"run_id": outcome.run_id, "resumed": outcome.resumed,
-               "attacked_now": outcome.attacked_now, "store": store_path, **outcome.summary}
+               "attacked_now": outcome.computed_now, "store": store_path, **outcome.summary}
 
     def human() -> None:
         s = summary

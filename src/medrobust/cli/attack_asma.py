@@ -103,7 +103,7 @@ def asma(**opts: Any) -> None:
                 target, batch_images=opts["batch_images"], examples=opts["examples"],
                 resume=not opts["no_resume"], show_progress=show)
             summary = {"run_id": out.run_id, "resumed": out.resumed,
-                       "attacked_now": out.attacked_now, **out.summary}
+                       "attacked_now": out.computed_now, **out.summary}
     summary.update(store=opts["store_path"], table="segattack_results", task="segmentation",
                    target_mode=target.mode)
 

@@ -201,7 +201,7 @@ def _classification(kind: str, opts: dict[str, Any]) -> dict[str, Any]:
                                     targets, batch_images=opts["batch_images"],
                                     resume=not opts["no_resume"],
                                     show_progress=not opts["as_json"])
-    return {"run_id": out.run_id, "resumed": out.resumed, "attacked_now": out.attacked_now,
+    return {"run_id": out.run_id, "resumed": out.resumed, "attacked_now": out.computed_now,
             "store": opts["store_path"], "table": "gradient_results", **out.summary}
 
 
@@ -219,7 +219,7 @@ def _segmentation(kind: str, opts: dict[str, Any]) -> dict[str, Any]:
             f"attack {kind}", params, indices, target, batch_images=opts["batch_images"],
             examples=opts["examples"], resume=not opts["no_resume"],
             show_progress=not opts["as_json"])
-    return {"run_id": out.run_id, "resumed": out.resumed, "attacked_now": out.attacked_now,
+    return {"run_id": out.run_id, "resumed": out.resumed, "attacked_now": out.computed_now,
             "store": opts["store_path"], "table": "segattack_results", **out.summary}
 
 
@@ -252,7 +252,7 @@ def _task_attack(kind: str, task_name: str, opts: dict[str, Any]) -> dict[str, A
                                        params, indices, batch_images=opts["batch_images"],
                                        resume=not opts["no_resume"],
                                        show_progress=not opts["as_json"])
-    return {"run_id": out.run_id, "resumed": out.resumed, "attacked_now": out.attacked_now,
+    return {"run_id": out.run_id, "resumed": out.resumed, "attacked_now": out.computed_now,
             "store": opts["store_path"], "table": "task_attack_results", **out.summary}
 
 

@@ -109,7 +109,7 @@ def demo(dataset: str | None, data_dir: str | None, size: int | None, no_verify:
                "train": {"test": trained["test"], "checkpoint": trained["checkpoint"],
                          "reused": bool(trained.get("reused"))},
                "attack": {**outcome.summary, "run_id": outcome.run_id,
-                          "resumed": outcome.resumed, "attacked_now": outcome.attacked_now},
+                          "resumed": outcome.resumed, "attacked_now": outcome.computed_now},
                "periodicity": study.get("periodicity"),
                "seconds": time.perf_counter() - start}
     emit(summary, as_json, lambda: click.echo(f"report: {summary['report']}"))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from medrobust.campaigns.confidence_map import run_map_campaign
+from medrobust.campaigns.confidence_map import MAP_TABLE, run_map_campaign
 from medrobust.cli.common import DEFAULT_STORE, common_options, dataset_options, emit, fmt, open_dataset
 from medrobust.errors import ConfigError
 from medrobust.models import load_classifier, read_meta
@@ -58,10 +58,11 @@ def map_command(model_dir: str, dataset: str | None, data_dir: str | None, size:
         raise ConfigError(f"--index {bad[0]} is outside the {len(ds)} images of {ds.name} {split} "
                           f"(valid: 0..{len(ds) - 1})")
     with Store(store_path) as store:
-        run_id, rows = run_map_campaign(store, clf, model_dir, ds, chosen, out, step=step,
-                                        engine=engine, score_class=score_class,
-                                        show_progress=not as_json)
-    summary = {"run_id": run_id, "maps": rows}
+        outcome = run_map_campaign(store, clf, model_dir, ds, chosen, out, step=step,
+                                   engine=engine, score_class=score_class,
+                                   show_progress=not as_json)
+        rows = store.rows(MAP_TABLE, run_id=outcome.run_id)
+    summary = {"run_id": outcome.run_id, "maps": rows}
 
     def human() -> None:
         for r in rows:
