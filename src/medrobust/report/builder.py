@@ -31,6 +31,7 @@ from medrobust.report.sections import (
     provenance_section,
 )
 from medrobust.report.segmentation_section import segmentation_section
+from medrobust.report.task_section import budget_section, task_attack_section
 
 if TYPE_CHECKING:
     from medrobust.store import Store
@@ -47,6 +48,8 @@ SECTION_BUILDERS: list[SectionBuilder] = [
     analysis_section,
     confidence_section,
     segmentation_section,
+    task_attack_section,
+    budget_section,
     defence_section,
 ]
 
