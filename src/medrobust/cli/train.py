@@ -20,34 +20,56 @@ from medrobust.cli.common import (
 from medrobust.errors import ConfigError
 from medrobust.models.registry import available_models
 from medrobust.store import Store
+from medrobust.tasks.robust import ROBUST_OPTIONS, robust_summary, trainer_kwargs
 from medrobust.training import TrainConfig, evaluate_classifier, save_trained, train_classifier
+from medrobust.training.resume import EpochState
+from medrobust.training.robust import METHODS, XI_RULES
 from medrobust.training.trainer import check_model_input
 from medrobust.utils.device import resolve_device
 
 WIDTH_MODELS = ("smallcnn", "mitosisnet")
 
 
+def robust_options(params: dict[str, Any]) -> dict[str, Any]:
+    """The robust-training options of ``train`` as the tasks name them."""
+    return {"robust": params.get("robust") or "none", "eps": params.get("eps"),
+            "delta": params.get("delta"), "alpha": params.get("alpha", 4.0),
+            "xi": params.get("xi") or "mean+2std", "max_margin": params.get("max_margin"),
+            "refine": bool(params.get("refine_margins")), "xi_from": params.get("xi_from")}
+
+
 def train_and_save(dataset: str | None, data_dir: str | None, size: int | None, no_verify: bool,
-                   config: TrainConfig, out: str | Path, device: str, store_path: str | Path
-                   ) -> dict[str, Any]:
-    """The body of ``train``; also used by ``demo``. Returns the JSON summary."""
+                   config: TrainConfig, out: str | Path, device: str, store_path: str | Path,
+                   robust: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The body of ``train``; also used by ``demo``. Returns the JSON summary.
+
+    ``robust``: the robust-training options (``tasks.robust.ROBUST_OPTIONS``; None: standard).
+    A per-epoch state in ``out`` lets the same command resume after a kill."""
     check_outputs(out, store_path)
     config.validate()
+    robust = {**ROBUST_OPTIONS, **(robust or {}), "out_dir": str(out)}
+    kwargs = trainer_kwargs(robust, "classification")
     train_ds = open_dataset(dataset, "train", data_dir, size, no_verify)
     val_ds = open_dataset(dataset, "val", data_dir, size, no_verify)
     test_ds = open_dataset(dataset, "test", data_dir, size, no_verify)
     check_model_input(config, train_ds)
     checkpoint = str(Path(out).resolve())
     with Store(store_path) as store, store.tracked_run(
-            "train", asdict(config), model={"dir": checkpoint, "model": config.model},
+            "train", {**asdict(config), **({"robust": kwargs["robust"].as_dict()}
+                                           if kwargs["robust"] is not None else {})},
+            model={"dir": checkpoint, "model": config.model},
             dataset=train_ds.spec, resume=False) as (run_id, _):
-        result = train_classifier(train_ds, val_ds, config, resolve_device(device))
+        result = train_classifier(train_ds, val_ds, config, resolve_device(device), **kwargs)
         test_metrics = evaluate_classifier(result.classifier, test_ds)
         test_metrics.pop("dataset")
-        save_trained(result, config, train_ds, out, extra={"test": test_metrics})
+        about = robust_summary(kwargs["robust"], result.history, out) \
+            if kwargs["robust"] is not None else None
+        save_trained(result, config, train_ds, out, extra={"test": test_metrics}, robust=about)
+        EpochState(out, None).clear()
         summary = {"checkpoint": checkpoint, "model": config.model, "dataset": train_ds.spec,
                    "train_seconds": result.seconds, "best_epoch": result.best_epoch,
-                   "val": result.val_metrics, "test": test_metrics}
+                   "val": result.val_metrics, "test": test_metrics,
+                   **({"robust": about} if about is not None else {})}
         store.finish_run(run_id, "completed", summary)
     summary["run_id"] = run_id
     return summary
@@ -79,17 +101,44 @@ def train_and_save(dataset: str | None, data_dir: str | None, size: int | None, 
 @click.option("--heatmap-loss", type=click.Choice(["bce", "dice"]), default=None,
               help="landmarks: heatmap loss (default bce, the original; dice: the paper's "
                    "variant).")
+@click.option("--robust", type=click.Choice(list(METHODS)), default="none", show_default=True,
+              help="Robust training objective: vat (Madry PGD at --eps), teat (temporal "
+                   "ensembling at --eps) or adaptive-margin (per-sample margins grown by "
+                   "--delta; needs --xi-from). Budgets are L2 on the [0,1] pixel scale.")
+@click.option("--eps", type=float, default=None,
+              help="vat / teat: the L2 training budget on the [0,1] pixel scale (per-pixel RMS "
+                   "in grey levels = eps / sqrt(C*H*W) * 255).")
+@click.option("--delta", type=float, default=None,
+              help="adaptive-margin: the margin step D (margins start at D), L2 on [0,1].")
+@click.option("--alpha", type=float, default=4.0, show_default=True,
+              help="Inner PGD step multiplier: step = alpha * budget / steps (the authors: 4 "
+                   "for segmentation, 5 for detection).")
+@click.option("--xi", type=click.Choice(list(XI_RULES)), default="mean+2std", show_default=True,
+              help="adaptive-margin: threshold rule on the clean training losses of --xi-from "
+                   "(segmentation uses its mean clean Dice instead).")
+@click.option("--max-margin", type=float, default=None,
+              help="adaptive-margin: cap on the margins (L2 on [0,1]; default none).")
+@click.option("--refine-margins", is_flag=True,
+              help="adaptive-margin: bisect the boundary between the last correct and first "
+                   "wrong inner iterate (10 steps) so margins can shrink to it.")
+@click.option("--xi-from", type=click.Path(file_okay=False), default=None,
+              help="Checkpoint folder of a trained standard model of the same task: robust "
+                   "training fine-tunes from it, and adaptive margins calibrate xi on its clean "
+                   "training losses.")
 @click.option("--out", type=click.Path(file_okay=False), required=True,
-              help="Checkpoint folder to write.")
+              help="Checkpoint folder to write (an unfinished run there is resumed).")
 @click.option("--store", "store_path", default=DEFAULT_STORE, show_default=True,
               help="SQLite run store.")
 @common_options
 def train(task: str, dataset: str, data_dir: str | None, size: int | None, no_verify: bool,
           model_name: str, padding: str | None, width: int | None, epochs: int, batch_size: int,
-          lr: float, augment: str, minutes: float | None, heatmap_loss: str | None, out: str,
+          lr: float, augment: str, minutes: float | None, heatmap_loss: str | None,
+          robust: str, eps: float | None, delta: float | None, alpha: float, xi: str,
+          max_margin: float | None, refine_margins: bool, xi_from: str | None, out: str,
           store_path: str, as_json: bool, seed: int, device: str) -> None:
     """Train a classifier, segmenter, landmark model or detector (--task) and save it as
-    safetensors + JSON metadata."""
+    safetensors + JSON metadata; --robust trains it adversarially (VAT, TEAT or adaptive
+    margins). Killed runs resume from the last finished epoch when run again."""
     if task in ("landmarks", "detection"):
         from medrobust.cli.train_task import run_train_task
 
@@ -109,7 +158,8 @@ def train(task: str, dataset: str, data_dir: str | None, size: int | None, no_ve
         kwargs["width"] = width
     config = TrainConfig(model=model_name, model_kwargs=kwargs, epochs=epochs,
                          batch_size=batch_size, lr=lr, augment=augment, seed=seed)
-    summary = train_and_save(dataset, data_dir, size, no_verify, config, out, device, store_path)
+    summary = train_and_save(dataset, data_dir, size, no_verify, config, out, device, store_path,
+                             robust_options(click.get_current_context().params))
 
     def human() -> None:
         t = summary["test"]

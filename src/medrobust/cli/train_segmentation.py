@@ -16,6 +16,8 @@ from medrobust.data import load_dataset
 from medrobust.data.segmentation import SegmentationDataset
 from medrobust.errors import DataError
 from medrobust.store import Store
+from medrobust.tasks.robust import ROBUST_OPTIONS, robust_summary, trainer_kwargs
+from medrobust.training.resume import EpochState
 from medrobust.training.segmentation import (
     SegTrainConfig,
     evaluate_segmenter,
@@ -39,26 +41,38 @@ def load_segmentation_splits(dataset: str, data_dir: str | None, size: int | Non
 
 def train_segmentation_and_save(dataset: str, data_dir: str | None, size: int | None,
                                 overrides: dict[str, Any], out: str | Path, device: str,
-                                store_path: str | Path, seed: int) -> dict[str, Any]:
-    """Train on train, select on val, report test metrics; returns the JSON summary."""
+                                store_path: str | Path, seed: int,
+                                robust: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Train on train, select on val, report test metrics; returns the JSON summary.
+
+    ``robust``: the robust-training options (``tasks.robust.ROBUST_OPTIONS``; None: standard).
+    A per-epoch state in ``out`` lets the same command resume after a kill."""
     check_outputs(out, store_path)
     config = SegTrainConfig(seed=seed, **overrides)
     config.validate()
+    kwargs = trainer_kwargs({**ROBUST_OPTIONS, **(robust or {}), "out_dir": str(out)},
+                            "segmentation")
+    robust_params = {"robust": kwargs["robust"].as_dict()} if kwargs["robust"] else {}
     train_ds, val_ds, test_ds = load_segmentation_splits(dataset, data_dir, size)
     checkpoint = str(Path(out).resolve())
     with Store(store_path) as store, store.tracked_run(
-            "train", {**asdict(config), "task": "segmentation"},
+            "train", {**asdict(config), "task": "segmentation", **robust_params},
             model={"dir": checkpoint, "model": config.model, "task": "segmentation"},
             dataset=train_ds.spec, resume=False) as (run_id, _):
-        result = train_segmenter(train_ds, val_ds, config, resolve_device(device))
+        result = train_segmenter(train_ds, val_ds, config, resolve_device(device), **kwargs)
         test_metrics = evaluate_segmenter(result.segmenter, test_ds)
-        save_trained_segmenter(result, config, train_ds, out, extra={"test": test_metrics})
+        about = robust_summary(kwargs["robust"], result.history, out) \
+            if kwargs["robust"] is not None else None
+        save_trained_segmenter(result, config, train_ds, out, extra={"test": test_metrics},
+                               robust=about)
+        EpochState(out, None).clear()
         summary = {"checkpoint": checkpoint, "model": config.model, "task": "segmentation",
                    "dataset": train_ds.spec, "train_seconds": result.seconds,
                    "train_cpu_seconds": result.cpu_seconds, "best_epoch": result.best_epoch,
                    "epochs": config.epochs,
                    "sizes": {"train": len(train_ds), "val": len(val_ds), "test": len(test_ds)},
-                   "val": result.val_metrics, "test": test_metrics}
+                   "val": result.val_metrics, "test": test_metrics,
+                   **({"robust": about} if about is not None else {})}
         store.finish_run(run_id, "completed", summary)
     summary["run_id"] = run_id
     return summary
@@ -91,8 +105,11 @@ def run_train_segmentation(ctx: Any, as_json: bool) -> None:
             raise ConfigError("--augment shift is for classification; segmentation takes flips "
                               "or none")
         overrides["augment"] = p["augment"]
+    from medrobust.cli.train import robust_options
+
     summary = train_segmentation_and_save(p["dataset"], p["data_dir"], p["size"], overrides,
-                                          p["out"], p["device"], p["store_path"], p["seed"])
+                                          p["out"], p["device"], p["store_path"], p["seed"],
+                                          robust_options(p))
 
     def human() -> None:
         t = summary["test"]

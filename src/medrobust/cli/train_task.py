@@ -19,6 +19,7 @@ from medrobust.errors import ConfigError
 from medrobust.models.checkpoint import save_model
 from medrobust.store import Store
 from medrobust.tasks import get_task
+from medrobust.training.resume import EpochState
 from medrobust.utils.device import resolve_device
 
 #: ``train``'s options that map onto a task option of the same meaning
@@ -39,6 +40,10 @@ def task_options(ctx: click.Context, task_name: str) -> dict[str, Any]:
             raise ConfigError(f"--{name.replace('_name', '').replace('_', '-')} does not apply "
                               f"to {task_name} training")
     chosen = {SHARED[k]: p[k] for k in SHARED if k in p and (given(k) or k == "seed")}
+    from medrobust.cli.train import robust_options
+
+    chosen.update({k: v for k, v in robust_options(p).items() if v is not None})
+    chosen["out_dir"] = str(p["out"]) if p.get("out") is not None else None
     return task.check_options(chosen)
 
 
@@ -55,6 +60,9 @@ def train_task_and_save(task_name: str, dataset: str | None, data_dir: str | Non
     train_ds, val_ds, test_ds = splits
     checkpoint = str(Path(out).resolve())
     params = {"task": task_name, **options}
+    from medrobust.tasks.robust import robust_config
+
+    robust_config(options)  # bad robust settings stop here, before the run is recorded
     with Store(store_path) as store, store.tracked_run(
             "train", params, model={"dir": checkpoint, "model": task.default_model,
                                     "task": task_name},
@@ -67,12 +75,16 @@ def train_task_and_save(task_name: str, dataset: str | None, data_dir: str | Non
                                                     "best_epoch": trained["best_epoch"],
                                                     "seconds": trained["train_seconds"]},
                 "val": trained["val"], "test": test_metrics}
+        if trained.get("robust", {}).get("method", "none") != "none":
+            meta["robust"] = trained["robust"]
         save_model(model, out, meta)
+        EpochState(out, None).clear()
         summary = {"checkpoint": checkpoint, "task": task_name, "model": task.default_model,
                    "dataset": train_ds.spec, "train_seconds": trained["train_seconds"],
                    "epochs_run": trained["epochs_run"], "best_epoch": trained["best_epoch"],
                    "sizes": {"train": len(train_ds), "val": len(val_ds), "test": len(test_ds)},
-                   "val": trained["val"], "test": test_metrics}
+                   "val": trained["val"], "test": test_metrics,
+                   **({"robust": meta["robust"]} if "robust" in meta else {})}
         store.finish_run(run_id, "completed", summary)
     summary["run_id"] = run_id
     return summary

@@ -9,20 +9,24 @@ import torch.nn.functional as F
 
 from medrobust.models.classifier import Classifier
 from medrobust.tasks.base import Task
+from medrobust.tasks.robust import robust_summary, split, trainer_kwargs, with_robust
 from medrobust.training.evaluate import evaluate_classifier
 from medrobust.training.trainer import TrainConfig, train_classifier
 
-OPTIONS: dict[str, Any] = {"model": "smallcnn", "model_kwargs": {}, "epochs": 15,
-                           "batch_size": 128, "lr": 3e-3, "weight_decay": 5e-4, "augment": "auto",
-                           "seed": 0}
+OPTIONS: dict[str, Any] = with_robust({"model": "smallcnn", "model_kwargs": {}, "epochs": 15,
+                                       "batch_size": 128, "lr": 3e-3, "weight_decay": 5e-4,
+                                       "augment": "auto", "seed": 0})
 
 
 def train(train_ds: Any, val_ds: Any, options: dict[str, Any], device: str
           ) -> tuple[Classifier, dict[str, Any]]:
-    config = TrainConfig(**options)
-    result = train_classifier(train_ds, val_ds, config, device)
+    own, robust = split(options)
+    kwargs = trainer_kwargs(robust, "classification")
+    result = train_classifier(train_ds, val_ds, TrainConfig(**own), device, **kwargs)
     return result.classifier, {"best_epoch": result.best_epoch, "val": result.val_metrics,
-                               "train_seconds": result.seconds, "history": result.history}
+                               "train_seconds": result.seconds, "history": result.history,
+                               "robust": robust_summary(kwargs["robust"], result.history,
+                                                        robust["out_dir"])}
 
 
 def loss_terms(model: Classifier, outputs: torch.Tensor, labels: torch.Tensor

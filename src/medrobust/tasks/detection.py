@@ -11,29 +11,35 @@ from medrobust.data.voc import DetectionDataset
 from medrobust.metrics.detection import MeanAveragePrecision
 from medrobust.models.detector import Detector
 from medrobust.tasks.base import Task
+from medrobust.tasks.robust import robust_summary, split, trainer_kwargs, with_robust
 from medrobust.training.detection import train_detector
 from medrobust.training.detection_loss import DetectionLoss
 from medrobust.utils.validation import check_range
 
-OPTIONS: dict[str, Any] = {"epochs": 60, "batch_size": 16, "lr": 2e-3, "weight_decay": 1e-4,
-                           "minutes": None, "width": 16, "augment": True, "seed": 0}
+OPTIONS: dict[str, Any] = with_robust({"epochs": 60, "batch_size": 16, "lr": 2e-3,
+                                       "weight_decay": 1e-4, "minutes": None, "width": 16,
+                                       "augment": True, "seed": 0})
 
 
 def train(train_ds: DetectionDataset, val_ds: DetectionDataset, options: dict[str, Any],
           device: str) -> tuple[Detector, dict[str, Any]]:
-    o = options
+    o, robust = split(options)
+    kwargs = trainer_kwargs(robust, "detection")
     for name in ("epochs", "batch_size", "width"):
         check_range(name, o[name], 1)
     net, history = train_detector(train_ds, val_ds, epochs=o["epochs"],
                                   batch_size=o["batch_size"], lr=o["lr"], seed=o["seed"],
                                   width=o["width"], device=device, augment=o["augment"],
-                                  minutes=o["minutes"], weight_decay=o["weight_decay"])
+                                  minutes=o["minutes"], weight_decay=o["weight_decay"],
+                                  **kwargs)
     detector = Detector(net, mean=history["mean"], std=history["std"],
                         class_names=train_ds.class_names, device=device)
     return detector, {"epochs_run": len(history["epochs"]), "best_epoch": history.get("best_epoch"),
                       "val": {"map": history.get("best_val_map")},
                       "train_seconds": history["seconds"], "model_kwargs": {"width": o["width"]},
-                      "history": history["epochs"]}
+                      "history": history["epochs"],
+                      "robust": robust_summary(kwargs["robust"], history["epochs"],
+                                               robust["out_dir"])}
 
 
 def evaluate(detector: Detector, dataset: DetectionDataset) -> dict[str, Any]:

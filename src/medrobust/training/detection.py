@@ -14,6 +14,7 @@ import copy
 import math
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -26,7 +27,10 @@ from medrobust.errors import ConfigError
 from medrobust.metrics.detection import MeanAveragePrecision
 from medrobust.models.centernet import centernet
 from medrobust.models.centernet_codec import decode, encode
+from medrobust.models.detector import Detector
 from medrobust.training.detection_loss import TERMS, DetectionLoss
+from medrobust.training.resume import EpochState, rng_state, set_rng_state, weights
+from medrobust.training.robust import LossSpec, RobustConfig, build_objective
 from medrobust.utils.progress import progress
 from medrobust.utils.seeding import seed_everything
 
@@ -138,6 +142,18 @@ def evaluate_detector(model: nn.Module, dataset: DetectionDataset, mean: Sequenc
     return metric.aggregate()
 
 
+def _targets(boxes: Boxes, labels: list[torch.Tensor], image_size: tuple[int, int],
+             num_classes: int, stride: int, device: str) -> dict[str, torch.Tensor]:
+    """Encoded targets for images of ``image_size``: the output map is the size after two
+    stride-2 stem convolutions (kernel 3, padding 1), ceil(ceil(side / 2) / 2) for stride 4,
+    so robust objectives can encode once per batch before any forward pass."""
+    out = tuple(int(v) for v in image_size)
+    for _ in range(round(math.log2(stride))):
+        out = tuple(math.ceil(v / 2) for v in out)
+    return encode([b.to(device) for b in boxes], [lab.to(device) for lab in labels],
+                  (out[0], out[1]), num_classes, stride)
+
+
 def _lr_factor(progress_fraction: float, warmup: float) -> float:
     if progress_fraction < warmup:
         return max(progress_fraction / warmup, 0.02)
@@ -149,7 +165,10 @@ def train_detector(train: DetectionDataset, val: DetectionDataset, epochs: int =
                    batch_size: int = 16, lr: float = 2e-3, seed: int = 0, width: int = 16,
                    device: str = "cpu", augment: bool = True, minutes: float | None = None,
                    weight_decay: float = 1e-4, eval_every: int = 1, warmup: float = 0.03,
-                   model_kwargs: dict[str, Any] | None = None) -> tuple[nn.Module, dict[str, Any]]:
+                   model_kwargs: dict[str, Any] | None = None,
+                   robust: RobustConfig | None = None,
+                   init: dict[str, torch.Tensor] | None = None,
+                   state_dir: str | Path | None = None) -> tuple[nn.Module, dict[str, Any]]:
     """Train a CenterNet on ``train``; keep the weights of the best validation mAP@0.5:0.95.
 
     AdamW with linear warm-up then cosine decay over ``epochs`` (or over ``minutes`` of wall
@@ -157,6 +176,13 @@ def train_detector(train: DetectionDataset, val: DetectionDataset, epochs: int =
     shuffling and augmentation (flips, transpose, zoom/shift with exact boxes, light colour
     jitter). Validation every ``eval_every`` epochs and at the last one. Returns the model (in
     eval mode, best weights) and a history with per-epoch losses and val mAP, ``mean``/``std``.
+
+    ``robust`` chooses a robust objective (``training.robust``; None: standard, whose path is
+    unchanged); its attacks and losses go through the pixel-space ``Detector`` wrapper, so the
+    noise is added to [0,1] pixels after augmentation. ``init`` starts from these network
+    weights; ``state_dir`` saves a resumable state after each epoch and continues from one
+    (with ``minutes`` the learning-rate schedule follows the wall clock, so a resumed run is
+    reproducible only without it).
     """
     if epochs < 1 or batch_size < 1 or lr <= 0 or eval_every < 1:
         raise ConfigError("epochs, batch_size and eval_every must be >= 1 and lr > 0")
@@ -171,6 +197,8 @@ def train_detector(train: DetectionDataset, val: DetectionDataset, epochs: int =
     s = torch.tensor(std, device=device).view(1, -1, 1, 1)
     model = centernet(train.channels, train.num_classes, width=width, **(model_kwargs or {}))
     model = model.to(device).to(memory_format=torch.channels_last)
+    if init is not None:
+        model.load_state_dict(init)
     criterion = DetectionLoss(train.num_classes)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     images = torch.from_numpy(train.images).permute(0, 3, 1, 2)  # uint8 view, never modified
@@ -189,9 +217,42 @@ def train_detector(train: DetectionDataset, val: DetectionDataset, epochs: int =
                                           "model_kwargs": model_kwargs or {}}}
     best_state = copy.deepcopy(model.state_dict())
     step = 0
-    bar = progress(total=epochs, desc="train detector", unit="epoch")
-    for epoch in range(1, epochs + 1):
+    wrapper = None
+    objective = None
+    if robust is not None and robust.active:
+        # the pixel-space wrapper shares the network: normalisation stays inside it
+        wrapper = Detector(model, mean=mean, std=std, class_names=train.class_names,
+                           device=device)
+        objective = build_objective(robust, LossSpec(terms=criterion), n, epochs, seed)
+        if objective is not None and objective.needs_calibration:
+            objective.calibrate(wrapper, (
+                (images[i:i + batch_size].float().div(255.0).to(device),
+                 _targets(all_boxes[i:i + batch_size], all_labels[i:i + batch_size],
+                          tuple(images.shape[-2:]), train.num_classes, model.stride, device))
+                for i in range(0, n, batch_size)))
+    settings = {**history["config"], "dataset": train.spec, "n": n, "warmup": warmup,
+                "eval_every": eval_every, "robust": None if robust is None else robust.as_dict()}
+    resume = EpochState(state_dir, settings) if state_dir is not None else None
+    saved = resume.load() if resume is not None else None
+    first = 1
+    if saved is not None:
+        blob, info = saved
+        model.load_state_dict(blob["model"])
+        optimizer.load_state_dict(blob["optimizer"])
+        set_rng_state(blob["rng"], [generator])
+        if objective is not None:
+            objective.load_state_dict(blob["objective"])
+        best_state = blob["best_model"]
+        history.update(info["history"])
+        step, first = info["step"], info["epoch"] + 1
+        start -= info["elapsed"]
+    bar = progress(total=epochs - first + 1, desc="train detector", unit="epoch")
+    for epoch in range(first, epochs + 1):
+        if history["stopped_by"] == "minutes":
+            break
         epoch_start = time.monotonic()
+        if objective is not None:
+            objective.begin_epoch(epoch)
         model.train()
         order = torch.randperm(n, generator=generator)
         sums = dict.fromkeys((*TERMS, "total"), 0.0)
@@ -210,11 +271,20 @@ def train_detector(train: DetectionDataset, val: DetectionDataset, epochs: int =
                 frac = max(frac, elapsed / budget)
             for group in optimizer.param_groups:
                 group["lr"] = lr * _lr_factor(frac, warmup)
-            outputs = _forward(model, x, m, s)
-            targets = encode([b.to(device) for b in boxes], [lab.to(device) for lab in labels],
-                             tuple(outputs.shape[-2:]), train.num_classes, model.stride)
-            terms = criterion(outputs, targets)
-            loss = terms["total"].mean()
+            if objective is not None:
+                assert wrapper is not None
+                targets = _targets(boxes, labels, tuple(x.shape[-2:]), train.num_classes,
+                                   model.stride, device)
+                loss, robust_terms = objective.loss(wrapper, x, targets, idx)
+                assert robust_terms is not None
+                terms = dict(robust_terms)
+            else:
+                outputs = _forward(model, x, m, s)
+                targets = encode([b.to(device) for b in boxes],
+                                 [lab.to(device) for lab in labels],
+                                 tuple(outputs.shape[-2:]), train.num_classes, model.stride)
+                terms = criterion(outputs, targets)
+                loss = terms["total"].mean()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -223,6 +293,8 @@ def train_detector(train: DetectionDataset, val: DetectionDataset, epochs: int =
                 sums[key] += float(terms[key].detach().sum())
         record: dict[str, Any] = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"],
                                   **{f"loss_{k}": v / n for k, v in sums.items()}}
+        if objective is not None:
+            record.update(objective.end_epoch())
         elapsed = time.monotonic() - start
         out_of_time = budget is not None and elapsed + (time.monotonic() - epoch_start) > budget
         if epoch % eval_every == 0 or epoch == epochs or out_of_time:
@@ -239,9 +311,19 @@ def train_detector(train: DetectionDataset, val: DetectionDataset, epochs: int =
         elapsed = time.monotonic() - start
         if budget is not None and elapsed + record["seconds"] > budget:
             history["stopped_by"] = "minutes"
+        if resume is not None:
+            resume.save({"model": weights(model), "optimizer": optimizer.state_dict(),
+                         "best_model": best_state, "rng": rng_state([generator]),
+                         "objective": objective.state_dict() if objective is not None else {}},
+                        {"epoch": epoch, "step": step, "elapsed": time.monotonic() - start,
+                         "history": {k: v for k, v in history.items() if k != "config"}})
+        if history["stopped_by"] == "minutes":
             break
     bar.close()
     model.load_state_dict(best_state)
     model.eval()
     history["seconds"] = time.monotonic() - start
+    if objective is not None:
+        history["robust"] = objective.save(state_dir) if state_dir is not None \
+            else objective.describe()
     return model, history

@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import math
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -26,6 +27,8 @@ from medrobust.metrics.landmarks import RadialError
 from medrobust.models.landmark_codec import default_radius, encode
 from medrobust.models.landmark_unet import LandmarkModel, landmark_unet
 from medrobust.training.landmark_loss import HEATMAP_LOSSES, LandmarkLoss
+from medrobust.training.resume import EpochState, rng_state, set_rng_state, weights
+from medrobust.training.robust import LossSpec, RobustConfig, build_objective
 from medrobust.utils.progress import progress
 from medrobust.utils.seeding import seed_everything
 
@@ -76,7 +79,10 @@ def train_landmark_model(train: LandmarkDataset, val: LandmarkDataset, epochs: i
                          heatmap_weight: float = 2.0, seed: int = 0,
                          features: tuple[int, ...] | None = None, width: int | None = None,
                          device: torch.device | str = "cpu", augment: bool = True,
-                         cosine: bool = True, minutes: float | None = None
+                         cosine: bool = True, minutes: float | None = None,
+                         robust: RobustConfig | None = None,
+                         init: dict[str, torch.Tensor] | None = None,
+                         state_dir: str | Path | None = None
                          ) -> tuple[LandmarkModel, list[dict[str, Any]]]:
     """Train a multi-task landmark U-Net; return the best-validation-MRE model and the history.
 
@@ -84,6 +90,10 @@ def train_landmark_model(train: LandmarkDataset, val: LandmarkDataset, epochs: i
     default ``features`` of ``landmark_unet`` (both None: the default). ``minutes`` stops before an
     epoch that would end past the budget (estimated from the epochs so far); at least one epoch runs.
     Each history row: epoch, train loss terms, val MRE / SDR@2, lr, wall and CPU seconds.
+    ``robust`` chooses a robust objective (``training.robust``; None: standard, whose path is
+    unchanged), ``init`` starts from these network weights, ``state_dir`` saves a resumable
+    state after each epoch and continues from one (with ``minutes`` the budget counts the time
+    before the stop too).
     """
     if len(train) == 0 or len(val) == 0:
         raise ConfigError("landmark training needs non-empty train and validation splits")
@@ -108,6 +118,8 @@ def train_landmark_model(train: LandmarkDataset, val: LandmarkDataset, epochs: i
         net_kwargs["width"] = int(width)
     mean, std = channel_stats(train)
     model = LandmarkModel(landmark_unet(train.channels, k, **net_kwargs), mean, std, k, radius, device)
+    if init is not None:
+        model.model.load_state_dict(init)
     loss_fn = LandmarkLoss(heatmap_loss, heatmap_weight)
     opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
     steps = max(1, math.ceil(len(train) / batch_size))
@@ -116,14 +128,45 @@ def train_landmark_model(train: LandmarkDataset, val: LandmarkDataset, epochs: i
     x_all = torch.from_numpy(train.images).permute(0, 3, 1, 2).contiguous()
     p_all = torch.from_numpy(train.landmarks.astype(np.float32))
 
+    # targets travel as (heat, offsets, mask); the objective's terms are the loss's own terms
+    spec = LossSpec(terms=lambda out, t: loss_fn(out, *t))
+    objective = build_objective(robust, spec, len(train), epochs, seed)
+    if objective is not None and objective.needs_calibration:
+        objective.calibrate(model, ((x_all[i:i + batch_size].float().div(255).to(device),
+                                     encode(p_all[i:i + batch_size].to(device), (h, w), radius))
+                                    for i in range(0, len(train), batch_size)))
+    settings = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "wd": weight_decay,
+                "radius": radius, "heatmap": [heatmap_loss, heatmap_weight], "seed": seed,
+                "net": net_kwargs, "augment": augment, "cosine": cosine, "minutes": minutes,
+                "dataset": train.spec, "n": len(train),
+                "robust": None if robust is None else robust.as_dict()}
+    resume = EpochState(state_dir, settings) if state_dir is not None else None
+
     history: list[dict[str, Any]] = []
     best: tuple[float, int, dict[str, torch.Tensor]] | None = None
-    start, cpu_start = time.perf_counter(), time.process_time()
-    bar = progress(total=epochs * steps, desc="train landmarks")
-    for epoch in range(1, epochs + 1):
+    first, offset, cpu_offset = 1, 0.0, 0.0
+    saved = resume.load() if resume is not None else None
+    if saved is not None:
+        blob, info = saved
+        model.model.load_state_dict(blob["model"])
+        opt.load_state_dict(blob["optimizer"])
+        if sched is not None:
+            sched.load_state_dict(blob["scheduler"])
+        set_rng_state(blob["rng"], [gen])
+        if objective is not None:
+            objective.load_state_dict(blob["objective"])
+        history = info["history"]
+        best = (info["best_mre"], info["best_epoch"], blob["best_model"])
+        first = info["epoch"] + 1
+        offset, cpu_offset = history[-1]["seconds"], history[-1]["cpu_seconds"]
+    start, cpu_start = time.perf_counter() - offset, time.process_time() - cpu_offset
+    bar = progress(total=(epochs - first + 1) * steps, desc="train landmarks")
+    for epoch in range(first, epochs + 1):
         elapsed = time.perf_counter() - start
         if minutes is not None and history and elapsed + elapsed / len(history) > minutes * 60:
             break
+        if objective is not None:
+            objective.begin_epoch(epoch)
         model.train()
         order = torch.randperm(len(train), generator=gen)
         sums = {"total": 0.0, "heatmap": 0.0, "offset": 0.0}
@@ -134,8 +177,13 @@ def train_landmark_model(train: LandmarkDataset, val: LandmarkDataset, epochs: i
             if augment:
                 x, pts = augment_affine(x, pts, gen)
             heat, offsets, mask = encode(pts.to(device), (h, w), radius)
-            terms = loss_fn(model(x.to(device)), heat, offsets, mask)
-            loss = terms["total"].mean()
+            if objective is not None:
+                loss, robust_terms = objective.loss(model, x.to(device), (heat, offsets, mask), idx)
+                assert robust_terms is not None
+                terms = dict(robust_terms)
+            else:
+                terms = loss_fn(model(x.to(device)), heat, offsets, mask)
+                loss = terms["total"].mean()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -145,8 +193,9 @@ def train_landmark_model(train: LandmarkDataset, val: LandmarkDataset, epochs: i
                 sums[name] += float(terms[name].detach().sum())
             bar.update(1)
         model.eval()
+        extra = objective.end_epoch() if objective is not None else {}
         metrics = evaluate_landmarks(model, val)
-        row = {"epoch": epoch, "train_loss": sums["total"] / len(train),
+        row = {**extra, "epoch": epoch, "train_loss": sums["total"] / len(train),
                "train_heatmap": sums["heatmap"] / len(train), "train_offset": sums["offset"] / len(train),
                "val_mre": metrics["mre"], "val_sdr_2": metrics["sdr"]["2.0"], "unit": metrics["unit"],
                "lr": opt.param_groups[0]["lr"], "seconds": time.perf_counter() - start,
@@ -156,9 +205,19 @@ def train_landmark_model(train: LandmarkDataset, val: LandmarkDataset, epochs: i
         history.append(row)
         if improved:
             best = (metrics["mre"], epoch, copy.deepcopy(model.model.state_dict()))
+        if resume is not None:
+            assert best is not None
+            resume.save({"model": weights(model.model), "optimizer": opt.state_dict(),
+                         "scheduler": sched.state_dict() if sched is not None else {},
+                         "best_model": best[2], "rng": rng_state([gen]),
+                         "objective": objective.state_dict() if objective is not None else {}},
+                        {"epoch": epoch, "history": history, "best_mre": best[0],
+                         "best_epoch": best[1]})
         bar.set_postfix(val_mre=f"{metrics['mre']:.2f}{metrics['unit']}")
     bar.close()
     assert best is not None
     model.model.load_state_dict(best[2])
     model.eval()
+    if objective is not None and state_dir is not None:
+        objective.save(state_dir)
     return model, history

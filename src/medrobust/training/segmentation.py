@@ -18,12 +18,14 @@ from monai.losses import DiceCELoss
 
 from medrobust.data.segmentation import SegmentationDataset
 from medrobust.errors import ConfigError
+from medrobust.metrics.segmentation import segmentation_metrics
 from medrobust.models.registry import build_model, resolve_factory
 from medrobust.models.segmenter import Segmenter, save_segmenter
 from medrobust.models.unet import downsampling
 from medrobust.training.augment import augment_batch
 from medrobust.training.loop import Judgement, check_fit_settings, fit, torch_shuffle
-from medrobust.training.seg_metrics import segmentation_metrics
+from medrobust.training.resume import EpochState
+from medrobust.training.robust import LossSpec, Objective, RobustConfig, build_objective
 from medrobust.utils.seeding import seed_everything
 from medrobust.utils.validation import check_choice
 
@@ -60,6 +62,8 @@ class SegTrainResult:
     #: CPU time of this process (all threads): on a shared machine, cpu_seconds / threads is
     #: the honest estimate of the wall time a dedicated machine would need.
     cpu_seconds: float = 0.0
+    #: the robust objective (margins, Dice threshold, ensemble) when one was used
+    objective: Objective | None = None
 
 
 def channel_stats(ds: SegmentationDataset) -> tuple[list[float], list[float]]:
@@ -74,9 +78,31 @@ def evaluate_segmenter(segmenter: Segmenter, ds: SegmentationDataset) -> dict[st
     return segmentation_metrics(pred, ds.masks, segmenter.num_classes)
 
 
+def segmentation_terms(logits: torch.Tensor, masks: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Per-sample soft Dice (foreground), pixel-mean cross-entropy and their sum ``total`` for
+    (N,1,H,W) or (N,H,W) masks: what robust inner attacks maximise."""
+    import torch.nn.functional as F
+
+    m = (masks[:, 0] if masks.ndim == 4 else masks).long()
+    ce = F.cross_entropy(logits, m, reduction="none").flatten(1).mean(1)
+    prob = logits.softmax(1)[:, 1:]
+    onehot = F.one_hot(m, logits.shape[1]).permute(0, 3, 1, 2)[:, 1:].float()
+    inter = (prob * onehot).flatten(1).sum(1)
+    dice = 1 - (2 * inter + 1e-5) / (prob.flatten(1).sum(1) + onehot.flatten(1).sum(1) + 1e-5)
+    return {"dice": dice, "ce": ce, "total": dice + ce}
+
+
 def train_segmenter(train: SegmentationDataset, val: SegmentationDataset,
-                    config: SegTrainConfig, device: torch.device | str = "cpu") -> SegTrainResult:
-    """Train ``config.model`` on ``train``; keep the epoch with the best validation Dice."""
+                    config: SegTrainConfig, device: torch.device | str = "cpu", *,
+                    robust: RobustConfig | None = None,
+                    init: dict[str, torch.Tensor] | None = None,
+                    state_dir: str | Path | None = None) -> SegTrainResult:
+    """Train ``config.model`` on ``train``; keep the epoch with the best validation Dice.
+
+    ``robust`` chooses a robust objective (None: standard); adaptive margins use the Dice rule
+    (correct = hard best-foreground Dice >= the mean clean training Dice of the starting model).
+    ``init`` starts from these network weights; ``state_dir`` saves and resumes epoch state.
+    """
     config.validate()
     if train.channels != val.channels:
         raise ConfigError("train and validation splits differ in channels")
@@ -91,17 +117,28 @@ def train_segmenter(train: SegmentationDataset, val: SegmentationDataset,
     multiple = downsampling(config.model_kwargs) if config.model == "unet" else 1
     seg = Segmenter(model, mean=mean, std=std, class_names=names, multiple=multiple,
                     device=device)
+    if init is not None:
+        model.load_state_dict(init)
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
 
     x_train = torch.from_numpy(train.images).permute(0, 3, 1, 2).contiguous()
     y_train = torch.from_numpy(train.masks).unsqueeze(1).float()
     gen = torch.Generator().manual_seed(config.seed)
     c = train.channels
+    spec = LossSpec(terms=segmentation_terms, criterion=loss_fn, rule="dice")
+    objective = build_objective(robust, spec, len(train), config.epochs, config.seed)
+    if objective is not None and objective.needs_calibration:
+        objective.calibrate(seg, ((x_train[i:i + 64].float().div(255).to(device),
+                                   y_train[i:i + 64].to(device))
+                                  for i in range(0, len(train), 64)))
 
     def batch_loss(idx: torch.Tensor) -> torch.Tensor:
         both = torch.cat([x_train[idx].float() / 255.0, y_train[idx]], dim=1)
         if config.augment == "flips":  # image and mask turn together
             both = augment_batch(both, "flips", gen)
+        if objective is not None:
+            return objective.loss(seg, both[:, :c].to(device), both[:, c:].round().to(device),
+                                  idx)[0]
         return loss_fn(seg(both[:, :c].to(device)), both[:, c:].round().to(device))
 
     def judge() -> Judgement:
@@ -113,15 +150,23 @@ def train_segmenter(train: SegmentationDataset, val: SegmentationDataset,
 
     done = fit(seg, seg.model, len(train), epochs=config.epochs, batch_size=config.batch_size,
                lr=config.lr, weight_decay=config.weight_decay, shuffle=torch_shuffle(gen),
-               batch_loss=batch_loss, judge=judge, desc=f"train {config.model}")
+               batch_loss=batch_loss, judge=judge, desc=f"train {config.model}",
+               objective=objective, generators=(gen,),
+               resume=None if state_dir is None else EpochState(
+                   state_dir, {"config": asdict(config), "dataset": train.spec, "n": len(train),
+                               "robust": None if robust is None else robust.as_dict()}))
+    if objective is not None and state_dir is not None:
+        objective.save(state_dir)
     return SegTrainResult(seg, done.history, done.best_epoch, done.best_metrics, done.seconds,
-                          done.cpu_seconds)
+                          done.cpu_seconds, objective)
 
 
 def save_trained_segmenter(result: SegTrainResult, config: SegTrainConfig,
                            train: SegmentationDataset, out_dir: str | Path,
-                           extra: dict[str, Any] | None = None) -> Path:
-    """Write the checkpoint with provenance (config, dataset, history, validation metrics)."""
+                           extra: dict[str, Any] | None = None,
+                           robust: dict[str, Any] | None = None) -> Path:
+    """Write the checkpoint with provenance (config, dataset, history, validation metrics;
+    ``robust``: how robust training ran, its Dice threshold and final margin histogram)."""
     meta = {
         "model": config.model,
         "model_kwargs": config.model_kwargs,
@@ -135,4 +180,6 @@ def save_trained_segmenter(result: SegTrainResult, config: SegTrainConfig,
         "train_cpu_seconds": result.cpu_seconds,
         "torch_threads": torch.get_num_threads(),
     }
+    if robust is not None:
+        meta["robust"] = robust
     return save_segmenter(result.segmenter, out_dir, meta)

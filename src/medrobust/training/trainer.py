@@ -13,12 +13,12 @@ import torch.nn.functional as F
 
 from medrobust.data.base import ImageDataset
 from medrobust.errors import ConfigError
+from medrobust.metrics.classification import classification_metrics
 from medrobust.models.checkpoint import save_checkpoint
 from medrobust.models.classifier import Classifier
 from medrobust.models.registry import SIGMOID_MODELS, build_model, resolve_factory
 from medrobust.training.augment import POLICIES, augment_batch, default_policy
 from medrobust.training.loop import Judgement, check_fit_settings, fit, torch_shuffle
-from medrobust.training.metrics import classification_metrics
 from medrobust.training.resume import EpochState
 from medrobust.training.robust import LossSpec, Objective, RobustConfig, build_objective
 from medrobust.utils.seeding import seed_everything
@@ -184,13 +184,17 @@ def train_classifier(train: ImageDataset, val: ImageDataset, config: TrainConfig
                resume=None if state_dir is None else EpochState(
                    state_dir, {"config": asdict(config), "dataset": train.spec, "n": len(train),
                                "robust": None if robust is None else robust.as_dict()}))
+    if objective is not None and state_dir is not None:
+        objective.save(state_dir)
     return TrainResult(clf, done.history, done.best_epoch, done.best_metrics, done.seconds,
                        objective)
 
 
 def save_trained(result: TrainResult, config: TrainConfig, train: ImageDataset,
-                 out_dir: str | Path, extra: dict[str, Any] | None = None) -> Path:
-    """Write the checkpoint with full provenance (config, dataset, history, validation metrics)."""
+                 out_dir: str | Path, extra: dict[str, Any] | None = None,
+                 robust: dict[str, Any] | None = None) -> Path:
+    """Write the checkpoint with full provenance (config, dataset, history, validation metrics;
+    ``robust``: how robust training ran, its xi and final margin histogram)."""
     meta = {
         "model": config.model,
         "model_kwargs": config.model_kwargs,
@@ -202,4 +206,6 @@ def save_trained(result: TrainResult, config: TrainConfig, train: ImageDataset,
         "metrics": {"val": result.val_metrics, **(extra or {})},
         "train_seconds": result.seconds,
     }
+    if robust is not None:
+        meta["robust"] = robust
     return save_checkpoint(result.classifier, out_dir, meta)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -45,6 +46,8 @@ from medrobust.training.robust.teat import TemporalEnsemble, sigmoid_ramp
 from medrobust.training.robust.xi import calibrate_xi
 
 Terms = Mapping[str, torch.Tensor]
+#: where adaptive margins are written in a checkpoint folder
+MARGINS_FILE = "margins.safetensors"
 
 
 def take(targets: Any, rows: torch.Tensor) -> Any:
@@ -144,6 +147,12 @@ class Objective:
 
     def describe(self) -> dict[str, Any]:
         return {"method": self.name, **self.config.as_dict()}
+
+    def save(self, folder: str | Path) -> dict[str, Any]:
+        """Write the objective's artefacts into the output folder (adaptive margins:
+        ``margins.safetensors``); returns its description for the checkpoint metadata."""
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        return self.describe()
 
 
 class VAT(Objective):
@@ -298,7 +307,13 @@ class AdaptiveMargin(Objective):
         return 0.5 * l0 + 0.5 * l1, terms
 
     def end_epoch(self) -> dict[str, Any]:
-        return {"margins": self.margins.end_epoch()}
+        return {"margins": self.margins.end_epoch(),
+                "rule": None if self.rule is None else self.rule.describe()}
+
+    def save(self, folder: str | Path) -> dict[str, Any]:
+        out = super().save(folder)
+        self.margins.save(Path(folder) / MARGINS_FILE)
+        return {**out, "margins_file": MARGINS_FILE}
 
     def state_dict(self) -> dict[str, Any]:
         return {"margins": self.margins.state_dict(),

@@ -1,0 +1,89 @@
+"""The robust-training options every task takes, and what they turn into for a trainer.
+
+``--robust none|vat|teat|adaptive-margin`` with its budgets (L2 on the [0,1] pixel scale) and,
+for adaptive margins, ``xi_from``: the checkpoint of a trained standard model of the same task.
+Training fine-tunes from that model's weights, and xi (or segmentation's Dice threshold) is
+calibrated on its clean training losses before the first epoch, as the paper prescribes (V are
+the losses of a well-trained model). VAT and TEAT may also start from it. ``out_dir`` is where
+the resumable per-epoch state lives (the checkpoint folder: the same command resumes) and where
+the final margins are written (``margins.safetensors``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from medrobust.errors import ConfigError
+from medrobust.training.robust import RobustConfig
+from medrobust.training.robust.objectives import MARGINS_FILE
+
+#: option -> default; every task's OPTIONS include these
+ROBUST_OPTIONS: dict[str, Any] = {"robust": "none", "eps": None, "delta": None, "alpha": 4.0,
+                                  "xi": "mean+2std", "max_margin": None, "refine": False,
+                                  "xi_from": None, "out_dir": None}
+
+
+def with_robust(options: dict[str, Any]) -> dict[str, Any]:
+    """A task's option defaults with the robust ones added."""
+    return {**options, **ROBUST_OPTIONS}
+
+
+def split(options: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(the task's own options, the robust ones)."""
+    own = {k: v for k, v in options.items() if k not in ROBUST_OPTIONS}
+    robust = {k: options.get(k, v) for k, v in ROBUST_OPTIONS.items()}
+    return own, robust
+
+
+def robust_config(robust: dict[str, Any]) -> RobustConfig | None:
+    """The validated ``RobustConfig`` (None for standard training)."""
+    method = robust.get("robust") or "none"
+    config = RobustConfig(method=method, eps=robust.get("eps"), delta=robust.get("delta"),
+                          alpha=float(robust.get("alpha") or 4.0),
+                          xi=robust.get("xi") or "mean+2std",
+                          max_margin=robust.get("max_margin"),
+                          refine=bool(robust.get("refine"))).validate()
+    if method == "adaptive-margin" and not robust.get("xi_from"):
+        raise ConfigError("--robust adaptive-margin needs --xi-from CHECKPOINT_DIR: a trained "
+                          "standard model of the same task (xi comes from its clean losses)")
+    if method == "none" and robust.get("xi_from"):
+        raise ConfigError("--xi-from applies to robust training (--robust vat|teat|"
+                          "adaptive-margin)")
+    return config if config.active else None
+
+
+def initial_weights(xi_from: str | None, task: str) -> dict[str, torch.Tensor] | None:
+    """The network weights of the standard checkpoint ``xi_from`` (fine-tuning starts there)."""
+    if not xi_from:
+        return None
+    from medrobust.models.loading import load_model
+
+    model = load_model(xi_from, "cpu")
+    if model.task != task:
+        raise ConfigError(f"--xi-from {xi_from} holds a {model.task} model, not {task}")
+    return {k: v.detach().clone() for k, v in model.model.state_dict().items()}
+
+
+def trainer_kwargs(robust: dict[str, Any], task: str) -> dict[str, Any]:
+    """``robust``, ``init`` and ``state_dir`` for a trainer."""
+    return {"robust": robust_config(robust), "init": initial_weights(robust.get("xi_from"), task),
+            "state_dir": robust.get("out_dir")}
+
+
+def robust_summary(config: RobustConfig | None, history: list[dict[str, Any]],
+                   out_dir: str | Path | None) -> dict[str, Any]:
+    """What a checkpoint records about robust training: the settings, the last epoch's xi rule
+    and margin histogram (each epoch's is in the history), and the margins file when written."""
+    if config is None:
+        return {"method": "none"}
+    out: dict[str, Any] = config.as_dict()
+    last = history[-1] if history else {}
+    for key in ("rule", "margins", "teat_weight"):
+        if key in last:
+            out[key] = last[key]
+    if out_dir is not None and (Path(out_dir) / MARGINS_FILE).is_file():
+        out["margins_file"] = MARGINS_FILE
+    return out
