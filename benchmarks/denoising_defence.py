@@ -60,12 +60,12 @@ from medrobust.campaigns.onepixel import run_onepixel_campaign
 from medrobust.data import load_dataset
 from medrobust.defences.grid import save_defence_grid
 from medrobust.defences.noise import channel_salt_pepper, pixel_impulse
-from medrobust.defences.quality import quality
 from medrobust.defences.registry import CLASSICAL, make_denoiser
 from medrobust.defences.source import attacked_set
 from medrobust.defences.storage import is_denoiser_dir, save_denoiser
 from medrobust.defences.table import COLUMNS, adaptive_columns, adaptive_rows, markdown, table_row
 from medrobust.defences.training import DenoiserTrainConfig, config_dict, train_denoiser
+from medrobust.metrics.image_quality import quality
 from medrobust.models.checkpoint import load_classifier, read_meta
 from medrobust.models.engines import ENGINES
 from medrobust.store import Store

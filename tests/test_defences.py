@@ -23,16 +23,12 @@ from medrobust.defences import (
     bpda,
     channel_salt_pepper,
     make_denoiser,
-    mse,
     pixel_impulse,
-    psnr,
-    quality,
-    ssim,
     train_denoiser,
 )
-from medrobust.defences.quality import PSNR_CAP
 from medrobust.defences.source import attacked_set, find_onepixel_run
 from medrobust.errors import ConfigError, MedrobustError
+from medrobust.metrics.image_quality import PSNR_CAP, mse, psnr, quality, ssim
 from medrobust.models import Classifier
 from medrobust.store import Campaign, Store
 

@@ -23,9 +23,9 @@ from medrobust.cli.main import main
 from medrobust.data import load_dataset, load_from_spec
 from medrobust.data.segfolder import read_mask
 from medrobust.errors import DataError
+from medrobust.metrics.segmentation import per_image_metrics, segmentation_metrics
 from medrobust.models.segmenter import Segmenter, load_segmenter, save_segmenter
 from medrobust.models.unet import unet
-from medrobust.training.seg_metrics import per_image_metrics, segmentation_metrics
 from medrobust.training.segmentation import SegTrainConfig, evaluate_segmenter, train_segmenter
 
 pytestmark = pytest.mark.usefixtures("one_thread_module")

@@ -38,7 +38,7 @@ def foreground_iou(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     Binary masks: IoU of the class-1 pixels. More classes: the mean IoU over the foreground
     classes present in either mask. Why our own few lines and not MONAI's MeanIoU: this runs
     inside attack loops on every step, where MONAI's one-hot conversion costs more than the
-    comparison; the reported metrics (training/seg_metrics.py) use MONAI.
+    comparison; the reported metrics (metrics/segmentation.py) use MONAI.
     """
     n = pred.shape[0]
     p = pred.reshape(n, -1)

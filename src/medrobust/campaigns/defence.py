@@ -22,9 +22,9 @@ import numpy as np
 
 from medrobust.campaigns.base import CampaignOutcome, batch_run
 from medrobust.defences.base import Denoiser
-from medrobust.defences.quality import quality
 from medrobust.defences.registry import dataset_name, denoiser_label
 from medrobust.defences.source import AttackedSet
+from medrobust.metrics.image_quality import quality
 from medrobust.models.classifier import Classifier
 from medrobust.store import ResultTable, Store
 

@@ -22,9 +22,9 @@ import torch
 from medrobust.attacks.seg_targets import TargetSpec
 from medrobust.campaigns.base import CampaignOutcome, batch_run
 from medrobust.data.segmentation import SegmentationDataset
+from medrobust.metrics.segmentation import per_image_metrics
 from medrobust.models.segmenter import Segmenter
 from medrobust.store import ResultTable, Store
-from medrobust.training.seg_metrics import per_image_metrics
 
 SEG_TABLE = ResultTable(
     "segattack_results",

@@ -2,10 +2,10 @@
 
 Noise generators for training (``noise``), the residual impulse autoencoder (``autoencoder``,
 ``training``, ``storage``, ``learned``), classical filters (``filters``) by name (``registry``),
-the defended model (``composed``, with ``bpda`` for filters), image quality (``quality``) and the
-one-pixel adversarial images a defence is judged on (``source``). The store-backed evaluations
-(defence on recorded attacks, attacks that see the defence) are campaigns:
-``medrobust.campaigns.defence`` and ``medrobust.campaigns.adaptive_defence``.
+the defended model (``composed``, with ``bpda`` for filters) and the one-pixel adversarial
+images a defence is judged on (``source``). The store-backed evaluations (defence on recorded
+attacks, attacks that see the defence) are campaigns: ``medrobust.campaigns.defence`` and
+``medrobust.campaigns.adaptive_defence``; image quality is ``medrobust.metrics.image_quality``.
 """
 
 from medrobust.defences.autoencoder import ImpulseAutoencoder
@@ -23,7 +23,6 @@ from medrobust.defences.filters import (
 )
 from medrobust.defences.learned import AutoencoderDenoiser
 from medrobust.defences.noise import channel_salt_pepper, mixed_impulse, pixel_impulse
-from medrobust.defences.quality import mse, psnr, quality, ssim
 from medrobust.defences.registry import CLASSICAL, available_denoisers, make_denoiser
 from medrobust.defences.storage import load_autoencoder, save_denoiser
 from medrobust.defences.training import DenoiserTrainConfig, train_denoiser
@@ -49,11 +48,7 @@ __all__ = [
     "load_autoencoder",
     "make_denoiser",
     "mixed_impulse",
-    "mse",
     "pixel_impulse",
-    "psnr",
-    "quality",
     "save_denoiser",
-    "ssim",
     "train_denoiser",
 ]

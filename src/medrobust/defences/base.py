@@ -16,8 +16,8 @@ import numpy as np
 from torch import nn
 
 from medrobust.defences.bpda import BPDA
-from medrobust.defences.images import as_float_batch, from_float_batch
 from medrobust.errors import ConfigError
+from medrobust.utils.images import as_float_batch, from_float_batch
 
 
 class Denoiser(ABC):

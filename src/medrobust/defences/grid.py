@@ -12,9 +12,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from medrobust.defences.images import as_float_batch
 from medrobust.errors import ConfigError
-from medrobust.utils.images import to_rgb_uint8
+from medrobust.utils.images import as_float_batch, to_rgb_uint8
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure

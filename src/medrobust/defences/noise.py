@@ -12,8 +12,8 @@ from __future__ import annotations
 import numpy as np
 from skimage.util import random_noise
 
-from medrobust.defences.images import as_float_batch, from_float_batch
 from medrobust.errors import ConfigError
+from medrobust.utils.images import as_float_batch, from_float_batch
 from medrobust.utils.seeding import numpy_rng
 from medrobust.utils.validation import check_choice, check_range
 

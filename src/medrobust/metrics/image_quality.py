@@ -15,8 +15,8 @@ import numpy as np
 import torch
 from monai.metrics import PSNRMetric, SSIMMetric
 
-from medrobust.defences.images import as_float_batch
 from medrobust.errors import ConfigError
+from medrobust.utils.images import as_float_batch
 
 #: PSNR of two identical images is infinite; per-image values are capped here so means stay finite.
 PSNR_CAP = 100.0

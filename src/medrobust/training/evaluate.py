@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from medrobust.data.base import ImageDataset
+from medrobust.metrics.classification import classification_metrics
 from medrobust.models.classifier import Classifier
-from medrobust.training.metrics import classification_metrics
 
 
 def evaluate_classifier(classifier: Classifier, dataset: ImageDataset) -> dict[str, Any]:
