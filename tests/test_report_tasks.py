@@ -247,6 +247,55 @@ def test_curves_one_point_per_eps_from_the_summaries(report):
     assert html.count("linf 8/255") >= 4
 
 
+def test_unfinished_runs_are_summarised_from_their_rows(store_path, tmp_path):
+    """A run stopped part-way has no stored summary: its table and curve point come from its
+    rows through the task's own summary function (detection: dataset mAP on the true boxes)."""
+    import shutil
+
+    from medrobust.tasks import get_task
+
+    db = tmp_path / "copy.db"
+    shutil.copy(store_path["db"], db)
+    with Store(db) as store:
+        added = {}
+        for task in ("landmarks", "detection"):
+            source = store.get_run(store_path["ids"][task][1])  # pgd linf 8/255
+            params = {**source["params"], "attack": {**source["params"]["attack"],
+                                                     "eps": 4 / 255}}
+            rid, _ = store.start_run(source["command"], params, model=source["model"],
+                                     dataset=source["dataset"])
+            rows = store.rows("task_attack_results", run_id=source["id"])[:2]
+            table = _table()
+            for r in rows:
+                store.put(table, rid, r["dataset_index"], {k: r[k] for k in table.columns})
+            added[task] = (rid, rows)
+        ctx = ReportContext(store=store, out_dir=tmp_path, runs=store.runs())
+        curves = {(c.task, c.metric, c.label): c for c in budget_curves(ctx)}
+        section = task_attack_section(ctx)
+        ds = load_dataset("voc", "test", data_dir=store_path["root"] / "voc", size=32)
+    subs = {s.anchor: s for s in section.subsections}
+    for task, (rid, rows) in added.items():
+        sub = subs[f"task-attack-run-{rid}"]
+        assert "running" in sub.blocks[0].text  # the warning note comes first
+        (table,) = _blocks(sub, Table)
+        row = dict(zip(table.columns, table.rows[0], strict=True))
+        assert row["Images"] == "2"
+        expected = get_task(task).attack_summary(rows, ds)
+        metric, key = ("mre:mm", "adv_mre") if task == "landmarks" else ("map", "adv_map")
+        curve = curves[(task, metric, "PGD linf, 2 steps")]
+        assert [round(p.eps * 255) for p in curve.points] == [2, 4, 8]
+        point = next(p for p in curve.points if p.run_id == rid)
+        assert point.n == 2 and point.value == pytest.approx(expected[key])
+        col = "MRE attacked (mm)" if task == "landmarks" else "mAP@0.5:0.95 attacked"
+        assert row[col] == num(expected[key])
+
+
+def _table():
+    from medrobust.campaigns.task_attack import TASK_ATTACK_TABLE
+
+    return TASK_ATTACK_TABLE
+
+
 def test_nothing_without_gradient_runs(tmp_path):
     with Store(tmp_path / "s.db") as store:
         rid, _ = store.start_run("train", {"model": "smallcnn"}, model={"dir": "/nowhere"},

@@ -144,7 +144,9 @@ def detection_panel(image: np.ndarray, adversarial: np.ndarray | None,
     fig = Figure(figsize=(3.3 * cols, 3.7), layout="constrained")
     axes = fig.subplots(1, cols)
     t_boxes, t_labels = truth
-    _show(axes[0], image, f"ground truth: {len(t_labels)} boxes\n(on the clean image)")
+    count = len(t_labels)
+    _show(axes[0], image, f"ground truth: {count} box{'' if count == 1 else 'es'}\n"
+                          "(on the clean image)")
     _boxes(axes[0], t_boxes, t_labels, BOX_STYLES["truth"])
     seen = {int(v) for v in np.asarray(t_labels).reshape(-1)}
     for ax, dets, img, who in ((axes[1], clean, image, "clean"),

@@ -518,8 +518,9 @@ def _add_panels(ctx: ReportContext, run: dict[str, Any], task: str, rows: list[d
     elif replay.mismatches:
         sub.add(Note("The replayed attack does not reproduce the stored result ("
                      + "; ".join(replay.mismatches) + "): the checkpoint or the data changed "
-                     "since the run. Predictions drawn are the stored ones; the attacked image "
-                     "and perturbation are the replay's.", "warning"))
+                     "since the run, or the run used another device, whose arithmetic can "
+                     "turn a step differently. Predictions drawn are the stored ones; the "
+                     "attacked image and perturbation are the replay's.", "warning"))
     unit = str(rows[0].get("unit") or "")
     for choice, row in picks:
         try:
