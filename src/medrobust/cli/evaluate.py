@@ -1,4 +1,10 @@
-"""``medrobust evaluate``: accuracy, AUC, per-class recall and confusion matrix of a checkpoint."""
+"""``medrobust evaluate``: a checkpoint's metrics on a split, clean or under the attack protocol.
+
+Without ``--attack``: accuracy, AUC, recall and confusion (classifiers), Dice (segmenters), MRE
+and SDR (landmarks) or COCO mAP (detectors). With ``--attack pgd,ifgsm --l2 0.5,1,2``: the
+protocol of Ma & Liang (every attack at every budget through the task's loss, one table with
+averages), each attack a resumable campaign in the store.
+"""
 
 from __future__ import annotations
 
@@ -15,6 +21,8 @@ from medrobust.cli.common import (
     fmt,
     open_dataset,
 )
+from medrobust.cli.evaluate_protocol import protocol_settings, run_protocol
+from medrobust.errors import ConfigError
 from medrobust.models import load_classifier, read_meta
 from medrobust.store import Store
 from medrobust.training import evaluate_classifier
@@ -28,13 +36,42 @@ from medrobust.utils.validation import check_image_size, check_writable
 @click.option("--split", type=click.Choice(["train", "val", "test"]), default="test",
               show_default=True)
 @click.option("--store", "store_path", default=DEFAULT_STORE, show_default=True)
+@click.option("--attack", "attacks", default=None,
+              help="Comma-separated attacks for the protocol: pgd, ifgsm, pgd-restarts (every "
+                   "task); apgd-ce, apgd-t, square (classifiers).")
+@click.option("--l2", "l2_levels", default=None,
+              help="L2 budgets on the [0,1] scale, comma-separated (default 0.5,1,2).")
+@click.option("--linf", "linf_levels", default=None,
+              help="Linf budgets instead, comma-separated, e.g. 1/255,2/255,4/255.")
+@click.option("--steps", type=click.IntRange(1), default=100, show_default=True,
+              help="PGD / APGD steps.")
+@click.option("--ifgsm-steps", type=click.IntRange(1), default=10, show_default=True)
+@click.option("--restarts", type=click.IntRange(1), default=5, show_default=True,
+              help="Random starts of pgd-restarts.")
+@click.option("--queries", type=click.IntRange(1), default=1000, show_default=True,
+              help="Square's query budget per image.")
+@click.option("--limit", type=click.IntRange(1), default=None, help="Evaluate the first N images.")
+@click.option("--batch-images", type=click.IntRange(1), default=16, show_default=True)
+@click.option("--no-resume", is_flag=True, help="Start new runs even if matching ones exist.")
 @common_options
 def evaluate(model_dir: str, dataset: str | None, data_dir: str | None, size: int | None,
-             no_verify: bool, split: str, store_path: str, as_json: bool, seed: int,
-             device: str) -> None:
-    """Evaluate a checkpoint on a dataset split."""
+             no_verify: bool, split: str, store_path: str, attacks: str | None,
+             l2_levels: str | None, linf_levels: str | None, steps: int, ifgsm_steps: int,
+             restarts: int, queries: int, limit: int | None, batch_images: int,
+             no_resume: bool, as_json: bool, seed: int, device: str) -> None:
+    """Evaluate a checkpoint on a dataset split, clean or under the attack protocol."""
     check_writable("--store", store_path, folder=False)
     meta = read_meta(model_dir)
+    protocol_only = {"--l2": l2_levels, "--linf": linf_levels, "--limit": limit}
+    if attacks is not None:
+        settings = protocol_settings(attacks, l2_levels, linf_levels, steps, ifgsm_steps,
+                                     restarts, queries, seed, batch_images)
+        run_protocol(model_dir, meta, dataset, data_dir, size, no_verify, split, store_path,
+                     settings, limit, not no_resume, as_json, device)
+        return
+    for flag, value in protocol_only.items():
+        if value is not None:
+            raise ConfigError(f"{flag} belongs to the attack protocol: add --attack pgd,ifgsm")
     if meta.get("task") in ("landmarks", "detection"):
         _evaluate_task(model_dir, meta, dataset, data_dir, size, no_verify, split, store_path,
                        as_json, device)

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
+from medrobust.metrics.proportion import proportion
 from medrobust.models.classifier import Classifier
 from medrobust.tasks.base import Task
 from medrobust.tasks.robust import robust_summary, split, trainer_kwargs, with_robust
@@ -41,7 +43,40 @@ def loss_terms(model: Classifier, outputs: torch.Tensor, labels: torch.Tensor
     return {"ce": ce, "total": ce}
 
 
+def attack_targets(ds: Any, idx: np.ndarray) -> torch.Tensor:
+    """The true labels: an untargeted attack pushes predictions away from them."""
+    return torch.from_numpy(np.asarray(ds.labels)[idx].astype(np.int64))
+
+
+def attack_rows(model: Classifier, ds: Any, idx: np.ndarray, clean: torch.Tensor,
+                adv: torch.Tensor) -> list[dict[str, Any]]:
+    """Per image: correct before and after (the accuracy terms) and the true class's
+    probability before and after, with both predicted classes."""
+    labels = np.asarray(ds.labels)[idx]
+    p_clean, p_adv = model.probabilities(clean), model.probabilities(adv)
+    rows = []
+    for j, label in enumerate(int(v) for v in labels):
+        c, a = int(p_clean[j].argmax()), int(p_adv[j].argmax())
+        rows.append({"metric": "accuracy", "unit": "", "clean_metric": float(c == label),
+                     "adv_metric": float(a == label), "clean_extra": float(p_clean[j][label]),
+                     "adv_extra": float(p_adv[j][label]), "clean_pred": c, "adv_pred": a})
+    return rows
+
+
+def attack_summary(rows: list[dict[str, Any]], ds: Any) -> dict[str, Any]:
+    """Clean and robust accuracy with 95 % Wilson intervals, and the success rate among the
+    images the model got right (the ones an attack can fool)."""
+    right = [r for r in rows if r["clean_metric"] == 1.0]
+    clean = proportion(int(sum(r["clean_metric"] for r in rows)), len(rows))
+    robust = proportion(int(sum(r["adv_metric"] for r in rows)), len(rows))
+    fooled = proportion(sum(r["adv_metric"] == 0.0 for r in right), len(right))
+    return {"images": len(rows), "clean_accuracy": clean.rate, "adv_accuracy": robust.rate,
+            "adv_accuracy_ci95": robust.ci95, "clean_accuracy_ci95": clean.ci95,
+            "attacked": len(right), "success_rate": fooled.rate}
+
+
 TASK = Task(name="classification", wrapper=Classifier,
             datasets=("synthetic", "medmnist", "bccd", "folder"), train=train,
             evaluate=evaluate_classifier, headline="accuracy", loss_terms=loss_terms,
-            default_model="smallcnn", options=OPTIONS)
+            default_model="smallcnn", options=OPTIONS, attack_rows=attack_rows,
+            attack_summary=attack_summary, attack_targets=attack_targets)

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
 
+from medrobust.metrics.segmentation import per_image_metrics
 from medrobust.models.segmenter import Segmenter
 from medrobust.tasks.base import Task
 from medrobust.tasks.robust import robust_summary, split, trainer_kwargs, with_robust
@@ -39,6 +41,37 @@ def loss_terms(model: Segmenter, outputs: torch.Tensor, masks: torch.Tensor
     return segmentation_terms(outputs, masks)
 
 
+def attack_targets(ds: Any, idx: np.ndarray) -> torch.Tensor:
+    """The true masks: an untargeted attack pushes the prediction away from them."""
+    return torch.from_numpy(np.asarray(ds.masks)[idx].astype(np.int64))
+
+
+def attack_rows(model: Segmenter, ds: Any, idx: np.ndarray, clean: torch.Tensor,
+                adv: torch.Tensor) -> list[dict[str, Any]]:
+    """Per image: foreground Dice (the metric) and IoU (the extra) against the true mask
+    before and after; predicted masks are not stored (the segmentation campaign keeps
+    example panels)."""
+    truth = np.asarray(ds.masks)[idx]
+    k = model.num_classes
+    before = per_image_metrics(model.predict_tensor(clean.to(model.device)).cpu(), truth, k)
+    after = per_image_metrics(model.predict_tensor(adv.to(model.device)).cpu(), truth, k)
+    return [{"metric": "dice", "unit": "", "clean_metric": float(before["dice"][j]),
+             "adv_metric": float(after["dice"][j]), "clean_extra": float(before["iou"][j]),
+             "adv_extra": float(after["iou"][j]), "clean_pred": None, "adv_pred": None}
+            for j in range(len(idx))]
+
+
+def attack_summary(rows: list[dict[str, Any]], ds: Any) -> dict[str, Any]:
+    """Mean foreground Dice and IoU over the attacked images, before and after."""
+    if not rows:
+        return {"images": 0}
+    mean = lambda key: float(np.mean([r[key] for r in rows]))  # noqa: E731
+    return {"images": len(rows), "clean_dice": mean("clean_metric"),
+            "adv_dice": mean("adv_metric"), "clean_iou": mean("clean_extra"),
+            "adv_iou": mean("adv_extra")}
+
+
 TASK = Task(name="segmentation", wrapper=Segmenter, datasets=("segfolder",), train=train,
             evaluate=evaluate_segmenter, headline="dice", loss_terms=loss_terms,
-            default_model="unet", options=OPTIONS)
+            default_model="unet", options=OPTIONS, attack_rows=attack_rows,
+            attack_summary=attack_summary, attack_targets=attack_targets)

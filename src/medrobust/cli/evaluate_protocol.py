@@ -1,0 +1,87 @@
+"""``medrobust evaluate --attack``: parse the protocol's options, run it, print its table."""
+
+from __future__ import annotations
+
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import click
+
+from medrobust.campaigns.attack_protocol import ProtocolSettings, run_attack_protocol
+from medrobust.cli.common import emit, fmt, open_dataset
+from medrobust.errors import ConfigError
+from medrobust.models.loading import load_model
+from medrobust.store import Store
+from medrobust.tasks import get_task
+from medrobust.utils.device import resolve_device
+from medrobust.utils.markdown import markdown_table
+
+
+def _levels(flag: str, text: str) -> tuple[float, ...]:
+    out = []
+    for part in text.split(","):
+        try:
+            value = float(Fraction(part.strip()))
+        except (ValueError, ZeroDivisionError):
+            raise ConfigError(f"{flag}: {part.strip()!r} is not a number or fraction such as "
+                              "2/255") from None
+        if value <= 0:
+            raise ConfigError(f"{flag}: budgets must be positive, got {part.strip()}")
+        out.append(value)
+    return tuple(out)
+
+
+def protocol_settings(attacks: str, l2: str | None, linf: str | None, steps: int,
+                      ifgsm_steps: int, restarts: int, queries: int, seed: int,
+                      batch_images: int) -> ProtocolSettings:
+    """The protocol's settings from the command line (one norm: --l2 or --linf)."""
+    if l2 is not None and linf is not None:
+        raise ConfigError("give --l2 or --linf, not both (one norm per protocol run)")
+    names = tuple(a.strip() for a in attacks.split(",") if a.strip())
+    if not names:
+        raise ConfigError("--attack needs at least one attack, e.g. pgd,ifgsm")
+    norm, levels = ("linf", _levels("--linf", linf)) if linf is not None else (
+        "l2", _levels("--l2", l2 or "0.5,1,2"))
+    return ProtocolSettings(attacks=names, norm=norm, levels=levels, pgd_steps=steps,
+                            ifgsm_steps=ifgsm_steps, restarts=restarts, square_queries=queries,
+                            seed=seed, batch_images=batch_images)
+
+
+def run_protocol(model_dir: str, meta: dict[str, Any], dataset: str | None,
+                 data_dir: str | None, size: int | None, no_verify: bool, split: str,
+                 store_path: str, settings: ProtocolSettings, limit: int | None, resume: bool,
+                 as_json: bool, device: str) -> None:
+    task = get_task(str(meta.get("task", "classification")))
+    settings.validate(task)  # before loading data or opening the store
+    model = load_model(model_dir, resolve_device(device))
+    spec = meta.get("dataset") or {}
+    ds = open_dataset(dataset, split, data_dir, size or spec.get("size"), no_verify, spec,
+                      model_channels=model.channels)
+    if len(ds) == 0:
+        raise ConfigError(f"{ds.name} {split} has no images to evaluate")
+    indices = list(range(len(ds) if limit is None else min(limit, len(ds))))
+    info = {"dir": str(Path(model_dir).resolve()), "model": meta.get("model"),
+            "model_kwargs": meta.get("model_kwargs", {}), "saved_at": meta.get("saved_at"),
+            "task": task.name}
+    with Store(store_path) as store:
+        out = run_attack_protocol(store, task, model, info, ds, indices, settings,
+                                  resume=resume, show_progress=not as_json)
+    summary = {"run_id": out.run_id, "resumed": out.resumed, "computed_now": out.computed_now,
+               "store": store_path, **out.summary}
+
+    def human() -> None:
+        s = summary
+        unit = f" {s['unit']}" if s["unit"] else ""
+        better = "higher" if s["higher_is_better"] else "lower"
+        click.echo(f"{task.name} on {s['images']} {ds.name} {split} images: clean {s['metric']} "
+                   f"{fmt(s['clean'])}{unit} ({better} is better)")
+        rows = [(c["attack"], c["budget"], fmt(c["attacked"]), c["run_id"]) for c in s["cells"]]
+        click.echo(markdown_table(["attack", "budget", s["metric"], "run"], rows,
+                                  ["l", "l", "r", "r"]))
+        for name, value in s["average_by_attack"].items():
+            click.echo(f"average under {name}: {fmt(value)}{unit}")
+        click.echo(f"average attacked {s['metric']}: {fmt(s['average_attacked'])}{unit} "
+                   f"(run {s['run_id']} in {store_path})")
+
+    emit(summary, as_json, human)

@@ -1,0 +1,92 @@
+"""``medrobust evaluate --attack``: the attacked-evaluation protocol on every task, and restarts."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from cli_util import run_cli, run_json
+from test_report_tasks import _checkpoints
+
+from medrobust.attacks import PGD
+from medrobust.attacks.restarts import Restarts
+from medrobust.campaigns.task_attack import TASK_ATTACK_TABLE
+from medrobust.store import Store
+from medrobust.tasks import get_task
+
+pytestmark = pytest.mark.usefixtures("one_thread_module")
+
+LEVELS = (0.1, 0.5)
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    return _checkpoints(tmp_path_factory.mktemp("protocol"))
+
+
+def _args(checkpoints, task: str) -> list[str]:
+    model, extra = checkpoints[task]
+    extra = [a for a in extra if a not in ("--task", "segmentation")]
+    if "--limit" not in extra:
+        extra += ["--limit", "4"]
+    return ["evaluate", "--model", str(model), *extra]
+
+
+@pytest.mark.parametrize("task", ["classification", "segmentation", "landmarks", "detection"])
+def test_protocol_table_budgets_and_resume(checkpoints, task, tmp_path, capsys):
+    db = str(tmp_path / "s.db")
+    cmd = [*_args(checkpoints, task), "--attack", "pgd,ifgsm", "--l2", ",".join(map(str, LEVELS)),
+           "--steps", "3", "--ifgsm-steps", "2", "--store", db]
+    first = run_json(capsys, *cmd)
+    head = get_task(task).headline
+    assert first["metric"] == head and first["task"] == task
+    assert [(c["attack"], c["eps"]) for c in first["cells"]] == [
+        (a, e) for a in ("pgd", "ifgsm") for e in LEVELS]
+    assert first["clean"] is not None and first["images"] >= 1
+    with Store(db) as store:
+        for cell in first["cells"]:
+            rows = store.rows(TASK_ATTACK_TABLE.name, run_id=cell["run_id"])
+            assert len(rows) == first["images"]
+            assert all(r["l2"] <= cell["eps"] + 1e-6 for r in rows), "L2 budget broken"
+            # every cell attacked the same images, so the clean metric is the same everywhere
+            assert cell["clean"] == pytest.approx(first["clean"])
+    means = [c["attacked"] for c in first["cells"]]
+    assert first["average_attacked"] == pytest.approx(sum(means) / len(means))
+    again = run_json(capsys, *cmd)
+    assert again["computed_now"] == 0 and again["resumed"]
+    assert again["cells"] == first["cells"]
+
+
+def test_protocol_refuses_what_it_cannot_do(checkpoints, tmp_path, capsys):
+    db = str(tmp_path / "s.db")
+    lm = _args(checkpoints, "landmarks")
+    code, _, err = run_cli(capsys, *lm, "--attack", "apgd-ce", "--store", db)
+    assert code == 2 and "apgd-ce needs class logits" in err
+    code, _, err = run_cli(capsys, *lm, "--attack", "pgd", "--l2", "1", "--linf", "2/255",
+                           "--store", db)
+    assert code == 2 and "--l2 or --linf" in err
+    code, _, err = run_cli(capsys, *lm, "--l2", "1", "--store", db)
+    assert code == 2 and "--attack" in err
+    code, _, err = run_cli(capsys, *lm, "--attack", "pgd", "--l2", "0,1", "--store", db)
+    assert code == 2 and "positive" in err
+
+
+def test_restarts_keep_the_worst_start_per_image():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 6 * 6, 3)).eval()
+    x = torch.rand(5, 3, 6, 6, generator=torch.Generator().manual_seed(1))
+    y = torch.tensor([0, 1, 2, 0, 1])
+    loss = get_task("classification").attack_loss(
+        type("M", (), {"head": "softmax"})())  # the task's per-sample loss on logits
+    base = PGD(model, loss=loss, norm="l2", eps=0.3, steps=2, seed=4)
+    result = Restarts(base, restarts=3)(x, y)
+    singles = []
+    for r in range(3):
+        single = PGD(model, loss=loss, norm="l2", eps=0.3, steps=2, seed=4 + r)(x, y)
+        with torch.no_grad():
+            singles.append(loss(model(single.adversarial), y))
+    with torch.no_grad():
+        kept = loss(model(result.adversarial), y)
+    assert torch.allclose(kept, torch.stack(singles).amax(0))
+    assert result.steps.tolist() == [6] * 5
+    norms = result.perturbation_norms(x)["l2"]
+    assert bool((norms <= 0.3 + 1e-6).all())
