@@ -54,7 +54,7 @@ def standard_attacks(model: nn.Module, norm: str = "linf", eps: Budget = 8 / 255
 
 
 def _member_name(member: Member) -> str:
-    for attr in ("label", "name"):
+    for attr in ("label", "name", "__name__"):
         value = getattr(member, attr, None)
         if isinstance(value, str) and value:
             return value
