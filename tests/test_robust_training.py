@@ -397,3 +397,27 @@ def test_bad_robust_options_give_one_line(tmp_path, capsys, args, message) -> No
     code, _, err = run_cli(capsys, "train", "--dataset", "synthetic", "--size", "16", *args,
                            "--out", str(tmp_path / "m"), "--store", str(tmp_path / "s.db"))
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(("robust", "passes"), [
+    (RobustConfig("vat", eps=0.5, steps=4), 4 + 1),                  # attack steps + training
+    (RobustConfig("teat", eps=0.5, steps=3), 3 + 1),
+    (RobustConfig("adaptive-margin", delta=0.1, steps=4), 4 + 1 + 2),  # + final check, L0, L1
+])
+def test_inner_attack_costs_no_recomputation(robust, passes) -> None:
+    """Forward passes per batch: the bound of steps (+1 check) + the training passes."""
+    from medrobust.training.robust import build_objective
+
+    clf = _classifier()
+    x, y = _batch(4)
+    objective = build_objective(robust, _spec(clf), n_train=4, epochs=1, seed=0)
+    if robust.method == "adaptive-margin":
+        objective.rule = LossRule({"ce": 10.0})
+    objective.begin_epoch(1)
+    calls = []
+    handle = clf.model.register_forward_pre_hook(lambda *_: calls.append(1))
+    try:
+        objective.loss(clf.train(), x, y, torch.arange(4))
+    finally:
+        handle.remove()
+    assert len(calls) == passes

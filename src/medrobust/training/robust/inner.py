@@ -86,8 +86,10 @@ def margin_pgd(model: nn.Module, x0: torch.Tensor, score: Score, eps: torch.Tens
                delta: float, alpha: float, steps: int, seed: int, keys: Sequence[int],
                refine: bool = False, refine_steps: int = 10) -> MarginAttack:
     """L2 PGD of adaptive margins: budget eps(i), step alpha * eps(i) / steps, per-sample
-    normalised gradients, a random start of radius max(eps(i) - D, D) projected into eps(i)
-    and the [0,1] box; ``score(outputs)`` gives the loss to maximise and the correct flags.
+    normalised gradients, a random start drawn uniformly in the L2 ball of radius
+    max(eps(i) - D, D) (keyed by dataset index) then projected into eps(i) and the [0,1] box;
+    ``score(outputs)`` gives the loss to maximise and the correct flags. The clean point counts
+    as the last correct iterate of a sample that fails already at its random start.
 
     With ``refine`` each sample that failed a check is bisected (``refine_steps`` forwards,
     no gradients) between its last correct iterate and its first wrong one, and its norm is
@@ -139,7 +141,7 @@ def margin_pgd(model: nn.Module, x0: torch.Tensor, score: Score, eps: torch.Tens
 def _subset_score(score: Score, outputs: torch.Tensor, rows: torch.Tensor
                   ) -> tuple[torch.Tensor, torch.Tensor]:
     """Score a subset of the batch: the score closes over the whole batch's targets, so it is
-    told which rows the outputs are (``score.rows``) when it supports that."""
+    rescoped to the rows the outputs belong to (``score.subset(rows)``)."""
     subset = getattr(score, "subset", None)
     if subset is None:
         raise TypeError("margin refinement needs a score with a .subset(rows) method")
