@@ -44,7 +44,11 @@ def task_options(ctx: click.Context, task_name: str) -> dict[str, Any]:
 
     chosen.update({k: v for k, v in robust_options(p).items() if v is not None})
     chosen["out_dir"] = str(p["out"]) if p.get("out") is not None else None
-    return task.check_options(chosen)
+    options = task.check_options(chosen)
+    from medrobust.tasks.robust import robust_config
+
+    robust_config(options)  # bad robust settings stop here, before data is opened
+    return options
 
 
 def train_task_and_save(task_name: str, dataset: str | None, data_dir: str | None,
@@ -60,9 +64,6 @@ def train_task_and_save(task_name: str, dataset: str | None, data_dir: str | Non
     train_ds, val_ds, test_ds = splits
     checkpoint = str(Path(out).resolve())
     params = {"task": task_name, **options}
-    from medrobust.tasks.robust import robust_config
-
-    robust_config(options)  # bad robust settings stop here, before the run is recorded
     with Store(store_path) as store, store.tracked_run(
             "train", params, model={"dir": checkpoint, "model": task.default_model,
                                     "task": task_name},
