@@ -421,3 +421,28 @@ def test_inner_attack_costs_no_recomputation(robust, passes) -> None:
     finally:
         handle.remove()
     assert len(calls) == passes
+
+
+def test_landmark_training_resumes_with_teat(tmp_path, monkeypatch) -> None:
+    from medrobust.training.landmarks import train_landmark_model
+
+    make_folder(tmp_path / "lm", n=10, h=24, w=20)
+    train, val = (load_dataset("landmarks", s, data_dir=tmp_path / "lm", size=24)
+                  for s in ("train", "val"))
+    kw = dict(epochs=3, batch_size=4, width=2, robust=RobustConfig("teat", eps=0.5, steps=2))
+    model, hist = train_landmark_model(train, val, state_dir=tmp_path / "a", **kw)
+    save = EpochState.save
+
+    def stop(self, payload, info):
+        save(self, payload, info)
+        if info["epoch"] == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(EpochState, "save", stop)
+    with pytest.raises(KeyboardInterrupt):
+        train_landmark_model(train, val, state_dir=tmp_path / "b", **kw)
+    monkeypatch.setattr(EpochState, "save", save)
+    again, hist2 = train_landmark_model(train, val, state_dir=tmp_path / "b", **kw)
+    for k, v in model.model.state_dict().items():
+        assert torch.equal(v, again.model.state_dict()[k]), k
+    assert [r["val_mre"] for r in hist] == [r["val_mre"] for r in hist2]
