@@ -383,6 +383,8 @@ def test_landmarks_adaptive_margin_from_the_cli(tmp_path, capsys) -> None:
     assert set(robust["rule"]["xi"]) == {"heatmap", "offset"}
     meta = json.loads((tmp_path / "am" / "meta.json").read_text())
     assert meta["robust"]["margins"]["counts"] and (tmp_path / "am" / MARGINS_FILE).is_file()
+    scales = meta["robust"]["scales"]
+    assert scales["delta"]["rms_255"] == pytest.approx(rms_255(0.2, scales["image_shape"]))
     assert not (tmp_path / "am" / "train_state.pt").exists()  # cleared once saved
     assert Margins.load(tmp_path / "am" / MARGINS_FILE).values.shape == (out["sizes"]["train"],)
 

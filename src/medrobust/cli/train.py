@@ -20,7 +20,12 @@ from medrobust.cli.common import (
 from medrobust.errors import ConfigError
 from medrobust.models.registry import available_models
 from medrobust.store import Store
-from medrobust.tasks.robust import ROBUST_OPTIONS, robust_summary, trainer_kwargs
+from medrobust.tasks.robust import (
+    ROBUST_OPTIONS,
+    image_shape,
+    robust_summary,
+    trainer_kwargs,
+)
 from medrobust.training import TrainConfig, evaluate_classifier, save_trained, train_classifier
 from medrobust.training.resume import EpochState
 from medrobust.training.robust import METHODS, XI_RULES
@@ -62,7 +67,8 @@ def train_and_save(dataset: str | None, data_dir: str | None, size: int | None, 
         result = train_classifier(train_ds, val_ds, config, resolve_device(device), **kwargs)
         test_metrics = evaluate_classifier(result.classifier, test_ds)
         test_metrics.pop("dataset")
-        about = robust_summary(kwargs["robust"], result.history, out) \
+        about = robust_summary(kwargs["robust"], result.history, out,
+                               image_shape(train_ds)) \
             if kwargs["robust"] is not None else None
         save_trained(result, config, train_ds, out, extra={"test": test_metrics}, robust=about)
         EpochState(out, None).clear()

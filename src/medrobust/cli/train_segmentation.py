@@ -16,7 +16,12 @@ from medrobust.data import load_dataset
 from medrobust.data.segmentation import SegmentationDataset
 from medrobust.errors import DataError
 from medrobust.store import Store
-from medrobust.tasks.robust import ROBUST_OPTIONS, robust_summary, trainer_kwargs
+from medrobust.tasks.robust import (
+    ROBUST_OPTIONS,
+    image_shape,
+    robust_summary,
+    trainer_kwargs,
+)
 from medrobust.training.resume import EpochState
 from medrobust.training.segmentation import (
     SegTrainConfig,
@@ -61,7 +66,8 @@ def train_segmentation_and_save(dataset: str, data_dir: str | None, size: int | 
             dataset=train_ds.spec, resume=False) as (run_id, _):
         result = train_segmenter(train_ds, val_ds, config, resolve_device(device), **kwargs)
         test_metrics = evaluate_segmenter(result.segmenter, test_ds)
-        about = robust_summary(kwargs["robust"], result.history, out) \
+        about = robust_summary(kwargs["robust"], result.history, out,
+                               image_shape(train_ds)) \
             if kwargs["robust"] is not None else None
         save_trained_segmenter(result, config, train_ds, out, extra={"test": test_metrics},
                                robust=about)

@@ -11,7 +11,13 @@ import torch.nn.functional as F
 from medrobust.metrics.proportion import proportion
 from medrobust.models.classifier import Classifier
 from medrobust.tasks.base import Task
-from medrobust.tasks.robust import robust_summary, split, trainer_kwargs, with_robust
+from medrobust.tasks.robust import (
+    image_shape,
+    robust_summary,
+    split,
+    trainer_kwargs,
+    with_robust,
+)
 from medrobust.training.evaluate import evaluate_classifier
 from medrobust.training.trainer import TrainConfig, train_classifier
 
@@ -25,10 +31,10 @@ def train(train_ds: Any, val_ds: Any, options: dict[str, Any], device: str
     own, robust = split(options)
     kwargs = trainer_kwargs(robust, "classification")
     result = train_classifier(train_ds, val_ds, TrainConfig(**own), device, **kwargs)
+    about = robust_summary(kwargs["robust"], result.history, robust["out_dir"], image_shape(train_ds))
     return result.classifier, {"best_epoch": result.best_epoch, "val": result.val_metrics,
                                "train_seconds": result.seconds, "history": result.history,
-                               "robust": robust_summary(kwargs["robust"], result.history,
-                                                        robust["out_dir"])}
+                               "robust": about}
 
 
 def loss_terms(model: Classifier, outputs: torch.Tensor, labels: torch.Tensor

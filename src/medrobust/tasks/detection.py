@@ -11,7 +11,13 @@ from medrobust.data.voc import DetectionDataset
 from medrobust.metrics.detection import MeanAveragePrecision
 from medrobust.models.detector import Detector
 from medrobust.tasks.base import Task
-from medrobust.tasks.robust import robust_summary, split, trainer_kwargs, with_robust
+from medrobust.tasks.robust import (
+    image_shape,
+    robust_summary,
+    split,
+    trainer_kwargs,
+    with_robust,
+)
 from medrobust.training.detection import train_detector
 from medrobust.training.detection_loss import DetectionLoss
 from medrobust.utils.validation import check_range
@@ -34,12 +40,12 @@ def train(train_ds: DetectionDataset, val_ds: DetectionDataset, options: dict[st
                                   **kwargs)
     detector = Detector(net, mean=history["mean"], std=history["std"],
                         class_names=train_ds.class_names, device=device)
+    about = robust_summary(kwargs["robust"], history["epochs"], robust["out_dir"], image_shape(train_ds))
     return detector, {"epochs_run": len(history["epochs"]), "best_epoch": history.get("best_epoch"),
                       "val": {"map": history.get("best_val_map")},
                       "train_seconds": history["seconds"], "model_kwargs": {"width": o["width"]},
                       "history": history["epochs"],
-                      "robust": robust_summary(kwargs["robust"], history["epochs"],
-                                               robust["out_dir"])}
+                      "robust": about}
 
 
 def evaluate(detector: Detector, dataset: DetectionDataset) -> dict[str, Any]:

@@ -12,7 +12,13 @@ from medrobust.metrics.landmarks import radial_errors
 from medrobust.models.landmark_codec import encode
 from medrobust.models.landmark_unet import LandmarkModel
 from medrobust.tasks.base import Task
-from medrobust.tasks.robust import robust_summary, split, trainer_kwargs, with_robust
+from medrobust.tasks.robust import (
+    image_shape,
+    robust_summary,
+    split,
+    trainer_kwargs,
+    with_robust,
+)
 from medrobust.training.landmark_loss import LandmarkLoss
 from medrobust.training.landmarks import evaluate_landmarks, train_landmark_model
 from medrobust.utils.validation import check_choice, check_range
@@ -38,13 +44,14 @@ def train(train_ds: LandmarkDataset, val_ds: LandmarkDataset, options: dict[str,
         heatmap_weight=o["heatmap_weight"], seed=o["seed"], width=o["width"], device=device,
         augment=o["augment"], minutes=o["minutes"], **kwargs)
     best = min(history, key=lambda r: r["val_mre"])
+    about = robust_summary(kwargs["robust"], history, robust["out_dir"], image_shape(train_ds))
     return model, {"epochs_run": len(history), "best_epoch": best["epoch"],
                    "val": {"mre": best["val_mre"], "sdr_2": best["val_sdr_2"],
                            "unit": best["unit"]},
                    "train_seconds": history[-1]["seconds"],
                    "model_kwargs": {} if o["width"] is None else {"width": o["width"]},
                    "history": history,
-                   "robust": robust_summary(kwargs["robust"], history, robust["out_dir"])}
+                   "robust": about}
 
 
 def loss_terms(model: LandmarkModel, outputs: torch.Tensor, landmarks: torch.Tensor,

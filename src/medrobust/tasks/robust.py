@@ -11,13 +11,14 @@ the final margins are written (``margins.safetensors``).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from medrobust.errors import ConfigError
-from medrobust.training.robust import RobustConfig
+from medrobust.training.robust import RobustConfig, both_scales
 from medrobust.training.robust.objectives import MARGINS_FILE
 
 #: option -> default; every task's OPTIONS include these
@@ -74,9 +75,11 @@ def trainer_kwargs(robust: dict[str, Any], task: str) -> dict[str, Any]:
 
 
 def robust_summary(config: RobustConfig | None, history: list[dict[str, Any]],
-                   out_dir: str | Path | None) -> dict[str, Any]:
+                   out_dir: str | Path | None, shape: Sequence[int] | None = None
+                   ) -> dict[str, Any]:
     """What a checkpoint records about robust training: the settings, the last epoch's xi rule
-    and margin histogram (each epoch's is in the history), and the margins file when written."""
+    and margin histogram (each epoch's is in the history), the margins file when written, and
+    with the image ``shape`` (C,H,W) every budget also as per-pixel RMS in 1/255 units."""
     if config is None:
         return {"method": "none"}
     out: dict[str, Any] = config.as_dict()
@@ -84,6 +87,18 @@ def robust_summary(config: RobustConfig | None, history: list[dict[str, Any]],
     for key in ("rule", "margins", "teat_weight"):
         if key in last:
             out[key] = last[key]
+    if shape is not None:
+        budgets = {"eps": config.eps, "delta": config.delta, "max_margin": config.max_margin,
+                   "mean_margin": last.get("margins", {}).get("mean")}
+        out["scales"] = {"image_shape": [int(v) for v in shape],
+                         **{k: both_scales(v, shape) for k, v in budgets.items()
+                            if v is not None}}
     if out_dir is not None and (Path(out_dir) / MARGINS_FILE).is_file():
         out["margins_file"] = MARGINS_FILE
     return out
+
+
+def image_shape(dataset: Any) -> tuple[int, int, int]:
+    """(C,H,W) of a dataset's uint8 (N,H,W,C) images."""
+    _, h, w, c = dataset.images.shape
+    return int(c), int(h), int(w)

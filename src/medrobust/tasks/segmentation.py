@@ -10,7 +10,13 @@ import torch
 from medrobust.metrics.segmentation import per_image_metrics
 from medrobust.models.segmenter import Segmenter
 from medrobust.tasks.base import Task
-from medrobust.tasks.robust import robust_summary, split, trainer_kwargs, with_robust
+from medrobust.tasks.robust import (
+    image_shape,
+    robust_summary,
+    split,
+    trainer_kwargs,
+    with_robust,
+)
 from medrobust.training.segmentation import (
     SegTrainConfig,
     evaluate_segmenter,
@@ -28,10 +34,10 @@ def train(train_ds: Any, val_ds: Any, options: dict[str, Any], device: str
     own, robust = split(options)
     kwargs = trainer_kwargs(robust, "segmentation")
     result = train_segmenter(train_ds, val_ds, SegTrainConfig(**own), device, **kwargs)
+    about = robust_summary(kwargs["robust"], result.history, robust["out_dir"], image_shape(train_ds))
     return result.segmenter, {"best_epoch": result.best_epoch, "val": result.val_metrics,
                               "train_seconds": result.seconds, "history": result.history,
-                              "robust": robust_summary(kwargs["robust"], result.history,
-                                                       robust["out_dir"])}
+                              "robust": about}
 
 
 def loss_terms(model: Segmenter, outputs: torch.Tensor, masks: torch.Tensor

@@ -4,6 +4,19 @@
 One concept per file: ``config`` (settings), ``budget`` (L2 and per-pixel RMS scales),
 ``margins`` (per-sample margins), ``xi`` (threshold calibration), ``criteria`` ("correct"
 rules), ``inner`` (the batched inner PGD), ``teat`` (temporal ensembling), ``objectives``.
+
+Where the paper and the authors' code differ (METHODS.md section 6 continued), this follows:
+- margins: the code (E_new accumulated per draw, applied at the epoch end, floored at D,
+  clamped to [0, max margin]; "correct" over all 21 checks including the random start);
+  boundary refinement is an option (``refine``), off by default as in the paper's text;
+- xi: the paper's vector (one threshold per loss term, all must hold) for every task, with the
+  landmark code's Huber rule available as ``xi="huber"`` (applied per term, not to one scalar);
+  segmentation uses the code's Dice rule;
+- VAT: the code's L2 segmentation variant (adversarial loss only, step alpha * eps / steps) for
+  every task; the code's Linf VAT for landmarks/detection is not reproduced (budgets here are
+  always L2 on the [0,1] scale, per-pixel RMS via ``budget.rms_255``);
+- network mode during inner attacks: eval for all three (the code uses train mode for margins and
+  VAT): see ``inner.py``.
 """
 
 from medrobust.training.robust.budget import both_scales, l2_from_rms_255, rms_255
