@@ -49,10 +49,21 @@ def test_train_denoiser_then_defend_with_adaptive_and_report(tmp_path, capsys, a
         assert d["clean_images"] == 40 and d["attacked"] >= 1
         assert 0 <= d["clean_accuracy_defended"] <= 1
     assert [a["label"] for a in out["adaptive"]] == ["none", "autoencoder (dae)", "median3"]
+    key = f"{8 / 255:.6g}"
     for a in out["adaptive"]:
-        assert a["images"] <= 3 and set(a["pgd-linf"]) == {f"{8 / 255:.6g}"}
+        assert a["images"] <= 3 and set(a["pgd-linf"]) == {key}
         assert 0 <= a["pgd-l2"]["1"] <= 1 and 0 <= a["onepixel"] <= 1
-    assert len(out["table"]["rows"]) == 2
+        # an image survives the ensemble only if it survives each member: PGD and Square
+        # (same seed and keys inside and alone) can only bound it from above
+        for norm, eps in (("linf", key), ("l2", "1")):
+            ens = a[f"ensemble-{norm}"][eps]
+            assert ens <= a[f"pgd-{norm}"][eps] and ens <= a[f"square-{norm}"][eps]
+            n = a["n"][f"ensemble-{norm}"][eps]
+            lo, hi = a["ci95"][f"ensemble-{norm}"][eps]
+            assert n == a["images"] and lo <= ens <= hi
+    assert len(out["table"]["rows"]) == 2 and len(out["quality_table"]["rows"]) == 2
+    # one row per defence, attack and budget: clean, one-pixel, then 3 families x 2 norms
+    assert len(out["adaptive_table"]["rows"]) == 3 * (2 + 6)
     if out["grid"]:  # only drawn when some attack succeeded
         assert (tmp_path / "grid" / "defence_grid.png").is_file()
 

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from medrobust.attacks.projection import check_budget
+from medrobust.campaigns.adaptive_defence import ATTACKS as ADAPTIVE_ATTACKS
 from medrobust.campaigns.adaptive_defence import AdaptiveConfig, evaluate_adaptive
 from medrobust.campaigns.defence import evaluate_defence
 from medrobust.cli.attack import model_input_size, option_given
@@ -27,7 +28,16 @@ from medrobust.defences.base import Denoiser
 from medrobust.defences.grid import save_defence_grid
 from medrobust.defences.registry import available_denoisers, make_denoiser
 from medrobust.defences.source import AttackedSet, attacked_set, find_onepixel_run
-from medrobust.defences.table import COLUMNS, adaptive_columns, adaptive_rows, markdown, table_rows
+from medrobust.defences.table import (
+    ACCURACY_COLUMNS,
+    QUALITY_COLUMNS,
+    accuracy_rows,
+    adaptive_columns,
+    adaptive_rows,
+    markdown,
+    masking_warnings,
+    quality_rows,
+)
 from medrobust.errors import ConfigError, MedrobustError
 from medrobust.models import load_classifier, read_meta
 from medrobust.store import Store
@@ -37,22 +47,24 @@ from medrobust.utils.validation import check_writable
 GRID_NAME = "defence_grid.png"
 #: options that only the adaptive evaluation reads
 ADAPTIVE_OPTIONS = ("adaptive_limit", "linf", "l2", "pgd_steps", "onepixel_population",
-                    "onepixel_generations")
+                    "onepixel_generations", "attacks", "square_queries")
 MAX_GRID_ROWS = 6
 MAX_GRID_DEFENCES = 4
 
 
-def split_specs(values: tuple[str, ...] | list[str]) -> list[str]:
-    """Repeated and comma-separated ``--denoiser`` values, de-duplicated in order."""
+def split_specs(values: tuple[str, ...] | list[str], flag: str = "--denoiser") -> list[str]:
+    """Repeated and comma-separated option values, de-duplicated in order."""
     out: list[str] = []
     for value in values:
         for part in str(value).split(","):
             part = part.strip()
             if part and part not in out:
                 out.append(part)
-    if not out:
+    if not out and flag == "--denoiser":
         raise ConfigError("give at least one --denoiser (a trained denoiser folder or one of "
                           f"{', '.join(available_denoisers())})")
+    if not out:
+        raise ConfigError(f"give at least one value to {flag}")
     return out
 
 
@@ -126,9 +138,11 @@ def run_defend(store_path: str | Path, model_dir: str | Path, specs: list[str],
     adaptive_s = [{"run_id": a.run_id, **a.summary} for a in adaptive_out]
     return {"store": str(store_path), "source_run": run["id"], "defences": defences,
             "adaptive": adaptive_s, "grid": grid,
-            "table": {"columns": COLUMNS, "rows": table_rows(defences)},
+            "table": {"columns": ACCURACY_COLUMNS, "rows": accuracy_rows(defences)},
+            "quality_table": {"columns": QUALITY_COLUMNS, "rows": quality_rows(defences)},
             "adaptive_table": {"columns": adaptive_columns(adaptive_s),
-                               "rows": adaptive_rows(adaptive_s)}}
+                               "rows": adaptive_rows(adaptive_s)},
+            "warnings": masking_warnings(adaptive_s)}
 
 
 @click.command()
@@ -143,12 +157,18 @@ def run_defend(store_path: str | Path, model_dir: str | Path, specs: list[str],
 @click.option("--clean-limit", type=int, default=None,
               help="Clean accuracy on the first N images of the split (default: all).")
 @click.option("--adaptive/--no-adaptive", default=False, show_default=True,
-              help="Also attack the defended model itself (one-pixel, PGD-Linf, PGD-L2).")
+              help="Also attack the defended model itself (one-pixel, PGD, Square and the "
+                   "AutoAttack-style ensemble; PGD/Square gaps flag gradient masking).")
+@click.option("--attacks", default=",".join(ADAPTIVE_ATTACKS), show_default=True,
+              help="Adaptive attacks to run (comma-separated).")
+@click.option("--square-queries", type=int, default=1000, show_default=True,
+              help="Square's query budget per image (alone and inside the ensemble).")
 @click.option("--adaptive-limit", type=int, default=32, show_default=True,
               help="Images attacked adaptively.")
 @click.option("--linf", default="1,2,4,8", show_default=True,
-              help="PGD-Linf budgets in 1/255 units.")
-@click.option("--l2", default="0.1,0.25,0.5,1.0", show_default=True, help="PGD-L2 budgets.")
+              help="Linf budgets in 1/255 units.")
+@click.option("--l2", default="0.1,0.25,0.5,1.0", show_default=True,
+              help="L2 budgets on the [0,1] scale.")
 @click.option("--pgd-steps", type=int, default=20, show_default=True)
 @click.option("--onepixel-population", type=int, default=100, show_default=True,
               help="Adaptive one-pixel attack: population.")
@@ -159,9 +179,10 @@ def run_defend(store_path: str | Path, model_dir: str | Path, specs: list[str],
 @click.option("--no-resume", is_flag=True, help="Start new runs even if matching ones exist.")
 @common_options
 def defend(model_dir: str, denoisers: tuple[str, ...], store_path: str, run_id: int | None,
-           clean_limit: int | None, adaptive: bool, adaptive_limit: int, linf: str, l2: str,
-           pgd_steps: int, onepixel_population: int, onepixel_generations: int, out: str | None,
-           no_resume: bool, as_json: bool, seed: int, device: str) -> None:
+           clean_limit: int | None, adaptive: bool, attacks: str, square_queries: int,
+           adaptive_limit: int, linf: str, l2: str, pgd_steps: int, onepixel_population: int,
+           onepixel_generations: int, out: str | None, no_resume: bool, as_json: bool,
+           seed: int, device: str) -> None:
     """Evaluate denoising defences against the one-pixel attacks recorded in the store."""
     config = None
     if not adaptive:
@@ -172,17 +193,21 @@ def defend(model_dir: str, denoisers: tuple[str, ...], store_path: str, run_id: 
         config = AdaptiveConfig(linf_eps=parse_budgets(linf, 1 / 255), l2_eps=parse_budgets(l2),
                                 pgd_steps=pgd_steps, onepixel_population=onepixel_population,
                                 onepixel_generations=onepixel_generations, limit=adaptive_limit,
-                                seed=seed)
+                                square_queries=square_queries, seed=seed,
+                                attacks=tuple(split_specs([attacks], "--attacks")))
     summary = run_defend(store_path, model_dir, split_specs(denoisers), run_id, clean_limit,
                          config, out, device, resume=not no_resume, show_progress=not as_json)
 
     def human() -> None:
         click.echo(f"one-pixel run {summary['source_run']} in {store_path}")
         click.echo(markdown(summary["table"]["columns"], summary["table"]["rows"]))
+        click.echo(markdown(summary["quality_table"]["columns"], summary["quality_table"]["rows"]))
         if summary["adaptive"]:
             click.echo("\nrobust accuracy under attacks that see the defence:")
             click.echo(markdown(summary["adaptive_table"]["columns"],
                                 summary["adaptive_table"]["rows"]))
+        for warning in summary["warnings"]:
+            click.echo(f"warning: {warning}")
         if summary["grid"]:
             click.echo(f"image grid: {summary['grid']}")
 
@@ -193,7 +218,8 @@ def defend(model_dir: str, denoisers: tuple[str, ...], store_path: str, run_id: 
 #: whole demo stays within a few CPU minutes.
 DEMO_TRAIN = {"epochs": 6, "patch": 16, "batch_size": 32, "lr": 5e-3}
 DEMO_ADAPTIVE = {"linf_eps": (2 / 255, 8 / 255), "l2_eps": (0.5,), "pgd_steps": 10,
-                 "onepixel_population": 40, "onepixel_generations": 10, "limit": 8}
+                 "onepixel_population": 40, "onepixel_generations": 10, "limit": 8,
+                 "square_queries": 200}
 
 
 def demo_defence_step(root: Path, dataset: str | None, data_dir: str | None, size: int | None,
@@ -232,9 +258,13 @@ def _demo_defence(root: Path, dataset: str | None, data_dir: str | None, size: i
         say(f"      {s['label']}: recovers {s['recovered']}/{s['fooled']} fooled images ({rate}), "
             f"clean accuracy cost {'-' if cost is None else f'{100 * cost:.1f}'} points")
     for a in summary["adaptive"]:
-        linf = a.get("pgd-linf") or {}
-        worst = f"{100 * min(linf.values()):.0f} %" if linf else "-"
-        say(f"      adaptive, {a['label']}: robust accuracy one-pixel "
-            f"{100 * (a.get('onepixel') or 0):.0f} %, PGD-Linf 8/255 {worst}")
+        pgd = (a.get("pgd-linf") or {}).get(f"{8 / 255:.6g}")
+        ens = (a.get("ensemble-linf") or {}).get(f"{8 / 255:.6g}")
+        pct = lambda v: "-" if v is None else f"{100 * v:.0f} %"  # noqa: E731
+        say(f"      adaptive, {a['label']}: robust accuracy at 8/255 under PGD {pct(pgd)}, "
+            f"under the ensemble {pct(ens)} (one-pixel {pct(a.get('onepixel'))}, "
+            f"n = {a['images']})")
+    for warning in summary["warnings"]:
+        say(f"      warning: {warning}")
     say(f"      denoiser step done in {time.perf_counter() - start:.0f} s")
     return summary

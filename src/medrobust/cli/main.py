@@ -31,14 +31,16 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
                "recorded in the store."),
     "demo": ("demo", "demo", "Train on the embedded synthetic default (or --dataset), attack, "
              "analyse, write a report."),
-    "evaluate": ("evaluate", "evaluate", "Evaluate a checkpoint on a dataset split."),
+    "evaluate": ("evaluate", "evaluate", "Evaluate a checkpoint on a dataset split, clean or "
+                 "under the attack protocol."),
     "map": ("map", "map_command", "Score every pixel x every grid colour; save min/max/mean maps, "
             "figures and the verdict."),
     "report": ("report", "report", "Provenance, model quality, attack summary, gallery and "
                "analysis in one HTML page."),
     "store": ("store", "store", "Inspect and export the run store."),
     "train": ("train", "train", "Train a classifier, segmenter, landmark model or detector "
-              "(--task) and save it as safetensors + JSON metadata."),
+              "(--task) and save it as safetensors + JSON metadata; --robust trains it "
+              "adversarially (VAT, TEAT or adaptive margins)."),
     "train-denoiser": ("train_denoiser", "train_denoiser_cmd", "Train a denoising autoencoder on "
                        "impulse noise (saved as safetensors + JSON)."),
 }

@@ -10,13 +10,24 @@ from typing import Any
 
 from medrobust.utils.markdown import markdown_table
 
-COLUMNS = [
+#: the accuracy half and the image-quality half of a defence's row (two tables that fit a
+#: page instead of one 17-column table)
+ACCURACY_COLUMNS = [
     "Dataset", "Defence", "Fooled", "Recovered", "Recovery rate",
     "Clean acc (no defence)", "Clean acc (defence)", "Clean acc cost (points)",
     "Adv acc (no defence)", "Adv acc (defence)",
-    "PSNR attacked", "PSNR denoised", "SSIM attacked", "SSIM denoised",
+]
+QUALITY_COLUMNS = [
+    "Dataset", "Defence", "PSNR attacked", "PSNR denoised", "SSIM attacked", "SSIM denoised",
     "MSE attacked", "MSE denoised", "PSNR clean->denoised",
 ]
+COLUMNS = ACCURACY_COLUMNS + QUALITY_COLUMNS[2:]
+ADAPTIVE_COLUMNS = ["Dataset", "Defence", "Attack", "Budget", "Images", "Robust acc", "95 % CI"]
+#: how each adaptive attack is named in tables
+ATTACK_LABELS = {"clean": "none (clean)", "onepixel": "one-pixel (adaptive)",
+                 "pgd-linf": "PGD-Linf", "pgd-l2": "PGD-L2", "square-linf": "Square-Linf",
+                 "square-l2": "Square-L2", "ensemble-linf": "Ensemble-Linf (robust = survives all)",
+                 "ensemble-l2": "Ensemble-L2 (robust = survives all)"}
 
 
 def _f(value: Any, digits: int) -> str:
@@ -52,26 +63,80 @@ def table_rows(summaries: Sequence[dict[str, Any]]) -> list[list[str]]:
     return [table_row(s) for s in summaries]
 
 
+def accuracy_rows(summaries: Sequence[dict[str, Any]]) -> list[list[str]]:
+    """The ``ACCURACY_COLUMNS`` cells of each defence."""
+    return [table_row(s)[:len(ACCURACY_COLUMNS)] for s in summaries]
+
+
+def quality_rows(summaries: Sequence[dict[str, Any]]) -> list[list[str]]:
+    """The ``QUALITY_COLUMNS`` cells of each defence."""
+    return [table_row(s)[:2] + table_row(s)[len(ACCURACY_COLUMNS):] for s in summaries]
+
+
+def budget_label(attack: str, eps: float) -> str:
+    """One unit convention: Linf in k/255, L2 on the [0,1] scale."""
+    if attack.endswith("-linf"):
+        return f"{eps * 255:.3g}/255"
+    if attack.endswith("-l2"):
+        return f"L2 {eps:g}"
+    return "-"
+
+
+def _ci(value: Any) -> str:
+    if not value:
+        return "-"
+    lo, hi = value
+    return f"{100 * lo:.0f}-{100 * hi:.0f} %"
+
+
+def adaptive_cells(summary: dict[str, Any]) -> list[tuple[str, float, Any, Any, Any]]:
+    """(attack, eps, robust accuracy, n, 95 % CI) of every cell of an adaptive run's summary,
+    attacks in ``ATTACK_LABELS`` order, budgets increasing."""
+    n, ci = summary.get("n") or {}, summary.get("ci95") or {}
+    out = []
+    for attack in ATTACK_LABELS:
+        value = summary.get(attack)
+        if value is None:
+            continue
+        if isinstance(value, dict):
+            for eps in sorted(value, key=float):
+                out.append((attack, float(eps), value[eps], (n.get(attack) or {}).get(eps),
+                            (ci.get(attack) or {}).get(eps)))
+        else:
+            out.append((attack, 0.0, value, n.get(attack, summary.get(f"{attack}_n")),
+                        ci.get(attack)))
+    return out
+
+
 def adaptive_columns(summaries: Sequence[dict[str, Any]]) -> list[str]:
-    """Columns of the adaptive table: every budget that occurs, in order."""
-    linf = sorted({float(e) for s in summaries for e in (s.get("pgd-linf") or {})})
-    l2 = sorted({float(e) for s in summaries for e in (s.get("pgd-l2") or {})})
-    return (["Dataset", "Defence", "Images", "Clean acc", "One-pixel (adaptive)"]
-            + [f"PGD-Linf {e * 255:.3g}/255" for e in linf] + [f"PGD-L2 {e:g}" for e in l2])
+    """Columns of the adaptive table (one row per defence, attack and budget)."""
+    return list(ADAPTIVE_COLUMNS)
 
 
 def adaptive_rows(summaries: Sequence[dict[str, Any]]) -> list[list[str]]:
-    """Robust accuracy per budget, one row per defence and dataset."""
-    linf = sorted({float(e) for s in summaries for e in (s.get("pgd-linf") or {})})
-    l2 = sorted({float(e) for s in summaries for e in (s.get("pgd-l2") or {})})
+    """Robust accuracy with its sample size and 95 % interval, one row per defence, dataset,
+    attack and budget (a long table fits a page; a wide one grew a column per budget)."""
     rows = []
     for s in summaries:
-        li = {float(k): v for k, v in (s.get("pgd-linf") or {}).items()}
-        l2d = {float(k): v for k, v in (s.get("pgd-l2") or {}).items()}
-        rows.append([str(s.get("dataset", "?")), str(s.get("label", "?")), str(s.get("images", "-")),
-                     _pct(s.get("clean")), _pct(s.get("onepixel"))]
-                    + [_pct(li.get(e)) for e in linf] + [_pct(l2d.get(e)) for e in l2])
+        for attack, eps, acc, n, ci in adaptive_cells(s):
+            rows.append([str(s.get("dataset", "?")), str(s.get("label", "?")),
+                         ATTACK_LABELS[attack], budget_label(attack, eps),
+                         "-" if n is None else str(n), _pct(acc), _ci(ci)])
     return rows
+
+
+def masking_warnings(summaries: Sequence[dict[str, Any]]) -> list[str]:
+    """One sentence per defence and budget where PGD and Square disagree (gradient masking)."""
+    lines = []
+    for s in summaries:
+        for f in s.get("gradient_masking") or []:
+            budget = budget_label(f"x-{f['norm']}", float(f["eps"]))
+            lines.append(f"Likely gradient masking: {s.get('label', '?')} on "
+                         f"{s.get('dataset', '?')} keeps {_pct(f['pgd'])} under PGD at "
+                         f"{budget} but {_pct(f['square'])} under the black-box Square attack "
+                         f"({100 * f['gap']:.0f} points lower). Its PGD number flatters it; quote "
+                         "the ensemble's.")
+    return lines
 
 
 def markdown(columns: Sequence[str], rows: Sequence[Sequence[str]]) -> str:

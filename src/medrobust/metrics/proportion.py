@@ -30,7 +30,10 @@ class Proportion:
         p, n, z2 = self.k / self.n, self.n, Z95 * Z95
         centre = (p + z2 / (2 * n)) / (1 + z2 / n)
         half = Z95 * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / (1 + z2 / n)
-        return (max(0.0, centre - half), min(1.0, centre + half))
+        # exact at the ends (the formula leaves rounding dust there)
+        lo = 0.0 if self.k == 0 else max(0.0, centre - half)
+        hi = 1.0 if self.k == self.n else min(1.0, centre + half)
+        return (lo, hi)
 
 
 def proportion(k: int, n: int) -> Proportion:

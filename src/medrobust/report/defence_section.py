@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from medrobust.defences.table import ATTACK_LABELS, budget_label
 from medrobust.report.blocks import Definitions, Figure, Note, Paragraphs, Section, Table
 from medrobust.report.context import ReportContext
 from medrobust.report.plots import figure_to_data_uri
@@ -54,7 +55,8 @@ def _findings(summaries: list[dict[str, Any]]) -> list[str]:
 
 
 def _adaptive_findings(summaries: list[dict[str, Any]]) -> list[str]:
-    """Per dataset and defence: strongest PGD budget's robust accuracy beside the undefended one."""
+    """Per dataset and defence: the strongest evaluation's robust accuracy at the largest
+    budget (the ensemble when it ran, else PGD) beside the undefended model's, with n."""
     lines = []
     for data in sorted({str(s.get("dataset")) for s in summaries}):
         group = [s for s in summaries if str(s.get("dataset")) == data]
@@ -63,13 +65,17 @@ def _adaptive_findings(summaries: list[dict[str, Any]]) -> list[str]:
             if s is base:
                 continue
             parts = []
-            for attack in ("pgd-linf", "pgd-l2"):
-                curve = s.get(attack) or {}
-                if not curve:
+            for norm in ("linf", "l2"):
+                attack = next((a for a in (f"ensemble-{norm}", f"pgd-{norm}") if s.get(a)), None)
+                if attack is None:
                     continue
+                curve = s[attack]
                 eps = max(curve, key=float)
-                ref = (base or {}).get(attack, {}).get(eps)
-                text = f"{attack} at eps {float(eps):.3g}: {100 * curve[eps]:.1f} %"
+                n = ((s.get("n") or {}).get(attack) or {}).get(eps)
+                ref = ((base or {}).get(attack) or {}).get(eps)
+                text = (f"{ATTACK_LABELS[attack].split(' (')[0]} at "
+                        f"{budget_label(attack, float(eps))}: {100 * curve[eps]:.1f} %"
+                        + (f" of {n}" if n else ""))
                 if ref is not None:
                     text += f" (undefended {100 * ref:.1f} %)"
                 parts.append(text)
@@ -114,7 +120,15 @@ def defence_section(ctx: ReportContext) -> Section | None:
     """Defences against one-pixel attacks, honestly evaluated (including adaptive attacks)."""
     from medrobust.campaigns.adaptive_defence import ADAPTIVE_COMMAND
     from medrobust.campaigns.defence import DEFEND_COMMAND
-    from medrobust.defences.table import COLUMNS, adaptive_columns, adaptive_rows, table_rows
+    from medrobust.defences.table import (
+        ACCURACY_COLUMNS,
+        QUALITY_COLUMNS,
+        accuracy_rows,
+        adaptive_columns,
+        adaptive_rows,
+        masking_warnings,
+        quality_rows,
+    )
 
     defend_runs = _latest_per_key(ctx.runs_of(DEFEND_COMMAND))
     adaptive_runs = _latest_per_key(ctx.runs_of(ADAPTIVE_COMMAND))
@@ -141,16 +155,26 @@ def defence_section(ctx: ReportContext) -> Section | None:
                               "is before the defence, 'denoised' after. 'PSNR clean->denoised' "
                               "is how much the defence changes clean images."),
         ("Adaptive attack", "an attack run against the defended model itself (denoiser then "
-                            "classifier): a fresh one-pixel attack, and PGD with gradients "
+                            "classifier): a fresh one-pixel attack; PGD with gradients "
                             "through the autoencoder or, for filters, BPDA (the filter is "
-                            "treated as the identity on the backward pass)."),
+                            "treated as the identity on the backward pass); Square, a "
+                            "black-box search that needs no gradients; and the ensemble."),
+        ("Ensemble", "APGD-CE, APGD-T (targeted DLR), Square and the PGD above, AutoAttack "
+                     "style: an image is robust only if it survives all of them. Quote this."),
         ("Robust accuracy", "share of images still classified correctly after an attack of the "
-                            "given budget (eps on the 0-1 pixel scale)."),
+                            "given budget (Linf in k/255; L2 on the 0-1 pixel scale), with the "
+                            "number of images and a 95 % Wilson interval."),
+        ("Gradient masking", "flagged when a defence keeps more than 10 points more accuracy "
+                             "under PGD than under Square at the same budget: its gradients "
+                             "mislead the attack rather than the defence stopping it."),
     ]))
     if defend_runs:
         summaries = [r["summary"] for r in defend_runs]
-        section.add(Table(COLUMNS, table_rows(summaries),
-                          caption="Defences against the recorded one-pixel attacks"))
+        section.add(Table(ACCURACY_COLUMNS, accuracy_rows(summaries),
+                          caption="Defences against the recorded one-pixel attacks: accuracy"))
+        section.add(Table(QUALITY_COLUMNS, quality_rows(summaries),
+                          caption="Defences against the recorded one-pixel attacks: image "
+                                  "quality"))
         findings = _findings(summaries)
         if findings:
             section.add(Paragraphs(findings))
@@ -158,6 +182,8 @@ def defence_section(ctx: ReportContext) -> Section | None:
         summaries_a = [r["summary"] for r in adaptive_runs]
         section.add(Table(adaptive_columns(summaries_a), adaptive_rows(summaries_a),
                           caption="Robust accuracy under attacks that see the defence"))
+        for warning in masking_warnings(summaries_a):
+            section.add(Note(warning, "warning"))
         lines = _adaptive_findings(summaries_a)
         if lines:
             section.add(Paragraphs(lines))
