@@ -13,6 +13,7 @@ from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
+from medrobust.campaigns.executor import Executor, LocalExecutor, Work
 from medrobust.store import Campaign, ResultTable, Store
 from medrobust.utils.progress import progress, progress_enabled
 
@@ -70,6 +71,36 @@ class BatchRun:
             self._advanced = 0
             yield chunk
             self.bar.update(max(0, len(chunk) - self._advanced))
+
+    def chunks(self) -> list[list[Any]]:
+        """The pending items as the batches ``batches`` hands out, all at once."""
+        return list(_chunks(self.todo, self.size, self.group))
+
+    def execute(self, work: Work, executor: Executor | None = None,
+                on_note: Callable[[Any], None] | None = None) -> None:
+        """Run ``work`` over the pending batches on ``executor`` (default: in process) and
+        commit each batch's rows as it comes back; ``on_note`` receives what each batch reports
+        beside its rows. In process, a ``work.emit`` (set here) commits single items the moment
+        they finish; with Ray the driver commits whole batches in completion order."""
+        executor = executor or LocalExecutor()
+        chunks = self.chunks()
+        if work.emit is None:
+            work.emit = self._emit
+
+        def on_result(chunk: list[Any], rows: list[tuple[Any, Mapping[str, Any]]],
+                      note: Any) -> None:
+            if rows:
+                self.record_many(rows)
+            self.bar.update(max(0, len(chunk) - self._advanced))
+            self._advanced = 0
+            if on_note is not None:
+                on_note(note)
+
+        executor.run(work, chunks, on_result)
+
+    def _emit(self, item: Any, row: Mapping[str, Any]) -> None:
+        self.record(item, row)
+        self.advance()
 
 
 def _chunks(items: list[Any], size: int, group: Callable[[Any], Hashable] | None

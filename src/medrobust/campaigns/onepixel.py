@@ -9,6 +9,8 @@ the same results as an uninterrupted one.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +19,7 @@ import numpy as np
 from medrobust.analysis.chromatic import colour_distance, neighbour_mean
 from medrobust.attacks.onepixel import OnePixel, OnePixelResult
 from medrobust.campaigns.base import CampaignOutcome, batch_run
+from medrobust.campaigns.executor import Executor, Work
 from medrobust.data.base import ImageDataset
 from medrobust.models.checkpoint import model_provenance
 from medrobust.models.classifier import Classifier
@@ -79,11 +82,66 @@ def result_row(result: OnePixelResult, image: np.ndarray, index: int, head: str
     }
 
 
+@dataclass
+class OnePixelContext:
+    """What a worker needs to attack a chunk: the model's head, the images and the attack."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    head: str
+    attack: OnePixel
+    targets: dict[int, int] | None
+
+
+def attack_kwargs(attack: OnePixel) -> dict[str, Any]:
+    """The keyword arguments that rebuild ``attack`` on a worker (plain JSON)."""
+    kw = attack.params()
+    kw["threshold"] = kw.pop("thresholds")
+    kw["max_batch_images"] = attack.max_batch_images
+    return kw
+
+
+def onepixel_context(classifier: Classifier, data: dict[str, Any], params: dict[str, Any]
+                     ) -> OnePixelContext:
+    """A worker's context: the attack rebuilt from its parameters around the worker's model."""
+    targets = params["targets"]
+    return OnePixelContext(data["images"], data["labels"], classifier.head,
+                           OnePixel(classifier, **params["attack"]),
+                           None if targets is None else {int(k): int(v)
+                                                         for k, v in targets.items()})
+
+
+def attack_chunk(ctx: OnePixelContext, chunk: list[int],
+                 emit: Callable[[Any, Any], None] | None) -> tuple[list[Any], list[str]]:
+    """Attack one chunk of dataset indices: each row goes to ``emit`` the moment its image
+    finishes (in process), or comes back with the chunk (workers); the note names the engines
+    that scored it."""
+    idx = np.asarray(chunk)
+    tg = None if ctx.targets is None else np.asarray([ctx.targets[i] for i in chunk])
+    rows: list[tuple[int, dict[str, Any]]] = []
+
+    def record(pos: int, result: OnePixelResult) -> None:
+        # each image commits the moment it finishes: DE on a batch takes minutes
+        i = chunk[pos]
+        row = result_row(result, ctx.images[i], i, ctx.head)
+        if emit is None:
+            rows.append((i, row))
+        else:
+            emit(i, row)
+
+    ctx.attack(ctx.images[idx], ctx.labels[idx], targets=tg, keys=chunk, on_result=record)
+    return rows, sorted(ctx.attack.engines_used)
+
+
 def run_onepixel_campaign(store: Store, classifier: Classifier, model_dir: str | Path,
                           dataset: ImageDataset, attack: OnePixel, indices: list[int],
                           targets: dict[int, int] | None = None, batch_images: int = 32,
-                          resume: bool = True, show_progress: bool = True) -> CampaignOutcome:
-    """Attack ``dataset[indices]`` and record each image; returns the run's summary."""
+                          resume: bool = True, show_progress: bool = True,
+                          executor: Executor | None = None) -> CampaignOutcome:
+    """Attack ``dataset[indices]`` and record each image; returns the run's summary.
+
+    ``executor``: where the chunks of ``batch_images`` run (default: this process, each image
+    committed as it finishes; with Ray, each chunk as it comes back)."""
     check_range("batch_images", batch_images, 1)
     params = {"attack": attack.params(), "indices": [int(i) for i in indices],
               "targets": None if targets is None else {str(k): v for k, v in targets.items()}}
@@ -95,19 +153,14 @@ def run_onepixel_campaign(store: Store, classifier: Classifier, model_dir: str |
                    items=[int(i) for i in indices], size=batch_images,
                    desc="one-pixel campaign", resume=resume,
                    show_progress=show_progress) as run:
-        for chunk in run.batches():
-            idx = np.asarray(chunk)
-            tg = None if targets is None else np.asarray([targets[i] for i in chunk])
-
-            def record(pos: int, result: OnePixelResult, chunk: list[int] = chunk) -> None:
-                # each image commits the moment it finishes: DE on a batch takes minutes
-                i = chunk[pos]
-                run.record(i, result_row(result, dataset.images[i], i, classifier.head))
-                run.advance()
-
-            attack(dataset.images[idx], dataset.labels[idx], targets=tg, keys=chunk,
-                   on_result=record)
-            engines |= attack.engines_used
+        work = Work(
+            compute=attack_chunk,
+            local=lambda: OnePixelContext(dataset.images, dataset.labels, classifier.head,
+                                          attack, targets),
+            remote=onepixel_context,
+            params={"attack": attack_kwargs(attack), "targets": params["targets"]},
+            model_dir=model_dir, data={"images": dataset.images, "labels": dataset.labels})
+        run.execute(work, executor, on_note=engines.update)
     run_id, resumed, todo = run.run_id, run.resumed, run.todo
     seconds = time.perf_counter() - start
     summary = summarise_onepixel(store.rows(ONEPIXEL_TABLE, run_id=run_id))
