@@ -122,6 +122,28 @@ def test_apgd_checkpoints_follow_the_paper():
     assert all(1 <= c <= 7 for c in checkpoints(7))
 
 
+def test_apgd_halves_its_step_to_settle_on_an_interior_maximum():
+    """The loss peaks at a point c inside the ball. Steps of a fixed 2*eps bounce between
+    corners around it (measured: ~0.6 eps away after 100 steps without the halving rule); the
+    checkpoints' halving and restarts from the best point close in on it."""
+
+    class Bowl(nn.Module):
+        def __init__(self, c: torch.Tensor) -> None:
+            super().__init__()
+            self.c = c
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            d = (x - self.c).flatten(1).pow(2).sum(1)
+            return torch.stack([torch.zeros_like(d), -1000 * d], 1)  # CE(label 0) peaks at c
+
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.rand(4, 1, 4, 4, generator=g) * 0.5 + 0.25
+    eps = 0.05
+    c = x0 + 0.6 * eps * (torch.rand(x0.shape, generator=g) * 2 - 1)
+    res = APGD(Bowl(c), eps=eps, steps=100)(x0, torch.zeros(4, dtype=torch.long))
+    assert float((res.adversarial - c).abs().max()) < 0.1 * eps
+
+
 def test_square_p_schedule_and_blocks():
     assert p_schedule(0.8, 0, 10000) == 0.8
     assert p_schedule(0.8, 11, 10000) == 0.4
@@ -322,6 +344,18 @@ def test_ensemble_judges_members_on_its_own_budget(images, row_model):
     assert not bool(ens.success.any()) and ens.rejected["cheat"] > 0
     assert torch.equal(ens.adversarial, images) and ens.queries is None
 
+    seen = []
+
+    def spy(x, labels):  # records what a later member is given
+        seen.append(x.shape[0])
+        return x.clone()
+
+    ens = AttackEnsemble(row_model, [APGD(row_model, eps=0.05, steps=5), spy], eps=0.05)(
+        images, y)
+    assert 0 < int(ens.success.sum()) < 8
+    assert seen == [8 - int(ens.success.sum())]  # only the images still robust
+    assert ens.robust_accuracy["spy"] == ens.robust_accuracy["apgd-ce"]
+
 
 def test_ensemble_default_members_and_names(images, row_model):
     y = _labels(row_model, images)
@@ -396,3 +430,22 @@ def test_bad_run_arguments(images, row_model):
             attack(images, y, targets=y)
     with pytest.raises(ConfigError, match="exceeds the image range"):
         APGD(row_model, norm="l2", eps=20.0)(images, y)
+
+
+def test_a_model_without_any_gradient_path_stalls_apgd_but_not_square(images, row_model):
+    class Detached(nn.Module):  # a filter run outside autograd: no gradient reaches the input
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return row_model(x.detach())
+
+    model = Detached()
+    y = _labels(model, images)
+    apgd = APGD(model, eps=0.05, steps=4, seed=1)(images, y)
+    sq = Square(model, eps=0.05, max_queries=100, seed=1)(images, y)
+    assert int(sq.success.sum()) > int(apgd.success.sum())
+    # per-image budgets reach the ensemble's judge too
+    eps = torch.tensor([0.0, 0.05, 0.05, 0.05, 0.0, 0.05, 0.05, 0.05])
+    ens = AttackEnsemble(model, [APGD(model, eps=eps, steps=4, seed=1),
+                                 Square(model, eps=eps, max_queries=100, seed=1)],
+                         eps=eps)(images, y)
+    assert not bool(ens.success[0]) and not bool(ens.success[4])
+    assert int(ens.success.sum()) >= int(sq.success[eps > 0].sum())
