@@ -10,25 +10,48 @@ from matplotlib.ticker import FormatStrFormatter
 
 from medrobust.analysis.confidence_map import ConfidenceMap
 
+#: colour scales of the three maps: one absolute 0-1 scale shared by all of them (so two
+#: images, or two runs, can be compared by colour alone), or each map stretched to its own range
+SCALES = ("absolute", "auto")
 
-def confidence_figure(cmap: ConfidenceMap, image: np.ndarray, title: str = "") -> Figure:
-    """Image | min map | max map | mean map, the best grid attack marked with a ring."""
+
+def confidence_figure(cmap: ConfidenceMap, image: np.ndarray, title: str = "",
+                      scale: str = "absolute") -> Figure:
+    """Image | min map | max map | mean map, the best grid attack marked with a ring.
+
+    ``scale="absolute"`` (default) draws the three maps on one labelled 0-1 score scale with a
+    single colour bar: the same colour means the same score in every panel and every report,
+    which a reader comparing images assumes. ``scale="auto"`` stretches each map to its own
+    range (with its own bar), which shows structure in maps that a confident model keeps
+    within 1e-4 of 1 but no longer lets colours be compared across panels.
+    """
+    if scale not in SCALES:
+        raise ValueError(f"scale must be one of {', '.join(SCALES)}, got {scale!r}")
     fig = Figure(figsize=(13, 3.6), layout="constrained")
     axes = fig.subplots(1, 4)
     shown = image[:, :, 0] if image.shape[2] == 1 else image
     axes[0].imshow(shown, cmap="gray" if image.shape[2] == 1 else None, vmin=0, vmax=255)
     axes[0].set_title(f"image ({cmap.score_name} = {cmap.clean_score:.4f})", fontsize=9)
     best = cmap.best_attack()
+    n = len(_levels(cmap.step))
+    c = cmap.argmin_colour.shape[2]
+    im = None
     for ax, data, name in ((axes[1], cmap.min, "min"), (axes[2], cmap.max, "max"),
                            (axes[3], cmap.mean, "mean")):
-        im = ax.imshow(data, cmap="magma", interpolation="nearest")
-        n = len(_levels(cmap.step))
-        c = cmap.argmin_colour.shape[2]
+        limits = {"vmin": 0.0, "vmax": 1.0} if scale == "absolute" else {}
+        im = ax.imshow(data, cmap="magma", interpolation="nearest", **limits)
         ax.set_title(f"{name} {cmap.score_name} over {n}^{c} = {n ** c:,} colours", fontsize=9)
-        bar = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02)
-        # Confident models put whole maps within 1e-4 of 1: plain decimals with just enough
-        # digits read better than matplotlib's "1e-5 + 9.998e-1" offset notation.
-        bar.formatter = FormatStrFormatter(f"%.{_digits(data)}f")
+        if scale == "auto":
+            bar = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02)
+            bar.set_label(f"{cmap.score_name} (own range)", fontsize=8)
+            # Confident models put whole maps within 1e-4 of 1: plain decimals with just
+            # enough digits read better than matplotlib's "1e-5 + 9.998e-1" offset notation.
+            bar.formatter = FormatStrFormatter(f"%.{_digits(data)}f")
+            bar.update_ticks()
+    if scale == "absolute" and im is not None:
+        bar = fig.colorbar(im, ax=list(axes[1:]), fraction=0.02, pad=0.01)
+        bar.set_label(f"{cmap.score_name} (absolute scale, 0-1, shared)", fontsize=8)
+        bar.formatter = FormatStrFormatter("%.1f")
         bar.update_ticks()
     for ax in axes:
         ax.scatter([best["x"]], [best["y"]], s=90, facecolors="none", edgecolors="cyan",
@@ -43,10 +66,10 @@ def confidence_figure(cmap: ConfidenceMap, image: np.ndarray, title: str = "") -
 
 
 def save_confidence_figure(cmap: ConfidenceMap, image: np.ndarray, path: str | Path,
-                           title: str = "") -> Path:
+                           title: str = "", scale: str = "absolute") -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    confidence_figure(cmap, image, title).savefig(path, dpi=110)
+    confidence_figure(cmap, image, title, scale).savefig(path, dpi=110)
     return path
 
 

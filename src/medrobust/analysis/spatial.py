@@ -198,21 +198,40 @@ def top_pixels(counts: np.ndarray, k: int = 5) -> list[dict[str, int]]:
             for i in order if flat[i] > 0]
 
 
+def _no_attacks_panel(ax: Any, label: str, h: int, w: int) -> None:
+    """An explicit empty panel: the grid outline and "no attacks" (n = 0), no colour bar."""
+    ax.set_xlim(-0.5, w - 0.5)
+    ax.set_ylim(h - 0.5, -0.5)
+    ax.set_aspect("equal")
+    ax.set_facecolor("#f2f2f2")
+    ax.text(0.5, 0.5, "no attacks\n(nothing to count)", transform=ax.transAxes,
+            ha="center", va="center", fontsize=12, color="#404040")
+    ax.set_xlabel("X (column)")
+    ax.set_ylabel("Y (row)")
+    ax.set_title(f"{label}\n(n = 0)", fontsize=10)
+
+
 def plot_heatmaps(panels: Sequence[tuple[str, np.ndarray]], path: str | Path,
                   title: str | None = None) -> Path:
     """Save side-by-side location heatmaps (the paper's figs 3-4) with a per-pixel grid.
 
     Each pixel is one cell (nearest-neighbour, with thin grid lines between pixels), so an
-    even/odd checkerboard stays visible instead of being blurred away.
+    even/odd checkerboard stays visible instead of being blurred away. Counts are whole
+    attacks, so the colour bar has integer ticks only; a panel with no attacks says so in
+    words instead of showing an all-black grid that reads like "attacks everywhere at 0".
     """
     from matplotlib.figure import Figure
-    from matplotlib.ticker import MaxNLocator, MultipleLocator
+    from matplotlib.ticker import FuncFormatter, MaxNLocator, MultipleLocator
 
     n = max(len(panels), 1)
     fig = Figure(figsize=(4.6 * n, 4.4), layout="constrained")
     axes = fig.subplots(1, n, squeeze=False)[0]
     for ax, (label, counts) in zip(axes, panels, strict=False):
         h, w = counts.shape
+        total = int(counts.sum())
+        if total == 0:
+            _no_attacks_panel(ax, label, h, w)
+            continue
         im = ax.imshow(counts, cmap="magma", interpolation="nearest", origin="upper",
                        vmin=0, vmax=max(int(counts.max()), 1))
         step = 8 if max(h, w) > 32 else 4 if max(h, w) > 12 else 2
@@ -227,9 +246,10 @@ def plot_heatmaps(panels: Sequence[tuple[str, np.ndarray]], path: str | Path,
         ax.set_ylim(h - 0.5, -0.5)
         ax.set_xlabel("X (column)")
         ax.set_ylabel("Y (row)")
-        ax.set_title(f"{label}\n(n = {int(counts.sum())})", fontsize=10)
-        bar = fig.colorbar(im, ax=ax, shrink=0.8, label="attacks")
-        bar.locator = MaxNLocator(integer=True)
+        ax.set_title(f"{label}\n(n = {total})", fontsize=10)
+        bar = fig.colorbar(im, ax=ax, shrink=0.8, label="attacks per pixel")
+        bar.locator = MaxNLocator(integer=True, min_n_ticks=1)
+        bar.formatter = FuncFormatter(lambda v, _pos: f"{v:.0f}")
         bar.update_ticks()
     if title:
         fig.suptitle(title, fontsize=11)

@@ -18,16 +18,17 @@ from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescap
 
 import medrobust
 from medrobust.errors import MedrobustError
+from medrobust.report.attack_examples import attack_examples_section
 from medrobust.report.blocks import Section
 from medrobust.report.confidence_section import confidence_section
 from medrobust.report.context import ReportContext
 from medrobust.report.defence_section import defence_section
 from medrobust.report.gallery import gallery_section
+from medrobust.report.glance import glance_section
 from medrobust.report.sections import (
     analysis_section,
     attack_summary_section,
     model_quality_section,
-    overview_section,
     provenance_section,
 )
 from medrobust.report.segmentation_section import segmentation_section
@@ -38,10 +39,10 @@ if TYPE_CHECKING:
 
 SectionBuilder = Callable[[ReportContext], "Section | None"]
 
-#: The standard sections, in page order.
+#: The standard sections, in page order. Provenance is the appendix: it is built last so it can
+#: list, per run, the sections above that show it.
 SECTION_BUILDERS: list[SectionBuilder] = [
-    overview_section,
-    provenance_section,
+    glance_section,
     model_quality_section,
     attack_summary_section,
     gallery_section,
@@ -50,7 +51,9 @@ SECTION_BUILDERS: list[SectionBuilder] = [
     segmentation_section,
     task_attack_section,
     budget_section,
+    attack_examples_section,
     defence_section,
+    provenance_section,
 ]
 
 REPORT_NAME = "report.html"

@@ -39,6 +39,7 @@ def confidence_section(ctx: ReportContext) -> Section | None:
         rows = ctx.store.rows("confidence_maps", run_id=run["id"])
         sub = Section(f"map-run-{run['id']}",
                       f"Run {run['id']}: {model_label(run)}, grid step {run['params'].get('step')}")
+        ctx.cite(run["id"], sub.anchor, f"One-pixel confidence maps: run {run['id']}")
         if not rows:
             sub.add(Note("No image of this run has finished yet.", "warning"))
         table = Table(["image", "score", "clean", "lowest", "highest", "verdict",
@@ -54,6 +55,11 @@ def confidence_section(ctx: ReportContext) -> Section | None:
         for r in rows:
             if r["figure"] and Path(r["figure"]).is_file():
                 sub.add(Figure(png_file_to_data_uri(r["figure"]),
-                               f"Image {r['dataset_index']}: image, min, max and mean maps"))
+                               f"Image {r['dataset_index']}: image, min, max and mean maps "
+                               "(maps on one shared, labelled score scale unless the run "
+                               "chose per-map scales).",
+                               alt=f"Confidence maps of image {r['dataset_index']}: the image "
+                                   "and, per pixel, the lowest, highest and mean score over "
+                                   "the colour grid"))
         section.subsections.append(sub)
     return section

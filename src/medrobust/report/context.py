@@ -33,6 +33,27 @@ class ReportContext:
     runs: list[dict[str, Any]]
     _rows: dict[int, list[dict[str, Any]]] = field(default_factory=dict)
     _studies: dict[int, dict[str, Any] | str] = field(default_factory=dict)
+    #: run id -> anchors of the sections that show it (filled as sections are built, read by
+    #: the provenance appendix, which is built last: a run no section shows is said so there)
+    shown: dict[int, list[str]] = field(default_factory=dict)
+    _titles: dict[str, str] = field(default_factory=dict)
+    _table_rows: dict[tuple[str, int], list[dict[str, Any]]] = field(default_factory=dict)
+    _tables: set[str] | None = None
+
+    def cite(self, run_id: Any, anchor: str, title: str | None = None) -> None:
+        """Record that the section ``anchor`` shows run ``run_id``."""
+        try:
+            rid = int(run_id)
+        except (TypeError, ValueError):
+            return
+        anchors = self.shown.setdefault(rid, [])
+        if anchor not in anchors:
+            anchors.append(anchor)
+        if title:
+            self._titles.setdefault(anchor, title)
+
+    def anchor_title(self, anchor: str) -> str:
+        return self._titles.get(anchor, anchor)
 
     def runs_of(self, *commands: str) -> list[dict[str, Any]]:
         """Runs whose command is one of ``commands``, oldest first."""
@@ -50,6 +71,20 @@ class ReportContext:
             else:
                 self._rows[run_id] = []
         return self._rows[run_id]
+
+    def rows(self, table: str, run_id: int) -> list[dict[str, Any]]:
+        """Rows of ``table`` for one run, read once per report (empty if the table is absent)."""
+        key = (table, int(run_id))
+        if key not in self._table_rows:
+            self._table_rows[key] = (self.store.rows(table, run_id=int(run_id))
+                                     if table in self.tables else [])
+        return self._table_rows[key]
+
+    @property
+    def tables(self) -> set[str]:
+        if self._tables is None:
+            self._tables = set(self.store.tables())
+        return self._tables
 
     def dataset(self, run: dict[str, Any]) -> tuple[ImageDataset | None, str | None]:
         """The run's dataset split reloaded from its spec, or (None, why it could not be)."""

@@ -120,6 +120,7 @@ def gallery_section(ctx: ReportContext) -> Section | None:
     ]))
     for run in runs:
         sub = Section(f"gallery-run-{run['id']}", run_title(run))
+        ctx.cite(run["id"], sub.anchor, f"Examples of successful attacks: run {run['id']}")
         names = class_names(run)
         examples = pick_examples(ctx.onepixel_rows(run["id"]))
         if not examples:

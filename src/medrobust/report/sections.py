@@ -1,9 +1,10 @@
 """The report's standard sections, one function each: ``fn(ctx) -> Section | None``.
 
-Order of the page: at a glance, provenance, model quality, attack summary, gallery (in
-``gallery.py``), one-pixel analysis. Each function reads only the store (through the context) and
-returns blocks; None means "nothing to show" and the section is left out. Text is written for a
-clinician-scientist: plain headings and a line on what each number means.
+Order of the page: at a glance (``glance.py``), model quality, attack summary, gallery
+(``gallery.py``), one-pixel analysis, ..., and provenance as the appendix at the end. Each
+function reads only the store (through the context) and returns blocks; None means "nothing to
+show" and the section is left out. Text is written for a clinician-scientist: plain headings
+and a line on what each number means.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from medrobust.report.blocks import (
     spec_text,
 )
 from medrobust.report.context import ReportContext, class_name, class_names
+from medrobust.report.names import data_text, dataset_display_name
 from medrobust.report.plots import (
     confusion_matrix_figure,
     figure_to_data_uri,
@@ -89,10 +91,7 @@ def run_title(run: dict[str, Any]) -> str:
     model = run.get("model") or {}
     name = model.get("model") or (run.get("summary") or {}).get("model") or \
         (read_checkpoint_meta(model.get("dir")) or {}).get("model") or "model"
-    data = spec.get("dataset", "dataset")
-    split = spec.get("split")
-    where = f"{data} {split} split" if split else str(data)
-    return f"Run {run['id']}: {run['command']} of {name} on {where}"
+    return f"Run {run['id']}: {run['command']} of {name} on {data_text(spec)}"
 
 
 def read_checkpoint_meta(folder: str | None) -> dict[str, Any] | None:
@@ -105,55 +104,19 @@ def read_checkpoint_meta(folder: str | None) -> dict[str, Any] | None:
         return None
 
 
-# -- at a glance --------------------------------------------------------------------------------
-
-def overview_section(ctx: ReportContext) -> Section:
-    """Headline numbers: which runs are here, how good the model is, how often attacks worked."""
-    section = Section("overview", "At a glance")
-    counts: dict[str, int] = {}
-    for run in ctx.runs:
-        counts[run["command"]] = counts.get(run["command"], 0) + 1
-    listing = ", ".join(f"{n} {cmd}" for cmd, n in counts.items())
-    section.add(Paragraphs([
-        f"This report covers {len(ctx.runs)} recorded run(s) ({listing}) from the run store "
-        f"{ctx.store.path}. Every number comes from that store; the images are reloaded from "
-        "the recorded dataset description.",
-        "A one-pixel attack changes the colour of a single pixel of an image and searches for "
-        "the pixel and colour that change the model's answer. A model that such a tiny change "
-        "can fool is not robust, even when its accuracy is high.",
-    ]))
-    lines = []
-    for run in ctx.runs_of("train"):
-        test = (run.get("summary") or {}).get("test") or {}
-        if test:
-            lines.append(f"Run {run['id']} trained {model_label(run)}: test accuracy "
-                         f"{pct(test.get('accuracy'))}, AUC {num(test.get('auc'))}.")
-    for run in ctx.onepixel_runs:
-        s = run.get("summary") or {}
-        if s.get("attacked") is not None:
-            dirs = "; ".join(f"{d}: {r['successes']} of {r['attacked']}"
-                             for d, r in (s.get("by_direction") or {}).items())
-            lines.append(f"Run {run['id']} (one-pixel attack): {s.get('successes')} of "
-                         f"{s.get('attacked')} attacked images fooled "
-                         f"({pct(s.get('success_rate'))}){'; ' + dirs if dirs else ''}.")
-        else:
-            lines.append(f"Run {run['id']} (one-pixel attack) has no summary yet "
-                         f"(status {run['status']}).")
-    if lines:
-        section.add(Paragraphs(lines))
-    return section
-
-
 # -- provenance ---------------------------------------------------------------------------------
 
 def provenance_section(ctx: ReportContext) -> Section:
-    """Where every number came from: each run's command, code version, model, data, settings."""
-    section = Section("provenance", "Provenance: which runs produced these results")
+    """Where every number came from: each run's command, code version, model, data, settings,
+    and the sections that show it. Built last (an appendix), so it can say which runs no
+    section shows: every run of the store appears on the page at least here."""
+    section = Section("provenance", "Appendix: provenance of every run")
     section.add(Paragraphs([
         "Each row is one recorded run. 'Code version' is the medrobust version (with the git "
         "commit when known) that produced it; 'Dataset' is what is needed to reload exactly the "
         "same images. A run that is not 'completed' was interrupted or is still running, and "
-        "its numbers cover only what had finished.",
+        "its numbers cover only what had finished. 'Shown in' lists the sections above that "
+        "use the run.",
     ]))
     rows = []
     for run in ctx.runs:
@@ -163,11 +126,18 @@ def provenance_section(ctx: ReportContext) -> Section:
             # 'train' records its run after training; the summary has the training time.
             duration = f"{_duration_text(float(seconds))} training"
         rows.append([str(run["id"]), run["command"], run["status"], _time(run["started_at"]),
-                     _time(run["ended_at"]), duration,
-                     str(run.get("code_version") or "-"), model_label(run),
-                     spec_text(run.get("dataset"))])
-    section.add(Table(["Run", "Command", "Status", "Started", "Ended", "Duration",
-                       "Code version", "Model", "Dataset"], rows))
+                     duration, str(run.get("code_version") or "-")])
+    section.add(Table(["Run", "Command", "Status", "Started", "Duration", "Code version"],
+                      rows, caption="Runs"))
+    where = []
+    for run in ctx.runs:
+        shown = [ctx.anchor_title(a) for a in ctx.shown.get(run["id"], [])]
+        where.append([str(run["id"]), model_label(run),
+                      f"{dataset_display_name(run.get('dataset'))}: "
+                      f"{spec_text(run.get('dataset'))}" if run.get("dataset") else "-",
+                      "; ".join(dict.fromkeys(shown)) or "only here (no section draws on it)"])
+    section.add(Table(["Run", "Model", "Dataset", "Shown in"], where,
+                      caption="Model, data and where each run is shown"))
     detail = []
     for run in ctx.runs:
         params = "; ".join(f"{k} = {v}" for k, v in flatten_params(run.get("params")))
@@ -246,6 +216,7 @@ def model_quality_section(ctx: ReportContext) -> Section:
         return section
     rows = []
     for s in sets:
+        ctx.cite(s["run"]["id"], section.anchor, section.title)
         m = s["metrics"]
         recall = m.get("recall") or {}
         recall_text = ", ".join(f"{k} {pct(v)}" for k, v in recall.items()) or "-"
@@ -333,6 +304,7 @@ def attack_summary_section(ctx: ReportContext) -> Section | None:
     ]))
     for run in runs:
         sub = Section(f"attacks-run-{run['id']}", run_title(run))
+        ctx.cite(run["id"], sub.anchor, f"One-pixel attacks: run {run['id']}")
         summary = _onepixel_summary(ctx, run)
         if run["status"] != "completed":
             sub.add(Note(f"This run is '{run['status']}': the numbers cover only the images "
@@ -449,6 +421,7 @@ def analysis_section(ctx: ReportContext) -> Section | None:
     ]))
     for run in runs:
         sub = Section(f"analysis-run-{run['id']}", run_title(run))
+        ctx.cite(run["id"], sub.anchor, f"Why and where the attacks work: run {run['id']}")
         study = ctx.study(run["id"])
         if isinstance(study, str):
             sub.add(Note(f"No analysis for this run: {study}", "warning"))
@@ -521,6 +494,5 @@ __all__ = [
     "analysis_section",
     "attack_summary_section",
     "model_quality_section",
-    "overview_section",
     "provenance_section",
 ]

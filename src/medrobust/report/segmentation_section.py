@@ -33,6 +33,8 @@ def segmentation_runs(ctx: ReportContext) -> list[dict[str, Any]]:
         if run["command"] in ("attack pgd", "attack ifgsm") and params.get("task") != \
                 "segmentation":
             continue
+        if "adv_dice" in (run.get("summary") or {}):
+            continue  # a protocol campaign: its rows are in the task table (budget curves)
         out.append(run)
     return out
 
@@ -133,6 +135,7 @@ def segmentation_section(ctx: ReportContext) -> Section | None:
     ]))
     for run in runs:
         sub = Section(f"segmentation-run-{run['id']}", run_title(run))
+        ctx.cite(run["id"], sub.anchor, f"Segmentation attacks: run {run['id']}")
         if run["status"] != "completed":
             sub.add(Note(f"This run is '{run['status']}': the numbers cover only the images "
                          "finished so far.", "warning"))

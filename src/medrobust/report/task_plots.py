@@ -278,3 +278,24 @@ def budget_alt(curves: Sequence[Curve], what: str) -> str:
         values = ", ".join(f"{p.value:.3g} at {budget_text(p.eps, cv.norm)}" for p in pts)
         parts.append(f"{cv.metric_label}, {cv.label} ({cv.n_text}): {values}")
     return f"Line chart of {what} against the attack budget. " + "; ".join(parts)
+
+
+def classifier_panel(examples: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray, str, str]],
+                     title: str) -> Figure:
+    """One row per image: clean | adversarial | amplified perturbation.
+
+    ``examples``: (clean (H,W,C) 0-255, adversarial (H,W,C) 0-255, delta (C,H,W) on [0,1],
+    clean caption, adversarial caption). The perturbation is invisible at true scale, so it is
+    amplified and its true range written on the panel (see ``perturbation_axes``).
+    """
+    from matplotlib.figure import Figure
+
+    rows = max(len(examples), 1)
+    fig = Figure(figsize=(8.4, 2.9 * rows), layout="constrained")
+    axes = fig.subplots(rows, 3, squeeze=False)
+    for r, (clean, adv, delta, clean_text, adv_text) in enumerate(examples):
+        _show(axes[r][0], clean, clean_text)
+        _show(axes[r][1], adv, adv_text)
+        perturbation_axes(axes[r][2], delta)
+    fig.suptitle(title, fontsize=10)
+    return fig

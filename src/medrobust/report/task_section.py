@@ -25,6 +25,8 @@ import numpy as np
 
 from medrobust.report.blocks import Definitions, Figure, Note, Paragraphs, Section, Table, num, pct
 from medrobust.report.context import ReportContext
+from medrobust.report.names import budget_text as budget_label
+from medrobust.report.names import data_text
 from medrobust.report.plots import figure_to_data_uri
 from medrobust.report.sections import run_title
 from medrobust.report.task_plots import (
@@ -32,13 +34,14 @@ from medrobust.report.task_plots import (
     CurvePoint,
     budget_alt,
     budget_figure,
-    budget_text,
     detection_panel,
     landmark_panel,
 )
 
-#: the commands whose runs are gradient attacks (``medrobust attack pgd|ifgsm``, any task)
+#: the commands of ``medrobust attack pgd|ifgsm`` (kept for callers; see ``is_budget_attack``)
 GRADIENT_COMMANDS = ("attack pgd", "attack ifgsm")
+#: attack commands with sections of their own and no single budget on the axis
+NON_BUDGET_COMMANDS = ("attack onepixel", "attack asma", "attack asma-ablation")
 #: the tasks whose attacks land in the task campaign's table
 POINT_TASKS = ("landmarks", "detection")
 TASK_ORDER = ("classification", "segmentation", "landmarks", "detection")
@@ -50,8 +53,24 @@ EXAMPLES = ("worst", "median")
 REPLAY_TOLERANCE = 1e-3
 
 
-def campaign_tables() -> dict[str, str]:
-    """Task -> the table its gradient-attack rows are in, as the campaign modules name them.
+def is_budget_attack(run: dict[str, Any]) -> bool:
+    """Whether a run is one attack at one budget: ``attack pgd|ifgsm`` from the CLI, and every
+    campaign of the attacked-evaluation protocol (``attack apgd-ce``, ``attack square``,
+    ``attack pgd-r5`` ...), on any task."""
+    command = str(run["command"])
+    return command.startswith("attack ") and command not in NON_BUDGET_COMMANDS
+
+
+def budget_attack_runs(ctx: ReportContext) -> list[dict[str, Any]]:
+    """Every one-budget attack run of the store, oldest first."""
+    return [r for r in ctx.runs if is_budget_attack(r)]
+
+
+def campaign_tables() -> dict[str, tuple[str, ...]]:
+    """Task -> the tables its attack rows can be in, as the campaign modules name them:
+    classifiers and segmenters attacked from ``medrobust attack`` have campaigns of their own,
+    and the protocol (``medrobust evaluate --attack``) records every task in the task
+    campaign's table.
 
     The one place that says where the campaigns live (imported here, not at module level, so a
     report without gradient runs does not pay for importing the campaigns).
@@ -60,8 +79,31 @@ def campaign_tables() -> dict[str, str]:
     from medrobust.campaigns.segmentation import SEG_TABLE
     from medrobust.campaigns.task_attack import TASK_ATTACK_TABLE
 
-    return {"classification": GRADIENT_TABLE.name, "segmentation": SEG_TABLE.name,
-            "landmarks": TASK_ATTACK_TABLE.name, "detection": TASK_ATTACK_TABLE.name}
+    task = TASK_ATTACK_TABLE.name
+    return {"classification": (GRADIENT_TABLE.name, task), "segmentation": (SEG_TABLE.name, task),
+            "landmarks": (task,), "detection": (task,)}
+
+
+#: a summary key only one campaign writes -> that campaign's table
+SUMMARY_MARKERS = (("robust_accuracy", "gradient_results"), ("adv_accuracy", "task_attack_results"),
+                   ("mean_dice_truth", "segattack_results"), ("adv_dice", "task_attack_results"),
+                   ("adv_mre", "task_attack_results"), ("adv_map", "task_attack_results"))
+
+
+def run_table(ctx: ReportContext, run: dict[str, Any]) -> str | None:
+    """The table holding a one-budget attack run's rows (None: no rows anywhere yet).
+
+    One command (``attack pgd``) writes to different tables depending on who ran it, so the
+    run's summary says which when it has one, else the table that holds its rows."""
+    candidates = campaign_tables().get(run_task(run), ())
+    summary = run.get("summary") or {}
+    for key, table in SUMMARY_MARKERS:
+        if key in summary and table in candidates:
+            return table
+    for table in candidates:
+        if ctx.rows(table, run["id"]):
+            return table
+    return None
 
 
 def run_task(run: dict[str, Any]) -> str:
@@ -69,17 +111,23 @@ def run_task(run: dict[str, Any]) -> str:
     return str((run.get("params") or {}).get("task") or "classification")
 
 
+def attack_name(run: dict[str, Any]) -> str:
+    """'PGD', 'IFGSM', 'APGD-CE', 'SQUARE', 'PGD-R5': the attack as its command names it."""
+    command = str(run["command"])
+    return command.split(" ", 1)[1].upper() if " " in command else command.upper()
+
+
 # -- summaries ------------------------------------------------------------------------------------
 
-def _recompute(task: str, rows: list[dict[str, Any]], run: dict[str, Any],
+def _recompute(task: str, table: str, rows: list[dict[str, Any]], run: dict[str, Any],
                ctx: ReportContext) -> dict[str, Any] | None:
     """A run's summary from its rows with the campaign's own function (an interrupted run has
     none stored), so the report and the CLI can never disagree on what a summary means."""
-    if task == "classification":
+    if table == "gradient_results":
         from medrobust.campaigns.gradient import summarise_gradient
 
         return summarise_gradient(rows)
-    if task == "segmentation":
+    if table == "segattack_results":
         from medrobust.campaigns.segmentation import summarise_segmentation
 
         return summarise_segmentation(rows)
@@ -87,7 +135,7 @@ def _recompute(task: str, rows: list[dict[str, Any]], run: dict[str, Any],
 
     summarise = get_task(task).attack_summary
     assert summarise is not None
-    if task == "landmarks":
+    if task != "detection":
         return summarise(rows, None)  # means of the rows; the dataset is not needed
     ds, _ = ctx.dataset(run)  # detection: dataset mAP needs the true boxes
     return None if ds is None else summarise(rows, ds)
@@ -99,10 +147,12 @@ def run_summary(ctx: ReportContext, run: dict[str, Any], task: str,
     stored = run.get("summary") or {}
     if run["status"] == "completed" and stored.get("images"):
         return stored
+    table = run_table(ctx, run)
+    if table is None:
+        return None
     if rows is None:
-        table = campaign_tables()[task]
-        rows = ctx.store.rows(table, run_id=run["id"]) if table in ctx.store.tables() else []
-    return _recompute(task, rows, run, ctx) if rows else None
+        rows = ctx.rows(table, run["id"])
+    return _recompute(task, table, rows, run, ctx) if rows else None
 
 
 def _mean(rows: list[dict[str, Any]], key: str) -> float | None:
@@ -126,9 +176,12 @@ class Metric:
 
 def task_metrics(task: str, summary: dict[str, Any]) -> list[Metric]:
     """What the curves of a task plot (the unit, for landmarks, comes from the run)."""
-    if task == "classification":
-        return [Metric("accuracy", "accuracy", "clean_accuracy", "robust_accuracy", pct)]
+    if task == "classification":  # the gradient campaign's key, else the task campaign's
+        adv = "robust_accuracy" if "robust_accuracy" in summary else "adv_accuracy"
+        return [Metric("accuracy", "accuracy", "clean_accuracy", adv, pct)]
     if task == "segmentation":
+        if "adv_dice" in summary:
+            return [Metric("dice", "Dice vs truth", "clean_dice", "adv_dice", num)]
         return [Metric("dice", "Dice vs truth", "mean_clean_dice_truth", "mean_dice_truth",
                        num)]
     if task == "landmarks":
@@ -142,10 +195,13 @@ def task_metrics(task: str, summary: dict[str, Any]) -> list[Metric]:
 
 
 def _curve_key(run: dict[str, Any], task: str) -> tuple[str, ...]:
-    """What must agree for runs to lie on one curve: everything but the budget."""
+    """What must agree for runs to lie on one curve: everything but the budget (and the step
+    size, which the protocol scales with the budget)."""
     params = run.get("params") or {}
     a = dict(params.get("attack") or {})
     a.pop("eps", None)
+    a.pop("step", None)
+    a["command"] = run["command"]
     target = params.get("target")
     model = (run.get("model") or {}).get("dir") or ""
     data = json.dumps(run.get("dataset") or {}, sort_keys=True, default=str)
@@ -156,20 +212,19 @@ def _curve_key(run: dict[str, Any], task: str) -> tuple[str, ...]:
 def _curve_label(run: dict[str, Any], with_model: bool) -> str:
     params = run.get("params") or {}
     a = params.get("attack") or {}
-    label = f"{str(a.get('attack', '?')).upper()} {a.get('norm', '?')}, {a.get('steps', '?')} " \
-            "steps"
+    norm = {"linf": "Linf", "l2": "L2"}.get(str(a.get("norm")), str(a.get("norm", "?")))
+    effort = f"{a['max_queries']} queries" if a.get("max_queries") else \
+        f"{a.get('steps', '?')} steps"
+    label = f"{attack_name(run)} {norm}, {effort}"
     if a.get("targeted"):
         label += ", targeted"
     target = params.get("target")
     if isinstance(target, dict) and target.get("mode"):
         label += f", target {target['mode']}"
-    if isinstance(a.get("step"), float):
-        label += f", step {a['step']:.3g}"
     if with_model:
         model = run.get("model") or {}
         name = model.get("model") or Path(str(model.get("dir") or "model")).name
-        spec = run.get("dataset") or {}
-        label += f" \u2014 {name} on {spec.get('dataset', '?')} {spec.get('split', '')}".rstrip()
+        label += f" \u2014 {name} on {data_text(run.get('dataset'))}"
     return label
 
 
@@ -181,17 +236,15 @@ def budget_curves(ctx: ReportContext) -> list[Curve]:
     with the most images, the newest on a tie. Runs with per-image budgets or no rows yet are
     left out, since they have no single place on the budget axis.
     """
-    runs = ctx.runs_of(*GRADIENT_COMMANDS)
+    runs = budget_attack_runs(ctx)
     if not runs:
         return []
-    tables = campaign_tables()
-    present = set(ctx.store.tables())
     groups: dict[tuple[str, ...], dict[float, tuple[dict[str, Any], dict[str, Any]]]] = {}
     for run in runs:
         task = run_task(run)
         a = (run.get("params") or {}).get("attack") or {}
         eps = a.get("eps")
-        if task not in tables or tables[task] not in present or isinstance(eps, bool) or \
+        if task not in TASK_ORDER or isinstance(eps, bool) or \
                 not isinstance(eps, (int, float)) or a.get("norm") not in ("linf", "l2"):
             continue
         summary = run_summary(ctx, run, task)
@@ -249,7 +302,7 @@ def budget_table(curves: list[Curve], formats: dict[str, Callable[[Any], str]]) 
         columns += [f"{label} clean", f"{label} attacked"]
     rows = []
     for label, norm, eps, run_id, n in seen:
-        cells = [label, f"{norm} {budget_text(eps, norm)}", str(run_id), num(n)]
+        cells = [label, budget_label(norm, eps), str(run_id), num(n)]
         for key, _ in metrics:
             p = lookup.get((key, label, norm, run_id))
             fmt = formats.get(key, num)
@@ -266,8 +319,8 @@ def budget_section(ctx: ReportContext) -> Section | None:
     section = Section("budget-curves", "Metric vs attack budget: how fast does each task "
                                        "degrade?")
     section.add(Paragraphs([
-        "Each line is one gradient attack (PGD or IFGSM, one norm and step count) on one model "
-        "and dataset, run at several budgets; each marker is one run. The dashed line of the "
+        "Each line is one attack (PGD, IFGSM, APGD, Square ..., one norm and step count) on "
+        "one model and dataset, run at several budgets; each marker is one run. The dashed line of the "
         "same colour is the model's score on the same images without attack. A robust model "
         "keeps its line near the dashed one as the budget grows.",
         "Budgets are on the 0-1 intensity scale: Linf is the largest change of any pixel "
@@ -288,6 +341,9 @@ def budget_section(ctx: ReportContext) -> Section | None:
                        f"{TASK_TITLES[task]} against the attack budget, one line per attack "
                        "and norm.", alt=budget_alt(mine, what)))
         sub.add(budget_table(mine, formats))
+        for c in mine:
+            for p in c.points:
+                ctx.cite(p.run_id, sub.anchor, sub.title)
         section.subsections.append(sub)
     return section
 
@@ -371,10 +427,9 @@ def replay_attack(run: dict[str, Any], task: str, ds: Any, rows: list[dict[str, 
 def _settings(run: dict[str, Any]) -> str:
     a = (run.get("params") or {}).get("attack") or {}
     eps = a.get("eps")
-    budget = budget_text(eps, a.get("norm", "")) if isinstance(eps, (int, float)) else str(eps)
+    budget = budget_label(a.get("norm"), eps)
     step = a.get("step")
-    return (f"Attack: {str(a.get('attack', '?')).upper()}, {a.get('norm', '?')} budget "
-            f"{budget}, {a.get('steps', '?')} steps, step "
+    return (f"Attack: {attack_name(run)}, budget {budget}, {a.get('steps', '?')} steps, step "
             f"{'default' if step is None else num(step, 4)}, random start "
             f"{'on' if a.get('random_start') else 'off'}, seed {a.get('seed', 0)}; untargeted "
             "(it raises the task's own training loss).")
@@ -451,7 +506,7 @@ def _panel(task: str, ds: Any, row: dict[str, Any], choice: str, unit: str,
 
 def task_attack_runs(ctx: ReportContext) -> list[dict[str, Any]]:
     """Gradient runs on landmark models and detectors, oldest first."""
-    return [r for r in ctx.runs_of(*GRADIENT_COMMANDS) if run_task(r) in POINT_TASKS]
+    return [r for r in budget_attack_runs(ctx) if run_task(r) in POINT_TASKS]
 
 
 def task_attack_section(ctx: ReportContext) -> Section | None:
@@ -459,8 +514,8 @@ def task_attack_section(ctx: ReportContext) -> Section | None:
     runs = task_attack_runs(ctx)
     if not runs:
         return None
-    table = campaign_tables()["landmarks"]
-    if table not in ctx.store.tables():
+    table = campaign_tables()["landmarks"][0]
+    if table not in ctx.tables:
         return None
     section = Section("task-attacks", "Landmark and detection attacks: how far do the "
                                       "predictions move?")
@@ -483,6 +538,7 @@ def task_attack_section(ctx: ReportContext) -> Section | None:
     for run in runs:
         task = run_task(run)
         sub = Section(f"task-attack-run-{run['id']}", run_title(run))
+        ctx.cite(run["id"], sub.anchor, sub.title)
         if run["status"] != "completed":
             sub.add(Note(f"This run is '{run['status']}': the numbers cover only the images "
                          "finished so far.", "warning"))
