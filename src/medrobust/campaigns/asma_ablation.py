@@ -25,6 +25,7 @@ from medrobust.attacks.asma import ASMA
 from medrobust.attacks.losses import cross_entropy
 from medrobust.attacks.pgd import PGD
 from medrobust.attacks.seg_targets import TargetSpec
+from medrobust.campaigns.executor import Executor
 from medrobust.campaigns.segmentation import (
     SEG_TABLE,
     AttackFn,
@@ -60,6 +61,7 @@ def asma_fn(attack: ASMA, budgets: dict[int, float] | None = None) -> AttackFn:
         res = _budgeted(attack, "eps_l2", budgets, keys)(x, goal, keys=keys)
         return res.adversarial, res.iteration
 
+    fn.source = (attack, budgets)  # type: ignore[attr-defined]  # its recipe, for Ray workers
     return fn
 
 
@@ -71,6 +73,7 @@ def gradient_fn(attack: PGD, budgets: dict[int, float] | None = None) -> AttackF
         res = _budgeted(attack, "eps", budgets, keys)(x, goal, keys=keys)
         return res.adversarial, res.steps
 
+    fn.source = (attack, budgets)  # type: ignore[attr-defined]  # its recipe, for Ray workers
     return fn
 
 
@@ -89,8 +92,10 @@ def run_asma_ablation(store: Store, segmenter: Segmenter, model_info: dict[str, 
                       dataset: SegmentationDataset, reference: ASMA, indices: Sequence[int],
                       target: TargetSpec, batch_images: int = 16, examples: int = 4,
                       resume: bool = True, show_progress: bool = True,
-                      out_dir: str | Path | None = None) -> dict[str, Any]:
-    """Run all four variants; write ``ablation.csv`` / ``ablation.md``; return the summary."""
+                      out_dir: str | Path | None = None,
+                      executor: Executor | None = None) -> dict[str, Any]:
+    """Run all four variants; write ``ablation.csv`` / ``ablation.md``; return the summary.
+    ``executor``: where each variant's batches run (default: this process)."""
     others = variant_attacks(segmenter, reference)
     params = {"reference": reference.params(),
               "variants": {k: v.params() for k, v in others.items()},
@@ -102,7 +107,7 @@ def run_asma_ablation(store: Store, segmenter: Segmenter, model_info: dict[str, 
     common = dict(store=store, segmenter=segmenter, model_info=model_info, dataset=dataset,
                   command=COMMAND, params=params, indices=indices, target=target,
                   run_id=run_id, batch_images=batch_images, examples=examples,
-                  show_progress=show_progress)
+                  show_progress=show_progress, executor=executor)
     with store.guard(run_id):
         run_segmentation_campaign(attack=asma_fn(reference), attack_name="asma",
                                   variant="asma", **common)

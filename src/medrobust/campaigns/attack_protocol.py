@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
@@ -30,6 +30,7 @@ from medrobust.attacks.pgd import PGD
 from medrobust.attacks.restarts import Restarts
 from medrobust.attacks.square import Square
 from medrobust.campaigns.base import CampaignOutcome
+from medrobust.campaigns.executor import Executor
 from medrobust.campaigns.task_attack import run_task_attack_campaign
 from medrobust.errors import ConfigError
 from medrobust.models.base import PixelModel
@@ -112,6 +113,14 @@ def build_attack(name: str, task: Task, model: PixelModel, norm: str, eps: float
     raise ConfigError(f"unknown attack {name!r}")
 
 
+def protocol_recipe(name: str, task: Task, norm: str, eps: float, settings: ProtocolSettings
+                    ) -> dict[str, Any]:
+    """What a worker needs to rebuild ``build_attack(name, task, ...)`` (plain JSON)."""
+    plain = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(settings).items()}
+    return {"builder": "protocol", "name": name, "task": task.name, "norm": norm, "eps": eps,
+            "settings": plain}
+
+
 def budget_text(norm: str, eps: float, shape: Sequence[int]) -> str:
     """A budget in both units the field uses: Linf in k/255; L2 on the [0,1] scale with its
     per-pixel RMS in 1/255 units (an L2 budget means little without the image size)."""
@@ -123,8 +132,12 @@ def budget_text(norm: str, eps: float, shape: Sequence[int]) -> str:
 
 def run_attack_protocol(store: Store, task: Task, model: PixelModel, model_info: dict[str, Any],
                         dataset: Any, indices: Sequence[int], settings: ProtocolSettings,
-                        resume: bool = True, show_progress: bool = True) -> CampaignOutcome:
-    """Run every (attack, level) campaign on ``dataset[indices]`` and record the table."""
+                        resume: bool = True, show_progress: bool = True,
+                        executor: Executor | None = None) -> CampaignOutcome:
+    """Run every (attack, level) campaign on ``dataset[indices]`` and record the table.
+
+    ``executor``: where each campaign's batches run (default: this process); Ray workers build
+    each attack from its recipe (name, norm, budget and these settings)."""
     settings.validate(task)
     if task.attack_summary is None:
         raise ConfigError(f"{task.name} defines no attacked evaluation")
@@ -148,7 +161,8 @@ def run_attack_protocol(store: Store, task: Task, model: PixelModel, model_info:
                     store, task, model, model_info, dataset, attack, f"attack {attack.name}",
                     {"attack": attack.params(), "task": task.name, "indices": indices},
                     indices, batch_images=settings.batch_images,
-                    resume=resume, show_progress=show_progress)
+                    resume=resume, show_progress=show_progress, executor=executor,
+                    recipe=protocol_recipe(name, task, settings.norm, float(eps), settings))
                 computed += out.computed_now
                 s = out.summary
                 cells.append({"attack": name, "norm": settings.norm, "eps": float(eps),

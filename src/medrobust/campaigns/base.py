@@ -77,18 +77,25 @@ class BatchRun:
         return list(_chunks(self.todo, self.size, self.group))
 
     def execute(self, work: Work, executor: Executor | None = None,
-                on_note: Callable[[Any], None] | None = None) -> None:
+                on_note: Callable[[Any], None] | None = None,
+                finish: Callable[[list[Any]], list[Any]] | None = None,
+                jobs: list[list[Any]] | None = None) -> None:
         """Run ``work`` over the pending batches on ``executor`` (default: in process) and
         commit each batch's rows as it comes back; ``on_note`` receives what each batch reports
-        beside its rows. In process, a ``work.emit`` (set here) commits single items the moment
-        they finish; with Ray the driver commits whole batches in completion order."""
+        beside its rows; ``finish`` turns a batch's rows into what is recorded (on the driver:
+        the place to write files); ``jobs`` are the batches as the workers see them (default:
+        the pending items themselves, batch by batch). In process, a ``work.emit`` (set here)
+        commits single items the moment they finish; with Ray the driver commits whole batches
+        in completion order."""
         executor = executor or LocalExecutor()
-        chunks = self.chunks()
+        chunks = self.chunks() if jobs is None else jobs
         if work.emit is None:
             work.emit = self._emit
 
         def on_result(chunk: list[Any], rows: list[tuple[Any, Mapping[str, Any]]],
                       note: Any) -> None:
+            if finish is not None:
+                rows = finish(rows)
             if rows:
                 self.record_many(rows)
             self.bar.update(max(0, len(chunk) - self._advanced))

@@ -82,6 +82,23 @@ class LocalExecutor(Executor):
             on_result(job, results, note)
 
 
+def is_remote(executor: Executor | None) -> bool:
+    """Whether ``executor`` runs jobs outside this process."""
+    return executor is not None and not isinstance(executor, LocalExecutor)
+
+
+def check_remote(executor: Executor | None, model_dir: str | Path | None) -> None:
+    """Workers load the checkpoint themselves: refuse, before a run opens, a remote executor
+    without a checkpoint folder to load."""
+    if not is_remote(executor):
+        return
+    if not model_dir or not (Path(model_dir) / "meta.json").is_file():
+        raise ConfigError(f"--executor {executor.name}: workers load the model from its "
+                          f"checkpoint folder, and {model_dir or 'none'} is not one")
+    if isinstance(executor, RayExecutor):
+        import_ray()
+
+
 def import_ray() -> Any:
     """Ray, or one line saying how to install it."""
     try:

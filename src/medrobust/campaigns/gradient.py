@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -19,6 +20,7 @@ import torch
 from medrobust.attacks.losses import cross_entropy
 from medrobust.attacks.pgd import PGD
 from medrobust.campaigns.base import CampaignOutcome, batch_run
+from medrobust.campaigns.executor import Executor, Work, check_remote, is_remote
 from medrobust.data.base import ImageDataset
 from medrobust.models.classifier import Classifier
 from medrobust.store import ResultTable, Store
@@ -45,49 +47,95 @@ GRADIENT_TABLE = ResultTable(
 )
 
 
+@dataclass
+class GradientContext:
+    """What a worker needs to attack a chunk: the classifier, the data, the attack, the goals."""
+
+    classifier: Classifier
+    images: np.ndarray
+    labels: np.ndarray
+    attack: PGD
+    targets: dict[int, int] | None
+
+
+def gradient_context(classifier: Classifier, data: dict[str, Any], params: dict[str, Any]
+                     ) -> GradientContext:
+    from medrobust.campaigns.recipes import build_attack
+
+    targets = params["targets"]
+    return GradientContext(classifier, data["images"], data["labels"],
+                           build_attack(classifier, params["attack"]),
+                           None if targets is None else {int(k): int(v)
+                                                         for k, v in targets.items()})
+
+
+def gradient_chunk(ctx: GradientContext, chunk: list[int], emit: Any
+                   ) -> tuple[list[tuple[int, dict[str, Any]]], None]:
+    """Attack one chunk of dataset indices; one row per image."""
+    classifier, attack, targets = ctx.classifier, ctx.attack, ctx.targets
+    idx = np.asarray(chunk, dtype=np.int64)
+    x = classifier.to_tensor(ctx.images[idx])
+    labels = torch.from_numpy(ctx.labels[idx]).to(classifier.device)
+    goal = labels if targets is None else torch.tensor(
+        [targets[i] for i in chunk], device=classifier.device)
+    t0 = time.perf_counter()
+    result = attack(x, goal, keys=chunk)
+    adv = result.adversarial
+    seconds = (time.perf_counter() - t0) / len(chunk)
+    with torch.no_grad():
+        clean_logits, adv_logits = classifier(x), classifier(adv)
+    clean_pred = classifier.logits_to_probabilities(clean_logits).argmax(1)
+    adv_pred = classifier.logits_to_probabilities(adv_logits).argmax(1)
+    clean_loss = cross_entropy(clean_logits, goal)
+    adv_loss = cross_entropy(adv_logits, goal)
+    d = (adv - x).flatten(1).double()
+    steps = result.steps
+    rows = []
+    for j, i in enumerate(chunk):
+        label, ap = int(labels[j]), int(adv_pred[j])
+        success = ap == int(goal[j]) if targets is not None else ap != label
+        rows.append((i, {
+            "dataset_index": i, "attack": attack.name, "label": label,
+            "target": None if targets is None else int(goal[j]),
+            "clean_pred": int(clean_pred[j]), "adv_pred": ap,
+            "clean_correct": int(int(clean_pred[j]) == label),
+            "adv_correct": int(ap == label), "success": int(success),
+            "clean_loss": float(clean_loss[j]), "adv_loss": float(adv_loss[j]),
+            "l2": float(d[j].norm()), "linf": float(d[j].abs().max()),
+            "steps": None if steps is None else int(steps[j]), "seconds": seconds}))
+    return rows, None
+
+
 def run_gradient_campaign(store: Store, classifier: Classifier, model_info: dict[str, Any],
                           dataset: ImageDataset, attack: PGD, command: str,
                           params: dict[str, Any], indices: Sequence[int],
                           targets: dict[int, int] | None = None, batch_images: int = 64,
-                          resume: bool = True, show_progress: bool = True) -> CampaignOutcome:
-    """Attack ``dataset[indices]`` (targeted when ``targets`` is given) and record each image."""
+                          resume: bool = True, show_progress: bool = True,
+                          executor: Executor | None = None) -> CampaignOutcome:
+    """Attack ``dataset[indices]`` (targeted when ``targets`` is given) and record each image.
+
+    ``executor``: where the batches run (default: this process); Ray workers load the
+    checkpoint named by ``model_info["dir"]`` and rebuild the attack from its recipe."""
+    recipe = None
+    if is_remote(executor):  # refused here, before the run opens
+        from medrobust.campaigns.recipes import recipe_of
+
+        check_remote(executor, model_info.get("dir"))
+        recipe = recipe_of(attack)
     start = time.perf_counter()
     with batch_run(store, GRADIENT_TABLE, command, params, model=model_info,
                    dataset={**dataset.spec, "split": dataset.split},
                    items=[int(i) for i in indices], size=batch_images, desc=attack.name,
                    resume=resume, show_progress=show_progress) as run:
-        for chunk in run.batches():
-            idx = np.asarray(chunk, dtype=np.int64)
-            x = classifier.to_tensor(dataset.images[idx])
-            labels = torch.from_numpy(dataset.labels[idx]).to(classifier.device)
-            goal = labels if targets is None else torch.tensor(
-                [targets[i] for i in chunk], device=classifier.device)
-            t0 = time.perf_counter()
-            result = attack(x, goal, keys=chunk)
-            adv = result.adversarial
-            seconds = (time.perf_counter() - t0) / len(chunk)
-            with torch.no_grad():
-                clean_logits, adv_logits = classifier(x), classifier(adv)
-            clean_pred = classifier.logits_to_probabilities(clean_logits).argmax(1)
-            adv_pred = classifier.logits_to_probabilities(adv_logits).argmax(1)
-            clean_loss = cross_entropy(clean_logits, goal)
-            adv_loss = cross_entropy(adv_logits, goal)
-            d = (adv - x).flatten(1).double()
-            steps = result.steps
-            rows = []
-            for j, i in enumerate(chunk):
-                label, ap = int(labels[j]), int(adv_pred[j])
-                success = ap == int(goal[j]) if targets is not None else ap != label
-                rows.append((i, {
-                    "dataset_index": i, "attack": attack.name, "label": label,
-                    "target": None if targets is None else int(goal[j]),
-                    "clean_pred": int(clean_pred[j]), "adv_pred": ap,
-                    "clean_correct": int(int(clean_pred[j]) == label),
-                    "adv_correct": int(ap == label), "success": int(success),
-                    "clean_loss": float(clean_loss[j]), "adv_loss": float(adv_loss[j]),
-                    "l2": float(d[j].norm()), "linf": float(d[j].abs().max()),
-                    "steps": None if steps is None else int(steps[j]), "seconds": seconds}))
-            run.campaign.record_many(rows)
+        run.execute(Work(
+            compute=gradient_chunk,
+            local=lambda: GradientContext(classifier, dataset.images, dataset.labels, attack,
+                                          targets),
+            remote=gradient_context,
+            params={"attack": recipe, "targets": None if targets is None else {
+                str(k): int(v) for k, v in targets.items()}},
+            model_dir=model_info.get("dir", ""),
+            data={"images": dataset.images, "labels": dataset.labels}), executor)
     seconds = time.perf_counter() - start
     summary = summarise_gradient(store.rows(GRADIENT_TABLE, run_id=run.run_id))
     summary["seconds_this_session"] = seconds

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,9 @@ import torch
 
 from medrobust.attacks.seg_targets import TargetSpec
 from medrobust.campaigns.base import CampaignOutcome, batch_run
+from medrobust.campaigns.executor import Executor, Work, check_remote, is_remote
 from medrobust.data.segmentation import SegmentationDataset
+from medrobust.errors import ConfigError
 from medrobust.metrics.segmentation import per_image_metrics
 from medrobust.models.segmenter import Segmenter
 from medrobust.store import ResultTable, Store
@@ -133,52 +136,128 @@ def save_example(folder: Path, item: str | int, x: torch.Tensor, adv: torch.Tens
     return str(path.resolve())
 
 
+@dataclass
+class SegContext:
+    """What a worker needs: the segmenter, the images, truth and goal masks, and the attack."""
+
+    segmenter: Segmenter
+    images: np.ndarray
+    masks: np.ndarray
+    goals: dict[int, tuple[np.ndarray, int | None]]
+    attack: AttackFn
+    targeted: bool
+    show: set[int]
+
+
+def segmentation_context(segmenter: Segmenter, data: dict[str, Any], params: dict[str, Any]
+                         ) -> SegContext:
+    from medrobust.campaigns.asma_ablation import asma_fn, gradient_fn
+    from medrobust.campaigns.recipes import build_attack
+
+    recipe = params["attack"]
+    att = build_attack(segmenter, recipe["attack"])
+    budgets = None if recipe["budgets"] is None else {
+        int(k): float(v) for k, v in recipe["budgets"].items()}
+    fn = asma_fn(att, budgets) if recipe["attack"]["builder"] == "asma" else \
+        gradient_fn(att, budgets)
+    return SegContext(segmenter, data["images"], data["masks"], data["goals"], fn,
+                      bool(params["targeted"]), set(params["show"]))
+
+
+def segmentation_chunk(ctx: SegContext, chunk: list[int], emit: Any
+                       ) -> tuple[list[tuple[int, dict[str, Any]]], None]:
+    """Attack one chunk of dataset indices; one row per image, and for the example images the
+    arrays of their panel (``_example``: the driver writes the file)."""
+    idx = np.asarray(chunk, dtype=np.int64)
+    x = ctx.segmenter.to_tensor(ctx.images[idx])
+    truth = ctx.masks[idx]
+    goal = np.stack([ctx.goals[i][0] for i in chunk]).astype(np.int64)
+    t0 = time.perf_counter()
+    adv, iterations = ctx.attack(x, torch.from_numpy(goal), chunk)
+    seconds = (time.perf_counter() - t0) / len(chunk)
+    rows = score_rows(ctx.segmenter, x, adv, truth, goal, ctx.targeted)
+    out = []
+    for j, (i, row) in enumerate(zip(chunk, rows, strict=True)):
+        adv_pred = row.pop("_adv_pred")
+        row.update(dataset_index=i, target_source=ctx.goals[i][1],
+                   iterations=int(iterations[j]), seconds=seconds)
+        if i in ctx.show:
+            row["_example"] = (x[j].cpu(), adv[j].cpu(), truth[j], goal[j], adv_pred)
+        out.append((i, row))
+    return out, None
+
+
+def attack_recipe(attack: AttackFn) -> dict[str, Any]:
+    """The recipe of an ``asma_fn`` / ``gradient_fn`` (its attack and per-image budgets)."""
+    from medrobust.campaigns.recipes import recipe_of
+
+    source = getattr(attack, "source", None)
+    if source is None:
+        raise ConfigError("this segmentation attack is a plain function: it cannot be rebuilt "
+                          "on a Ray worker (run with --executor local)")
+    att, budgets = source
+    return {"attack": recipe_of(att), "budgets": None if budgets is None else {
+        str(k): float(v) for k, v in budgets.items()}}
+
+
 def run_segmentation_campaign(
         store: Store, segmenter: Segmenter, model_info: dict[str, Any],
         dataset: SegmentationDataset, attack: AttackFn, attack_name: str, command: str,
         params: dict[str, Any], indices: Sequence[int], target: TargetSpec | None,
         variant: str | None = None, run_id: int | None = None, budgets_l2: dict[int, float] |
         None = None, batch_images: int = 16, examples: int = 8, resume: bool = True,
-        show_progress: bool = True) -> CampaignOutcome:
+        show_progress: bool = True, executor: Executor | None = None) -> CampaignOutcome:
     """Attack ``dataset[indices]`` and record one row per image (per variant).
 
     ``run_id`` joins an already started run (the ablation records its variants in one run);
     otherwise a run is started from ``command``/``params`` (resumed when they match).
     ``budgets_l2`` is recorded per image when the attack's L2 budget was matched to another's.
+    ``executor``: where the batches run (default: this process); Ray workers rebuild the attack
+    of an ``asma_fn`` / ``gradient_fn`` from its recipe.
     """
     own_run = run_id is None
     order = [int(i) for i in indices]
     index_of = {_item(variant, i): i for i in order}
+    item_of = {i: k for k, i in index_of.items()}
     show = set(order[:max(0, examples)])
+    recipe = None
+    if is_remote(executor):  # refused here, before the run opens
+        check_remote(executor, model_info.get("dir"))
+        recipe = attack_recipe(attack)
     start = time.perf_counter()
     with batch_run(store, SEG_TABLE, command, params, model=model_info,
                    dataset={**dataset.spec, "split": dataset.split}, items=list(index_of),
                    size=batch_images, desc=f"{attack_name}{'/' + variant if variant else ''}",
                    resume=resume, show_progress=show_progress, join=run_id) as run:
         folder = artifacts_dir(store, run.run_id)
-        for items in run.batches():
-            chunk = [index_of[k] for k in items]
-            idx = np.asarray(chunk, dtype=np.int64)
-            x = segmenter.to_tensor(dataset.images[idx])
-            truth = dataset.masks[idx]
-            goal, sources = build_goals(dataset, chunk, target)
-            t0 = time.perf_counter()
-            adv, iterations = attack(x, torch.from_numpy(goal), chunk)
-            seconds = (time.perf_counter() - t0) / len(chunk)
-            rows = score_rows(segmenter, x, adv, truth, goal, target is not None)
-            batch = []
-            for j, (item, i, row) in enumerate(zip(items, chunk, rows, strict=True)):
-                adv_pred = row.pop("_adv_pred")
-                artifact = save_example(folder, item, x[j], adv[j], truth[j], goal[j],
-                                        adv_pred) if i in show else None
-                batch.append((item, {
-                    **row, "dataset_index": i, "name": dataset.names[i], "variant": variant,
-                    "attack": attack_name, "target_mode": None if target is None else target.mode,
-                    "target_source": sources[j], "iterations": int(iterations[j]),
+        pending = [index_of[k] for k in run.todo]
+        goal_masks, sources = build_goals(dataset, pending, target) if pending else ([], [])
+        goals = {i: (goal_masks[j], sources[j]) for j, i in enumerate(pending)}
+
+        def finish(rows: list[tuple[int, dict[str, Any]]]) -> list[tuple[Any, dict[str, Any]]]:
+            # the driver alone writes: the example panels and then the rows
+            out = []
+            for i, row in rows:
+                example = row.pop("_example", None)
+                item = item_of[i]
+                out.append((item, {
+                    **row, "name": dataset.names[i], "variant": variant, "attack": attack_name,
+                    "target_mode": None if target is None else target.mode,
                     "budget_l2": None if budgets_l2 is None else budgets_l2.get(i),
-                    "seconds": seconds, "artifact": artifact}))
-            run.record_many(batch)
-    run_id, resumed, pending = run.run_id, run.resumed, run.todo
+                    "artifact": None if example is None else save_example(folder, item,
+                                                                          *example)}))
+            return out
+
+        run.execute(Work(
+            compute=segmentation_chunk,
+            local=lambda: SegContext(segmenter, dataset.images, dataset.masks, goals, attack,
+                                     target is not None, show),
+            remote=segmentation_context,
+            params={"attack": recipe, "targeted": target is not None, "show": sorted(show)},
+            model_dir=model_info.get("dir", ""),
+            data={"images": dataset.images, "masks": dataset.masks, "goals": goals}),
+            executor, finish=finish, jobs=[[index_of[k] for k in c] for c in run.chunks()])
+    run_id, resumed, pending_items = run.run_id, run.resumed, run.todo
     seconds = time.perf_counter() - start
     rows = [r for r in store.rows(SEG_TABLE, run_id=run_id)
             if variant is None or r["variant"] == variant]
@@ -186,7 +265,7 @@ def run_segmentation_campaign(
     summary["seconds_this_session"] = seconds
     if own_run:
         store.finish_run(run_id, "completed", summary)
-    return CampaignOutcome(run_id, resumed, len(pending), seconds, summary)
+    return CampaignOutcome(run_id, resumed, len(pending_items), seconds, summary)
 
 
 def summarise_segmentation(rows: list[dict[str, Any]], success_iou: float = 0.9

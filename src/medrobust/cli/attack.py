@@ -13,8 +13,10 @@ from medrobust.cli.common import (
     common_options,
     dataset_options,
     emit,
+    executor_options,
     fmt,
     open_dataset,
+    option_given,
 )
 from medrobust.data import ImageDataset
 from medrobust.errors import ConfigError
@@ -27,12 +29,6 @@ from medrobust.utils.validation import check_image_size, check_range, check_writ
 @click.group()
 def attack() -> None:
     """Attack a model over a dataset split (results land in the store and resume after a kill)."""
-
-
-def option_given(name: str) -> bool:
-    """Whether the user set option ``name`` (its parameter name) on the command line."""
-    source = click.get_current_context().get_parameter_source(name)
-    return source not in (None, click.core.ParameterSource.DEFAULT)
 
 
 def model_input_size(meta: dict[str, Any]) -> tuple[int, int] | None:
@@ -92,12 +88,13 @@ def resolve_targets(spec: str, ds: ImageDataset, indices: list[int]) -> dict[int
 @click.option("--store", "store_path", default=DEFAULT_STORE, show_default=True)
 @click.option("--no-resume", is_flag=True, help="Start a new run even if one matches.")
 @common_options
+@executor_options
 def onepixel(model_dir: str, dataset: str | None, data_dir: str | None, size: int | None,
              no_verify: bool, split: str, limit: int | None, targeted: bool, target: str,
              pixels: int, population: int, generations: int, f_: float, crossover: float | None,
              strategy: str, init: str, direction: str, threshold: float, partial: bool,
              engine: str, batch_images: int, store_path: str, no_resume: bool, as_json: bool,
-             seed: int, device: str) -> None:
+             seed: int, device: str, executor: Any = None) -> None:
     """One-pixel (k-pixel) attack by differential evolution, batched across images."""
     # Every option is checked before the run is opened, so a bad one records nothing.
     check_writable("--store", store_path, folder=False)
@@ -129,7 +126,7 @@ def onepixel(model_dir: str, dataset: str | None, data_dir: str | None, size: in
     with Store(store_path) as store:
         outcome = run_onepixel_campaign(store, clf, model_dir, ds, att, indices, targets,
                                         batch_images=batch_images, resume=not no_resume,
-                                        show_progress=not as_json)
+                                        show_progress=not as_json, executor=executor)
     summary = {"run_id": outcome.run_id, "resumed": outcome.resumed,
                "attacked_now": outcome.computed_now, "store": store_path, **outcome.summary}
 

@@ -15,7 +15,7 @@ import click
 from medrobust.attacks.asma import ASMA
 from medrobust.campaigns.asma_ablation import ablation_markdown, asma_fn, run_asma_ablation
 from medrobust.campaigns.segmentation import run_segmentation_campaign
-from medrobust.cli.common import DEFAULT_STORE, common_options, emit, fmt
+from medrobust.cli.common import DEFAULT_STORE, common_options, emit, executor_options, fmt
 from medrobust.cli.seg_common import (
     Budget,
     check_campaign_options,
@@ -72,6 +72,7 @@ from medrobust.utils.validation import check_writable
 @click.option("--store", "store_path", default=DEFAULT_STORE, show_default=True)
 @click.option("--no-resume", is_flag=True, help="Start a new run even if one matches.")
 @common_options
+@executor_options
 def asma(**opts: Any) -> None:
     """Adaptive segmentation mask attack (ASMA): make a segmentation model draw a chosen mask."""
     check_campaign_options(opts)
@@ -94,14 +95,15 @@ def asma(**opts: Any) -> None:
             summary = run_asma_ablation(store, seg, info, ds, att, indices, target,
                                         batch_images=opts["batch_images"],
                                         examples=opts["examples"], resume=not opts["no_resume"],
-                                        show_progress=show, out_dir=opts["out_dir"])
+                                        show_progress=show, out_dir=opts["out_dir"],
+                                        executor=opts["executor"])
         else:
             params = {"attack": att.params(), "task": "segmentation",
                       "target": target.describe(), "indices": indices}
             out = run_segmentation_campaign(
                 store, seg, info, ds, asma_fn(att), "asma", "attack asma", params, indices,
                 target, batch_images=opts["batch_images"], examples=opts["examples"],
-                resume=not opts["no_resume"], show_progress=show)
+                resume=not opts["no_resume"], show_progress=show, executor=opts["executor"])
             summary = {"run_id": out.run_id, "resumed": out.resumed,
                        "attacked_now": out.computed_now, **out.summary}
     summary.update(store=opts["store_path"], table="segattack_results", task="segmentation",

@@ -22,13 +22,16 @@ from medrobust.attacks.pgd import PGD
 from medrobust.campaigns.asma_ablation import gradient_fn
 from medrobust.campaigns.gradient import run_gradient_campaign
 from medrobust.campaigns.segmentation import run_segmentation_campaign
-from medrobust.cli.attack import (
-    check_target_options,
-    model_input_size,
+from medrobust.cli.attack import check_target_options, model_input_size, resolve_targets
+from medrobust.cli.common import (
+    DEFAULT_STORE,
+    common_options,
+    emit,
+    executor_options,
+    fmt,
+    open_dataset,
     option_given,
-    resolve_targets,
 )
-from medrobust.cli.common import DEFAULT_STORE, common_options, emit, fmt, open_dataset
 from medrobust.cli.seg_common import (
     Budget,
     check_campaign_options,
@@ -88,6 +91,7 @@ def gradient_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--store", "store_path", default=DEFAULT_STORE, show_default=True),
         click.option("--no-resume", is_flag=True, help="Start a new run even if one matches."),
         common_options,
+        executor_options,
     ]
     for deco in reversed(decorators):
         fn = deco(fn)
@@ -200,7 +204,8 @@ def _classification(kind: str, opts: dict[str, Any]) -> dict[str, Any]:
         out = run_gradient_campaign(store, clf, info, ds, att, f"attack {kind}", params, indices,
                                     targets, batch_images=opts["batch_images"],
                                     resume=not opts["no_resume"],
-                                    show_progress=not opts["as_json"])
+                                    show_progress=not opts["as_json"],
+                                    executor=opts["executor"])
     return {"run_id": out.run_id, "resumed": out.resumed, "attacked_now": out.computed_now,
             "store": opts["store_path"], "table": "gradient_results", **out.summary}
 
@@ -218,7 +223,7 @@ def _segmentation(kind: str, opts: dict[str, Any]) -> dict[str, Any]:
             store, seg, model_info(opts["model_dir"], seg), ds, gradient_fn(att), kind,
             f"attack {kind}", params, indices, target, batch_images=opts["batch_images"],
             examples=opts["examples"], resume=not opts["no_resume"],
-            show_progress=not opts["as_json"])
+            show_progress=not opts["as_json"], executor=opts["executor"])
     return {"run_id": out.run_id, "resumed": out.resumed, "attacked_now": out.computed_now,
             "store": opts["store_path"], "table": "segattack_results", **out.summary}
 
@@ -251,7 +256,8 @@ def _task_attack(kind: str, task_name: str, opts: dict[str, Any]) -> dict[str, A
         out = run_task_attack_campaign(store, task, model, info, ds, att, f"attack {kind}",
                                        params, indices, batch_images=opts["batch_images"],
                                        resume=not opts["no_resume"],
-                                       show_progress=not opts["as_json"])
+                                       show_progress=not opts["as_json"],
+                                       executor=opts["executor"])
     return {"run_id": out.run_id, "resumed": out.resumed, "attacked_now": out.computed_now,
             "store": opts["store_path"], "table": "task_attack_results", **out.summary}
 

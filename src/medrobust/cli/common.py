@@ -130,3 +130,65 @@ def fmt(value: Any, digits: int = 3) -> str:
     if isinstance(value, float):
         return f"{value:.{digits}f}"
     return str(value)
+
+
+def executor_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Add ``--executor local|ray`` and its Ray settings (``--address``, ``--workers``,
+    ``--threads-per-worker``, ``--gpus-per-worker``); the command receives ``executor`` (None:
+    in process). Ray is imported only for ``--executor ray``; without it, one line says how to
+    install it. Workers run the model on the command's ``--device``."""
+
+    @click.option("--executor", "executor_kind", type=click.Choice(["local", "ray"]),
+                  default="local", show_default=True,
+                  help="Where the work runs: this process, or Ray workers (pip install "
+                       "'medrobust[ray]'); only this process writes the store.")
+    @click.option("--address", default="local", show_default=True,
+                  help="Ray: 'local' (a private instance on this machine), 'auto' (the cluster "
+                       "this node belongs to) or HOST:PORT.")
+    @click.option("--workers", type=int, default=None,
+                  help="Ray: worker processes (default: the cluster's CPUs / threads per worker).")
+    @click.option("--threads-per-worker", type=int, default=None,
+                  help="Ray: torch threads (and CPUs) per worker [default: 1].")
+    @click.option("--gpus-per-worker", type=float, default=0.0, show_default=True,
+                  help="Ray: GPUs each worker holds (with --device cuda).")
+    @functools.wraps(fn)
+    def wrapper(*args: Any, executor_kind: str, address: str, workers: int | None,
+                threads_per_worker: int | None, gpus_per_worker: float, **kwargs: Any) -> Any:
+        kwargs["executor"] = make_executor(executor_kind, address, workers, threads_per_worker,
+                                           gpus_per_worker, kwargs.get("device", "cpu"))
+        return fn(*args, **kwargs)
+
+    return wrapper
+
+
+def make_executor(kind: str, address: str = "local", workers: int | None = None,
+                  threads_per_worker: int | None = None, gpus_per_worker: float = 0.0,
+                  device: str = "cpu") -> Any:
+    """The executor the options name (None for ``local``); a Ray option with ``--executor
+    local``, or ``--executor ray`` without Ray, is one line."""
+    from medrobust.errors import ConfigError
+
+    if kind == "local":
+        ctx = click.get_current_context(silent=True)
+        for name, flag in (("address", "--address"), ("workers", "--workers"),
+                           ("threads_per_worker", "--threads-per-worker"),
+                           ("gpus_per_worker", "--gpus-per-worker")):
+            source = ctx.get_parameter_source(name) if ctx is not None else None
+            if source not in (None, click.core.ParameterSource.DEFAULT):
+                raise ConfigError(f"{flag} applies to --executor ray")
+        return None
+    from medrobust.campaigns.executor import RayExecutor, import_ray
+
+    import_ray()
+    if gpus_per_worker > 0 and device == "cpu":
+        raise ConfigError("--gpus-per-worker needs --device cuda or auto (the workers would "
+                          "hold GPUs and run on the CPU)")
+    return RayExecutor(address=address, workers=workers,
+                       threads_per_worker=threads_per_worker or 1,
+                       gpus_per_worker=gpus_per_worker, device=device)
+
+
+def option_given(name: str) -> bool:
+    """Whether the user set option ``name`` (its parameter name) on the command line."""
+    source = click.get_current_context().get_parameter_source(name)
+    return source not in (None, click.core.ParameterSource.DEFAULT)

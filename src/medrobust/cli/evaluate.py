@@ -18,6 +18,7 @@ from medrobust.cli.common import (
     common_options,
     dataset_options,
     emit,
+    executor_options,
     fmt,
     open_dataset,
 )
@@ -54,11 +55,13 @@ from medrobust.utils.validation import check_image_size, check_writable
 @click.option("--batch-images", type=click.IntRange(1), default=16, show_default=True)
 @click.option("--no-resume", is_flag=True, help="Start new runs even if matching ones exist.")
 @common_options
+@executor_options
 def evaluate(model_dir: str, dataset: str | None, data_dir: str | None, size: int | None,
              no_verify: bool, split: str, store_path: str, attacks: str | None,
              l2_levels: str | None, linf_levels: str | None, steps: int, ifgsm_steps: int,
              restarts: int, queries: int, limit: int | None, batch_images: int,
-             no_resume: bool, as_json: bool, seed: int, device: str) -> None:
+             no_resume: bool, as_json: bool, seed: int, device: str,
+             executor: object = None) -> None:
     """Evaluate a checkpoint on a dataset split, clean or under the attack protocol."""
     check_writable("--store", store_path, folder=False)
     meta = read_meta(model_dir)
@@ -67,8 +70,10 @@ def evaluate(model_dir: str, dataset: str | None, data_dir: str | None, size: in
         settings = protocol_settings(attacks, l2_levels, linf_levels, steps, ifgsm_steps,
                                      restarts, queries, seed, batch_images)
         run_protocol(model_dir, meta, dataset, data_dir, size, no_verify, split, store_path,
-                     settings, limit, not no_resume, as_json, device)
+                     settings, limit, not no_resume, as_json, device, executor)
         return
+    if executor is not None:
+        raise ConfigError("--executor ray runs the attack protocol: add --attack pgd,ifgsm")
     for flag, value in protocol_only.items():
         if value is not None:
             raise ConfigError(f"{flag} belongs to the attack protocol: add --attack pgd,ifgsm")

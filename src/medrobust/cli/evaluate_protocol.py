@@ -51,7 +51,7 @@ def protocol_settings(attacks: str, l2: str | None, linf: str | None, steps: int
 def run_protocol(model_dir: str, meta: dict[str, Any], dataset: str | None,
                  data_dir: str | None, size: int | None, no_verify: bool, split: str,
                  store_path: str, settings: ProtocolSettings, limit: int | None, resume: bool,
-                 as_json: bool, device: str) -> None:
+                 as_json: bool, device: str, executor: Any = None) -> None:
     task = get_task(str(meta.get("task", "classification")))
     settings.validate(task)  # before loading data or opening the store
     model = load_model(model_dir, resolve_device(device))
@@ -66,7 +66,8 @@ def run_protocol(model_dir: str, meta: dict[str, Any], dataset: str | None,
             "task": task.name}
     with Store(store_path) as store:
         out = run_attack_protocol(store, task, model, info, ds, indices, settings,
-                                  resume=resume, show_progress=not as_json)
+                                  resume=resume, show_progress=not as_json,
+                                  executor=executor)
     summary = {"run_id": out.run_id, "resumed": out.resumed, "computed_now": out.computed_now,
                "store": store_path, **out.summary}
 

@@ -5,7 +5,15 @@ from __future__ import annotations
 import click
 
 from medrobust.campaigns.confidence_map import MAP_TABLE, run_map_campaign
-from medrobust.cli.common import DEFAULT_STORE, common_options, dataset_options, emit, fmt, open_dataset
+from medrobust.cli.common import (
+    DEFAULT_STORE,
+    common_options,
+    dataset_options,
+    emit,
+    executor_options,
+    fmt,
+    open_dataset,
+)
 from medrobust.errors import ConfigError
 from medrobust.models import load_classifier, read_meta
 from medrobust.store import Store
@@ -31,10 +39,11 @@ from medrobust.utils.validation import check_range
               help="Folder for the .npz maps and figures.")
 @click.option("--store", "store_path", default=DEFAULT_STORE, show_default=True)
 @common_options
+@executor_options
 def map_command(model_dir: str, dataset: str | None, data_dir: str | None, size: int | None,
                 no_verify: bool, split: str, indices: tuple[int, ...], limit: int | None,
                 step: int, engine: str, score_class: int | None, out: str, store_path: str,
-                as_json: bool, seed: int, device: str) -> None:
+                as_json: bool, seed: int, device: str, executor: object = None) -> None:
     """Score every pixel x every grid colour; save min/max/mean maps, figures and the verdict."""
     # Every option is checked before anything is loaded or recorded: a bad option is one line
     # and never a failed run in the store.
@@ -60,7 +69,7 @@ def map_command(model_dir: str, dataset: str | None, data_dir: str | None, size:
     with Store(store_path) as store:
         outcome = run_map_campaign(store, clf, model_dir, ds, chosen, out, step=step,
                                    engine=engine, score_class=score_class,
-                                   show_progress=not as_json)
+                                   show_progress=not as_json, executor=executor)
         rows = store.rows(MAP_TABLE, run_id=outcome.run_id)
     summary = {"run_id": outcome.run_id, "maps": rows}
 
