@@ -308,7 +308,9 @@ def markdown(report: dict[str, Any]) -> str:
         "over eps (L2: times the square root of the pixel count). "
         "fooled off budget: misclassified images outside the eps ball or the box (fooled only "
         "under the tolerance if within it); max excess: the largest norm minus eps.",
-        "* seconds: median over repeats, after one untimed tiny warm-up run of every method.",
+        "* seconds: median over repeats, after one untimed tiny warm-up run of every method; "
+        "time vs medrobust: the method's seconds over medrobust's for the same attack (above "
+        "1: medrobust is faster).",
         "* forward rows / image: model evaluations counted by a forward hook (gradient passes "
         "included), divided by the number of images.",
         "",
