@@ -38,6 +38,7 @@ from medrobust.attacks.pgd import PGD
 from medrobust.attacks.projection import check_budget
 from medrobust.attacks.square import Square
 from medrobust.campaigns.base import CampaignOutcome, batch_run
+from medrobust.campaigns.executor import Executor, Work, check_remote
 from medrobust.defences.base import Denoiser
 from medrobust.defences.composed import DefendedClassifier
 from medrobust.defences.registry import dataset_name, denoiser_label
@@ -164,38 +165,89 @@ def masking_flags(summary: dict[str, Any], gap: float = MASKING_GAP) -> list[dic
     return flags
 
 
+@dataclass
+class AdaptiveContext:
+    """What a worker needs: the defended model, the settings and the images by key."""
+
+    model: DefendedClassifier
+    config: AdaptiveConfig
+    budget_of: dict[str, tuple[str, float, int]]
+    position: dict[int, int]
+    indices: np.ndarray
+    clean: np.ndarray
+    labels: np.ndarray
+
+
+def _adaptive_items(config: AdaptiveConfig, indices: np.ndarray
+                    ) -> dict[str, tuple[str, float, int]]:
+    return {_key(attack, eps, int(i)): (attack, eps, int(i))
+            for attack, eps in _budgets(config) for i in indices}
+
+
+def adaptive_context(classifier: Classifier, data: dict[str, Any], params: dict[str, Any]
+                     ) -> AdaptiveContext:
+    from medrobust.defences.registry import rebuild_denoiser
+
+    config = AdaptiveConfig(**{k: tuple(v) if isinstance(v, list) else v
+                               for k, v in params["config"].items()})
+    denoiser = rebuild_denoiser(params["denoiser"], classifier.device)
+    defended = DefendedClassifier(classifier, denoiser, batch_size=params["batch_size"])
+    indices = data["indices"]
+    return AdaptiveContext(defended, config, _adaptive_items(config, indices),
+                           {int(i): j for j, i in enumerate(indices.tolist())}, indices,
+                           data["clean"], data["labels"])
+
+
+def adaptive_chunk(ctx: AdaptiveContext, batch: list[str], emit: Any
+                   ) -> tuple[list[tuple[str, dict[str, Any]]], None]:
+    """One batch (one attack at one budget) of keyed items."""
+    attack, eps, _ = ctx.budget_of[batch[0]]
+    sel = np.asarray([ctx.position[ctx.budget_of[k][2]] for k in batch])
+    return _attack_batch(ctx.model, attack, eps, ctx.config, ctx.indices[sel], ctx.clean[sel],
+                         ctx.labels[sel]), None
+
+
 def evaluate_adaptive(store: Store, classifier: Classifier, denoiser: Denoiser,
                       attacked: AttackedSet, config: AdaptiveConfig | None = None,
-                      resume: bool = True, show_progress: bool = True) -> CampaignOutcome:
+                      resume: bool = True, show_progress: bool = True,
+                      executor: Executor | None = None) -> CampaignOutcome:
     """Attack ``denoiser`` + ``classifier`` end to end on the clean images of a one-pixel run.
 
     The images are the run's attacked images (those the undefended model got right), the first
-    ``config.limit`` of them.
+    ``config.limit`` of them. ``executor``: where the batches run (default: this process); Ray
+    workers load the classifier from the run's checkpoint folder and rebuild the denoiser from
+    its spec.
     """
     config = config or AdaptiveConfig()
     config.validate()
     run = attacked.run
+    model_dir = (run.get("model") or {}).get("dir")
+    check_remote(executor, model_dir)
     n = len(attacked) if config.limit is None else min(config.limit, len(attacked))
     indices = attacked.indices[:n]
     clean = attacked.clean[:n]
     labels = attacked.labels[:n]
-    defended = DefendedClassifier(classifier, denoiser, batch_size=min(classifier.batch_size or 256, 256))
+    batch_size = min(classifier.batch_size or 256, 256)
+    defended = DefendedClassifier(classifier, denoiser, batch_size=batch_size)
     params = {"source_run": run["id"], "denoiser": denoiser.spec(), "images": indices.tolist(),
               "config": config.params()}
     start = time.perf_counter()
     position = {int(i): j for j, i in enumerate(indices.tolist())}
     items = [_key(attack, eps, int(i)) for attack, eps in _budgets(config) for i in indices]
-    budget_of = {_key(attack, eps, int(i)): (attack, eps, int(i))
-                 for attack, eps in _budgets(config) for i in indices}
+    budget_of = _adaptive_items(config, indices)
     with batch_run(store, ADAPTIVE_TABLE, ADAPTIVE_COMMAND, params, model=run.get("model"),
                    dataset=run.get("dataset"), items=items, size=config.batch_size,
                    desc=f"adaptive {denoiser.name}", resume=resume,
                    show_progress=show_progress, group=lambda k: budget_of[k][:2]) as br:
-        for batch in br.batches():
-            attack, eps, _ = budget_of[batch[0]]
-            sel = np.asarray([position[budget_of[k][2]] for k in batch])
-            br.record_many(_attack_batch(defended, attack, eps, config, indices[sel],
-                                         clean[sel], labels[sel]))
+        br.execute(Work(
+            compute=adaptive_chunk,
+            local=lambda: AdaptiveContext(defended, config, budget_of, position, indices,
+                                          clean, labels),
+            remote=adaptive_context,
+            params={"config": config.params(), "denoiser": denoiser.spec(),
+                    "batch_size": batch_size},
+            model_dir=model_dir or "",
+            data={"indices": indices, "clean": clean, "labels": labels}), executor)
     run_id, resumed, computed = br.run_id, br.resumed, len(br.todo)
     summary = {"denoiser": denoiser.spec(), "label": denoiser_label(denoiser.spec()),
                "dataset": dataset_name(run.get("dataset")), "source_run": run["id"],

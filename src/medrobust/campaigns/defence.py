@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from medrobust.campaigns.base import CampaignOutcome, batch_run
+from medrobust.campaigns.executor import Executor, Work, check_remote
 from medrobust.defences.base import Denoiser
 from medrobust.defences.registry import dataset_name, denoiser_label
 from medrobust.defences.source import AttackedSet
@@ -105,14 +107,54 @@ def summarise_defence(rows: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+@dataclass
+class DefenceContext:
+    """What a worker needs: the classifier, the denoiser and the images of both kinds."""
+
+    classifier: Classifier
+    denoiser: Denoiser
+    data: dict[str, Any]
+
+
+def defence_context(classifier: Classifier, data: dict[str, Any], params: dict[str, Any]
+                    ) -> DefenceContext:
+    from medrobust.defences.registry import rebuild_denoiser
+
+    return DefenceContext(classifier, rebuild_denoiser(params["denoiser"], classifier.device),
+                          data)
+
+
+def defence_chunk(ctx: DefenceContext, batch: list[str], emit: Any
+                  ) -> tuple[list[tuple[str, dict[str, Any]]], None]:
+    """One batch of ``adv:i`` / ``clean:i`` items."""
+    d = ctx.data
+    adv_i = np.asarray([int(t[4:]) for t in batch if t.startswith("adv:")], np.int64)
+    cln_i = np.asarray([int(t[6:]) for t in batch if t.startswith("clean:")], np.int64)
+    rows: list[tuple[str, dict[str, Any]]] = []
+    if adv_i.size:
+        sel = np.asarray([d["pos"][i] for i in adv_i.tolist()])
+        rows += _rows_for("adversarial", adv_i, d["labels"][sel],
+                          [d["status"][j] for j in sel], d["clean"][sel],
+                          d["adversarial"][sel], ctx.classifier, ctx.denoiser)
+    if cln_i.size:
+        rows += _rows_for("clean", cln_i, d["ds_labels"][cln_i], [None] * cln_i.size,
+                          d["ds_images"][cln_i], None, ctx.classifier, ctx.denoiser)
+    return rows, None
+
+
 def evaluate_defence(store: Store, classifier: Classifier, denoiser: Denoiser, attacked: AttackedSet,
                      clean_indices: Sequence[int] | None = None, batch_size: int = 64,
-                     resume: bool = True, show_progress: bool = True) -> CampaignOutcome:
+                     resume: bool = True, show_progress: bool = True,
+                     executor: Executor | None = None) -> CampaignOutcome:
     """Evaluate ``denoiser`` in front of ``classifier`` on a one-pixel run's images.
 
     ``clean_indices``: clean images of the run's split for clean accuracy (default: all of it).
+    ``executor``: where the batches run (default: this process); Ray workers load the classifier
+    from the run's checkpoint folder and rebuild the denoiser from its spec.
     """
     run = attacked.run
+    model_dir = (run.get("model") or {}).get("dir")
+    check_remote(executor, model_dir)
     ds = attacked.dataset
     clean_idx = np.arange(len(ds)) if clean_indices is None else np.asarray(clean_indices, np.int64)
     params = {"source_run": run["id"], "denoiser": denoiser.spec(),
@@ -120,23 +162,17 @@ def evaluate_defence(store: Store, classifier: Classifier, denoiser: Denoiser, a
     start = time.perf_counter()
     pos = {int(i): j for j, i in enumerate(attacked.indices.tolist())}
     items = [f"adv:{i}" for i in attacked.indices.tolist()] + [f"clean:{i}" for i in clean_idx]
+    data = {"pos": pos, "labels": attacked.labels, "status": list(attacked.status),
+            "clean": attacked.clean, "adversarial": attacked.adversarial,
+            "ds_labels": ds.labels, "ds_images": ds.images}
     with batch_run(store, DEFENCE_TABLE, DEFEND_COMMAND, params, model=run.get("model"),
                    dataset=run.get("dataset"), items=items, size=batch_size,
                    desc=f"defend {denoiser.name}", resume=resume,
                    show_progress=show_progress) as br:
-        for batch in br.batches():
-            adv_i = np.asarray([int(t[4:]) for t in batch if t.startswith("adv:")], np.int64)
-            cln_i = np.asarray([int(t[6:]) for t in batch if t.startswith("clean:")], np.int64)
-            rows: list[tuple[str, dict[str, Any]]] = []
-            if adv_i.size:
-                sel = np.asarray([pos[i] for i in adv_i.tolist()])
-                rows += _rows_for("adversarial", adv_i, attacked.labels[sel],
-                                  [attacked.status[j] for j in sel], attacked.clean[sel],
-                                  attacked.adversarial[sel], classifier, denoiser)
-            if cln_i.size:
-                rows += _rows_for("clean", cln_i, ds.labels[cln_i], [None] * cln_i.size,
-                                  ds.images[cln_i], None, classifier, denoiser)
-            br.record_many(rows)
+        br.execute(Work(compute=defence_chunk,
+                        local=lambda: DefenceContext(classifier, denoiser, data),
+                        remote=defence_context, params={"denoiser": denoiser.spec()},
+                        model_dir=model_dir or "", data=data), executor)
     run_id, resumed, todo = br.run_id, br.resumed, br.todo
     summary = {"denoiser": denoiser.spec(), "label": denoiser_label(denoiser.spec()),
                "dataset": dataset_name(run.get("dataset")), "source_run": run["id"],

@@ -1,0 +1,249 @@
+"""Scaling of campaigns over Ray workers: measured here, projected to a cluster.
+
+Measures, on this machine and in one run (so the ratios compare like with like):
+
+* the one-pixel campaign and a confidence map in process with 2 torch threads, and on Ray with
+  2 workers x 1 thread, 1 worker x 1 thread and 1 worker x 2 threads (throughput and the
+  2-vs-1-worker ratio; which threads layout to default to);
+* Ray's per-job overhead (trivial jobs through the same executor);
+* the per-pixel cost of a full step-5 map (140,608 colours per pixel) on a 64x64 RGB model, and
+  from it the projected time of a full 64x64 map (576 million scores) on N workers;
+* the equality check on a simulated two-node cluster (``ray.cluster_utils.Cluster``, two
+  raylets): Ray rows equal local rows, the checkpoint shipped as bytes.
+
+Run: ``.venv/bin/python benchmarks/scaling.py [--quick]``; writes benchmarks/results/scaling.json
+(``scaling_quick.json`` with --quick). Other processes on the machine share the cores: the
+numbers say what this run saw, not what an idle machine gives.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from medrobust.analysis.confidence_map import colour_grid, confidence_map
+from medrobust.attacks import OnePixel
+from medrobust.campaigns.confidence_map import MAP_TABLE, run_map_campaign
+from medrobust.campaigns.executor import RayExecutor, Work
+from medrobust.campaigns.onepixel import ONEPIXEL_TABLE, run_onepixel_campaign
+from medrobust.data import load_dataset
+from medrobust.models import load_classifier
+from medrobust.store import Store
+from medrobust.training import TrainConfig, save_trained, train_classifier
+
+RESULTS = Path(__file__).resolve().parent / "results"
+VOLATILE = {"seconds", "recorded_at", "run_id", "npz", "figure"}
+
+
+def checkpoint(root: Path, size: int) -> Path:
+    """A narrow smallcnn on synthetic RGB data of ``size`` (weights do not change the cost)."""
+    out = root / f"ckpt{size}"
+    if not (out / "meta.json").is_file():
+        train = load_dataset("synthetic", "train", size=size, n=200, seed=3)
+        val = load_dataset("synthetic", "val", size=size, n=60, seed=3)
+        cfg = TrainConfig(model="smallcnn", model_kwargs={"width": 8}, epochs=1, seed=0)
+        save_trained(train_classifier(train, val, cfg), cfg, train, out)
+    return out
+
+
+def rows(db: Path, table: Any) -> dict[str, dict[str, Any]]:
+    with Store(db) as store:
+        return {r["item"]: {k: v for k, v in r.items() if k not in VOLATILE}
+                for r in store.rows(table)}
+
+
+def onepixel_run(db: Path, ckpt: Path, n: int, attack: dict[str, Any], executor: Any,
+                 batch: int) -> float:
+    db.unlink(missing_ok=True)
+    clf = load_classifier(ckpt)
+    ds = load_dataset("synthetic", "test", size=16, n=max(n, 60), seed=3)
+    t0 = time.perf_counter()
+    with Store(db) as store:
+        run_onepixel_campaign(store, clf, ckpt, ds, OnePixel(clf, **attack), list(range(n)),
+                              batch_images=batch, show_progress=False, executor=executor)
+    return time.perf_counter() - t0
+
+
+def map_run(db: Path, out: Path, ckpt: Path, images: list[int], step: int, executor: Any,
+            tile: int) -> float:
+    db.unlink(missing_ok=True)
+    clf = load_classifier(ckpt)
+    ds = load_dataset("synthetic", "test", size=16, n=60, seed=3)
+    t0 = time.perf_counter()
+    with Store(db) as store:
+        run_map_campaign(store, clf, ckpt, ds, images, out, step=step, show_progress=False,
+                         executor=executor, tile_pixels=tile)
+    return time.perf_counter() - t0
+
+
+# trivial work for the per-job overhead (defined in __main__: Ray ships it by value)
+def _noop_context(model: Any, data: Any, params: dict[str, Any]) -> None:
+    return None
+
+
+def _noop(ctx: Any, job: Any, emit: Any) -> tuple[list[Any], None]:
+    return [], None
+
+
+def overhead(ckpt: Path, jobs: int, workers: int) -> dict[str, float]:
+    """Seconds per trivial job through RayExecutor (ray already initialised), after warm-up."""
+    work = Work(compute=_noop, local=lambda: None, remote=_noop_context, params={},
+                model_dir=ckpt, data={"images": np.zeros((1, 1, 1, 1), np.uint8)})
+    ex = RayExecutor(workers=workers)
+    t0 = time.perf_counter()
+    ex.run(work, [0] * workers, lambda *a: None)  # actor start-up + model load
+    startup = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    ex.run(work, list(range(jobs)), lambda *a: None)
+    total = time.perf_counter() - t0
+    # the second run starts actors too: subtract the measured start-up
+    return {"startup_seconds": startup, "jobs": jobs,
+            "seconds_per_job": max(0.0, total - startup) / jobs}
+
+
+def per_pixel_cost(ckpt64: Path, pixels: int, threads: int) -> dict[str, Any]:
+    """Seconds per pixel of a step-5 map (140,608 colours) on a 64x64 RGB image."""
+    torch.set_num_threads(threads)
+    clf = load_classifier(ckpt64)
+    ds = load_dataset("synthetic", "test", size=64, n=4, seed=3)
+    # pixels spread over the image: border pixels have smaller cones
+    rng = np.random.default_rng(0)
+    flat = rng.choice(64 * 64, size=pixels, replace=False)
+    chosen = [(int(p % 64), int(p // 64)) for p in flat]
+    t0 = time.perf_counter()
+    confidence_map(clf, ds.images[0], int(ds.labels[0]), step=5, pixels=chosen)
+    sec = (time.perf_counter() - t0) / pixels
+    n_col = colour_grid(5, 3).shape[0]
+    return {"threads": threads, "pixels_measured": pixels, "colours": n_col,
+            "seconds_per_pixel": sec, "scores_per_second": n_col / sec}
+
+
+def project(sec_per_pixel: float, job_overhead: float, efficiency: float,
+            tile: int = 256) -> list[dict[str, Any]]:
+    """A full step-5 64x64 RGB map (4096 pixels x 140,608 colours = 576 million scores) on N
+    single-thread workers: ideal time / N, scaled by the measured 2-worker efficiency, plus the
+    per-tile overhead spread over the workers."""
+    pixels, tiles = 64 * 64, -(-64 * 64 // tile)
+    out = []
+    for n in (1, 2, 4, 8, 16, 32, 64, 128):
+        eff = 1.0 if n == 1 else efficiency
+        busy = min(n, tiles)  # no more busy workers than tiles
+        compute = pixels * sec_per_pixel / (busy * eff)
+        out.append({"workers": n, "tiles": tiles, "hours": (compute + tiles * job_overhead / busy)
+                    / 3600})
+    return out
+
+
+def cluster_equality(ckpt: Path, n: int, attack: dict[str, Any], root: Path) -> dict[str, Any]:
+    import ray
+    from ray.cluster_utils import Cluster
+
+    onepixel_run(root / "c_local.db", ckpt, n, attack, None, 3)
+    if ray.is_initialized():
+        ray.shutdown()
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    try:
+        cluster.add_node(num_cpus=1)
+        cluster.wait_for_nodes()
+        ray.init(address=cluster.address, log_to_driver=False, configure_logging=False)
+        nodes = len([x for x in ray.nodes() if x["Alive"]])
+        seconds = onepixel_run(root / "c_ray.db", ckpt, n, attack,
+                               RayExecutor(address=cluster.address, workers=2), 2)
+        equal = rows(root / "c_ray.db", ONEPIXEL_TABLE) == rows(root / "c_local.db",
+                                                                 ONEPIXEL_TABLE)
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+    return {"nodes": nodes, "workers": 2, "images": n, "rows_equal_local": equal,
+            "checkpoint": "bytes through the object store", "seconds": seconds}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="small sizes (about 2 minutes)")
+    args = ap.parse_args()
+    import ray
+
+    quick = args.quick
+    n_img = 8 if quick else 32
+    attack = {"population": 40 if quick else 100, "generations": 5 if quick else 20, "seed": 1}
+    map_images, map_step = ([0, 1], 32) if quick else ([0, 1, 2, 3], 8)
+    root = Path(tempfile.mkdtemp(prefix="medrobust-scaling-"))
+    ckpt, ckpt64 = checkpoint(root, 16), checkpoint(root, 64)
+    result: dict[str, Any] = {"quick": quick, "machine": {"cpus": os.cpu_count(),
+                                                          "platform": platform.platform()},
+                              "note": "other agents may have been using the cores"}
+    # --- in process, 2 threads -----------------------------------------------------------
+    torch.set_num_threads(2)
+    op_local = onepixel_run(root / "op_local.db", ckpt, n_img, attack, None, 4)
+    map_local = map_run(root / "m_local.db", root / "m_local", ckpt, map_images, map_step,
+                        None, 64)
+    base_rows = rows(root / "op_local.db", ONEPIXEL_TABLE)
+    base_maps = rows(root / "m_local.db", MAP_TABLE)
+    # --- Ray layouts (one private instance with 2 CPUs) --------------------------------------
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
+             configure_logging=False)
+    layouts = {}
+    try:
+        ov = overhead(ckpt, 40 if quick else 200, 2)
+        for name, workers, threads in (("1x1", 1, 1), ("2x1", 2, 1), ("1x2", 1, 2)):
+            ex = RayExecutor(workers=workers, threads_per_worker=threads)
+            op = onepixel_run(root / f"op_{name}.db", ckpt, n_img, attack, ex, 2)
+            mp = map_run(root / f"m_{name}.db", root / f"m_{name}", ckpt, map_images, map_step,
+                         ex, 64)
+            layouts[name] = {
+                "workers": workers, "threads_per_worker": threads,
+                "onepixel_seconds": op, "onepixel_images_per_second": n_img / op,
+                "onepixel_rows_equal_local": rows(root / f"op_{name}.db",
+                                                  ONEPIXEL_TABLE) == base_rows,
+                "map_seconds": mp, "map_rows_equal_local": rows(root / f"m_{name}.db",
+                                                                MAP_TABLE) == base_maps}
+    finally:
+        ray.shutdown()
+    n_col = colour_grid(map_step, 3).shape[0]
+    map_scores = len(map_images) * 16 * 16 * n_col
+    for v in layouts.values():
+        v["map_scores_per_second"] = map_scores / v["map_seconds"]
+    result["onepixel"] = {"images": n_img, "attack": attack, "local_2_threads_seconds": op_local,
+                          "local_images_per_second": n_img / op_local}
+    result["map"] = {"images": map_images, "step": map_step, "size": "16x16 RGB",
+                     "tile_pixels": 64, "scores": map_scores,
+                     "local_2_threads_seconds": map_local,
+                     "local_scores_per_second": map_scores / map_local}
+    result["ray"] = layouts
+    result["ray_overhead"] = ov
+    ratio_op = layouts["1x1"]["onepixel_seconds"] / layouts["2x1"]["onepixel_seconds"]
+    ratio_map = layouts["1x1"]["map_seconds"] / layouts["2x1"]["map_seconds"]
+    result["speedup_2_vs_1_worker"] = {"onepixel": ratio_op, "map": ratio_map}
+    result["threads_choice"] = {
+        "onepixel_2x1_over_1x2": layouts["1x2"]["onepixel_seconds"]
+        / layouts["2x1"]["onepixel_seconds"],
+        "map_2x1_over_1x2": layouts["1x2"]["map_seconds"] / layouts["2x1"]["map_seconds"],
+        "onepixel_2x1_over_local_2_threads": op_local / layouts["2x1"]["onepixel_seconds"],
+        "map_2x1_over_local_2_threads": map_local / layouts["2x1"]["map_seconds"]}
+    # --- per-pixel cost of a full step-5 map, and the projection -----------------------------
+    cost = per_pixel_cost(ckpt64, 2 if quick else 6, 1)
+    eff = min(1.0, ratio_map / 2)
+    result["step5_64x64"] = {**cost, "scores_total": 64 * 64 * cost["colours"],
+                             "two_worker_efficiency": eff,
+                             "projection": project(cost["seconds_per_pixel"],
+                                                   ov["seconds_per_job"], eff)}
+    result["cluster_two_raylets"] = cluster_equality(ckpt, 6 if quick else 12, attack, root)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / ("scaling_quick.json" if quick else "scaling.json")
+    path.write_text(json.dumps(result, indent=2))
+    print(json.dumps(result, indent=2))
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
