@@ -93,8 +93,8 @@ def test_report_is_one_self_contained_html_file(tmp_path: Path) -> None:
     assert "Run 1" in text or ">1<" in text
     for d in dirs:
         assert html.escape(d) in text
-    for heading in ("Provenance", "Model quality", "One-pixel attacks", "Examples of successful",
-                    "Why and where"):
+    for heading in ("At a glance", "Appendix: provenance", "Model quality", "One-pixel attacks",
+                    "Examples of successful", "Why and where"):
         assert heading in text
     assert "Confusion matrix" in text and "90.0 %" in text  # train run's test accuracy
     assert "P(normal)" in text or "P(mitosis)" in text  # gallery scores with class names

@@ -219,16 +219,16 @@ def test_curves_one_point_per_eps_from_the_summaries(report):
     curves, runs, ids = report["curves"], report["runs"], report["ids"]
     by = {(c.task, c.metric, c.label.split(" \u2014")[0]): c for c in report["curves"]}
     expected = {
-        ("landmarks", "mre:mm", "PGD linf, 2 steps"): (ids["landmarks"][:2], "adv_mre"),
-        ("landmarks", "sdr:mm", "PGD linf, 2 steps"): (ids["landmarks"][:2], "adv_sdr_2"),
-        ("landmarks", "mre:mm", "PGD l2, 2 steps"): ([ids["landmarks"][2]], "adv_mre"),
-        ("landmarks", "mre:mm", "IFGSM linf, 2 steps"): ([ids["landmarks"][3]], "adv_mre"),
-        ("detection", "map", "PGD linf, 2 steps"): (ids["detection"], "adv_map"),
-        ("detection", "map50", "PGD linf, 2 steps"): (ids["detection"], "adv_map50"),
-        ("classification", "accuracy", "PGD linf, 2 steps"):
+        ("landmarks", "mre:mm", "PGD Linf, 2 steps"): (ids["landmarks"][:2], "adv_mre"),
+        ("landmarks", "sdr:mm", "PGD Linf, 2 steps"): (ids["landmarks"][:2], "adv_sdr_2"),
+        ("landmarks", "mre:mm", "PGD L2, 2 steps"): ([ids["landmarks"][2]], "adv_mre"),
+        ("landmarks", "mre:mm", "IFGSM Linf, 2 steps"): ([ids["landmarks"][3]], "adv_mre"),
+        ("detection", "map", "PGD Linf, 2 steps"): (ids["detection"], "adv_map"),
+        ("detection", "map50", "PGD Linf, 2 steps"): (ids["detection"], "adv_map50"),
+        ("classification", "accuracy", "PGD Linf, 2 steps"):
             ([ids["classification"][0], ids["classification"][2], ids["rerun"][0]],
              "robust_accuracy"),
-        ("segmentation", "dice", "PGD linf, 2 steps"): (ids["segmentation"], "mean_dice_truth"),
+        ("segmentation", "dice", "PGD Linf, 2 steps"): (ids["segmentation"], "mean_dice_truth"),
     }
     assert len(curves) == 3 * 2 + 2 + 1 + 1  # landmarks: 3 attack/norms x (MRE, SDR)
     for key, (run_ids, field) in expected.items():
@@ -240,11 +240,11 @@ def test_curves_one_point_per_eps_from_the_summaries(report):
             s = runs[p.run_id]["summary"]
             assert p.value == pytest.approx(s[field]) and p.n == s["images"]
             assert p.eps == pytest.approx(runs[p.run_id]["params"]["attack"]["eps"])
-    assert "n = 8" in by[("classification", "accuracy", "PGD linf, 2 steps")].n_text
+    assert "n = 8" in by[("classification", "accuracy", "PGD Linf, 2 steps")].n_text
     html = report["html"]
-    assert "Linf budget" in html or "linf 8/255" in html
+    assert "Linf budget" in html or "Linf 8/255" in html
     # the plotted-points table has one row per point of the first metric's curves
-    assert html.count("linf 8/255") >= 4
+    assert html.count("Linf 8/255") >= 4
 
 
 def test_unfinished_runs_are_summarised_from_their_rows(store_path, tmp_path):
@@ -282,7 +282,7 @@ def test_unfinished_runs_are_summarised_from_their_rows(store_path, tmp_path):
         assert row["Images"] == "2"
         expected = get_task(task).attack_summary(rows, ds)
         metric, key = ("mre:mm", "adv_mre") if task == "landmarks" else ("map", "adv_map")
-        curve = curves[(task, metric, "PGD linf, 2 steps")]
+        curve = curves[(task, metric, "PGD Linf, 2 steps")]
         assert [round(p.eps * 255) for p in curve.points] == [2, 4, 8]
         point = next(p for p in curve.points if p.run_id == rid)
         assert point.n == 2 and point.value == pytest.approx(expected[key])

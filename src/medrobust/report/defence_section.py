@@ -13,9 +13,11 @@ from typing import Any
 
 import numpy as np
 
-from medrobust.defences.table import ATTACK_LABELS, budget_label
+from medrobust.defences.table import ATTACK_LABELS
 from medrobust.report.blocks import Definitions, Figure, Note, Paragraphs, Section, Table
 from medrobust.report.context import ReportContext
+from medrobust.report.glance import masking_text
+from medrobust.report.names import budget_text, dataset_display_name, norm_of
 from medrobust.report.plots import figure_to_data_uri
 
 MAX_GRID_ROWS = 4
@@ -34,21 +36,48 @@ def _latest_per_key(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return list(chosen.values())
 
 
+def _named(rows: list[list[str]]) -> list[list[str]]:
+    """Table rows with the dataset cell (first) in the report's display name."""
+    return [[dataset_display_name(r[0]), *r[1:]] for r in rows]
+
+
+def _adaptive_rows(summaries: list[dict[str, Any]]) -> list[list[str]]:
+    """``defences.table.adaptive_rows`` in the report's conventions: display names, budgets as
+    'Linf 8/255' / 'L2 0.5', and the interval recomputed from k of n (``proportion``)."""
+    from medrobust.defences.table import ATTACK_LABELS, adaptive_cells
+    from medrobust.metrics.proportion import proportion
+
+    rows = []
+    for s in summaries:
+        for attack, eps, acc, n, _ci in adaptive_cells(s):
+            ci = proportion(round(float(acc) * int(n)), int(n)).ci95 if acc is not None and n \
+                else None
+            budget = "1 pixel" if attack == "onepixel" else "-" if attack == "clean" else \
+                budget_text(norm_of(attack), eps)
+            rows.append([dataset_display_name(str(s.get("dataset", "?"))),
+                         str(s.get("label", "?")), ATTACK_LABELS[attack], budget,
+                         "-" if n is None else str(n),
+                         "-" if acc is None else f"{100.0 * float(acc):.1f} %",
+                         "-" if ci is None else f"{100 * ci[0]:.0f}-{100 * ci[1]:.0f} %"])
+    return rows
+
+
 def _findings(summaries: list[dict[str, Any]]) -> list[str]:
     """Per dataset: the defence with the best recovery within a 1-point clean-accuracy cost."""
     lines = []
     for data in sorted({str(s.get("dataset")) for s in summaries}):
+        shown = dataset_display_name(data)
         group = [s for s in summaries if str(s.get("dataset")) == data and s.get("label") != "none"
                  and s.get("recovery_rate") is not None]
         cheap = [s for s in group if (s.get("clean_accuracy_cost") or 0.0) * 100 <= MAX_COST_POINTS]
         if not group:
             continue
         if not cheap:
-            lines.append(f"{data}: every defence costs more than {MAX_COST_POINTS:g} point of "
+            lines.append(f"{shown}: every defence costs more than {MAX_COST_POINTS:g} point of "
                          "clean accuracy.")
             continue
         best = max(cheap, key=lambda s: (s["recovery_rate"], -(s.get("clean_accuracy_cost") or 0)))
-        lines.append(f"{data}: {best['label']} recovers {best['recovered']} of {best['fooled']} "
+        lines.append(f"{shown}: {best['label']} recovers {best['recovered']} of {best['fooled']} "
                      f"fooled images ({100 * best['recovery_rate']:.1f} %) at a clean-accuracy "
                      f"cost of {100 * (best.get('clean_accuracy_cost') or 0):.1f} points.")
     return lines
@@ -74,7 +103,7 @@ def _adaptive_findings(summaries: list[dict[str, Any]]) -> list[str]:
                 n = ((s.get("n") or {}).get(attack) or {}).get(eps)
                 ref = ((base or {}).get(attack) or {}).get(eps)
                 text = (f"{ATTACK_LABELS[attack].split(' (')[0]} at "
-                        f"{budget_label(attack, float(eps))}: {100 * curve[eps]:.1f} %"
+                        f"{budget_text(norm, float(eps))}: {100 * curve[eps]:.1f} %"
                         + (f" of {n}" if n else ""))
                 if ref is not None:
                     text += f" (undefended {100 * ref:.1f} %)"
@@ -84,7 +113,8 @@ def _adaptive_findings(summaries: list[dict[str, Any]]) -> list[str]:
                 parts.append(f"adaptive one-pixel: {100 * s['onepixel']:.1f} %"
                              + (f" (undefended {100 * ref:.1f} %)" if ref is not None else ""))
             if parts:
-                lines.append(f"{data}, {s.get('label')}: robust accuracy " + "; ".join(parts) + ".")
+                lines.append(f"{dataset_display_name(data)}, {s.get('label')}: robust accuracy "
+                             + "; ".join(parts) + ".")
     return lines
 
 
@@ -125,7 +155,6 @@ def defence_section(ctx: ReportContext) -> Section | None:
         QUALITY_COLUMNS,
         accuracy_rows,
         adaptive_columns,
-        adaptive_rows,
         masking_warnings,
         quality_rows,
     )
@@ -168,11 +197,19 @@ def defence_section(ctx: ReportContext) -> Section | None:
                              "under PGD than under Square at the same budget: its gradients "
                              "mislead the attack rather than the defence stopping it."),
     ]))
+    for run in defend_runs + adaptive_runs:
+        ctx.cite(run["id"], section.anchor, section.title)
+    # the denoisers' own training runs: shown through the defences they became
+    dirs = {str((r["summary"].get("denoiser") or {}).get("dir")) for r in
+            defend_runs + adaptive_runs}
+    for run in ctx.runs_of("train-denoiser"):
+        if str((run.get("model") or {}).get("dir")) in dirs:
+            ctx.cite(run["id"], section.anchor, section.title)
     if defend_runs:
         summaries = [r["summary"] for r in defend_runs]
-        section.add(Table(ACCURACY_COLUMNS, accuracy_rows(summaries),
+        section.add(Table(ACCURACY_COLUMNS, _named(accuracy_rows(summaries)),
                           caption="Defences against the recorded one-pixel attacks: accuracy"))
-        section.add(Table(QUALITY_COLUMNS, quality_rows(summaries),
+        section.add(Table(QUALITY_COLUMNS, _named(quality_rows(summaries)),
                           caption="Defences against the recorded one-pixel attacks: image "
                                   "quality"))
         findings = _findings(summaries)
@@ -180,10 +217,10 @@ def defence_section(ctx: ReportContext) -> Section | None:
             section.add(Paragraphs(findings))
     if adaptive_runs:
         summaries_a = [r["summary"] for r in adaptive_runs]
-        section.add(Table(adaptive_columns(summaries_a), adaptive_rows(summaries_a),
+        section.add(Table(adaptive_columns(summaries_a), _adaptive_rows(summaries_a),
                           caption="Robust accuracy under attacks that see the defence"))
         for warning in masking_warnings(summaries_a):
-            section.add(Note(warning, "warning"))
+            section.add(Note(masking_text(warning), "warning"))
         lines = _adaptive_findings(summaries_a)
         if lines:
             section.add(Paragraphs(lines))

@@ -11,6 +11,7 @@ read from the run store's summaries; nothing is recomputed from images.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -266,7 +267,7 @@ def warnings(g: ModelGlance) -> list[str]:
     """Gradient masking (from the adaptive runs), small samples, unfinished runs."""
     from medrobust.defences.table import masking_warnings
 
-    out = [_named(w) for w in masking_warnings(g.adaptive_summaries)]
+    out = [masking_text(w) for w in masking_warnings(g.adaptive_summaries)]
     estimates = [e for e in [g.clean, *g.onepixel, *g.robust.values(),
                              *(e for cells in g.adaptive.values() for e in cells.values())]
                  if e is not None]
@@ -297,12 +298,12 @@ def warnings(g: ModelGlance) -> list[str]:
     return out
 
 
-def _named(text: str) -> str:
-    """Masking sentences name datasets by their short name; the panel uses display names."""
-    for word in text.split(" on ", 1)[1:]:
-        short = word.split(" keeps ", 1)[0]
-        return text.replace(f" on {short} keeps ", f" on {dataset_display_name(short)} keeps ")
-    return text
+def masking_text(text: str) -> str:
+    """A ``masking_warnings`` sentence in the report's conventions: it names datasets by their
+    short name and Linf budgets as bare 'k/255'; the page says 'PneumoniaMNIST', 'Linf 8/255'."""
+    text = re.sub(r" on (\S+) keeps ",
+                  lambda m: f" on {dataset_display_name(m.group(1))} keeps ", text, count=1)
+    return re.sub(r" at (\d[\d.]*/255) ", r" at Linf \1 ", text)
 
 
 # -- the section --------------------------------------------------------------------------------

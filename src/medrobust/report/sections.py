@@ -30,7 +30,7 @@ from medrobust.report.blocks import (
     spec_text,
 )
 from medrobust.report.context import ReportContext, class_name, class_names
-from medrobust.report.names import data_text, dataset_display_name
+from medrobust.report.names import budget_text, data_text, dataset_display_name
 from medrobust.report.plots import (
     confusion_matrix_figure,
     figure_to_data_uri,
@@ -140,13 +140,35 @@ def provenance_section(ctx: ReportContext) -> Section:
                       caption="Model, data and where each run is shown"))
     detail = []
     for run in ctx.runs:
-        params = "; ".join(f"{k} = {v}" for k, v in flatten_params(run.get("params")))
+        params = "; ".join(f"{k} = {v}" for k, v in flatten_params(
+            _budgets_in_units(run.get("params"))))
         resumed = run.get("resumed_count") or 0
         detail.append([str(run["id"]), str(run.get("host") or "-"),
                        f"{resumed} time(s)" if resumed else "no", params or "-"])
     section.add(Table(["Run", "Host", "Resumed", "Settings"], detail,
                       caption="Settings of each run (long lists abbreviated)"))
     return section
+
+
+def _budgets_in_units(params: Any, norm: str | None = None) -> Any:
+    """Run settings with every budget written in the page's convention ('Linf 8/255',
+    'L2 0.5') instead of the raw [0,1]-scale float, so the appendix reads like the rest."""
+    if isinstance(params, dict):
+        here = params.get("norm") if isinstance(params.get("norm"), str) else norm
+        out = {}
+        for key, value in params.items():
+            budget_norm = "linf" if key.startswith("linf_eps") else "l2" if \
+                key.startswith("l2_eps") else here if key in ("eps", "levels") else None
+            if budget_norm in ("linf", "l2") and isinstance(value, (int, float, list)) and \
+                    not isinstance(value, bool):
+                values = value if isinstance(value, list) else [value]
+                if all(isinstance(v, (int, float)) for v in values):
+                    texts = [budget_text(budget_norm, v) for v in values]
+                    out[key] = texts if isinstance(value, list) else texts[0]
+                    continue
+            out[key] = _budgets_in_units(value, here)
+        return out
+    return params
 
 
 # -- model quality ------------------------------------------------------------------------------
