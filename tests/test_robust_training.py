@@ -448,3 +448,20 @@ def test_landmark_training_resumes_with_teat(tmp_path, monkeypatch) -> None:
     for k, v in model.model.state_dict().items():
         assert torch.equal(v, again.model.state_dict()[k]), k
     assert [r["val_mre"] for r in hist] == [r["val_mre"] for r in hist2]
+
+
+def test_fine_tuning_builds_the_network_of_its_starting_checkpoint(tmp_path, capsys) -> None:
+    """--xi-from without --width fine-tunes the checkpoint's own network; a different one is a
+    clear one-line error, not PyTorch's list of mismatched tensors."""
+    common = ["--dataset", "synthetic", "--size", "16", "--store", str(tmp_path / "s.db")]
+    run_json(capsys, "train", *common, "--epochs", "1", "--width", "4",
+             "--out", str(tmp_path / "std"))
+    out = run_json(capsys, "train", *common, "--epochs", "1", "--robust", "vat", "--eps", "0.1",
+                   "--xi-from", str(tmp_path / "std"), "--out", str(tmp_path / "vat"))
+    assert out["checkpoint"].endswith("vat")
+    meta = json.loads((tmp_path / "vat" / "meta.json").read_text())
+    assert meta["model_kwargs"] == {"width": 4}
+    code, _, err = run_cli(capsys, "train", *common, "--epochs", "1", "--width", "8",
+                           "--robust", "vat", "--eps", "0.1", "--xi-from", str(tmp_path / "std"),
+                           "--out", str(tmp_path / "vat8"))
+    assert code == 2 and "holds another network" in err and len(err.strip().splitlines()) == 1

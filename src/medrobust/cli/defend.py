@@ -22,8 +22,8 @@ from medrobust.attacks.projection import check_budget
 from medrobust.campaigns.adaptive_defence import ATTACKS as ADAPTIVE_ATTACKS
 from medrobust.campaigns.adaptive_defence import AdaptiveConfig, evaluate_adaptive
 from medrobust.campaigns.defence import evaluate_defence
-from medrobust.cli.attack import model_input_size, option_given
-from medrobust.cli.common import DEFAULT_STORE, common_options, emit
+from medrobust.cli.attack import model_input_size
+from medrobust.cli.common import DEFAULT_STORE, common_options, emit, option_given
 from medrobust.defences.base import Denoiser
 from medrobust.defences.grid import save_defence_grid
 from medrobust.defences.registry import available_denoisers, make_denoiser

@@ -16,8 +16,10 @@ from medrobust.cli.common import (
     emit,
     fmt,
     open_dataset,
+    option_given,
 )
 from medrobust.errors import ConfigError
+from medrobust.models import read_meta
 from medrobust.models.registry import available_models
 from medrobust.store import Store
 from medrobust.tasks.robust import (
@@ -158,6 +160,12 @@ def train(task: str, dataset: str, data_dir: str | None, size: int | None, no_ve
         run_train_segmentation(click.get_current_context(), as_json)
         return
     kwargs: dict[str, Any] = {"padding": padding} if padding else {}
+    if xi_from and not any(option_given(n) for n in ("model_name", "width", "padding")):
+        # fine-tuning starts from that checkpoint, so its network is the one to build
+        meta = read_meta(xi_from)
+        model_name, kwargs = str(meta.get("model", model_name)), dict(meta.get("model_kwargs")
+                                                                      or {})
+        width = None
     if width is not None:
         if model_name not in WIDTH_MODELS:
             raise ConfigError(f"--width applies to {' and '.join(WIDTH_MODELS)}, not {model_name}")

@@ -40,6 +40,13 @@ def task_options(ctx: click.Context, task_name: str) -> dict[str, Any]:
             raise ConfigError(f"--{name.replace('_name', '').replace('_', '-')} does not apply "
                               f"to {task_name} training")
     chosen = {SHARED[k]: p[k] for k in SHARED if k in p and (given(k) or k == "seed")}
+    if p.get("xi_from") and not given("width"):
+        # robust fine-tuning starts from that checkpoint: build its network, not the default
+        from medrobust.models import read_meta
+
+        width = (read_meta(p["xi_from"]).get("model_kwargs") or {}).get("width")
+        if width is not None:
+            chosen["width"] = width
     from medrobust.cli.train import robust_options
 
     chosen.update({k: v for k, v in robust_options(p).items() if v is not None})

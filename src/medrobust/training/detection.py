@@ -29,6 +29,7 @@ from medrobust.models.centernet import centernet
 from medrobust.models.centernet_codec import decode, encode
 from medrobust.models.detector import Detector
 from medrobust.training.detection_loss import TERMS, DetectionLoss
+from medrobust.training.loop import start_from
 from medrobust.training.resume import EpochState, rng_state, set_rng_state, weights
 from medrobust.training.robust import LossSpec, RobustConfig, build_objective
 from medrobust.utils.progress import progress
@@ -198,7 +199,7 @@ def train_detector(train: DetectionDataset, val: DetectionDataset, epochs: int =
     model = centernet(train.channels, train.num_classes, width=width, **(model_kwargs or {}))
     model = model.to(device).to(memory_format=torch.channels_last)
     if init is not None:
-        model.load_state_dict(init)
+        start_from(model, init)
     criterion = DetectionLoss(train.num_classes)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     images = torch.from_numpy(train.images).permute(0, 3, 1, 2)  # uint8 view, never modified

@@ -27,6 +27,7 @@ from medrobust.metrics.landmarks import RadialError
 from medrobust.models.landmark_codec import default_radius, encode
 from medrobust.models.landmark_unet import LandmarkModel, landmark_unet
 from medrobust.training.landmark_loss import HEATMAP_LOSSES, LandmarkLoss
+from medrobust.training.loop import start_from
 from medrobust.training.resume import EpochState, rng_state, set_rng_state, weights
 from medrobust.training.robust import LossSpec, RobustConfig, build_objective
 from medrobust.utils.progress import progress
@@ -119,7 +120,7 @@ def train_landmark_model(train: LandmarkDataset, val: LandmarkDataset, epochs: i
     mean, std = channel_stats(train)
     model = LandmarkModel(landmark_unet(train.channels, k, **net_kwargs), mean, std, k, radius, device)
     if init is not None:
-        model.model.load_state_dict(init)
+        start_from(model.model, init)
     loss_fn = LandmarkLoss(heatmap_loss, heatmap_weight)
     opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
     steps = max(1, math.ceil(len(train) / batch_size))

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from medrobust.errors import ConfigError
 from medrobust.training.resume import EpochState, rng_state, set_rng_state, to_json, weights
 from medrobust.utils.progress import progress
 from medrobust.utils.validation import check_range
@@ -41,6 +42,21 @@ class LoopResult:
     best_metrics: dict[str, Any]
     seconds: float
     cpu_seconds: float
+
+
+def start_from(module: nn.Module, init: dict[str, torch.Tensor] | None) -> None:
+    """Load the weights fine-tuning starts from (a standard checkpoint); a network of another
+    shape is one clear line, not PyTorch's list of every mismatched tensor."""
+    if init is None:
+        return
+    try:
+        module.load_state_dict(init)
+    except RuntimeError as exc:
+        first = next((ln.strip() for ln in str(exc).splitlines() if "mismatch" in ln
+                      or "Missing" in ln or "Unexpected" in ln), str(exc).splitlines()[0])
+        raise ConfigError("the checkpoint fine-tuning starts from (--xi-from) holds another "
+                          f"network than the one being trained ({first}); train with the "
+                          "--model, --width and --size it was trained with") from None
 
 
 def check_fit_settings(epochs: int, batch_size: int, lr: float, weight_decay: float) -> None:

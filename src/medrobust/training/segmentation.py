@@ -23,7 +23,7 @@ from medrobust.models.registry import build_model, resolve_factory
 from medrobust.models.segmenter import Segmenter, save_segmenter
 from medrobust.models.unet import downsampling
 from medrobust.training.augment import augment_batch
-from medrobust.training.loop import Judgement, check_fit_settings, fit, torch_shuffle
+from medrobust.training.loop import Judgement, check_fit_settings, fit, start_from, torch_shuffle
 from medrobust.training.resume import EpochState
 from medrobust.training.robust import LossSpec, Objective, RobustConfig, build_objective
 from medrobust.utils.seeding import seed_everything
@@ -118,7 +118,7 @@ def train_segmenter(train: SegmentationDataset, val: SegmentationDataset,
     seg = Segmenter(model, mean=mean, std=std, class_names=names, multiple=multiple,
                     device=device)
     if init is not None:
-        model.load_state_dict(init)
+        start_from(model, init)
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
 
     x_train = torch.from_numpy(train.images).permute(0, 3, 1, 2).contiguous()

@@ -18,7 +18,7 @@ from medrobust.models.checkpoint import save_checkpoint
 from medrobust.models.classifier import Classifier
 from medrobust.models.registry import SIGMOID_MODELS, build_model, resolve_factory
 from medrobust.training.augment import POLICIES, augment_batch, default_policy
-from medrobust.training.loop import Judgement, check_fit_settings, fit, torch_shuffle
+from medrobust.training.loop import Judgement, check_fit_settings, fit, start_from, torch_shuffle
 from medrobust.training.resume import EpochState
 from medrobust.training.robust import LossSpec, Objective, RobustConfig, build_objective
 from medrobust.utils.seeding import seed_everything
@@ -138,7 +138,7 @@ def train_classifier(train: ImageDataset, val: ImageDataset, config: TrainConfig
     clf = Classifier(model, mean=mean, std=std, class_names=train.class_names, head=head,
                      device=device)
     if init is not None:
-        model.load_state_dict(init)
+        start_from(model, init)
     policy = default_policy(train.spec) if config.augment == "auto" else config.augment
 
     x_train = torch.from_numpy(train.images).permute(0, 3, 1, 2).contiguous()
