@@ -134,8 +134,11 @@ class RayExecutor(Executor):
     inflight: int = 2
     retries: int = 3
     ship_checkpoint: bool | None = None
-    #: measured by the last ``run``: actor start-up and busy seconds, jobs done
+    #: measured by the last ``run``: workers, jobs done, seconds
     stats: dict[str, Any] = field(default_factory=dict)
+    #: live actors, kept between runs (a campaign of many passes starts them once; each
+    #: rebuilds its context when the work changes); ``close`` ends them
+    _actors: list[Any] = field(default_factory=list, repr=False)
 
     name = "ray"
 
@@ -198,7 +201,9 @@ class RayExecutor(Executor):
             num_cpus=self.threads_per_worker, num_gpus=self.gpus_per_worker,
             max_restarts=self.retries, max_task_retries=self.retries)
         began = time.perf_counter()
-        actors = [actor_cls.remote(self.threads_per_worker) for _ in range(n)]
+        while len(self._actors) < n:
+            self._actors.append(actor_cls.remote(self.threads_per_worker))
+        actors = self._actors[:n]
         queue = list(range(len(jobs)))
         queue.reverse()
         running: dict[Any, tuple[int, int]] = {}  # ref -> (job index, actor index)
@@ -217,10 +222,20 @@ class RayExecutor(Executor):
                 results, note = ray.get(ready[0])
                 on_result(jobs[j], results, note)  # the driver records, in completion order
                 done += 1
-        finally:
-            for actor in actors:
-                ray.kill(actor)
+        except BaseException:
+            self.close()  # stop the work in flight: the driver is going away or failed
+            raise
         self.stats = {"workers": n, "jobs": done, "seconds": time.perf_counter() - began}
+
+
+    def close(self) -> None:
+        """End the live actors (they also end with the Ray session)."""
+        if self._actors:
+            ray = import_ray()
+            if ray.is_initialized():
+                for actor in self._actors:
+                    ray.kill(actor)
+        self._actors = []
 
 
 def read_checkpoint(model_dir: str | Path) -> dict[str, bytes]:
