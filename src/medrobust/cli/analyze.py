@@ -6,6 +6,7 @@ import click
 
 from medrobust.cli.common import DEFAULT_STORE, emit, fmt
 from medrobust.cli.store import _open
+from medrobust.utils.markdown import markdown_table
 from medrobust.utils.validation import check_writable
 
 
@@ -15,7 +16,8 @@ from medrobust.utils.validation import check_writable
               help="One-pixel run to analyse (default: every one-pixel run in the store).")
 @click.option("--out", required=True, type=click.Path(file_okay=False),
               help="Folder for tables (CSV, Markdown) and plots (PNG).")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True,
+              help="Print one machine-readable JSON summary on stdout.")
 def analyze(store_path: str, run_id: int | None, out: str, as_json: bool) -> None:
     """Chromatic distance, X/Y/colour statistics, location heatmaps and even/odd periodicity."""
     from medrobust.analysis.study import run_study
@@ -25,9 +27,10 @@ def analyze(store_path: str, run_id: int | None, out: str, as_json: bool) -> Non
         summary = run_study(st, out, run_id=run_id)
 
     def human() -> None:
-        for d, p in summary["periodicity"].items():
-            click.echo(f"{d:>24}: {p['even_even']}/{p['n']} attacks on even/even pixels "
-                       f"({fmt(p['share'])}, p = {fmt(p['p_value'], 4)} vs 25% by chance)")
+        rows = [(d, p["n"], p["even_even"], fmt(p["share"]), fmt(p["p_value"], 4))
+                for d, p in summary["periodicity"].items()]
+        click.echo(markdown_table(["direction", "attacks", "on even/even", "share",
+                                   "p (vs 25 % by chance)"], rows, ["l", "r", "r", "r", "r"]))
         click.echo(f"tables and plots in {out}")
 
     emit(summary, as_json, human)

@@ -25,6 +25,7 @@ from medrobust.campaigns.segmentation import run_segmentation_campaign
 from medrobust.cli.attack import check_target_options, model_input_size, resolve_targets
 from medrobust.cli.common import (
     DEFAULT_STORE,
+    classes_option,
     common_options,
     emit,
     executor_options,
@@ -61,6 +62,7 @@ def gradient_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--dataset", default=None,
                      help="Dataset (default: the one the model was trained on)."),
         click.option("--data-dir", type=click.Path(file_okay=False), default=None),
+        classes_option,
         click.option("--size", type=int, default=None, help="Image size (default: the model's)."),
         click.option("--no-verify", is_flag=True, help="Skip the MedMNIST MD5 check."),
         click.option("--split", type=click.Choice(["train", "val", "test"]), default="test",

@@ -6,7 +6,7 @@ import functools
 import json
 import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +14,8 @@ import click
 import numpy as np
 
 from medrobust.data import ImageDataset, load_dataset, load_from_spec
-from medrobust.errors import DataError
+from medrobust.data.registry import dataset_takes
+from medrobust.errors import ConfigError, DataError
 
 DEFAULT_STORE = "medrobust.db"
 
@@ -59,6 +60,7 @@ def dataset_options(required: bool = False) -> Callable[[Callable[..., Any]], Ca
     """``--dataset``, ``--data-dir``, ``--size``, ``--no-verify`` (omitted dataset: the model's)."""
 
     def deco(fn: Callable[..., Any]) -> Callable[..., Any]:
+        fn = classes_option(fn)
         fn = click.option("--no-verify", is_flag=True,
                           help="Skip the MedMNIST MD5 check.")(fn)
         fn = click.option("--size", type=int, default=None,
@@ -73,6 +75,29 @@ def dataset_options(required: bool = False) -> Callable[[Callable[..., Any]], Ca
     return deco
 
 
+def _keep_classes(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+    if value is not None:
+        names = tuple(v.strip() for v in value.split(",") if v.strip())
+        if not names or len(set(names)) != len(names):
+            raise ConfigError(f"--classes needs distinct class names, e.g. WBC,RBC; got {value!r}")
+        ctx.meta["medrobust.classes"] = names
+
+
+def classes_option(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``--classes A,B``: keep these classes, in this order (label i = the i-th name). It is
+    kept on the click context, not passed to the command, so every command that opens data
+    through ``open_dataset`` honours it without threading one more argument through."""
+    return click.option("--classes", expose_value=False, callback=_keep_classes, default=None,
+                        help="Classes to keep, in label order (e.g. WBC,RBC on bccd: a binary "
+                             "WBC-vs-RBC model); default: the dataset's, or the model's.")(fn)
+
+
+def chosen_classes() -> tuple[str, ...] | None:
+    """The ``--classes`` of the running command (None when not given or outside click)."""
+    ctx = click.get_current_context(silent=True)
+    return None if ctx is None else ctx.meta.get("medrobust.classes")
+
+
 def open_dataset(name: str | None, split: str, data_dir: str | None, size: int | None,
                  no_verify: bool, fallback_spec: dict[str, Any] | None = None,
                  model_channels: int | None = None) -> ImageDataset:
@@ -81,6 +106,7 @@ def open_dataset(name: str | None, split: str, data_dir: str | None, size: int |
     ``model_channels``: the model's input channels; data with another count stops here, before
     a command opens its store, rather than as a failed run.
     """
+    classes = chosen_classes()
     if name is None:
         if fallback_spec is None:
             raise click.UsageError("--dataset is required")
@@ -89,11 +115,19 @@ def open_dataset(name: str | None, split: str, data_dir: str | None, size: int |
             spec["data_dir"] = data_dir
         if size is not None:  # the loaders that take a size (classifiers refuse another earlier)
             spec["size"] = size
+        if classes is not None:
+            spec["classes"] = list(classes)
+        check_classes_apply(str(spec.get("dataset")), classes)
         ds = load_from_spec(spec, split)
     else:
         options: dict[str, Any] = {"size": size}
         if no_verify:
             options["verify"] = False
+        if classes is None and fallback_spec and fallback_spec.get("dataset") == name:
+            classes = fallback_spec.get("classes")  # the model's own classes on its dataset
+        check_classes_apply(name, classes)
+        if classes is not None:
+            options["classes"] = tuple(classes)
         ds = load_dataset(name, split, data_dir=data_dir, **options)
     if model_channels is not None and ds.channels != model_channels:
         kind = "greyscale model on colour" if model_channels == 1 else "colour model on greyscale"
@@ -192,3 +226,10 @@ def option_given(name: str) -> bool:
     """Whether the user set option ``name`` (its parameter name) on the command line."""
     source = click.get_current_context().get_parameter_source(name)
     return source not in (None, click.core.ParameterSource.DEFAULT)
+
+
+def check_classes_apply(name: str, classes: Sequence[str] | None) -> None:
+    """``--classes`` on a dataset whose loader cannot pick classes is refused, not ignored."""
+    if classes is not None and not dataset_takes("classes", name):
+        raise ConfigError(f"--classes applies to datasets whose classes can be chosen (such as "
+                          f"bccd), not {name}")

@@ -13,7 +13,8 @@ from medrobust.utils.validation import check_writable
 @click.option("--store", "store_path", default=DEFAULT_STORE, show_default=True)
 @click.option("--out", required=True, type=click.Path(file_okay=False),
               help="Folder for report.html.")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True,
+              help="Print one machine-readable JSON summary on stdout.")
 def report(store_path: str, out: str, as_json: bool) -> None:
     """Provenance, model quality, attack summary, gallery and analysis in one HTML page."""
     from medrobust.report import build_report

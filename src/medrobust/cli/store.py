@@ -9,6 +9,7 @@ import click
 from medrobust.cli.common import DEFAULT_STORE, emit
 from medrobust.errors import MedrobustError
 from medrobust.store import Store, export_runs, export_table
+from medrobust.utils.markdown import markdown_table
 from medrobust.utils.validation import check_writable
 
 
@@ -25,7 +26,8 @@ def store() -> None:
 
 @store.command()
 @click.option("--store", "store_path", default=DEFAULT_STORE, show_default=True)
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True,
+              help="Print one machine-readable JSON summary on stdout.")
 def runs(store_path: str, as_json: bool) -> None:
     """List the runs in a store."""
     with _open(store_path) as st:
@@ -34,8 +36,10 @@ def runs(store_path: str, as_json: bool) -> None:
                         for r in rows]}
 
     def human() -> None:
-        for r in summary["runs"]:
-            click.echo(f"{r['id']:>4}  {r['status']:<11} {r['started_at']}  {r['command']}")
+        rows = [(r["id"], r["command"], r["status"], r["started_at"], r["ended_at"] or "-")
+                for r in summary["runs"]]
+        click.echo(markdown_table(["run", "command", "status", "started", "ended"], rows,
+                                  ["r", "l", "l", "l", "l"]))
 
     emit(summary, as_json, human)
 
@@ -46,7 +50,8 @@ def runs(store_path: str, as_json: bool) -> None:
 @click.option("--run", "run_id", type=int, default=None, help="Only this run's rows.")
 @click.option("--out", required=True, type=click.Path(dir_okay=False),
               help="Output file, .csv or .parquet.")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True,
+              help="Print one machine-readable JSON summary on stdout.")
 def export(store_path: str, table: str | None, run_id: int | None, out: str,
            as_json: bool) -> None:
     """Export a result table (or the runs) to CSV or Parquet."""

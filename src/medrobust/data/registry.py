@@ -86,6 +86,16 @@ def load_from_spec(spec: dict[str, Any], split: str | None = None) -> ImageDatas
     return ds.subset(spec["indices"]) if "indices" in spec else ds
 
 
+def dataset_takes(option: str, name: str) -> bool:
+    """Whether dataset ``name``'s loader takes ``option`` (MedMNIST flags count as medmnist)."""
+    _ensure_loaded()
+    from medrobust.data.medmnist import MEDMNIST_FLAGS
+
+    key = name.lower()
+    loader = _REGISTRY.get("medmnist" if key in MEDMNIST_FLAGS else key)
+    return loader is not None and option in inspect.signature(loader).parameters
+
+
 def _loader_options(name: str, options: dict[str, Any]) -> dict[str, Any]:
     """Only the options the loader takes: a spec also records facts about the loaded data
     (e.g. the folder layout), and a spec written by another version may hold keys this one
