@@ -63,10 +63,10 @@ class ProtocolSettings:
     batch_images: int = 16
 
     def validate(self, task: Task) -> None:
-        allowed = TASK_ATTACKS + (CLASSIFIER_ATTACKS if task.name == "classification" else ())
+        allowed = TASK_ATTACKS + (CLASSIFIER_ATTACKS if task.class_logits else ())
         for name in self.attacks:
             if name not in allowed:
-                extra = "" if task.name == "classification" or name not in CLASSIFIER_ATTACKS \
+                extra = "" if task.class_logits or name not in CLASSIFIER_ATTACKS \
                     else f" ({name} needs class logits: classifiers only)"
                 raise ConfigError(f"unknown attack {name!r} for {task.name}{extra}: choose from "
                                   f"{', '.join(allowed)}")
@@ -186,7 +186,7 @@ def protocol_summary(task: Task, cells: list[dict[str, Any]]) -> dict[str, Any]:
         per_attack[name] = float(np.mean(vals)) if vals else None
     clean = next((c["clean"] for c in cells if c["clean"] is not None), None)
     return {"task": task.name, "metric": task.headline,
-            "higher_is_better": task.headline != "mre", "unit": cells[0]["unit"] if cells else "",
+            "higher_is_better": not task.lower_is_better, "unit": cells[0]["unit"] if cells else "",
             "images": cells[0]["images"] if cells else 0, "clean": clean, "cells": cells,
             "average_by_attack": per_attack,
             "average_attacked": float(np.mean(attacked)) if attacked else None}

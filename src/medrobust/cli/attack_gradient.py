@@ -145,31 +145,17 @@ def run_gradient(kind: str, opts: dict[str, Any]) -> None:
     check_campaign_options(opts)
     task = resolve_task(opts["task"], opts["model_dir"])
     check_task_options(task, opts)
-    if task in ("landmarks", "detection"):
-        summary = _task_attack(kind, task, opts)
-    else:
-        summary = (_segmentation if task == "segmentation" else _classification)(kind, opts)
+    # classifiers and segmenters have their own campaigns (targeted goals, early stop, example
+    # panels); every other task is attacked through its loss by the task-attack campaign
+    own = {"classification": _classification, "segmentation": _segmentation}.get(task)
+    summary, line = own(kind, opts) if own is not None else _task_attack(kind, task, opts)
     summary["task"] = task
 
     def human() -> None:
         s = summary
         verb = "resumed" if s["resumed"] else "ran"
         click.echo(f"{verb} run {s['run_id']} ({kind}, {task}): {s['images']} images")
-        if task == "landmarks":
-            u = s.get("unit", "")
-            click.echo(f"MRE {fmt(s.get('clean_mre'), 2)} -> {fmt(s.get('adv_mre'), 2)} {u}  "
-                       f"SDR@2 {fmt(s.get('clean_sdr_2'))} -> {fmt(s.get('adv_sdr_2'))}")
-        elif task == "detection":
-            click.echo(f"mAP@0.5:0.95 {fmt(s.get('clean_map'))} -> {fmt(s.get('adv_map'))}  "
-                       f"mAP@0.5 {fmt(s.get('clean_map50'))} -> {fmt(s.get('adv_map50'))}")
-        elif task == "classification":
-            click.echo(f"clean accuracy {fmt(s['clean_accuracy'])}  robust accuracy "
-                       f"{fmt(s['robust_accuracy'])}  success rate {fmt(s['success_rate'])}  "
-                       f"mean L2 {fmt(s['mean_l2'])}  mean Linf {fmt(s['mean_linf'])}")
-        else:
-            click.echo(f"truth IoU {fmt(s['mean_clean_iou_truth'])} -> "
-                       f"{fmt(s['mean_iou_truth'])}  target IoU {fmt(s['mean_iou_target'])}  "
-                       f"mean L2 {fmt(s['mean_l2'])}  mean Linf {fmt(s['mean_linf'])}")
+        click.echo(line)
         click.echo(f"results in {s['store']} (table {s['table']})")
 
     emit(summary, opts["as_json"], human)
@@ -183,7 +169,7 @@ def _attack(kind: str, model: Any, opts: dict[str, Any], targeted: bool, early: 
                          batch_size=opts["batch_images"], seed=opts["seed"])
 
 
-def _classification(kind: str, opts: dict[str, Any]) -> dict[str, Any]:
+def _classification(kind: str, opts: dict[str, Any]) -> tuple[dict[str, Any], str]:
     device = resolve_device(opts["device"])
     meta = read_meta(opts["model_dir"])
     check_image_size("--size", opts["size"], model_input_size(meta))
@@ -208,11 +194,15 @@ def _classification(kind: str, opts: dict[str, Any]) -> dict[str, Any]:
                                     resume=not opts["no_resume"],
                                     show_progress=not opts["as_json"],
                                     executor=opts["executor"])
+    s = out.summary
+    line = (f"clean accuracy {fmt(s['clean_accuracy'])}  robust accuracy "
+            f"{fmt(s['robust_accuracy'])}  success rate {fmt(s['success_rate'])}  mean L2 "
+            f"{fmt(s['mean_l2'])}  mean Linf {fmt(s['mean_linf'])}")
     return {"run_id": out.run_id, "resumed": out.resumed, "attacked_now": out.computed_now,
-            "store": opts["store_path"], "table": "gradient_results", **out.summary}
+            "store": opts["store_path"], "table": "gradient_results", **s}, line
 
 
-def _segmentation(kind: str, opts: dict[str, Any]) -> dict[str, Any]:
+def _segmentation(kind: str, opts: dict[str, Any]) -> tuple[dict[str, Any], str]:
     if opts["target_mode"] == "none" and opts["early_stop"]:
         raise ConfigError("--early-stop needs a target (--target-mode other|erase|...)")
     seg, ds, indices, target = segmentation_inputs(opts)
@@ -226,11 +216,16 @@ def _segmentation(kind: str, opts: dict[str, Any]) -> dict[str, Any]:
             f"attack {kind}", params, indices, target, batch_images=opts["batch_images"],
             examples=opts["examples"], resume=not opts["no_resume"],
             show_progress=not opts["as_json"], executor=opts["executor"])
+    s = out.summary
+    line = (f"truth IoU {fmt(s['mean_clean_iou_truth'])} -> {fmt(s['mean_iou_truth'])}  target "
+            f"IoU {fmt(s['mean_iou_target'])}  mean L2 {fmt(s['mean_l2'])}  mean Linf "
+            f"{fmt(s['mean_linf'])}")
     return {"run_id": out.run_id, "resumed": out.resumed, "attacked_now": out.computed_now,
-            "store": opts["store_path"], "table": "segattack_results", **out.summary}
+            "store": opts["store_path"], "table": "segattack_results", **s}, line
 
 
-def _task_attack(kind: str, task_name: str, opts: dict[str, Any]) -> dict[str, Any]:
+def _task_attack(kind: str, task_name: str, opts: dict[str, Any]
+                 ) -> tuple[dict[str, Any], str]:
     """Landmark models and detectors: the attack raises the task's training loss; each image's
     task metric before and after lands in the store (``task_attack_results``)."""
     from medrobust.campaigns.task_attack import run_task_attack_campaign
@@ -260,8 +255,10 @@ def _task_attack(kind: str, task_name: str, opts: dict[str, Any]) -> dict[str, A
                                        resume=not opts["no_resume"],
                                        show_progress=not opts["as_json"],
                                        executor=opts["executor"])
+    assert task.describe_attack is not None
     return {"run_id": out.run_id, "resumed": out.resumed, "attacked_now": out.computed_now,
-            "store": opts["store_path"], "table": "task_attack_results", **out.summary}
+            "store": opts["store_path"], "table": "task_attack_results",
+            **out.summary}, task.describe_attack(out.summary)
 
 
 @click.command()

@@ -19,14 +19,14 @@ from medrobust.cli.common import (
     dataset_options,
     emit,
     executor_options,
-    fmt,
     open_dataset,
 )
 from medrobust.cli.evaluate_protocol import protocol_settings, run_protocol
 from medrobust.errors import ConfigError
-from medrobust.models import load_classifier, read_meta
+from medrobust.models import read_meta
+from medrobust.models.loading import checkpoint_task, load_model
 from medrobust.store import Store
-from medrobust.training import evaluate_classifier
+from medrobust.tasks import get_task
 from medrobust.utils.device import resolve_device
 from medrobust.utils.validation import check_image_size, check_writable
 
@@ -77,54 +77,31 @@ def evaluate(model_dir: str, dataset: str | None, data_dir: str | None, size: in
     for flag, value in protocol_only.items():
         if value is not None:
             raise ConfigError(f"{flag} belongs to the attack protocol: add --attack pgd,ifgsm")
-    if meta.get("task") in ("landmarks", "detection"):
-        _evaluate_task(model_dir, meta, dataset, data_dir, size, no_verify, split, store_path,
-                       as_json, device)
-        return
-    check_image_size("--size", size, model_input_size(meta))
-    clf = load_classifier(model_dir, resolve_device(device))
-    ds = open_dataset(dataset, split, data_dir, size, no_verify, meta.get("dataset"),
-                      model_channels=clf.channels)
-    metrics = evaluate_classifier(clf, ds)
-    with Store(store_path) as store:
-        model_info = {"dir": str(Path(model_dir).resolve()), "model": meta.get("model"),
-                      "class_names": meta.get("class_names")}
-        run_id, _ = store.start_run("evaluate", {"split": split}, model=model_info,
-                                    dataset={**ds.spec, "split": split}, resume=False)
-        store.finish_run(run_id, "completed", metrics)
-    metrics["run_id"] = run_id
-
-    def human() -> None:
-        click.echo(f"{ds.name} {split}: n={metrics['n']} accuracy {fmt(metrics['accuracy'])} "
-                   f"AUC {fmt(metrics['auc'])} balanced {fmt(metrics['balanced_accuracy'])}")
-        for name, r in metrics["recall"].items():
-            click.echo(f"  recall {name:>12}: {fmt(r)}")
-        click.echo("  confusion matrix (rows = truth): " + str(metrics["confusion_matrix"]))
-
-    emit(metrics, as_json, human)
+    _evaluate_clean(model_dir, meta, dataset, data_dir, size, no_verify, split, store_path,
+                    as_json, device)
 
 
-def _evaluate_task(model_dir: str, meta: dict, dataset: str | None, data_dir: str | None,
-                   size: int | None, no_verify: bool, split: str, store_path: str, as_json: bool,
-                   device: str) -> None:
-    """Landmark models and detectors: the task scores them (MRE and SDR; COCO mAP)."""
-    from medrobust.cli.train_task import describe_metrics
-    from medrobust.models.loading import load_model
-    from medrobust.tasks import get_task
-
-    task = get_task(meta["task"])
+def _evaluate_clean(model_dir: str, meta: dict, dataset: str | None, data_dir: str | None,
+                    size: int | None, no_verify: bool, split: str, store_path: str,
+                    as_json: bool, device: str) -> None:
+    """Any task's checkpoint scored by its task (accuracy and AUC, Dice, MRE and SDR, mAP)."""
+    task = get_task(checkpoint_task(model_dir))
+    if task.class_logits:  # classifiers were trained at one size: say so before loading data
+        check_image_size("--size", size, model_input_size(meta))
     model = load_model(model_dir, resolve_device(device))
     spec = meta.get("dataset") or {}
-    ds = open_dataset(dataset, split, data_dir, size or spec.get("size"), no_verify, spec,
-                      model_channels=model.channels)
+    same_data = dataset is None or dataset == spec.get("dataset")
+    ds = open_dataset(dataset, split, data_dir,
+                      size if size is not None or not same_data else spec.get("size"),
+                      no_verify, spec, model_channels=model.channels)
     metrics = task.evaluate(model, ds)
     with Store(store_path) as store:
         model_info = {"dir": str(Path(model_dir).resolve()), "model": meta.get("model"),
-                      "task": task.name}
+                      "task": task.name, "class_names": meta.get("class_names")}
         run_id, _ = store.start_run("evaluate", {"split": split, "task": task.name},
                                     model=model_info, dataset={**ds.spec, "split": split},
                                     resume=False)
         store.finish_run(run_id, "completed", metrics)
     metrics["run_id"] = run_id
-    emit(metrics, as_json, lambda: click.echo(f"{ds.name} {split}: n={len(ds)} "
-                                              f"{describe_metrics(task.name, metrics)}"))
+    assert task.describe is not None
+    emit(metrics, as_json, lambda: click.echo(f"{ds.name} {split}: {task.describe(metrics)}"))

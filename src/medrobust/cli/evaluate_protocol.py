@@ -56,8 +56,10 @@ def run_protocol(model_dir: str, meta: dict[str, Any], dataset: str | None,
     settings.validate(task)  # before loading data or opening the store
     model = load_model(model_dir, resolve_device(device))
     spec = meta.get("dataset") or {}
-    ds = open_dataset(dataset, split, data_dir, size or spec.get("size"), no_verify, spec,
-                      model_channels=model.channels)
+    same_data = dataset is None or dataset == spec.get("dataset")
+    ds = open_dataset(dataset, split, data_dir,
+                      size if size is not None or not same_data else spec.get("size"),
+                      no_verify, spec, model_channels=model.channels)
     if len(ds) == 0:
         raise ConfigError(f"{ds.name} {split} has no images to evaluate")
     indices = list(range(len(ds) if limit is None else min(limit, len(ds))))

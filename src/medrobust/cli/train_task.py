@@ -13,7 +13,7 @@ from typing import Any
 import click
 from click.core import ParameterSource
 
-from medrobust.cli.common import check_outputs, emit, fmt
+from medrobust.cli.common import check_outputs, emit
 from medrobust.data import load_dataset
 from medrobust.errors import ConfigError
 from medrobust.models.checkpoint import save_model
@@ -98,18 +98,6 @@ def train_task_and_save(task_name: str, dataset: str | None, data_dir: str | Non
     return summary
 
 
-def describe_metrics(task_name: str, m: dict[str, Any]) -> str:
-    """One line of a task's test metrics."""
-    if task_name == "landmarks":
-        sdr = m["sdr"]
-        unit = m["unit"]
-        return (f"MRE {fmt(m['mre'], 2)} {unit} (SD {fmt(m['mre_std'], 2)}), SDR@2/2.5/3/4 "
-                f"{unit}: " + " / ".join(f"{100 * sdr[k]:.1f}%" for k in ("2.0", "2.5", "3.0",
-                                                                           "4.0")))
-    per_class = ", ".join(f"{k} {fmt(v)}" for k, v in m["per_class"].items())
-    return f"mAP@0.5:0.95 {fmt(m['map'])}  mAP@0.5 {fmt(m['map50'])}  ({per_class})"
-
-
 def run_train_task(ctx: click.Context, task_name: str, as_json: bool) -> None:
     p = ctx.params
     options = task_options(ctx, task_name)
@@ -120,7 +108,7 @@ def run_train_task(ctx: click.Context, task_name: str, as_json: bool) -> None:
         click.echo(f"trained {summary['model']} ({task_name}) in {summary['train_seconds']:.0f}s "
                    f"(best epoch {summary['best_epoch']} of {summary['epochs_run']}) -> "
                    f"{summary['checkpoint']}")
-        click.echo(f"test {describe_metrics(task_name, summary['test'])} "
+        click.echo(f"test {get_task(task_name).describe(summary['test'])} "
                    f"({summary['sizes']['test']} images)")
 
     emit(summary, as_json, human)

@@ -45,6 +45,13 @@ class Task:
     attack_targets: Callable[[Any, Any], Any] | None = None
     attack_rows: Callable[..., list[dict[str, Any]]] | None = None
     attack_summary: Callable[[list[dict[str, Any]], Any], dict[str, Any]] | None = None
+    #: the headline metric improves downwards (radial error) rather than upwards
+    lower_is_better: bool = False
+    #: the model gives class logits, so attacks built on them (APGD-DLR, Square) apply
+    class_logits: bool = False
+    #: one line of ``evaluate``'s metrics, and one of an ``attack_summary`` (clean -> attacked)
+    describe: Callable[[dict[str, Any]], str] | None = None
+    describe_attack: Callable[[dict[str, Any]], str] | None = None
 
     def attack_loss(self, model: PixelModel) -> Callable[[torch.Tensor, Any], torch.Tensor]:
         """``loss(outputs, targets) -> (N,)`` for gradient attacks: the per-sample training

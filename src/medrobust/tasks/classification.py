@@ -81,8 +81,26 @@ def attack_summary(rows: list[dict[str, Any]], ds: Any) -> dict[str, Any]:
             "attacked": len(right), "success_rate": fooled.rate}
 
 
+def describe(m: dict[str, Any]) -> str:
+    """Accuracy, AUC and balanced accuracy, then recall per class and the confusion matrix."""
+    recall = ", ".join(f"{name} {_f(r)}" for name, r in (m.get("recall") or {}).items())
+    return (f"n={m['n']} accuracy {_f(m['accuracy'])} AUC {_f(m.get('auc'))} balanced "
+            f"{_f(m.get('balanced_accuracy'))}; recall {recall}; confusion matrix (rows = truth) "
+            f"{m.get('confusion_matrix')}")
+
+
+def describe_attack(s: dict[str, Any]) -> str:
+    return (f"accuracy {_f(s.get('clean_accuracy'))} -> {_f(s.get('adv_accuracy'))}  success "
+            f"rate {_f(s.get('success_rate'))} of {s.get('attacked')} correct images")
+
+
+def _f(value: Any, digits: int = 3) -> str:
+    return "-" if value is None else f"{float(value):.{digits}f}"
+
+
 TASK = Task(name="classification", wrapper=Classifier,
             datasets=("synthetic", "medmnist", "bccd", "folder"), train=train,
             evaluate=evaluate_classifier, headline="accuracy", loss_terms=loss_terms,
             default_model="smallcnn", options=OPTIONS, attack_rows=attack_rows,
-            attack_summary=attack_summary, attack_targets=attack_targets)
+            attack_summary=attack_summary, attack_targets=attack_targets, class_logits=True,
+            describe=describe, describe_attack=describe_attack)

@@ -119,7 +119,21 @@ def attack_targets(ds: DetectionDataset, idx: np.ndarray) -> list[tuple[torch.Te
     return [(torch.from_numpy(ds.boxes[i]), torch.from_numpy(ds.labels[i])) for i in idx]
 
 
+def describe(m: dict[str, Any]) -> str:
+    per_class = ", ".join(f"{k} {_f(v)}" for k, v in m["per_class"].items())
+    return f"mAP@0.5:0.95 {_f(m['map'])}  mAP@0.5 {_f(m['map50'])}  ({per_class})"
+
+
+def describe_attack(s: dict[str, Any]) -> str:
+    return (f"mAP@0.5:0.95 {_f(s.get('clean_map'))} -> {_f(s.get('adv_map'))}  mAP@0.5 "
+            f"{_f(s.get('clean_map50'))} -> {_f(s.get('adv_map50'))}")
+
+
+def _f(value: Any, digits: int = 3) -> str:
+    return "-" if value is None else f"{float(value):.{digits}f}"
+
+
 TASK = Task(name="detection", wrapper=Detector, datasets=("bccd-detection", "voc"), train=train,
             evaluate=evaluate, headline="map", loss_terms=loss_terms, default_model="centernet",
             options=OPTIONS, attack_rows=attack_rows, attack_summary=attack_summary,
-            attack_targets=attack_targets)
+            attack_targets=attack_targets, describe=describe, describe_attack=describe_attack)

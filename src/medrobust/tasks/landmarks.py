@@ -99,8 +99,26 @@ def attack_targets(ds: LandmarkDataset, idx: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(ds.landmarks[idx].astype(np.float32))
 
 
+def describe(m: dict[str, Any]) -> str:
+    """MRE (and SD) and the ISBI challenge's SDR at 2, 2.5, 3 and 4 (mm, else px)."""
+    sdr, unit = m["sdr"], m["unit"]
+    return (f"MRE {_f(m['mre'], 2)} {unit} (SD {_f(m['mre_std'], 2)}), SDR@2/2.5/3/4 {unit}: "
+            + " / ".join(f"{100 * sdr[k]:.1f}%" for k in ("2.0", "2.5", "3.0", "4.0")))
+
+
+def describe_attack(s: dict[str, Any]) -> str:
+    u = s.get("unit", "")
+    return (f"MRE {_f(s.get('clean_mre'), 2)} -> {_f(s.get('adv_mre'), 2)} {u}  SDR@2 "
+            f"{_f(s.get('clean_sdr_2'))} -> {_f(s.get('adv_sdr_2'))}")
+
+
+def _f(value: Any, digits: int = 3) -> str:
+    return "-" if value is None else f"{float(value):.{digits}f}"
+
+
 TASK = Task(name="landmarks", wrapper=LandmarkModel, datasets=("landmarks",), train=train,
             evaluate=evaluate_landmarks, headline="mre", loss_terms=loss_terms,
             default_model="landmark_unet", options=OPTIONS,
             attack_rows=attack_rows, attack_summary=attack_summary,
-            attack_targets=attack_targets)
+            attack_targets=attack_targets, lower_is_better=True, describe=describe,
+            describe_attack=describe_attack)

@@ -77,7 +77,22 @@ def attack_summary(rows: list[dict[str, Any]], ds: Any) -> dict[str, Any]:
             "adv_iou": mean("adv_extra")}
 
 
+def describe(m: dict[str, Any]) -> str:
+    return (f"n={m['n']} Dice {_f(m['dice'])} (median {_f(m.get('dice_median'))}) IoU "
+            f"{_f(m['iou'])} pixel accuracy {_f(m.get('pixel_accuracy'))}")
+
+
+def describe_attack(s: dict[str, Any]) -> str:
+    return (f"Dice {_f(s.get('clean_dice'))} -> {_f(s.get('adv_dice'))}  IoU "
+            f"{_f(s.get('clean_iou'))} -> {_f(s.get('adv_iou'))}")
+
+
+def _f(value: Any, digits: int = 3) -> str:
+    return "-" if value is None else f"{float(value):.{digits}f}"
+
+
 TASK = Task(name="segmentation", wrapper=Segmenter, datasets=("segfolder",), train=train,
             evaluate=evaluate_segmenter, headline="dice", loss_terms=loss_terms,
             default_model="unet", options=OPTIONS, attack_rows=attack_rows,
-            attack_summary=attack_summary, attack_targets=attack_targets)
+            attack_summary=attack_summary, attack_targets=attack_targets, describe=describe,
+            describe_attack=describe_attack)
