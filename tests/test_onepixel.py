@@ -114,3 +114,17 @@ def test_parameters_are_validated(tiny_classifier):
                 {"pixels": 0}, {"threshold": 2.0}, {"direction": "pos2neg"}):
         with pytest.raises(ConfigError):
             OnePixel(tiny_classifier, **bad)
+
+
+def test_progress_moves_every_generation_and_adds_up_to_the_images(tiny_classifier, attack_batch):
+    """A steady ETA: progress arrives per generation, an early finisher's ticks are taken back,
+    and with the finished images counted as 1 each the bar ends at exactly the batch and never
+    passes it."""
+    images, labels = attack_batch
+    events: list[float] = []  # progress ticks, and 1.0 for each finished image, in order
+    OnePixel(tiny_classifier, population=20, generations=6, seed=0)(
+        images, labels, on_progress=events.append, on_result=lambda pos, r: events.append(1.0))
+    running = np.cumsum(events)
+    assert running[-1] == pytest.approx(len(images))
+    assert running.max() <= len(images) + 1e-9
+    assert sum(0 < e < 1 for e in events) >= 6  # generation ticks, not only whole images

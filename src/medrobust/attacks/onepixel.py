@@ -144,8 +144,8 @@ class OnePixel(Attack):
     def run(self, images: np.ndarray | torch.Tensor, labels: np.ndarray | list[int],
             targets: np.ndarray | list[int] | None = None,
             keys: list[int | str] | None = None, show_progress: bool = False,
-            on_result: Callable[[int, OnePixelResult], None] | None = None
-            ) -> AttackResult:
+            on_result: Callable[[int, OnePixelResult], None] | None = None,
+            on_progress: Callable[[float], None] | None = None) -> AttackResult:
         """Attack each image (pixel space: NumPy (N,H,W,C) or torch (N,C,H,W)).
 
         The result's extras hold ``records``, one ``OnePixelResult`` per image in order (status,
@@ -155,7 +155,10 @@ class OnePixel(Attack):
         ``keys`` name each image's random stream (a campaign passes dataset indices); by default
         a checksum of the image's bytes, so the same image gets the same stream anywhere.
         ``on_result(position, result)`` is called the moment each image finishes (campaigns
-        commit it to the store then).
+        commit it to the store then). ``on_progress(images)`` reports progress in images as the
+        generations run (1/(G+1) of an image per image-generation; when an image finishes early
+        its ticks are taken back, so the caller that counts the finished image as 1 stays exact):
+        a bar that moves every generation has a steady ETA, one that moves per image does not.
         """
         clf = self.classifier
         x = clf.to_tensor(images)
@@ -175,11 +178,23 @@ class OnePixel(Attack):
         objectives = build_objectives(clf.head, labels_np, targets_np, self.direction,
                                       self.thresholds)
         results: list[OnePixelResult] = []
-        bar = progress(total=x.shape[0], desc="one-pixel", disable=not show_progress)
+        bar = progress(total=x.shape[0], desc="one-pixel", unit="img",
+                       disable=not show_progress)
+
+        def tick(images: float) -> None:
+            bar.update(images)
+            if on_progress is not None:
+                on_progress(images)
+
+        def done(position: int, result: OnePixelResult) -> None:
+            bar.update(1)
+            if on_result is not None:
+                on_result(position, result)
+
         for s in range(0, x.shape[0], self.max_batch_images):
             sl = slice(s, s + self.max_batch_images)
-            results.extend(self._run_batch(x[sl], objectives[sl], list(keys[sl]), on_result, s))
-            bar.update(len(results) - bar.n)
+            results.extend(self._run_batch(x[sl], objectives[sl], list(keys[sl]), done, s,
+                                           tick))
         bar.close()
         return self._result(x, results, images)
 
@@ -255,7 +270,8 @@ class OnePixel(Attack):
         return engine.probabilities(torch.from_numpy(index).to(dev), xs, ys, colours)
 
     def _run_batch(self, x: torch.Tensor, objectives: list[Objective], keys: list[int | str],
-                   on_result: Callable[[int, OnePixelResult], None] | None, offset: int
+                   on_result: Callable[[int, OnePixelResult], None] | None, offset: int,
+                   tick: Callable[[float], None] = lambda images: None
                    ) -> list[OnePixelResult]:
         start = time.perf_counter()
         clf = self.classifier
@@ -285,8 +301,19 @@ class OnePixel(Attack):
             else:
                 res.final_scores = res.original_scores
             results[i] = res
+            if ticked[i]:
+                tick(-ticked[i])  # the finished image counts as one whole image below
+                ticked[i] = 0.0
             if on_result is not None:
                 on_result(offset + i, res)
+
+        ticked = np.zeros(b)  # progress reported per image so far (in images)
+        share = 1.0 / (self.generations + 1)
+
+        def generation_done() -> None:
+            if active:
+                ticked[active] += share
+                tick(share * len(active))
 
         active = []
         for i, obj in enumerate(objectives):
@@ -333,6 +360,7 @@ class OnePixel(Attack):
             else:
                 fits[i] = fit
                 best_probs[i] = pr.copy()
+        generation_done()
         for gen in range(1, self.generations + 1):
             if not active:
                 break
@@ -345,7 +373,9 @@ class OnePixel(Attack):
                 pops[i][better] = trials[i][better]
                 fits[i][better] = fit[better]
                 best_probs[i][better] = pr[better]
-        for i in active:
+            if gen < self.generations:
+                generation_done()
+        for i in list(active):
             j = int(np.argmin(fits[i]))
             finish(i, "failed", queries[i], self.generations, pops[i][j], best_probs[i][j])
         self.engines_used.add(_engine_description(engine))  # a fallback may have come mid-run

@@ -47,14 +47,15 @@ class BatchRun:
     size: int
     bar: Any
     group: Callable[[Any], Hashable] | None = None
-    _advanced: int = 0
+    _advanced: float = 0.0
 
     @property
     def store(self) -> Store:
         return self.campaign.store
 
-    def advance(self, n: int = 1) -> None:
-        """Count ``n`` items of the current batch as done on the progress bar."""
+    def advance(self, n: float = 1) -> None:
+        """Count ``n`` items of the current batch as done on the progress bar (a fraction of an
+        item, or a negative correction, for work that reports progress finer than items)."""
         self._advanced += n
         self.bar.update(n)
 
@@ -149,8 +150,10 @@ def batch_run(store: Store, table: ResultTable, command: str, params: Mapping[st
         run_id, resumed = join, False
     campaign = Campaign(store, table, run_id)
     todo = campaign.pending(items)
+    # unit_scale: counts with three significant digits, so fractional progress (a one-pixel
+    # attack's generations) reads "12.3/200 img", not a float with sixteen digits
     bar = progress(total=len(items), initial=len(items) - len(todo), desc=desc, unit=unit,
-                   disable=not (show_progress and progress_enabled()))
+                   unit_scale=True, disable=not (show_progress and progress_enabled()))
     guard = store.guard(run_id) if join is None else nullcontext()
     with guard, bar:
         yield BatchRun(campaign, run_id, resumed, todo, size, bar, group)

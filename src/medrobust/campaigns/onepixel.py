@@ -91,6 +91,8 @@ class OnePixelContext:
     head: str
     attack: OnePixel
     targets: dict[int, int] | None
+    #: in process: moves the campaign's bar as generations run (None on workers)
+    tick: Callable[[float], None] | None = None
 
 
 def attack_kwargs(attack: OnePixel) -> dict[str, Any]:
@@ -129,7 +131,8 @@ def attack_chunk(ctx: OnePixelContext, chunk: list[int],
         else:
             emit(i, row)
 
-    ctx.attack(ctx.images[idx], ctx.labels[idx], targets=tg, keys=chunk, on_result=record)
+    ctx.attack(ctx.images[idx], ctx.labels[idx], targets=tg, keys=chunk, on_result=record,
+               on_progress=ctx.tick if emit is not None else None)
     return rows, sorted(ctx.attack.engines_used)
 
 
@@ -156,7 +159,7 @@ def run_onepixel_campaign(store: Store, classifier: Classifier, model_dir: str |
         work = Work(
             compute=attack_chunk,
             local=lambda: OnePixelContext(dataset.images, dataset.labels, classifier.head,
-                                          attack, targets),
+                                          attack, targets, tick=run.advance),
             remote=onepixel_context,
             params={"attack": attack_kwargs(attack), "targets": params["targets"]},
             model_dir=model_dir, data={"images": dataset.images, "labels": dataset.labels})
