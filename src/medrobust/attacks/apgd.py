@@ -36,17 +36,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from medrobust.attacks.base import Attack, as_image_batch, model_device, output_device
+from medrobust.attacks.base import Attack, output_device
 from medrobust.attacks.criteria import misclassified
 from medrobust.attacks.losses import cross_entropy
 from medrobust.attacks.projection import (
     NORMS,
     ascent_direction,
     budget_param,
-    check_budget,
     enforce_budget,
     flat_norm,
-    per_sample,
 )
 from medrobust.attacks.result import AttackResult
 from medrobust.errors import ConfigError
@@ -228,22 +226,9 @@ class APGD(Attack):
         to a wrong class (largest margin); extras: ``loss_used`` per
         image (``margin`` where DLR fell back on a 2-class head).
         """
-        if kwargs:
-            raise ConfigError(f"{type(self).__name__}.run got unknown options: "
-                              f"{', '.join(sorted(kwargs))}")
-        device = model_device(self.model)
-        x = as_image_batch(images, device)
+        batch = self.labelled_batch(images, labels, keys, kwargs)
+        device, x, y, keys, eps = batch.device, batch.x, batch.y, batch.keys, batch.eps
         n = x.shape[0]
-        y = torch.as_tensor(np.asarray(labels) if not isinstance(labels, torch.Tensor)
-                            else labels).to(device).long().reshape(-1)
-        if y.shape[0] != n:
-            raise ConfigError(f"{n} images but {y.shape[0]} labels")
-        keys = list(range(n)) if keys is None else [int(k) for k in keys]
-        if len(keys) != n:
-            raise ConfigError(f"{n} images but {len(keys)} keys")
-        if self.norm == "l2":
-            check_budget("eps", self.eps, "l2", shape=tuple(x.shape[1:]))
-        eps = per_sample(self.eps, n, device, "eps")
         out = x.clone()
         success = torch.zeros(n, dtype=torch.bool)
         steps = torch.zeros(n, dtype=torch.long)

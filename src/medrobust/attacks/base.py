@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -41,6 +43,18 @@ def output_device(images: Any, fallback: torch.device) -> torch.device:
     return images.device if isinstance(images, torch.Tensor) else fallback
 
 
+@dataclass
+class LabelledBatch:
+    """A classifier attack's checked inputs: the device, float [0,1] images, (N,) long labels,
+    one random-stream key per image and the per-image budget."""
+
+    device: torch.device
+    x: torch.Tensor
+    y: torch.Tensor
+    keys: list[int]
+    eps: torch.Tensor
+
+
 class Attack(ABC):
     """An attack on a model in pixel space (a ``Classifier``, or any network mapping float [0,1]
     (N,C,H,W) images to outputs, such as a segmentation net).
@@ -71,6 +85,31 @@ class Attack(ABC):
 
     def __call__(self, images: Any, labels: Any, **kwargs: Any) -> AttackResult:
         return self.run(images, labels, **kwargs)
+
+    def labelled_batch(self, images: Any, labels: Any, keys: Sequence[int] | None,
+                       extra: dict[str, Any]) -> LabelledBatch:
+        """The checks every classifier attack with a budget (``self.norm``, ``self.eps``) makes
+        before any work: no unknown options, one label and one key per image, an L2 budget
+        within the image range; keys default to 0..N-1."""
+        from medrobust.attacks.projection import check_budget, per_sample
+
+        if extra:
+            raise ConfigError(f"{type(self).__name__}.run got unknown options: "
+                              f"{', '.join(sorted(extra))}")
+        device = model_device(self.model)
+        x = as_image_batch(images, device)
+        n = x.shape[0]
+        y = torch.as_tensor(np.asarray(labels) if not isinstance(labels, torch.Tensor)
+                            else labels).to(device).long().reshape(-1)
+        if y.shape[0] != n:
+            raise ConfigError(f"{n} images but {y.shape[0]} labels")
+        keys = list(range(n)) if keys is None else [int(k) for k in keys]
+        if len(keys) != n:
+            raise ConfigError(f"{n} images but {len(keys)} keys")
+        norm, eps = self.norm, self.eps
+        if norm == "l2":
+            check_budget("eps", eps, "l2", shape=tuple(x.shape[1:]))
+        return LabelledBatch(device, x, y, keys, per_sample(eps, n, device, "eps"))
 
     def __repr__(self) -> str:
         inner = ", ".join(f"{k}={v!r}" for k, v in self.params().items())

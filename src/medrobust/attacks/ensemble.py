@@ -28,9 +28,9 @@ import torch
 from torch import nn
 
 from medrobust.attacks.apgd import APGD, APGDT, _plain
-from medrobust.attacks.base import Attack, as_image_batch, model_device, output_device
+from medrobust.attacks.base import Attack, output_device
 from medrobust.attacks.criteria import predictions
-from medrobust.attacks.projection import NORMS, budget_param, check_budget, flat_norm, per_sample
+from medrobust.attacks.projection import NORMS, budget_param, flat_norm
 from medrobust.attacks.result import AttackResult
 from medrobust.attacks.square import Square
 from medrobust.errors import ConfigError
@@ -143,22 +143,9 @@ class AttackEnsemble(Attack):
         after the clean check and after each member (batch-level, in order); ``seconds`` per
         member; ``rejected``, per member, images it returned misclassified but off budget.
         """
-        if kwargs:
-            raise ConfigError(f"AttackEnsemble.run got unknown options: "
-                              f"{', '.join(sorted(kwargs))}")
-        device = model_device(self.model)
-        x = as_image_batch(images, device)
+        batch = self.labelled_batch(images, labels, keys, kwargs)
+        device, x, y, keys, eps = batch.device, batch.x, batch.y, batch.keys, batch.eps
         n = x.shape[0]
-        y = torch.as_tensor(np.asarray(labels) if not isinstance(labels, torch.Tensor)
-                            else labels).to(device).long().reshape(-1)
-        if y.shape[0] != n:
-            raise ConfigError(f"{n} images but {y.shape[0]} labels")
-        keys = list(range(n)) if keys is None else [int(k) for k in keys]
-        if len(keys) != n:
-            raise ConfigError(f"{n} images but {len(keys)} keys")
-        if self.norm == "l2":
-            check_budget("eps", self.eps, "l2", shape=tuple(x.shape[1:]))
-        eps = per_sample(self.eps, n, device, "eps")
 
         robust = (self._predict(x) == y) if n else torch.zeros(0, dtype=torch.bool,
                                                                 device=device)

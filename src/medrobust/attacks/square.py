@@ -36,11 +36,10 @@ import torch
 from torch import nn
 
 from medrobust.attacks.apgd import _plain, exact_budget, margin_loss
-from medrobust.attacks.base import Attack, as_image_batch, model_device, output_device
+from medrobust.attacks.base import Attack, output_device
 from medrobust.attacks.criteria import misclassified
-from medrobust.attacks.projection import NORMS, budget_param, check_budget, per_sample
+from medrobust.attacks.projection import NORMS, budget_param
 from medrobust.attacks.result import AttackResult
-from medrobust.errors import ConfigError
 from medrobust.utils.seeding import numpy_rng
 from medrobust.utils.validation import check_choice, check_range
 
@@ -165,21 +164,9 @@ class Square(Attack):
         away from their true ``labels``. ``keys`` name each image's random stream (default
         0..N-1). The result's ``success`` is misclassification of the returned images and
         ``queries`` the forward passes each image cost."""
-        if kwargs:
-            raise ConfigError(f"Square.run got unknown options: {', '.join(sorted(kwargs))}")
-        device = model_device(self.model)
-        x = as_image_batch(images, device)
+        batch = self.labelled_batch(images, labels, keys, kwargs)
+        device, x, y, keys, eps = batch.device, batch.x, batch.y, batch.keys, batch.eps
         n = x.shape[0]
-        y = torch.as_tensor(np.asarray(labels) if not isinstance(labels, torch.Tensor)
-                            else labels).to(device).long().reshape(-1)
-        if y.shape[0] != n:
-            raise ConfigError(f"{n} images but {y.shape[0]} labels")
-        keys = list(range(n)) if keys is None else [int(k) for k in keys]
-        if len(keys) != n:
-            raise ConfigError(f"{n} images but {len(keys)} keys")
-        if self.norm == "l2":
-            check_budget("eps", self.eps, "l2", shape=tuple(x.shape[1:]))
-        eps = per_sample(self.eps, n, device, "eps")
         out = x.clone()
         success = torch.zeros(n, dtype=torch.bool)
         queries = torch.zeros(n, dtype=torch.long)
