@@ -136,6 +136,17 @@ def open_dataset(name: str | None, split: str, data_dir: str | None, size: int |
     return ds
 
 
+def open_model_dataset(meta: dict[str, Any], channels: int, name: str | None, split: str,
+                       data_dir: str | None, size: int | None, no_verify: bool) -> ImageDataset:
+    """A split for a checkpoint: its own dataset (at its size) unless ``name`` names another,
+    which then loads at ``size`` or its loader's default."""
+    spec = meta.get("dataset") or {}
+    same_data = name is None or name == spec.get("dataset")
+    return open_dataset(name, split, data_dir,
+                        size if size is not None or not same_data else spec.get("size"),
+                        no_verify, spec, model_channels=channels)
+
+
 def _jsonable(value: Any) -> Any:
     if isinstance(value, dict):
         return {str(k): _jsonable(v) for k, v in value.items()}

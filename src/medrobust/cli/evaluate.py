@@ -19,7 +19,7 @@ from medrobust.cli.common import (
     dataset_options,
     emit,
     executor_options,
-    open_dataset,
+    open_model_dataset,
 )
 from medrobust.cli.evaluate_protocol import protocol_settings, run_protocol
 from medrobust.errors import ConfigError
@@ -89,11 +89,7 @@ def _evaluate_clean(model_dir: str, meta: dict, dataset: str | None, data_dir: s
     if task.class_logits:  # classifiers were trained at one size: say so before loading data
         check_image_size("--size", size, model_input_size(meta))
     model = load_model(model_dir, resolve_device(device))
-    spec = meta.get("dataset") or {}
-    same_data = dataset is None or dataset == spec.get("dataset")
-    ds = open_dataset(dataset, split, data_dir,
-                      size if size is not None or not same_data else spec.get("size"),
-                      no_verify, spec, model_channels=model.channels)
+    ds = open_model_dataset(meta, model.channels, dataset, split, data_dir, size, no_verify)
     metrics = task.evaluate(model, ds)
     with Store(store_path) as store:
         model_info = {"dir": str(Path(model_dir).resolve()), "model": meta.get("model"),

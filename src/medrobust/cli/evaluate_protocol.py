@@ -9,7 +9,7 @@ from typing import Any
 import click
 
 from medrobust.campaigns.attack_protocol import ProtocolSettings, run_attack_protocol
-from medrobust.cli.common import emit, fmt, open_dataset
+from medrobust.cli.common import emit, fmt, open_model_dataset
 from medrobust.errors import ConfigError
 from medrobust.models.loading import load_model
 from medrobust.store import Store
@@ -55,11 +55,7 @@ def run_protocol(model_dir: str, meta: dict[str, Any], dataset: str | None,
     task = get_task(str(meta.get("task", "classification")))
     settings.validate(task)  # before loading data or opening the store
     model = load_model(model_dir, resolve_device(device))
-    spec = meta.get("dataset") or {}
-    same_data = dataset is None or dataset == spec.get("dataset")
-    ds = open_dataset(dataset, split, data_dir,
-                      size if size is not None or not same_data else spec.get("size"),
-                      no_verify, spec, model_channels=model.channels)
+    ds = open_model_dataset(meta, model.channels, dataset, split, data_dir, size, no_verify)
     if len(ds) == 0:
         raise ConfigError(f"{ds.name} {split} has no images to evaluate")
     indices = list(range(len(ds) if limit is None else min(limit, len(ds))))

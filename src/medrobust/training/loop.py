@@ -11,7 +11,8 @@ import copy
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -146,3 +147,24 @@ def fit(wrapper: nn.Module, model: nn.Module, n_train: int, *, epochs: int, batc
     wrapper.eval()
     return LoopResult(history, best[1], best[2], time.perf_counter() - start,
                       time.process_time() - cpu_start)
+
+
+def fit_config(wrapper: nn.Module, config: Any, train: Any, *, gen: torch.Generator,
+               batch_loss: Callable[[Any], torch.Tensor], judge: Callable[[], Judgement],
+               objective: Any = None, robust: Any = None,
+               state_dir: str | Path | None = None) -> LoopResult:
+    """``fit`` from a trainer's config dataclass (epochs, batch_size, lr, weight_decay, model),
+    resumable in ``state_dir`` under a key of the config, data and robust settings (so a
+    changed setting never resumes a stale state), and the robust objective's state saved
+    beside the checkpoint: the classifier and segmenter trainers share this tail."""
+    state = None if state_dir is None else EpochState(
+        state_dir, {"config": asdict(config), "dataset": train.spec, "n": len(train),
+                    "robust": None if robust is None else robust.as_dict()})
+    done = fit(wrapper, wrapper.model, len(train), epochs=config.epochs,
+               batch_size=config.batch_size, lr=config.lr, weight_decay=config.weight_decay,
+               shuffle=torch_shuffle(gen), batch_loss=batch_loss, judge=judge,
+               desc=f"train {config.model}", objective=objective, generators=(gen,),
+               resume=state)
+    if objective is not None and state_dir is not None:
+        objective.save(state_dir)
+    return done

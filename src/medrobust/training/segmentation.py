@@ -23,8 +23,7 @@ from medrobust.models.registry import build_model, resolve_factory
 from medrobust.models.segmenter import Segmenter, save_segmenter
 from medrobust.models.unet import downsampling
 from medrobust.training.augment import augment_batch
-from medrobust.training.loop import Judgement, check_fit_settings, fit, start_from, torch_shuffle
-from medrobust.training.resume import EpochState
+from medrobust.training.loop import Judgement, check_fit_settings, fit_config, start_from
 from medrobust.training.robust import LossSpec, Objective, RobustConfig, build_objective
 from medrobust.utils.seeding import seed_everything
 from medrobust.utils.validation import check_choice
@@ -148,15 +147,8 @@ def train_segmenter(train: SegmentationDataset, val: SegmentationDataset,
                          (metrics["dice"], metrics["iou"]), metrics,
                          {"val_dice": f"{metrics['dice']:.3f}"})
 
-    done = fit(seg, seg.model, len(train), epochs=config.epochs, batch_size=config.batch_size,
-               lr=config.lr, weight_decay=config.weight_decay, shuffle=torch_shuffle(gen),
-               batch_loss=batch_loss, judge=judge, desc=f"train {config.model}",
-               objective=objective, generators=(gen,),
-               resume=None if state_dir is None else EpochState(
-                   state_dir, {"config": asdict(config), "dataset": train.spec, "n": len(train),
-                               "robust": None if robust is None else robust.as_dict()}))
-    if objective is not None and state_dir is not None:
-        objective.save(state_dir)
+    done = fit_config(seg, config, train, gen=gen, batch_loss=batch_loss, judge=judge,
+                      objective=objective, robust=robust, state_dir=state_dir)
     return SegTrainResult(seg, done.history, done.best_epoch, done.best_metrics, done.seconds,
                           done.cpu_seconds, objective)
 

@@ -18,8 +18,7 @@ from medrobust.models.checkpoint import save_checkpoint
 from medrobust.models.classifier import Classifier
 from medrobust.models.registry import SIGMOID_MODELS, build_model, resolve_factory
 from medrobust.training.augment import POLICIES, augment_batch, default_policy
-from medrobust.training.loop import Judgement, check_fit_settings, fit, start_from, torch_shuffle
-from medrobust.training.resume import EpochState
+from medrobust.training.loop import Judgement, check_fit_settings, fit_config, start_from
 from medrobust.training.robust import LossSpec, Objective, RobustConfig, build_objective
 from medrobust.utils.seeding import seed_everything
 from medrobust.utils.validation import check_choice, check_range
@@ -177,15 +176,8 @@ def train_classifier(train: ImageDataset, val: ImageDataset, config: TrainConfig
                           "val_auc": auc}, key, metrics,
                          {"val_acc": f"{metrics['accuracy']:.3f}", "val_auc": f"{auc:.3f}"})
 
-    done = fit(clf, clf.model, len(train), epochs=config.epochs, batch_size=config.batch_size,
-               lr=config.lr, weight_decay=config.weight_decay, shuffle=torch_shuffle(gen),
-               batch_loss=batch_loss, judge=judge, desc=f"train {config.model}",
-               objective=objective, generators=(gen,),
-               resume=None if state_dir is None else EpochState(
-                   state_dir, {"config": asdict(config), "dataset": train.spec, "n": len(train),
-                               "robust": None if robust is None else robust.as_dict()}))
-    if objective is not None and state_dir is not None:
-        objective.save(state_dir)
+    done = fit_config(clf, config, train, gen=gen, batch_loss=batch_loss, judge=judge,
+                      objective=objective, robust=robust, state_dir=state_dir)
     return TrainResult(clf, done.history, done.best_epoch, done.best_metrics, done.seconds,
                        objective)
 
