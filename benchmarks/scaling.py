@@ -173,9 +173,9 @@ def main() -> None:
     import ray
 
     quick = args.quick
-    n_img = 8 if quick else 32
-    attack = {"population": 40 if quick else 100, "generations": 5 if quick else 20, "seed": 1}
-    map_images, map_step = ([0, 1], 32) if quick else ([0, 1, 2, 3], 8)
+    n_img = 8 if quick else 16
+    attack = {"population": 40 if quick else 100, "generations": 5 if quick else 10, "seed": 1}
+    map_images, map_step = ([0, 1], 32) if quick else ([0, 1], 16)
     root = Path(tempfile.mkdtemp(prefix="medrobust-scaling-"))
     ckpt, ckpt64 = checkpoint(root, 16), checkpoint(root, 64)
     result: dict[str, Any] = {"quick": quick, "machine": {"cpus": os.cpu_count(),
