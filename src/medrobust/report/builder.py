@@ -25,6 +25,7 @@ from medrobust.report.context import ReportContext
 from medrobust.report.defence_section import defence_section
 from medrobust.report.gallery import gallery_section
 from medrobust.report.glance import glance_section
+from medrobust.report.robust_section import robust_section
 from medrobust.report.sections import (
     analysis_section,
     attack_summary_section,
@@ -53,6 +54,7 @@ SECTION_BUILDERS: list[SectionBuilder] = [
     budget_section,
     attack_examples_section,
     defence_section,
+    robust_section,
     provenance_section,
 ]
 
