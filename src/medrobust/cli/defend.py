@@ -23,7 +23,13 @@ from medrobust.campaigns.adaptive_defence import ATTACKS as ADAPTIVE_ATTACKS
 from medrobust.campaigns.adaptive_defence import AdaptiveConfig, evaluate_adaptive
 from medrobust.campaigns.defence import evaluate_defence
 from medrobust.cli.attack import model_input_size
-from medrobust.cli.common import DEFAULT_STORE, common_options, emit, option_given
+from medrobust.cli.common import (
+    DEFAULT_STORE,
+    common_options,
+    emit,
+    executor_options,
+    option_given,
+)
 from medrobust.defences.base import Denoiser
 from medrobust.defences.grid import save_defence_grid
 from medrobust.defences.registry import available_denoisers, make_denoiser
@@ -97,8 +103,8 @@ def draw_grid(path: Path, attacked: AttackedSet, denoisers: list[Denoiser]) -> s
 def run_defend(store_path: str | Path, model_dir: str | Path, specs: list[str],
                run_id: int | None = None, clean_limit: int | None = None,
                adaptive: AdaptiveConfig | None = None, out: str | Path | None = None,
-               device: str = "auto", resume: bool = True, show_progress: bool = True
-               ) -> dict[str, Any]:
+               device: str = "auto", resume: bool = True, show_progress: bool = True,
+               executor: Any = None) -> dict[str, Any]:
     """The body of ``defend``; also used by ``demo``. Returns the JSON summary."""
     # Everything is checked before the store is opened: a bad option records no run.
     if out is not None:
@@ -127,12 +133,14 @@ def run_defend(store_path: str | Path, model_dir: str | Path, specs: list[str],
         clean_idx = None if clean_limit is None else list(range(min(clean_limit,
                                                                     len(attacked.dataset))))
         results = [evaluate_defence(store, clf, d, attacked, clean_idx, resume=resume,
-                                    show_progress=show_progress) for d in denoisers]
+                                    show_progress=show_progress, executor=executor)
+                   for d in denoisers]
         adaptive_out = []
         if adaptive is not None:
             order = [make_denoiser("none")] + [d for d in denoisers if d.name != "none"]
             adaptive_out = [evaluate_adaptive(store, clf, d, attacked, adaptive, resume=resume,
-                                              show_progress=show_progress) for d in order]
+                                              show_progress=show_progress, executor=executor)
+                            for d in order]
         grid = draw_grid(Path(out) / GRID_NAME, attacked, denoisers) if out is not None else None
     defences = [{"run_id": r.run_id, "resumed": r.resumed, **r.summary} for r in results]
     adaptive_s = [{"run_id": a.run_id, **a.summary} for a in adaptive_out]
@@ -178,11 +186,12 @@ def run_defend(store_path: str | Path, model_dir: str | Path, specs: list[str],
               help=f"Folder for the image grid ({GRID_NAME}).")
 @click.option("--no-resume", is_flag=True, help="Start new runs even if matching ones exist.")
 @common_options
+@executor_options
 def defend(model_dir: str, denoisers: tuple[str, ...], store_path: str, run_id: int | None,
            clean_limit: int | None, adaptive: bool, attacks: str, square_queries: int,
            adaptive_limit: int, linf: str, l2: str, pgd_steps: int, onepixel_population: int,
            onepixel_generations: int, out: str | None, no_resume: bool, as_json: bool,
-           seed: int, device: str) -> None:
+           seed: int, device: str, executor: object = None) -> None:
     """Evaluate denoising defences against the one-pixel attacks recorded in the store."""
     config = None
     if not adaptive:
@@ -196,7 +205,8 @@ def defend(model_dir: str, denoisers: tuple[str, ...], store_path: str, run_id: 
                                 square_queries=square_queries, seed=seed,
                                 attacks=tuple(split_specs([attacks], "--attacks")))
     summary = run_defend(store_path, model_dir, split_specs(denoisers), run_id, clean_limit,
-                         config, out, device, resume=not no_resume, show_progress=not as_json)
+                         config, out, device, resume=not no_resume, show_progress=not as_json,
+                         executor=executor)
 
     def human() -> None:
         click.echo(f"one-pixel run {summary['source_run']} in {store_path}")

@@ -38,12 +38,16 @@ from medrobust.utils.validation import check_range
 @click.option("--out", required=True, type=click.Path(file_okay=False),
               help="Folder for the .npz maps and figures.")
 @click.option("--store", "store_path", default=DEFAULT_STORE, show_default=True)
+@click.option("--tile-pixels", type=click.IntRange(1), default=None,
+              help="Ray: pixels per job (rounded up to the engine's packing groups; default "
+                   "256). Smaller tiles spread one image over more workers.")
 @common_options
 @executor_options
 def map_command(model_dir: str, dataset: str | None, data_dir: str | None, size: int | None,
                 no_verify: bool, split: str, indices: tuple[int, ...], limit: int | None,
                 step: int, engine: str, score_class: int | None, out: str, store_path: str,
-                as_json: bool, seed: int, device: str, executor: object = None) -> None:
+                tile_pixels: int | None, as_json: bool, seed: int, device: str,
+                executor: object = None) -> None:
     """Score every pixel x every grid colour; save min/max/mean maps, figures and the verdict."""
     # Every option is checked before anything is loaded or recorded: a bad option is one line
     # and never a failed run in the store.
@@ -52,6 +56,8 @@ def map_command(model_dir: str, dataset: str | None, data_dir: str | None, size:
                           "--limit maps the first N)")
     if limit is not None and limit < 1:
         raise ConfigError(f"--limit must be at least 1, got {limit}")
+    if tile_pixels is not None and executor is None:
+        raise ConfigError("--tile-pixels splits maps across Ray workers: add --executor ray")
     check_range("--step", step, 1, 255)
     meta = read_meta(model_dir)
     clf = load_classifier(model_dir, resolve_device(device))
@@ -69,7 +75,8 @@ def map_command(model_dir: str, dataset: str | None, data_dir: str | None, size:
     with Store(store_path) as store:
         outcome = run_map_campaign(store, clf, model_dir, ds, chosen, out, step=step,
                                    engine=engine, score_class=score_class,
-                                   show_progress=not as_json, executor=executor)
+                                   show_progress=not as_json, executor=executor,
+                                   tile_pixels=tile_pixels)
         rows = store.rows(MAP_TABLE, run_id=outcome.run_id)
     summary = {"run_id": outcome.run_id, "maps": rows}
 
