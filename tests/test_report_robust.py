@@ -320,3 +320,35 @@ def test_section_fits_a_1400_px_window(built):
             assert len(images) == 2 and all(alt and w > 0 for alt, w in images)
         finally:
             browser.close()
+
+
+def test_other_budget_sets_get_their_own_table_and_unfinished_runs_a_note(built):
+    """A model evaluated at other budgets is not mixed into the first table; a protocol run that
+    did not finish is named, not silently dropped."""
+    summaries = built["summaries"]
+    am_run = summaries["am"]["run_id"]
+
+    def change(run):
+        if run["id"] == am_run:
+            run["status"] = "running"
+        return run
+
+    with Store(built["db"]) as store:
+        runs = [change(dict(r)) for r in store.runs()]
+        std = next(r for r in runs if r["id"] == summaries["std"]["run_id"])
+        other = {**std, "id": 10_000, "params": {**std["params"], "levels": [0.5]},
+                 "summary": {**std["summary"], "cells": [
+                     {**c, "eps": 0.5, "budget": "L2 0.5 (RMS 4.6/255 per pixel)"}
+                     for c in std["summary"]["cells"] if c["eps"] == LEVELS[0]]}}
+        ctx = ReportContext(store=store, out_dir=built["root"] / "z", runs=[*runs, other])
+        section = robust_section(ctx)
+    assert section is not None
+    notes = [b.text for b in section.blocks if getattr(b, "kind", "") == "note"]
+    assert any(f"run(s) {am_run} did not finish" in n for n in notes)
+    (sub,) = section.subsections
+    tables = [b for b in sub.blocks if getattr(b, "kind", "") == "table"]
+    assert len(tables) == 2
+    assert [r[0] for r in tables[0].rows] == ["STD", "VAT L2 0.1 (RMS 0.92/255)"]
+    assert [r[0] for r in tables[1].rows] == ["STD"] and "L2 0.5" in tables[1].columns[3]
+    text = " ".join(b.texts[0] for b in sub.blocks if getattr(b, "kind", "") == "paragraphs")
+    assert "no adaptive-margin model has been evaluated" in text

@@ -508,10 +508,12 @@ DEFINITIONS = [
 
 
 def robust_section(ctx: ReportContext) -> Section | None:
-    """The adversarial-training section (None, so no heading, without protocol runs)."""
-    groups = collect(ctx)
-    if not groups:
+    """The adversarial-training section (None, so no heading, without protocol runs; with only
+    unfinished ones, a note saying so)."""
+    protocol_runs = ctx.runs_of(PROTOCOL_COMMAND)
+    if not protocol_runs:
         return None
+    groups = collect(ctx)
     from medrobust.report.robust_plots import (
         curve_alt,
         curve_figure,
@@ -531,6 +533,12 @@ def robust_section(ctx: ReportContext) -> Section | None:
         if folder and str(Path(folder)) not in evaluated and method_of(meta) != "none":
             waiting.append(f"{model_label(method_of(meta), (meta or {}).get('robust') or {})} "
                            f"({Path(folder).name}, run {run['id']})")
+    unfinished = [str(r["id"]) for r in protocol_runs
+                  if r.get("status") != "completed" or not (r.get("summary") or {}).get("cells")]
+    if unfinished:
+        section.add(Note(f"Protocol run(s) {', '.join(unfinished)} did not finish, so they have "
+                         "no table yet and are left out; rerunning the same medrobust evaluate "
+                         "command resumes them.", "warning"))
     if waiting:
         section.add(Note("Trained robustly but not evaluated with the protocol yet (so not "
                          "below): " + "; ".join(waiting) + ".", "warning"))
