@@ -64,13 +64,13 @@ TASKS: dict[str, dict[str, Any]] = {
         "data": ["--task", "landmarks", "--dataset", "landmarks", "--data-dir",
                  str(SHARED_DATA / "isbi2015_ceph"), "--size", "96"],
         "shape": (1, 96, 96), "std": ["--epochs", "60", "--minutes", "8"],
-        "robust": ["--epochs", "4", "--lr", "1e-3"],
+        "robust": ["--epochs", "3", "--lr", "1e-3"],
         "limit": 32, "teat": True, "higher": False, "metric": "mre"},
     "detection": {
         "data": ["--task", "detection", "--dataset", "bccd-detection", "--data-dir",
-                 str(SHARED_DATA), "--size", "160"],
-        "shape": (3, 160, 160), "std": ["--epochs", "60", "--minutes", "10"],
-        "robust": ["--epochs", "3", "--lr", "1e-3"],
+                 str(SHARED_DATA), "--size", "128"],
+        "shape": (3, 128, 128), "std": ["--epochs", "60", "--minutes", "10"],
+        "robust": ["--epochs", "2", "--lr", "1e-3"],
         "limit": 32, "teat": True, "higher": True, "metric": "map"},
 }
 
@@ -208,7 +208,9 @@ def finding(cfg: dict[str, Any], results: dict[str, dict]) -> dict[str, Any]:
     clean_gap = sign * (am["clean"] - results["std"]["clean"])
     return {"adaptive_margin_average": am_avg, "vat_averages": vats,
             "beats_every_vat_level": beats, "clean_change_vs_std": clean_gap,
-            "within_clean_tolerance": clean_gap >= -tolerance, "tolerance": tolerance}
+            # a clean change of exactly the tolerance is within it (1 point of 200 images is
+            # 0.009999... in floating point)
+            "within_clean_tolerance": clean_gap >= -tolerance - 1e-9, "tolerance": tolerance}
 
 
 def markdown(report: dict[str, Any]) -> str:
@@ -254,7 +256,17 @@ def main() -> None:
     ap.add_argument("--queries", type=int, default=500, help="Square's queries (classifiers)")
     ap.add_argument("--work", type=Path, default=HERE / ".cache" / "robust_training")
     ap.add_argument("--out", type=Path, default=HERE / "results" / "robust_training")
+    ap.add_argument("--rebuild", action="store_true",
+                    help="recompute the findings and the markdown from the JSON, train nothing")
     args = ap.parse_args()
+    if args.rebuild:
+        report = json.loads(args.out.with_suffix(".json").read_text())
+        for t in report["tasks"]:
+            t["finding"] = finding({**TASKS[t["task"]]}, t["results"])
+        args.out.with_suffix(".json").write_text(json.dumps(report, indent=1))
+        args.out.with_suffix(".md").write_text(markdown(report))
+        print(markdown(report))
+        return
     if args.quick:
         args.pgd_steps, args.restarts, args.queries = 3, 2, 20
         args.work = args.work.with_name(args.work.name + "_quick")
