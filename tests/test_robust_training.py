@@ -465,3 +465,13 @@ def test_fine_tuning_builds_the_network_of_its_starting_checkpoint(tmp_path, cap
                            "--robust", "vat", "--eps", "0.1", "--xi-from", str(tmp_path / "std"),
                            "--out", str(tmp_path / "vat8"))
     assert code == 2 and "holds another network" in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_robust_checkpoint_names_the_model_it_started_from(tmp_path, capsys) -> None:
+    common = ["--dataset", "synthetic", "--size", "16", "--width", "4",
+              "--store", str(tmp_path / "s.db")]
+    run_json(capsys, "train", *common, "--epochs", "1", "--out", str(tmp_path / "std"))
+    run_json(capsys, "train", *common, "--epochs", "1", "--robust", "vat", "--eps", "0.1",
+             "--xi-from", str(tmp_path / "std"), "--out", str(tmp_path / "vat"))
+    meta = json.loads((tmp_path / "vat" / "meta.json").read_text())
+    assert meta["robust"]["started_from"] == str((tmp_path / "std").resolve())

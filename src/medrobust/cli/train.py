@@ -69,8 +69,8 @@ def train_and_save(dataset: str | None, data_dir: str | None, size: int | None, 
         result = train_classifier(train_ds, val_ds, config, resolve_device(device), **kwargs)
         test_metrics = evaluate_classifier(result.classifier, test_ds)
         test_metrics.pop("dataset")
-        about = robust_summary(kwargs["robust"], result.history, out,
-                               image_shape(train_ds)) \
+        about = robust_summary(kwargs["robust"], result.history, out, image_shape(train_ds),
+                               started_from=(robust or {}).get("xi_from")) \
             if kwargs["robust"] is not None else None
         save_trained(result, config, train_ds, out, extra={"test": test_metrics}, robust=about)
         EpochState(out, None).clear()

@@ -66,8 +66,8 @@ def train_segmentation_and_save(dataset: str, data_dir: str | None, size: int | 
             dataset=train_ds.spec, resume=False) as (run_id, _):
         result = train_segmenter(train_ds, val_ds, config, resolve_device(device), **kwargs)
         test_metrics = evaluate_segmenter(result.segmenter, test_ds)
-        about = robust_summary(kwargs["robust"], result.history, out,
-                               image_shape(train_ds)) \
+        about = robust_summary(kwargs["robust"], result.history, out, image_shape(train_ds),
+                               started_from=(robust or {}).get("xi_from")) \
             if kwargs["robust"] is not None else None
         save_trained_segmenter(result, config, train_ds, out, extra={"test": test_metrics},
                                robust=about)

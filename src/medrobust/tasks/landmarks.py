@@ -44,7 +44,8 @@ def train(train_ds: LandmarkDataset, val_ds: LandmarkDataset, options: dict[str,
         heatmap_weight=o["heatmap_weight"], seed=o["seed"], width=o["width"], device=device,
         augment=o["augment"], minutes=o["minutes"], **kwargs)
     best = min(history, key=lambda r: r["val_mre"])
-    about = robust_summary(kwargs["robust"], history, robust["out_dir"], image_shape(train_ds))
+    about = robust_summary(kwargs["robust"], history, robust["out_dir"], image_shape(train_ds),
+                           started_from=robust.get("xi_from"))
     return model, {"epochs_run": len(history), "best_epoch": best["epoch"],
                    "val": {"mre": best["val_mre"], "sdr_2": best["val_sdr_2"],
                            "unit": best["unit"]},

@@ -75,14 +75,17 @@ def trainer_kwargs(robust: dict[str, Any], task: str) -> dict[str, Any]:
 
 
 def robust_summary(config: RobustConfig | None, history: list[dict[str, Any]],
-                   out_dir: str | Path | None, shape: Sequence[int] | None = None
-                   ) -> dict[str, Any]:
-    """What a checkpoint records about robust training: the settings, the last epoch's xi rule
-    and margin histogram (each epoch's is in the history), the margins file when written, and
-    with the image ``shape`` (C,H,W) every budget also as per-pixel RMS in 1/255 units."""
+                   out_dir: str | Path | None, shape: Sequence[int] | None = None,
+                   started_from: str | None = None) -> dict[str, Any]:
+    """What a checkpoint records about robust training: the settings, the checkpoint it
+    fine-tuned from (so a report compares it with its own standard model), the last epoch's xi
+    rule and margin histogram (each epoch's is in the history), the margins file when written,
+    and with the image ``shape`` (C,H,W) every budget also as per-pixel RMS in 1/255 units."""
     if config is None:
         return {"method": "none"}
     out: dict[str, Any] = config.as_dict()
+    if started_from:
+        out["started_from"] = str(Path(started_from).resolve())
     last = history[-1] if history else {}
     for key in ("rule", "margins", "teat_weight"):
         if key in last:

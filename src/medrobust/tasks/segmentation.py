@@ -34,7 +34,8 @@ def train(train_ds: Any, val_ds: Any, options: dict[str, Any], device: str
     own, robust = split(options)
     kwargs = trainer_kwargs(robust, "segmentation")
     result = train_segmenter(train_ds, val_ds, SegTrainConfig(**own), device, **kwargs)
-    about = robust_summary(kwargs["robust"], result.history, robust["out_dir"], image_shape(train_ds))
+    about = robust_summary(kwargs["robust"], result.history, robust["out_dir"], image_shape(train_ds),
+                           started_from=robust.get("xi_from"))
     return result.segmenter, {"best_epoch": result.best_epoch, "val": result.val_metrics,
                               "train_seconds": result.seconds, "history": result.history,
                               "robust": about}
