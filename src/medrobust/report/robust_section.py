@@ -450,9 +450,12 @@ def finding(group: Group) -> str:
             lost = [(v, a) for v, a in vat_avgs if a is None or not better(mine, a)]
             vat_text = ", ".join(f"{'-' if a is None else fmt(a)} for {v.label}"
                                  for v, a in vat_avgs)
-            # the strictest standard model: the one with the best clean metric
-            std = max(stds, key=lambda m: (float(m.summary.get("clean") or 0)
-                                           * (1 if higher else -1)))
+            # its own standard model (the checkpoint it fine-tuned from), else the strictest:
+            # the one with the best clean metric
+            start = ((am.meta or {}).get("robust") or {}).get("started_from")
+            own = [m for m in stds if start and str(Path(m.model_dir).resolve()) == start]
+            std = own[0] if own else max(stds, key=lambda m: (float(m.summary.get("clean") or 0)
+                                                               * (1 if higher else -1)))
             tol, tol_text = tolerance(metric, unit)
             am_clean, std_clean = am.summary.get("clean"), std.summary.get("clean")
             kept: bool | None = None
