@@ -331,6 +331,16 @@ def markdown(res: dict[str, Any], cmd: str) -> str:
              + ", ".join(f"{k} {v['attack_seconds_from_store'] / 60:.1f} min"
                          for k, v in res["campaigns"].items())
              + f"; model training {m['train_seconds'] / 60:.1f} min (cached).", "",
+             "## Summary", "",
+             f"The paper's network (mitosisnet, Keras padding, one sigmoid output; "
+             f"{s['epochs']} epochs, not weakened) on {s['dataset']} {s['size']}x{s['size']} "
+             f"(test accuracy {_f(m['test_accuracy'])}), {s['pixels']}-pixel DE at the paper's "
+             f"budget and partial thresholds ({s['thresholds'][0]} / {s['thresholds'][1]}), "
+             f"{' + '.join(s['splits'])} splits: {res['total']['attacked']} images attacked, "
+             f"{res['total']['successful']} successful (partial). Finding (b), h:", "",
+             *[f"- {d}: {v}" for d, v in res["verdicts"]["b"].items()], "",
+             "Finding (c), centre:", "",
+             *[f"- {d}: {v}" for d, v in res["verdicts"]["c"].items()], "",
              "## Setting", "",
              markdown_table(["setting", "value"], [
                  ["data", f"{s['dataset']} {s['size']}x{s['size']}, {s['channels']} channel, "
