@@ -11,7 +11,7 @@ from torch import nn
 
 from medrobust.campaigns.defence import evaluate_defence
 from medrobust.data.base import ImageDataset
-from medrobust.data.registry import register_dataset
+from medrobust.data.catalog import register_dataset
 from medrobust.defences import (
     AutoencoderDenoiser,
     DefendedClassifier,

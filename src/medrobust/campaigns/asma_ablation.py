@@ -19,16 +19,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from medrobust.attacks.asma import ASMA
 from medrobust.attacks.losses import cross_entropy
 from medrobust.attacks.pgd import PGD
 from medrobust.attacks.seg_targets import TargetSpec
 from medrobust.campaigns.executor import Executor
+from medrobust.campaigns.seg_attacks import asma_fn, gradient_fn
 from medrobust.campaigns.segmentation import (
     SEG_TABLE,
-    AttackFn,
     artifacts_dir,
     run_segmentation_campaign,
     summarise_segmentation,
@@ -42,39 +40,6 @@ VARIANTS = ("static", "adaptive", "asma", "pgd")
 LABELS = {"static": "static mask (SSM)", "adaptive": "adaptive mask (ASM)",
           "asma": "adaptive mask + multiplier (ASMA)", "pgd": "targeted PGD-L2 (CE)"}
 COMMAND = "attack asma-ablation"
-
-
-def _budgeted(attack: Any, field: str, budgets: dict[int, float] | None, keys: list[int]) -> Any:
-    """``attack`` itself, or a copy whose budget ``field`` holds each image's own budget."""
-    if budgets is None:
-        return attack
-    att = copy.copy(attack)
-    setattr(att, field, [budgets[k] for k in keys])
-    return att
-
-
-def asma_fn(attack: ASMA, budgets: dict[int, float] | None = None) -> AttackFn:
-    """An ``AttackFn`` running ``attack`` (with per-image L2 budgets when given)."""
-
-    def fn(x: torch.Tensor, goal: torch.Tensor, keys: list[int]
-           ) -> tuple[torch.Tensor, torch.Tensor]:
-        res = _budgeted(attack, "eps_l2", budgets, keys)(x, goal, keys=keys)
-        return res.adversarial, res.iteration
-
-    fn.source = (attack, budgets)  # type: ignore[attr-defined]  # its recipe, for Ray workers
-    return fn
-
-
-def gradient_fn(attack: PGD, budgets: dict[int, float] | None = None) -> AttackFn:
-    """An ``AttackFn`` running PGD/IFGSM (with per-image budgets when given)."""
-
-    def fn(x: torch.Tensor, goal: torch.Tensor, keys: list[int]
-           ) -> tuple[torch.Tensor, torch.Tensor]:
-        res = _budgeted(attack, "eps", budgets, keys)(x, goal, keys=keys)
-        return res.adversarial, res.steps
-
-    fn.source = (attack, budgets)  # type: ignore[attr-defined]  # its recipe, for Ray workers
-    return fn
 
 
 def variant_attacks(segmenter: Segmenter, reference: ASMA) -> dict[str, Any]:

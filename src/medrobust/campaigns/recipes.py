@@ -97,8 +97,8 @@ def build_attack(model: Any, recipe: dict[str, Any]) -> Any:
     if builder == "asma":
         return ASMA(model, **recipe["kwargs"])
     if builder == "protocol":
-        from medrobust.campaigns.attack_protocol import ProtocolSettings
-        from medrobust.campaigns.attack_protocol import build_attack as protocol_attack
+        from medrobust.campaigns.protocol_attacks import ProtocolSettings
+        from medrobust.campaigns.protocol_attacks import build_attack as protocol_attack
         from medrobust.tasks import get_task
 
         settings = ProtocolSettings(**{k: tuple(v) if isinstance(v, list) else v

@@ -12,7 +12,7 @@ masks in ``<store>_artifacts/`` for the report's panels.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +23,7 @@ import torch
 from medrobust.attacks.seg_targets import TargetSpec
 from medrobust.campaigns.base import CampaignOutcome, batch_run
 from medrobust.campaigns.executor import Executor, Work, check_remote, is_remote
+from medrobust.campaigns.seg_attacks import AttackFn
 from medrobust.data.segmentation import SegmentationDataset
 from medrobust.errors import ConfigError
 from medrobust.metrics.segmentation import per_image_metrics
@@ -61,7 +62,6 @@ SEG_TABLE = ResultTable(
 )
 
 #: ``fn(x float (N,C,H,W), goal (N,H,W), keys) -> (adversarial (N,C,H,W), iterations (N,))``.
-AttackFn = Callable[[torch.Tensor, torch.Tensor, list[int]], tuple[torch.Tensor, torch.Tensor]]
 
 MEAN_FIELDS = ("iou_target", "pa_target", "dice_target", "iou_truth", "pa_truth", "dice_truth",
                "clean_iou_target", "clean_iou_truth", "clean_dice_truth", "l2", "linf",
@@ -151,8 +151,8 @@ class SegContext:
 
 def segmentation_context(segmenter: Segmenter, data: dict[str, Any], params: dict[str, Any]
                          ) -> SegContext:
-    from medrobust.campaigns.asma_ablation import asma_fn, gradient_fn
     from medrobust.campaigns.recipes import build_attack
+    from medrobust.campaigns.seg_attacks import asma_fn, gradient_fn
 
     recipe = params["attack"]
     att = build_attack(segmenter, recipe["attack"])

@@ -13,7 +13,8 @@ from typing import Any
 import click
 
 from medrobust.attacks.asma import ASMA
-from medrobust.campaigns.asma_ablation import ablation_markdown, asma_fn, run_asma_ablation
+from medrobust.campaigns.asma_ablation import ablation_markdown, run_asma_ablation
+from medrobust.campaigns.seg_attacks import asma_fn
 from medrobust.campaigns.segmentation import run_segmentation_campaign
 from medrobust.cli.common import DEFAULT_STORE, common_options, emit, executor_options, fmt
 from medrobust.cli.seg_common import (

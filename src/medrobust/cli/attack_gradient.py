@@ -19,8 +19,8 @@ from medrobust.attacks.criteria import hits_target, mask_iou_at_least, misclassi
 from medrobust.attacks.ifgsm import IFGSM
 from medrobust.attacks.losses import get_loss
 from medrobust.attacks.pgd import PGD
-from medrobust.campaigns.asma_ablation import gradient_fn
 from medrobust.campaigns.gradient import run_gradient_campaign
+from medrobust.campaigns.seg_attacks import gradient_fn
 from medrobust.campaigns.segmentation import run_segmentation_campaign
 from medrobust.cli.attack import check_target_options, model_input_size, resolve_targets
 from medrobust.cli.common import (

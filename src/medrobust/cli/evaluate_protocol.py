@@ -8,7 +8,8 @@ from typing import Any
 
 import click
 
-from medrobust.campaigns.attack_protocol import ProtocolSettings, run_attack_protocol
+from medrobust.campaigns.attack_protocol import run_attack_protocol
+from medrobust.campaigns.protocol_attacks import ProtocolSettings
 from medrobust.cli.common import emit, fmt, open_model_dataset
 from medrobust.errors import ConfigError
 from medrobust.models.loading import load_model

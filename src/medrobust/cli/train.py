@@ -18,6 +18,7 @@ from medrobust.cli.common import (
     open_dataset,
     option_given,
 )
+from medrobust.cli.robust_options import robust_options
 from medrobust.errors import ConfigError
 from medrobust.models import read_meta
 from medrobust.models.registry import available_models
@@ -35,14 +36,6 @@ from medrobust.training.trainer import check_model_input
 from medrobust.utils.device import resolve_device
 
 WIDTH_MODELS = ("smallcnn", "mitosisnet")
-
-
-def robust_options(params: dict[str, Any]) -> dict[str, Any]:
-    """The robust-training options of ``train`` as the tasks name them."""
-    return {"robust": params.get("robust") or "none", "eps": params.get("eps"),
-            "delta": params.get("delta"), "alpha": params.get("alpha", 4.0),
-            "xi": params.get("xi") or "mean+2std", "max_margin": params.get("max_margin"),
-            "refine": bool(params.get("refine_margins")), "xi_from": params.get("xi_from")}
 
 
 def train_and_save(dataset: str | None, data_dir: str | None, size: int | None, no_verify: bool,

@@ -111,7 +111,7 @@ def run_train_segmentation(ctx: Any, as_json: bool) -> None:
             raise ConfigError("--augment shift is for classification; segmentation takes flips "
                               "or none")
         overrides["augment"] = p["augment"]
-    from medrobust.cli.train import robust_options
+    from medrobust.cli.robust_options import robust_options
 
     summary = train_segmentation_and_save(p["dataset"], p["data_dir"], p["size"], overrides,
                                           p["out"], p["device"], p["store_path"], p["seed"],

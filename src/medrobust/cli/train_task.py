@@ -47,7 +47,7 @@ def task_options(ctx: click.Context, task_name: str) -> dict[str, Any]:
         width = (read_meta(p["xi_from"]).get("model_kwargs") or {}).get("width")
         if width is not None:
             chosen["width"] = width
-    from medrobust.cli.train import robust_options
+    from medrobust.cli.robust_options import robust_options
 
     chosen.update({k: v for k, v in robust_options(p).items() if v is not None})
     chosen["out_dir"] = str(p["out"]) if p.get("out") is not None else None

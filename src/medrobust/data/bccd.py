@@ -16,7 +16,7 @@ import numpy as np
 from PIL import Image
 
 from medrobust.data.base import ImageDataset
-from medrobust.data.registry import SPLITS, register_dataset
+from medrobust.data.catalog import SPLITS, register_dataset
 from medrobust.errors import DataError
 from medrobust.utils.progress import progress
 from medrobust.utils.validation import check_range

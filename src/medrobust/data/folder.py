@@ -13,7 +13,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from medrobust.data.base import ImageDataset, is_colour
-from medrobust.data.registry import SPLITS, register_dataset
+from medrobust.data.catalog import SPLITS, register_dataset
 from medrobust.errors import DataError
 from medrobust.utils.progress import progress
 from medrobust.utils.seeding import numpy_rng

@@ -29,7 +29,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from medrobust.data.base import PixelArrays, is_colour
-from medrobust.data.registry import register_dataset
+from medrobust.data.catalog import register_dataset
 from medrobust.errors import DataError
 from medrobust.utils.seeding import numpy_rng
 from medrobust.utils.validation import check_split_fractions

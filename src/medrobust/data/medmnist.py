@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 
 from medrobust.data.base import ImageDataset
+from medrobust.data.catalog import SPLITS, register_dataset
 from medrobust.data.download import describe_error, file_md5
 from medrobust.data.download import download as fetch
-from medrobust.data.registry import SPLITS, register_dataset
 from medrobust.errors import DataError
 
 SIZES = (28, 64, 128, 224)

@@ -8,27 +8,12 @@ from __future__ import annotations
 
 import inspect
 import os
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from medrobust.data.base import ImageDataset
+from medrobust.data.catalog import _REGISTRY, SPLITS
 from medrobust.errors import DataError
-
-Loader = Callable[..., ImageDataset]
-_REGISTRY: dict[str, Loader] = {}
-
-SPLITS = ("train", "val", "test")
-
-
-def register_dataset(name: str) -> Callable[[Loader], Loader]:
-    """Decorator: register ``fn(split, data_dir, **options) -> ImageDataset`` under ``name``."""
-
-    def deco(fn: Loader) -> Loader:
-        _REGISTRY[name] = fn
-        return fn
-
-    return deco
 
 
 def available_datasets() -> list[str]:

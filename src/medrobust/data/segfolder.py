@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from medrobust.data.base import is_colour
-from medrobust.data.registry import SPLITS, register_dataset
+from medrobust.data.catalog import SPLITS, register_dataset
 from medrobust.data.segmentation import SegmentationDataset
 from medrobust.errors import DataError
 from medrobust.utils.progress import progress

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from medrobust.data.base import ImageDataset
-from medrobust.data.registry import SPLITS, register_dataset
+from medrobust.data.catalog import SPLITS, register_dataset
 from medrobust.errors import DataError
 from medrobust.utils.seeding import numpy_rng
 from medrobust.utils.validation import check_range

@@ -21,7 +21,7 @@ import numpy as np
 from PIL import Image
 
 from medrobust.data.base import PixelArrays
-from medrobust.data.registry import register_dataset
+from medrobust.data.catalog import register_dataset
 from medrobust.errors import DataError
 from medrobust.utils.progress import progress
 from medrobust.utils.seeding import numpy_rng

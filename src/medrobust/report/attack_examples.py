@@ -48,7 +48,8 @@ def pick_fooled(rows: list[dict[str, Any]], limit: int = MAX_EXAMPLES) -> list[d
 
 def _protocol_settings(ctx: ReportContext, run_id: int) -> Any | None:
     """The settings of the ``evaluate attacks`` run that made ``run_id`` one of its cells."""
-    from medrobust.campaigns.attack_protocol import PROTOCOL_COMMAND, ProtocolSettings
+    from medrobust.campaigns.attack_protocol import PROTOCOL_COMMAND
+    from medrobust.campaigns.protocol_attacks import ProtocolSettings
 
     for prot in ctx.runs_of(PROTOCOL_COMMAND):
         cells = (prot.get("summary") or {}).get("cells") or []
@@ -73,7 +74,7 @@ def _build_attack(ctx: ReportContext, run: dict[str, Any], table: str, model: An
     if table == "task_attack_results":
         settings = _protocol_settings(ctx, run["id"])
         if settings is not None:
-            from medrobust.campaigns.attack_protocol import build_attack
+            from medrobust.campaigns.protocol_attacks import build_attack
 
             name = str(run["command"]).split(" ", 1)[1]
             name = "pgd-restarts" if name.startswith("pgd-r") else name

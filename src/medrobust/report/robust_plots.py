@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from medrobust.report.names import budget_text
-from medrobust.report.robust_section import (
+from medrobust.report.robust_data import (
     ATTACK_NAMES,
     Evaluated,
     Group,
