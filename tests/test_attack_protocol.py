@@ -90,3 +90,18 @@ def test_restarts_keep_the_worst_start_per_image():
     assert result.steps.tolist() == [6] * 5
     norms = result.perturbation_norms(x)["l2"]
     assert bool((norms <= 0.3 + 1e-6).all())
+
+
+def test_ensemble_cell_is_at_most_each_member(checkpoints, tmp_path, capsys):
+    """AutoAttack style: an image survives the ensemble only if it survives every member, so
+    the ensemble's robust accuracy is at most that of APGD-CE, Square and PGD alone (same seed
+    and keys inside the ensemble and alone)."""
+    db = str(tmp_path / "s.db")
+    out = run_json(capsys, *_args(checkpoints, "classification"), "--attack",
+                   "pgd,apgd-ce,square,ensemble", "--linf", "4/255,16/255", "--steps", "3",
+                   "--queries", "20", "--store", db)
+    cells = {(c["attack"], c["eps"]): c["attacked"] for c in out["cells"]}
+    for eps in (4 / 255, 16 / 255):
+        ens = cells[("ensemble", eps)]
+        for member in ("pgd", "apgd-ce", "square"):
+            assert ens <= cells[(member, eps)] + 1e-12, (member, eps)

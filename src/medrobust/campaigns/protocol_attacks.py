@@ -15,6 +15,7 @@ import numpy as np
 
 from medrobust.attacks.apgd import APGD, APGDT
 from medrobust.attacks.base import Attack
+from medrobust.attacks.ensemble import AttackEnsemble, standard_attacks
 from medrobust.attacks.ifgsm import IFGSM
 from medrobust.attacks.pgd import PGD
 from medrobust.attacks.restarts import Restarts
@@ -26,7 +27,7 @@ from medrobust.utils.validation import check_choice, check_range
 
 #: attacks every task takes (through its loss), and those that need class logits
 TASK_ATTACKS = ("pgd", "ifgsm", "pgd-restarts")
-CLASSIFIER_ATTACKS = ("apgd-ce", "apgd-t", "square")
+CLASSIFIER_ATTACKS = ("apgd-ce", "apgd-t", "square", "ensemble")
 
 
 @dataclass(frozen=True)
@@ -95,6 +96,15 @@ def build_attack(name: str, task: Task, model: PixelModel, norm: str, eps: float
     if name == "square":
         return Square(model, norm=norm, eps=eps, max_queries=settings.square_queries,
                       batch_size=b, seed=seed)
+    if name == "ensemble":
+        # AutoAttack's members, plus the protocol's own PGD: an image counts as robust only if
+        # it survives all of them
+        pgd = PGD(model, loss=loss, norm=norm, eps=eps, step=5 * eps / settings.pgd_steps,
+                  steps=settings.pgd_steps, batch_size=b, seed=seed)
+        return AttackEnsemble(model, standard_attacks(model, norm, eps, steps=settings.pgd_steps,
+                                                      max_queries=settings.square_queries,
+                                                      batch_size=b, seed=seed),
+                              extra=[pgd], norm=norm, eps=eps, batch_size=b, seed=seed)
     raise ConfigError(f"unknown attack {name!r}")
 
 

@@ -39,7 +39,8 @@ from medrobust.utils.validation import check_image_size, check_writable
 @click.option("--store", "store_path", default=DEFAULT_STORE, show_default=True)
 @click.option("--attack", "attacks", default=None,
               help="Comma-separated attacks for the protocol: pgd, ifgsm, pgd-restarts (every "
-                   "task); apgd-ce, apgd-t, square (classifiers).")
+                   "task); apgd-ce, apgd-t, square and ensemble (AutoAttack style: robust only "
+                   "if it survives every member; classifiers).")
 @click.option("--l2", "l2_levels", default=None,
               help="L2 budgets on the [0,1] scale, comma-separated (default 0.5,1,2).")
 @click.option("--linf", "linf_levels", default=None,
