@@ -21,3 +21,28 @@ def run_json(capsys, *args: str) -> dict:
     lines = [ln for ln in out.splitlines() if ln.strip()]
     assert len(lines) == 1, f"--json must print exactly one line, got {out!r}"
     return json.loads(lines[0])
+
+
+class CapturedOutput:
+    """What ``run_json`` needs of capsys, for module-scoped fixtures (capsys is per test): a
+    context manager that redirects stdout and stderr and reads them back like capsys."""
+
+    def __enter__(self) -> CapturedOutput:
+        import contextlib
+        import io
+
+        self.out, self.err = io.StringIO(), io.StringIO()
+        self._stack = contextlib.ExitStack()
+        self._stack.enter_context(contextlib.redirect_stdout(self.out))
+        self._stack.enter_context(contextlib.redirect_stderr(self.err))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stack.close()
+
+    def readouterr(self) -> tuple[str, str]:
+        out, err = self.out.getvalue(), self.err.getvalue()
+        for buf in (self.out, self.err):
+            buf.seek(0)
+            buf.truncate()
+        return out, err

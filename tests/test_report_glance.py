@@ -13,7 +13,7 @@ import re
 from pathlib import Path
 
 import pytest
-from cli_util import run_json
+from cli_util import CapturedOutput, run_json
 
 from medrobust.metrics.proportion import proportion
 from medrobust.report import build_report
@@ -29,35 +29,11 @@ DEMO = ["--epochs", "1", "--limit", "8", "--population", "20", "--generations", 
         "--device", "cpu", "--seed", "0"]
 
 
-class _Capture:
-    """What ``run_json`` needs of capsys, for a module-scoped fixture."""
-
-    def __init__(self) -> None:
-        import contextlib
-        import io
-
-        self.out, self.err = io.StringIO(), io.StringIO()
-        self._stack = contextlib.ExitStack()
-        self._stack.enter_context(contextlib.redirect_stdout(self.out))
-        self._stack.enter_context(contextlib.redirect_stderr(self.err))
-
-    def close(self) -> None:
-        self._stack.close()
-
-    def readouterr(self) -> tuple[str, str]:
-        out, err = self.out.getvalue(), self.err.getvalue()
-        for buf in (self.out, self.err):
-            buf.seek(0)
-            buf.truncate()
-        return out, err
-
-
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("demo")
     out = root / "demo"
-    cap = _Capture()
-    try:
+    with CapturedOutput() as cap:
         first = run_json(cap, "demo", "--out", str(out), *DEMO)
         db = out / "medrobust.db"
         with Store(db) as store:
@@ -69,8 +45,7 @@ def demo(tmp_path_factory) -> dict:
         pgd = [run_json(cap, "attack", "pgd", "--model", str(out / "model"), "--eps", eps,
                         "--steps", "2", "--limit", "8", "--store", str(db), "--device", "cpu")
                for eps in ("2/255", "8/255")]
-    finally:
-        cap.close()
+
     report_dir = root / "report"
     with Store(db) as store:
         path = build_report(store, report_dir)

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from cli_util import run_json
+from cli_util import CapturedOutput, run_json
 from test_detection import _voc
 from test_landmarks import make_folder as make_landmark_folder
 from test_segmentation import make_folder as make_seg_folder
@@ -84,32 +84,8 @@ def _checkpoints(root: Path) -> dict[str, tuple[Path, list[str]]]:
 @pytest.fixture(scope="module")
 def store_path(tmp_path_factory) -> dict:
     """A store with gradient runs on all four tasks at several budgets (and one rerun)."""
-    with _Capture() as cap:
+    with CapturedOutput() as cap:
         return _fill(tmp_path_factory.mktemp("tasks"), cap)
-
-
-class _Capture:
-    """What ``run_json`` needs of capsys, for a module-scoped fixture (capsys is per test)."""
-
-    def __enter__(self) -> _Capture:
-        import contextlib
-        import io
-
-        self.out, self.err = io.StringIO(), io.StringIO()
-        self._stack = contextlib.ExitStack()
-        self._stack.enter_context(contextlib.redirect_stdout(self.out))
-        self._stack.enter_context(contextlib.redirect_stderr(self.err))
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stack.close()
-
-    def readouterr(self) -> tuple[str, str]:
-        out, err = self.out.getvalue(), self.err.getvalue()
-        for buf in (self.out, self.err):
-            buf.seek(0)
-            buf.truncate()
-        return out, err
 
 
 def _fill(root: Path, capsys_module) -> dict:
