@@ -25,8 +25,7 @@ from medrobust.models.registry import available_models
 from medrobust.store import Store
 from medrobust.tasks.robust import (
     ROBUST_OPTIONS,
-    image_shape,
-    robust_summary,
+    trained_about,
     trainer_kwargs,
 )
 from medrobust.training import TrainConfig, evaluate_classifier, save_trained, train_classifier
@@ -62,8 +61,7 @@ def train_and_save(dataset: str | None, data_dir: str | None, size: int | None, 
         result = train_classifier(train_ds, val_ds, config, resolve_device(device), **kwargs)
         test_metrics = evaluate_classifier(result.classifier, test_ds)
         test_metrics.pop("dataset")
-        about = robust_summary(kwargs["robust"], result.history, out, image_shape(train_ds),
-                               started_from=(robust or {}).get("xi_from")) \
+        about = trained_about(kwargs, robust, result.history, train_ds) \
             if kwargs["robust"] is not None else None
         save_trained(result, config, train_ds, out, extra={"test": test_metrics}, robust=about)
         EpochState(out, None).clear()

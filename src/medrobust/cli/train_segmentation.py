@@ -18,8 +18,7 @@ from medrobust.errors import DataError
 from medrobust.store import Store
 from medrobust.tasks.robust import (
     ROBUST_OPTIONS,
-    image_shape,
-    robust_summary,
+    trained_about,
     trainer_kwargs,
 )
 from medrobust.training.resume import EpochState
@@ -55,8 +54,8 @@ def train_segmentation_and_save(dataset: str, data_dir: str | None, size: int | 
     check_outputs(out, store_path)
     config = SegTrainConfig(seed=seed, **overrides)
     config.validate()
-    kwargs = trainer_kwargs({**ROBUST_OPTIONS, **(robust or {}), "out_dir": str(out)},
-                            "segmentation")
+    robust = {**ROBUST_OPTIONS, **(robust or {}), "out_dir": str(out)}
+    kwargs = trainer_kwargs(robust, "segmentation")
     robust_params = {"robust": kwargs["robust"].as_dict()} if kwargs["robust"] else {}
     train_ds, val_ds, test_ds = load_segmentation_splits(dataset, data_dir, size)
     checkpoint = str(Path(out).resolve())
@@ -66,8 +65,7 @@ def train_segmentation_and_save(dataset: str, data_dir: str | None, size: int | 
             dataset=train_ds.spec, resume=False) as (run_id, _):
         result = train_segmenter(train_ds, val_ds, config, resolve_device(device), **kwargs)
         test_metrics = evaluate_segmenter(result.segmenter, test_ds)
-        about = robust_summary(kwargs["robust"], result.history, out, image_shape(train_ds),
-                               started_from=(robust or {}).get("xi_from")) \
+        about = trained_about(kwargs, robust, result.history, train_ds) \
             if kwargs["robust"] is not None else None
         save_trained_segmenter(result, config, train_ds, out, extra={"test": test_metrics},
                                robust=about)

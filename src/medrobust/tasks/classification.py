@@ -12,9 +12,8 @@ from medrobust.metrics.proportion import proportion
 from medrobust.models.classifier import Classifier
 from medrobust.tasks.base import Task
 from medrobust.tasks.robust import (
-    image_shape,
-    robust_summary,
     split,
+    trained_about,
     trainer_kwargs,
     with_robust,
 )
@@ -31,8 +30,7 @@ def train(train_ds: Any, val_ds: Any, options: dict[str, Any], device: str
     own, robust = split(options)
     kwargs = trainer_kwargs(robust, "classification")
     result = train_classifier(train_ds, val_ds, TrainConfig(**own), device, **kwargs)
-    about = robust_summary(kwargs["robust"], result.history, robust["out_dir"], image_shape(train_ds),
-                           started_from=robust.get("xi_from"))
+    about = trained_about(kwargs, robust, result.history, train_ds)
     return result.classifier, {"best_epoch": result.best_epoch, "val": result.val_metrics,
                                "train_seconds": result.seconds, "history": result.history,
                                "robust": about}

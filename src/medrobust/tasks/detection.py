@@ -12,9 +12,8 @@ from medrobust.metrics.detection import MeanAveragePrecision
 from medrobust.models.detector import Detector
 from medrobust.tasks.base import Task
 from medrobust.tasks.robust import (
-    image_shape,
-    robust_summary,
     split,
+    trained_about,
     trainer_kwargs,
     with_robust,
 )
@@ -40,8 +39,7 @@ def train(train_ds: DetectionDataset, val_ds: DetectionDataset, options: dict[st
                                   **kwargs)
     detector = Detector(net, mean=history["mean"], std=history["std"],
                         class_names=train_ds.class_names, device=device)
-    about = robust_summary(kwargs["robust"], history["epochs"], robust["out_dir"], image_shape(train_ds),
-                           started_from=robust.get("xi_from"))
+    about = trained_about(kwargs, robust, history["epochs"], train_ds)
     return detector, {"epochs_run": len(history["epochs"]), "best_epoch": history.get("best_epoch"),
                       "val": {"map": history.get("best_val_map")},
                       "train_seconds": history["seconds"], "model_kwargs": {"width": o["width"]},

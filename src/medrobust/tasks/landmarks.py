@@ -13,9 +13,8 @@ from medrobust.models.landmark_codec import encode
 from medrobust.models.landmark_unet import LandmarkModel
 from medrobust.tasks.base import Task
 from medrobust.tasks.robust import (
-    image_shape,
-    robust_summary,
     split,
+    trained_about,
     trainer_kwargs,
     with_robust,
 )
@@ -44,8 +43,7 @@ def train(train_ds: LandmarkDataset, val_ds: LandmarkDataset, options: dict[str,
         heatmap_weight=o["heatmap_weight"], seed=o["seed"], width=o["width"], device=device,
         augment=o["augment"], minutes=o["minutes"], **kwargs)
     best = min(history, key=lambda r: r["val_mre"])
-    about = robust_summary(kwargs["robust"], history, robust["out_dir"], image_shape(train_ds),
-                           started_from=robust.get("xi_from"))
+    about = trained_about(kwargs, robust, history, train_ds)
     return model, {"epochs_run": len(history), "best_epoch": best["epoch"],
                    "val": {"mre": best["val_mre"], "sdr_2": best["val_sdr_2"],
                            "unit": best["unit"]},

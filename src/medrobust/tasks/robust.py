@@ -101,6 +101,14 @@ def robust_summary(config: RobustConfig | None, history: list[dict[str, Any]],
     return out
 
 
+def trained_about(kwargs: dict[str, Any], robust: dict[str, Any], history: list[dict[str, Any]],
+                  train_ds: Any) -> dict[str, Any]:
+    """``robust_summary`` of a finished training run, from what ``trainer_kwargs`` built and the
+    robust options it was given (every training path records the same fields)."""
+    return robust_summary(kwargs["robust"], history, robust["out_dir"], image_shape(train_ds),
+                          started_from=robust.get("xi_from"))
+
+
 def image_shape(dataset: Any) -> tuple[int, int, int]:
     """(C,H,W) of a dataset's uint8 (N,H,W,C) images."""
     _, h, w, c = dataset.images.shape
