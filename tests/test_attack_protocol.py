@@ -105,3 +105,33 @@ def test_ensemble_cell_is_at_most_each_member(checkpoints, tmp_path, capsys):
         ens = cells[("ensemble", eps)]
         for member in ("pgd", "apgd-ce", "square"):
             assert ens <= cells[(member, eps)] + 1e-12, (member, eps)
+
+
+def test_restarts_keep_the_extras_of_the_restart_each_image_keeps():
+    """An image's per-image extras come from the same restart as its adversarial image."""
+    from medrobust.attacks.base import Attack
+    from medrobust.attacks.result import AttackResult
+
+    class Nudge(Attack):
+        """Raises pixel 0 of image i by 0.01 * seed when (i + seed) is even; tags the seed."""
+
+        loss = staticmethod(lambda out, y: out.flatten(1).sum(1))
+
+        def params(self) -> dict:
+            return {"attack": "nudge", "seed": self.seed}
+
+        def run(self, images, labels, keys=None, **kwargs) -> AttackResult:
+            adv = images.clone()
+            for i in range(adv.shape[0]):
+                if (i + self.seed) % 2 == 0:
+                    adv[i].view(-1)[0] += 0.01 * self.seed
+            n = adv.shape[0]
+            return AttackResult(adv, extras={"seed": torch.full((n,), self.seed),
+                                             "tag": [self.seed] * n})
+
+    model = torch.nn.Flatten()
+    x = torch.full((4, 1, 2, 2), 0.5)
+    result = Restarts(Nudge(model, seed=1), restarts=3)(x, torch.zeros(4))
+    # seeds 1, 2, 3: image i gains from seeds with (i + seed) even; the largest such seed wins
+    expect = [2, 3, 2, 3]
+    assert result.seed.tolist() == expect and result.tag == expect

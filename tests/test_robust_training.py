@@ -369,6 +369,29 @@ def test_detection_robust_training_resumes(tmp_path, monkeypatch) -> None:
     assert not vat.training
 
 
+def test_robust_detector_training_updates_batch_norm(monkeypatch) -> None:
+    """Robust steps train the network in train mode (batch statistics, running averages
+    updated), although the inner attack runs in eval mode in between."""
+    from test_detection import _toy_dataset
+
+    from medrobust.training import detection
+
+    seen: list[bool] = []
+    forward = detection.Detector.forward
+
+    def spy(self, x):
+        if torch.is_grad_enabled() and not getattr(self, "_in_attack", False):
+            seen.append(self.model.training)
+        return forward(self, x)
+
+    monkeypatch.setattr(detection.Detector, "forward", spy)
+    train, val = _toy_dataset(12, 0), _toy_dataset(4, 1)
+    detection.train_detector(train, val, epochs=1, batch_size=6, seed=0, width=4,
+                             robust=RobustConfig("vat", eps=0.5, steps=2))
+    # every robust batch makes its training forward passes with the network in train mode
+    assert any(seen), "no robust training forward pass ran in train mode"
+
+
 def test_landmarks_adaptive_margin_from_the_cli(tmp_path, capsys) -> None:
     make_folder(tmp_path / "lm", n=12, h=24, w=20)
     common = ["--task", "landmarks", "--dataset", "landmarks", "--data-dir",

@@ -144,11 +144,13 @@ def confidence_map(classifier: Classifier, image: np.ndarray, label: int, step: 
             raise ConfigError(f"pixel ({xx}, {yy}) is outside the {w}x{h} image")
 
     # The checkpoint is only valid for this exact model (weights and buffers), image and grid:
-    # resuming another model's or image's partial map would silently mix two maps.
-    state = _State.start(h, w, c, checkpoint, {"step": step, "cls": cls, "label": label,
-                                               "engine_independent": True,
-                                               "model": model_digest(classifier),
-                                               "image": image_digest(image)})
+    # resuming another model's or image's partial map would silently mix two maps. Without a
+    # checkpoint there is nothing to key (hashing every weight per Ray tile would be waste).
+    key = {} if checkpoint is None else {"step": step, "cls": cls, "label": label,
+                                         "engine_independent": True,
+                                         "model": model_digest(classifier),
+                                         "image": image_digest(image)}
+    state = _State.start(h, w, c, checkpoint, key)
     clean = float(classifier.probabilities_tensor(x)[0, cls])
     started = time.perf_counter()
     last_save = started

@@ -74,7 +74,9 @@ class Restarts(Attack):
                                   result.adversarial, best.adversarial)
                 success = None if result.success is None or best.success is None else \
                     torch.where(better.cpu(), result.success, best.success)
-                best = AttackResult(adv, success=success, extras=best.extras)
+                best = AttackResult(adv, success=success,
+                                    extras=_pick_extras(better.cpu(), result.extras,
+                                                        best.extras))
                 best_loss = torch.where(better, value, best_loss)
             steps = _add(steps, result.steps)
             queries = _add(queries, result.queries)
@@ -82,6 +84,24 @@ class Restarts(Attack):
         best.steps, best.queries = steps, queries
         best.extras = {**best.extras, "restart_loss": best_loss.cpu()}
         return best
+
+
+def _pick_extras(better: torch.Tensor, new: dict[str, Any], old: dict[str, Any]
+                 ) -> dict[str, Any]:
+    """Per-image extras from the restart that each image keeps (tensors or lists with one row
+    per image); batch-level extras stay the first restart's."""
+    n = int(better.shape[0])
+    out = dict(old)
+    for key, value in new.items():
+        kept = old.get(key)
+        if isinstance(value, torch.Tensor) and isinstance(kept, torch.Tensor) and \
+                value.ndim and value.shape[0] == n and kept.shape == value.shape:
+            out[key] = torch.where(better.view(-1, *([1] * (value.ndim - 1))).to(value.device),
+                                   value, kept.to(value.device))
+        elif isinstance(value, list) and isinstance(kept, list) and len(value) == len(kept) == n:
+            out[key] = [v if b else k for v, k, b in zip(value, kept, better.tolist(),
+                                                         strict=True)]
+    return out
 
 
 def _on(labels: Any, device: torch.device) -> Any:

@@ -233,8 +233,8 @@ def evaluate_adaptive(store: Store, classifier: Classifier, denoiser: Denoiser,
               "config": config.params()}
     start = time.perf_counter()
     position = {int(i): j for j, i in enumerate(indices.tolist())}
-    items = [_key(attack, eps, int(i)) for attack, eps in _budgets(config) for i in indices]
     budget_of = _adaptive_items(config, indices)
+    items = list(budget_of)
     with batch_run(store, ADAPTIVE_TABLE, ADAPTIVE_COMMAND, params, model=run.get("model"),
                    dataset=run.get("dataset"), items=items, size=config.batch_size,
                    desc=f"adaptive {denoiser.name}", resume=resume,

@@ -67,14 +67,8 @@ class BatchRun:
         """Commit one item's row at once (for items that take long on their own)."""
         self.campaign.record(item, row)
 
-    def batches(self) -> Iterator[list[Any]]:
-        for chunk in _chunks(self.todo, self.size, self.group):
-            self._advanced = 0
-            yield chunk
-            self.bar.update(max(0, len(chunk) - self._advanced))
-
     def chunks(self) -> list[list[Any]]:
-        """The pending items as the batches ``batches`` hands out, all at once."""
+        """The pending items in batches of at most ``size`` that never mix two groups."""
         return list(_chunks(self.todo, self.size, self.group))
 
     def execute(self, work: Work, executor: Executor | None = None,

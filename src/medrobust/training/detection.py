@@ -254,7 +254,10 @@ def train_detector(train: DetectionDataset, val: DetectionDataset, epochs: int =
         epoch_start = time.monotonic()
         if objective is not None:
             objective.begin_epoch(epoch)
-        model.train()
+        # the wrapper, not only the network: inner attacks run in eval mode and restore the
+        # wrapper's own flag, which would otherwise put the network back in eval (frozen batch
+        # norm) for every robust training step
+        (model if wrapper is None else wrapper).train()
         order = torch.randperm(n, generator=generator)
         sums = dict.fromkeys((*TERMS, "total"), 0.0)
         for b0 in range(0, n, batch_size):
