@@ -164,7 +164,12 @@ def run_task(task: str, args: argparse.Namespace, root: Path, db: Path) -> dict[
         cfg.update(SMALL[task])
     if args.quick:
         cfg.update(QUICK[task])
+    if args.robust_epochs is not None:
+        rest = cfg["robust"][cfg["robust"].index("--epochs") + 2:]
+        cfg["robust"] = ["--epochs", str(args.robust_epochs), *rest]
     folder = root / (f"{task}_small" if args.small and task in SMALL else task)
+    if args.robust_epochs is not None:  # other checkpoints: never reuse another setting's
+        folder = folder.with_name(f"{folder.name}_e{args.robust_epochs}")
     folder.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     std_dir = folder / "std"
@@ -266,6 +271,8 @@ def main() -> None:
     ap.add_argument("--tasks", default="classification,segmentation,landmarks,detection")
     ap.add_argument("--quick", action="store_true", help="a smoke run (1 epoch, few images)")
     ap.add_argument("--teat-all", action="store_true", help="TEAT on every task")
+    ap.add_argument("--robust-epochs", type=int, default=None,
+                    help="robust fine-tuning epochs for every task (default: each task's)")
     ap.add_argument("--small", action="store_true",
                     help="landmarks at 64x64 and detection at 96x96 with shorter training")
     ap.add_argument("--pgd-steps", type=int, default=20,

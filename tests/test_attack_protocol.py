@@ -41,7 +41,8 @@ def test_protocol_table_budgets_and_resume(checkpoints, task, tmp_path, capsys):
     assert first["metric"] == head and first["task"] == task
     assert [(c["attack"], c["eps"]) for c in first["cells"]] == [
         (a, e) for a in ("pgd", "ifgsm") for e in LEVELS]
-    assert first["clean"] is not None and first["images"] >= 1
+    limit = int(cmd[cmd.index("--limit") + 1])
+    assert first["clean"] is not None and first["images"] == limit
     with Store(db) as store:
         for cell in first["cells"]:
             rows = store.rows(TASK_ATTACK_TABLE.name, run_id=cell["run_id"])

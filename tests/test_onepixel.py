@@ -126,5 +126,9 @@ def test_progress_moves_every_generation_and_adds_up_to_the_images(tiny_classifi
         images, labels, on_progress=events.append, on_result=lambda pos, r: events.append(1.0))
     running = np.cumsum(events)
     assert running[-1] == pytest.approx(len(images))
+    # the first generation tick is 1/(G+1) of an image for each image still being attacked
+    first = next(i for i, e in enumerate(events) if e != 1.0)
+    active = len(images) - first  # skipped images finished (1.0 each) before any tick
+    assert events[first] == pytest.approx(active / 7)
     assert running.max() <= len(images) + 1e-9
     assert sum(0 < e < 1 for e in events) >= 6  # generation ticks, not only whole images

@@ -20,6 +20,7 @@ from medrobust.cli.common import (
     emit,
     executor_options,
     open_model_dataset,
+    option_given,
 )
 from medrobust.cli.evaluate_protocol import protocol_settings, run_protocol
 from medrobust.errors import ConfigError
@@ -75,9 +76,12 @@ def evaluate(model_dir: str, dataset: str | None, data_dir: str | None, size: in
         return
     if executor is not None:
         raise ConfigError("--executor ray runs the attack protocol: add --attack pgd,ifgsm")
-    for flag, value in protocol_only.items():
-        if value is not None:
-            raise ConfigError(f"{flag} belongs to the attack protocol: add --attack pgd,ifgsm")
+    given = [flag for flag, value in protocol_only.items() if value is not None] + [
+        f"--{name.replace('_', '-')}" for name in ("steps", "ifgsm_steps", "restarts", "queries",
+                                                   "batch_images", "no_resume")
+        if option_given(name)]
+    if given:
+        raise ConfigError(f"{given[0]} belongs to the attack protocol: add --attack pgd,ifgsm")
     _evaluate_clean(model_dir, meta, dataset, data_dir, size, no_verify, split, store_path,
                     as_json, device)
 
