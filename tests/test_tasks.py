@@ -189,3 +189,27 @@ def test_pgd_through_the_task_loss_holds_its_budget_and_raises_the_loss(task, no
     assert torch.equal(attack(x, targets).adversarial, adv)
     alone = attack(x[1:2], targets[1:2], keys=[1]).adversarial
     assert torch.allclose(alone, adv[1:2], atol=1e-6)
+
+
+def test_landmark_attack_loss_is_the_heatmap_loss_it_was_trained_with(tmp_path):
+    """A model trained with the Dice heatmap loss is attacked through Dice, also after a
+    checkpoint round trip."""
+    from medrobust.training.landmark_loss import LandmarkLoss
+
+    torch.manual_seed(0)
+    model = LandmarkModel(build_model("landmark_unet", 1, 2, width=2), [0.4], [0.2], 2, 3.0,
+                          heatmap_loss="dice", heatmap_weight=0.5)
+    save_model(model, tmp_path / "m", {"model": "landmark_unet", "model_kwargs": {"width": 2}})
+    back = load_model(tmp_path / "m")
+    assert (back.heatmap_loss, back.heatmap_weight) == ("dice", 0.5)
+    x = torch.rand(2, 1, 24, 20)
+    pts = torch.tensor([[[5.0, 6.0], [12.0, 15.0]], [[8.0, 4.0], [10.0, 18.0]]])
+    from medrobust.models.landmark_codec import encode
+
+    with torch.no_grad():
+        out = back(x)
+        got = get_task("landmarks").loss_terms(back, out, pts)["total"]
+        heat, offsets, mask = encode(pts, tuple(out.shape[-2:]), back.radius)
+        dice = LandmarkLoss("dice", 0.5)(out, heat, offsets, mask)["total"]
+        bce = LandmarkLoss("bce", 2.0)(out, heat, offsets, mask)["total"]
+    assert torch.allclose(got, dice) and not torch.allclose(got, bce)

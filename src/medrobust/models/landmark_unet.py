@@ -74,10 +74,13 @@ class LandmarkModel(PixelModel):
 
     def __init__(self, model: nn.Module, mean: Sequence[float], std: Sequence[float],
                  num_landmarks: int, radius: float, device: torch.device | str = "cpu",
-                 names: Sequence[str] | None = None) -> None:
+                 names: Sequence[str] | None = None, heatmap_loss: str = "bce",
+                 heatmap_weight: float = 2.0) -> None:
         super().__init__(model, mean=mean, std=std, device=device)
         self.num_landmarks = int(num_landmarks)
         self.radius = float(radius)
+        #: the heatmap loss it was trained with: attacks raise the same loss
+        self.heatmap_loss, self.heatmap_weight = str(heatmap_loss), float(heatmap_weight)
         #: one name per landmark (the landmark folder's column order): L1..LK by default
         self.names = tuple(names) if names is not None else tuple(
             f"L{i + 1}" for i in range(self.num_landmarks))
@@ -88,7 +91,8 @@ class LandmarkModel(PixelModel):
 
     def checkpoint_meta(self) -> dict[str, Any]:
         return {**super().checkpoint_meta(), "num_landmarks": self.num_landmarks,
-                "radius": self.radius, "class_names": list(self.names)}
+                "radius": self.radius, "class_names": list(self.names),
+                "heatmap_loss": self.heatmap_loss, "heatmap_weight": self.heatmap_weight}
 
     def predict_tensor(self, x: torch.Tensor, batch_size: int = 16) -> torch.Tensor:
         """(N,K,2) landmarks (x, y in input pixels) for [0,1] images, in eval mode."""

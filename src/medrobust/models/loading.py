@@ -49,8 +49,11 @@ def load_landmark_model(ckpt_dir: str | Path, device: str | torch.device = "cpu"
                               f"names for {k} landmarks")
     radius = _positive(meta, "radius", ckpt_dir)
     net = build_checkpoint_model(meta, ckpt_dir, k, model_factory, trust_model_code)
+    # files from before the loss was recorded were trained with the default BCE
     return LandmarkModel(net, meta["mean"], meta["std"], k, radius, device=device,
-                         names=meta["class_names"])
+                         names=meta["class_names"],
+                         heatmap_loss=str(meta.get("heatmap_loss", "bce")),
+                         heatmap_weight=float(meta.get("heatmap_weight", 2.0)))
 
 
 def load_detector(ckpt_dir: str | Path, device: str | torch.device = "cpu", *,

@@ -53,12 +53,14 @@ def train(train_ds: LandmarkDataset, val_ds: LandmarkDataset, options: dict[str,
                    "robust": about}
 
 
-def loss_terms(model: LandmarkModel, outputs: torch.Tensor, landmarks: torch.Tensor,
-               heatmap_loss: str = "bce", heatmap_weight: float = 2.0) -> dict[str, torch.Tensor]:
-    """Per-sample heatmap and offset terms against (N,K,2) landmarks in input pixels."""
+def loss_terms(model: LandmarkModel, outputs: torch.Tensor, landmarks: torch.Tensor
+               ) -> dict[str, torch.Tensor]:
+    """Per-sample heatmap and offset terms against (N,K,2) landmarks in input pixels, with the
+    heatmap loss the model was trained with (BCE, or the Dice variant)."""
     heat, offsets, mask = encode(landmarks.to(outputs.device), tuple(outputs.shape[-2:]),
                                  model.radius)
-    return dict(LandmarkLoss(heatmap_loss, heatmap_weight)(outputs, heat, offsets, mask))
+    return dict(LandmarkLoss(model.heatmap_loss, model.heatmap_weight)(outputs, heat, offsets,
+                                                                        mask))
 
 
 def _errors(model: LandmarkModel, ds: LandmarkDataset, idx: np.ndarray, x: torch.Tensor

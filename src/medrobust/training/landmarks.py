@@ -118,7 +118,8 @@ def train_landmark_model(train: LandmarkDataset, val: LandmarkDataset, epochs: i
     if width is not None:
         net_kwargs["width"] = int(width)
     mean, std = channel_stats(train)
-    model = LandmarkModel(landmark_unet(train.channels, k, **net_kwargs), mean, std, k, radius, device)
+    model = LandmarkModel(landmark_unet(train.channels, k, **net_kwargs), mean, std, k, radius,
+                          device, heatmap_loss=heatmap_loss, heatmap_weight=heatmap_weight)
     if init is not None:
         start_from(model.model, init)
     loss_fn = LandmarkLoss(heatmap_loss, heatmap_weight)
