@@ -31,6 +31,7 @@ from medrobust.cli.common import (
     executor_options,
     fmt,
     open_dataset,
+    open_model_dataset,
     option_given,
 )
 from medrobust.cli.seg_common import (
@@ -239,10 +240,8 @@ def _task_attack(kind: str, task_name: str, opts: dict[str, Any]
                         step=opts["step"], steps=opts["steps"],
                         random_start=opts["random_start"], batch_size=opts["batch_images"],
                         seed=opts["seed"])
-    spec = meta.get("dataset") or {}
-    ds = open_dataset(opts["dataset"], opts["split"], opts["data_dir"],
-                      opts["size"] or spec.get("size"), opts["no_verify"], spec,
-                      model_channels=model.channels)
+    ds = open_model_dataset(meta, model.channels, opts["dataset"], opts["split"],
+                            opts["data_dir"], opts["size"], opts["no_verify"])
     att.check_images((ds.channels, *ds.images.shape[1:3]))
     indices = pick_indices(ds, opts["limit"])
     info = {"dir": str(Path(opts["model_dir"]).resolve()), "model": meta.get("model"),
