@@ -22,9 +22,8 @@ from medrobust.tasks import get_task
 from medrobust.training.resume import EpochState
 from medrobust.utils.device import resolve_device
 
-#: ``train``'s options that map onto a task option of the same meaning
-SHARED = {"epochs": "epochs", "batch_size": "batch_size", "lr": "lr", "width": "width",
-          "minutes": "minutes", "heatmap_loss": "heatmap_loss", "seed": "seed"}
+#: ``train``'s options that are also task options (same name, same meaning)
+SHARED = ("epochs", "batch_size", "lr", "width", "minutes", "heatmap_loss", "seed")
 
 
 def task_options(ctx: click.Context, task_name: str) -> dict[str, Any]:
@@ -39,7 +38,7 @@ def task_options(ctx: click.Context, task_name: str) -> dict[str, Any]:
         if given(name):
             raise ConfigError(f"--{name.replace('_name', '').replace('_', '-')} does not apply "
                               f"to {task_name} training")
-    chosen = {SHARED[k]: p[k] for k in SHARED if k in p and (given(k) or k == "seed")}
+    chosen = {k: p[k] for k in SHARED if k in p and (given(k) or k == "seed")}
     if p.get("xi_from") and not given("width"):
         # robust fine-tuning starts from that checkpoint: build its network, not the default
         from medrobust.models import read_meta

@@ -76,3 +76,8 @@ class Task:
         if unknown:
             raise ConfigError(f"{self.name} training takes no option(s) {', '.join(unknown)}")
         return {k: (given[k] if given.get(k) is not None else v) for k, v in self.options.items()}
+
+
+def fmt_value(value: Any, digits: int = 3) -> str:
+    """A metric for the one-line descriptions the tasks give ('-' when absent)."""
+    return "-" if value is None else f"{float(value):.{digits}f}"

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from medrobust.metrics.proportion import proportion
 from medrobust.models.classifier import Classifier
-from medrobust.tasks.base import Task
+from medrobust.tasks.base import Task, fmt_value
 from medrobust.tasks.robust import (
     split,
     trained_about,
@@ -82,19 +82,15 @@ def attack_summary(rows: list[dict[str, Any]], ds: Any) -> dict[str, Any]:
 
 def describe(m: dict[str, Any]) -> str:
     """Accuracy, AUC and balanced accuracy, then recall per class and the confusion matrix."""
-    recall = ", ".join(f"{name} {_f(r)}" for name, r in (m.get("recall") or {}).items())
-    return (f"n={m['n']} accuracy {_f(m['accuracy'])} AUC {_f(m.get('auc'))} balanced "
-            f"{_f(m.get('balanced_accuracy'))}; recall {recall}; confusion matrix (rows = truth) "
+    recall = ", ".join(f"{name} {fmt_value(r)}" for name, r in (m.get("recall") or {}).items())
+    return (f"n={m['n']} accuracy {fmt_value(m['accuracy'])} AUC {fmt_value(m.get('auc'))} balanced "
+            f"{fmt_value(m.get('balanced_accuracy'))}; recall {recall}; confusion matrix (rows = truth) "
             f"{m.get('confusion_matrix')}")
 
 
 def describe_attack(s: dict[str, Any]) -> str:
-    return (f"accuracy {_f(s.get('clean_accuracy'))} -> {_f(s.get('adv_accuracy'))}  success "
-            f"rate {_f(s.get('success_rate'))} of {s.get('attacked')} correct images")
-
-
-def _f(value: Any, digits: int = 3) -> str:
-    return "-" if value is None else f"{float(value):.{digits}f}"
+    return (f"accuracy {fmt_value(s.get('clean_accuracy'))} -> {fmt_value(s.get('adv_accuracy'))}  success "
+            f"rate {fmt_value(s.get('success_rate'))} of {s.get('attacked')} correct images")
 
 
 TASK = Task(name="classification", wrapper=Classifier,

@@ -10,7 +10,7 @@ import torch
 from medrobust.data.voc import DetectionDataset
 from medrobust.metrics.detection import MeanAveragePrecision
 from medrobust.models.detector import Detector
-from medrobust.tasks.base import Task
+from medrobust.tasks.base import Task, fmt_value
 from medrobust.tasks.robust import (
     split,
     trained_about,
@@ -119,17 +119,13 @@ def attack_targets(ds: DetectionDataset, idx: np.ndarray) -> list[tuple[torch.Te
 
 
 def describe(m: dict[str, Any]) -> str:
-    per_class = ", ".join(f"{k} {_f(v)}" for k, v in m["per_class"].items())
-    return f"mAP@0.5:0.95 {_f(m['map'])}  mAP@0.5 {_f(m['map50'])}  ({per_class})"
+    per_class = ", ".join(f"{k} {fmt_value(v)}" for k, v in m["per_class"].items())
+    return f"mAP@0.5:0.95 {fmt_value(m['map'])}  mAP@0.5 {fmt_value(m['map50'])}  ({per_class})"
 
 
 def describe_attack(s: dict[str, Any]) -> str:
-    return (f"mAP@0.5:0.95 {_f(s.get('clean_map'))} -> {_f(s.get('adv_map'))}  mAP@0.5 "
-            f"{_f(s.get('clean_map50'))} -> {_f(s.get('adv_map50'))}")
-
-
-def _f(value: Any, digits: int = 3) -> str:
-    return "-" if value is None else f"{float(value):.{digits}f}"
+    return (f"mAP@0.5:0.95 {fmt_value(s.get('clean_map'))} -> {fmt_value(s.get('adv_map'))}  mAP@0.5 "
+            f"{fmt_value(s.get('clean_map50'))} -> {fmt_value(s.get('adv_map50'))}")
 
 
 TASK = Task(name="detection", wrapper=Detector, datasets=("bccd-detection", "voc"), train=train,

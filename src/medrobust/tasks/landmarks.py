@@ -11,7 +11,7 @@ from medrobust.data.landmarks import LandmarkDataset
 from medrobust.metrics.landmarks import radial_errors
 from medrobust.models.landmark_codec import encode
 from medrobust.models.landmark_unet import LandmarkModel
-from medrobust.tasks.base import Task
+from medrobust.tasks.base import Task, fmt_value
 from medrobust.tasks.robust import (
     split,
     trained_about,
@@ -103,18 +103,14 @@ def attack_targets(ds: LandmarkDataset, idx: np.ndarray) -> torch.Tensor:
 def describe(m: dict[str, Any]) -> str:
     """MRE (and SD) and the ISBI challenge's SDR at 2, 2.5, 3 and 4 (mm, else px)."""
     sdr, unit = m["sdr"], m["unit"]
-    return (f"MRE {_f(m['mre'], 2)} {unit} (SD {_f(m['mre_std'], 2)}), SDR@2/2.5/3/4 {unit}: "
+    return (f"MRE {fmt_value(m['mre'], 2)} {unit} (SD {fmt_value(m['mre_std'], 2)}), SDR@2/2.5/3/4 {unit}: "
             + " / ".join(f"{100 * sdr[k]:.1f}%" for k in ("2.0", "2.5", "3.0", "4.0")))
 
 
 def describe_attack(s: dict[str, Any]) -> str:
     u = s.get("unit", "")
-    return (f"MRE {_f(s.get('clean_mre'), 2)} -> {_f(s.get('adv_mre'), 2)} {u}  SDR@2 "
-            f"{_f(s.get('clean_sdr_2'))} -> {_f(s.get('adv_sdr_2'))}")
-
-
-def _f(value: Any, digits: int = 3) -> str:
-    return "-" if value is None else f"{float(value):.{digits}f}"
+    return (f"MRE {fmt_value(s.get('clean_mre'), 2)} -> {fmt_value(s.get('adv_mre'), 2)} {u}  SDR@2 "
+            f"{fmt_value(s.get('clean_sdr_2'))} -> {fmt_value(s.get('adv_sdr_2'))}")
 
 
 TASK = Task(name="landmarks", wrapper=LandmarkModel, datasets=("landmarks",), train=train,

@@ -9,7 +9,7 @@ import torch
 
 from medrobust.metrics.segmentation import per_image_metrics
 from medrobust.models.segmenter import Segmenter
-from medrobust.tasks.base import Task
+from medrobust.tasks.base import Task, fmt_value
 from medrobust.tasks.robust import (
     split,
     trained_about,
@@ -77,17 +77,13 @@ def attack_summary(rows: list[dict[str, Any]], ds: Any) -> dict[str, Any]:
 
 
 def describe(m: dict[str, Any]) -> str:
-    return (f"n={m['n']} Dice {_f(m['dice'])} (median {_f(m.get('dice_median'))}) IoU "
-            f"{_f(m['iou'])} pixel accuracy {_f(m.get('pixel_accuracy'))}")
+    return (f"n={m['n']} Dice {fmt_value(m['dice'])} (median {fmt_value(m.get('dice_median'))}) IoU "
+            f"{fmt_value(m['iou'])} pixel accuracy {fmt_value(m.get('pixel_accuracy'))}")
 
 
 def describe_attack(s: dict[str, Any]) -> str:
-    return (f"Dice {_f(s.get('clean_dice'))} -> {_f(s.get('adv_dice'))}  IoU "
-            f"{_f(s.get('clean_iou'))} -> {_f(s.get('adv_iou'))}")
-
-
-def _f(value: Any, digits: int = 3) -> str:
-    return "-" if value is None else f"{float(value):.{digits}f}"
+    return (f"Dice {fmt_value(s.get('clean_dice'))} -> {fmt_value(s.get('adv_dice'))}  IoU "
+            f"{fmt_value(s.get('clean_iou'))} -> {fmt_value(s.get('adv_iou'))}")
 
 
 TASK = Task(name="segmentation", wrapper=Segmenter, datasets=("segfolder",), train=train,

@@ -21,8 +21,7 @@ import numpy as np
 from scipy.stats import norm
 
 from medrobust.errors import ConfigError
-
-XI_RULES = ("mean", "mean+2std", "huber")
+from medrobust.training.robust.config import XI_RULES
 
 
 def huber_location_scale(values: np.ndarray, c: float = 1.5, tol: float = 1e-8,
