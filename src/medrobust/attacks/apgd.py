@@ -32,7 +32,6 @@ import warnings
 from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -41,17 +40,17 @@ from medrobust.attacks.criteria import misclassified
 from medrobust.attacks.losses import cross_entropy
 from medrobust.attacks.projection import (
     NORMS,
+    Budget,
     ascent_direction,
     budget_param,
     enforce_budget,
     flat_norm,
+    plain_budget,
 )
 from medrobust.attacks.result import AttackResult
 from medrobust.errors import ConfigError
 from medrobust.utils.seeding import numpy_rng
 from medrobust.utils.validation import check_choice, check_range
-
-Budget = float | Sequence[float] | np.ndarray | torch.Tensor
 
 APGD_LOSSES = ("ce", "dlr")
 FALLBACKS = ("margin", "error")
@@ -139,11 +138,6 @@ def checkpoints(steps: int) -> list[int]:
                    <= steps})
 
 
-def _plain(v: Any) -> Any:
-    return v if v is None or isinstance(v, float) else np.asarray(
-        v.detach().cpu() if isinstance(v, torch.Tensor) else v, dtype=float).tolist()
-
-
 class APGD(Attack):
     """Untargeted APGD with random restarts, Linf or L2, per-sample budgets.
 
@@ -188,7 +182,7 @@ class APGD(Attack):
 
     def params(self) -> dict[str, Any]:
         return {"attack": self.name, "loss": self.loss, "norm": self.norm,
-                "eps": _plain(self.eps), "steps": self.steps, "restarts": self.restarts,
+                "eps": plain_budget(self.eps), "steps": self.steps, "restarts": self.restarts,
                 "rho": self.rho, "momentum": self.momentum, "dlr_fallback": self.dlr_fallback,
                 "seed": self.seed}
 

@@ -29,19 +29,19 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
 from medrobust.attacks.base import Attack, as_image_batch, model_device, output_device
 from medrobust.attacks.criteria import foreground_iou
-from medrobust.attacks.pgd import Budget
 from medrobust.attacks.projection import (
+    Budget,
     budget_param,
     clip_box,
     enforce_budget,
     flat_norm,
     per_sample,
+    plain_budget,
     project,
 )
 from medrobust.attacks.result import AttackResult
@@ -145,14 +145,11 @@ class ASMA(Attack):
         self.batch_size = int(check_range("batch_size", batch_size, 1))
 
     def params(self) -> dict[str, Any]:
-        def plain(v: Budget | None) -> Any:
-            return v if v is None or isinstance(v, float) else np.asarray(
-                v.detach().cpu() if isinstance(v, torch.Tensor) else v, dtype=float).tolist()
-
         return {"attack": self.name, "iterations": self.iterations, "tau": self.tau,
                 "beta": self.beta, "mask": self.mask, "dynamic": self.dynamic,
                 "distance_weight": self.distance_weight, "normalize": self.normalize,
-                "eps": plain(self.eps), "eps_l2": plain(self.eps_l2), "stop_iou": self.stop_iou,
+                "eps": plain_budget(self.eps), "eps_l2": plain_budget(self.eps_l2),
+                "stop_iou": self.stop_iou,
                 "seed": self.seed}
 
     def run(self, images: Any, labels: Any, keys: Sequence[int] | None = None,

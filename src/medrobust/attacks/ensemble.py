@@ -23,20 +23,18 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
-from medrobust.attacks.apgd import APGD, APGDT, _plain
+from medrobust.attacks.apgd import APGD, APGDT
 from medrobust.attacks.base import Attack, output_device
 from medrobust.attacks.criteria import predictions
-from medrobust.attacks.projection import NORMS, budget_param, flat_norm
+from medrobust.attacks.projection import NORMS, Budget, budget_param, flat_norm, plain_budget
 from medrobust.attacks.result import AttackResult
 from medrobust.attacks.square import Square
 from medrobust.errors import ConfigError
 from medrobust.utils.validation import check_choice, check_range
 
-Budget = float | Sequence[float] | np.ndarray | torch.Tensor
 Member = Attack | Callable[..., Any]
 
 
@@ -120,7 +118,7 @@ class AttackEnsemble(Attack):
         self.names = names
 
     def params(self) -> dict[str, Any]:
-        return {"attack": self.name, "norm": self.norm, "eps": _plain(self.eps),
+        return {"attack": self.name, "norm": self.norm, "eps": plain_budget(self.eps),
                 "members": [{"name": n, **(m.params() if isinstance(m, Attack) else
                                            {"callable": repr(m)})}
                             for n, m in zip(self.names, self.attacks, strict=True)],

@@ -12,7 +12,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -21,20 +20,20 @@ from medrobust.attacks.criteria import Criterion
 from medrobust.attacks.losses import LossFn, cross_entropy, loss_name
 from medrobust.attacks.projection import (
     NORMS,
+    Budget,
     ascent_direction,
     budget_param,
     check_budget,
     clip_box,
     enforce_budget,
     per_sample,
+    plain_budget,
     project,
     random_start,
 )
 from medrobust.attacks.result import AttackResult
 from medrobust.errors import ConfigError
 from medrobust.utils.validation import check_choice, check_range
-
-Budget = float | Sequence[float] | np.ndarray | torch.Tensor
 
 
 class PGD(Attack):
@@ -88,12 +87,8 @@ class PGD(Attack):
             check_budget("eps", self.eps, "l2", shape=tuple(shape))
 
     def params(self) -> dict[str, Any]:
-        def plain(v: Budget | None) -> Any:
-            return v if v is None or isinstance(v, float) else np.asarray(
-                v.detach().cpu() if isinstance(v, torch.Tensor) else v, dtype=float).tolist()
-
         return {"attack": self.name, "loss": loss_name(self.loss), "norm": self.norm,
-                "eps": plain(self.eps), "step": plain(self.step), "steps": self.steps,
+                "eps": plain_budget(self.eps), "step": plain_budget(self.step), "steps": self.steps,
                 "random_start": self.random_start, "targeted": self.targeted,
                 "early_stop": None if self.early_stop is None else getattr(
                     self.early_stop, "__name__", repr(self.early_stop)),

@@ -18,6 +18,17 @@ from medrobust.utils.seeding import numpy_rng
 
 NORMS = ("linf", "l2")
 
+#: a radius or step: one number, or one value per image
+Budget = float | Sequence[float] | np.ndarray | torch.Tensor
+
+
+def plain_budget(value: Budget | None) -> Any:
+    """A budget as JSON (for ``params()`` and stores): None, a float, or per-image floats."""
+    if value is None or isinstance(value, float):
+        return value
+    return np.asarray(value.detach().cpu() if isinstance(value, torch.Tensor) else value,
+                      dtype=float).tolist()
+
 
 def per_sample(value: float | Sequence[float] | np.ndarray | torch.Tensor, n: int,
                device: torch.device, name: str = "eps") -> torch.Tensor:

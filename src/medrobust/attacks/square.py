@@ -35,15 +35,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from medrobust.attacks.apgd import _plain, exact_budget, margin_loss
+from medrobust.attacks.apgd import exact_budget, margin_loss
 from medrobust.attacks.base import Attack, output_device
 from medrobust.attacks.criteria import misclassified
-from medrobust.attacks.projection import NORMS, budget_param
+from medrobust.attacks.projection import NORMS, Budget, budget_param, plain_budget
 from medrobust.attacks.result import AttackResult
 from medrobust.utils.seeding import numpy_rng
 from medrobust.utils.validation import check_choice, check_range
-
-Budget = float | Sequence[float] | np.ndarray | torch.Tensor
 
 #: (upper bound of the rescaled iteration, divisor of p_init) from the paper's schedule
 P_SCHEDULE = ((10, 1), (50, 2), (200, 4), (500, 8), (1000, 16), (2000, 32), (4000, 64),
@@ -155,7 +153,7 @@ class Square(Attack):
         return self.name
 
     def params(self) -> dict[str, Any]:
-        return {"attack": self.name, "norm": self.norm, "eps": _plain(self.eps),
+        return {"attack": self.name, "norm": self.norm, "eps": plain_budget(self.eps),
                 "max_queries": self.max_queries, "p_init": self.p_init, "seed": self.seed}
 
     def run(self, images: Any, labels: Any, keys: Sequence[int] | None = None,

@@ -18,22 +18,11 @@ from medrobust.attacks.criteria import hits_target, mask_iou_at_least, misclassi
 from medrobust.attacks.ifgsm import IFGSM
 from medrobust.attacks.losses import LOSSES, get_loss, loss_name
 from medrobust.attacks.pgd import PGD
+from medrobust.attacks.projection import plain_budget
 from medrobust.errors import ConfigError
 
 GRADIENT_CLASSES: dict[str, type[PGD]] = {"pgd": PGD, "ifgsm": IFGSM}
 _CRITERIA = {"misclassified": misclassified, "hits_target": hits_target}
-
-
-def _plain(value: Any) -> Any:
-    """A budget as JSON: a float, or a list of per-image floats."""
-    if value is None or isinstance(value, float):
-        return value
-    import numpy as np
-    import torch
-
-    if isinstance(value, torch.Tensor):
-        value = value.detach().cpu()
-    return np.asarray(value, dtype=float).tolist()
 
 
 def _criterion_recipe(fn: Any) -> dict[str, Any] | None:
@@ -72,7 +61,7 @@ def gradient_recipe(attack: PGD, task: str | None = None) -> dict[str, Any]:
         raise ConfigError(f"loss {name!r} is not a named loss: it cannot be rebuilt on a Ray "
                           "worker (run with --executor local)")
     return {"builder": "gradient", "class": kind, "loss": loss, "norm": attack.norm,
-            "eps": _plain(attack.eps), "step": _plain(attack.step), "steps": attack.steps,
+            "eps": plain_budget(attack.eps), "step": plain_budget(attack.step), "steps": attack.steps,
             "random_start": attack.random_start, "targeted": attack.targeted,
             "early_stop": _criterion_recipe(attack.early_stop),
             "batch_size": attack.batch_size, "seed": attack.seed}
