@@ -136,3 +136,18 @@ def test_restarts_keep_the_extras_of_the_restart_each_image_keeps():
     # seeds 1, 2, 3: image i gains from seeds with (i + seed) even; the largest such seed wins
     expect = [2, 3, 2, 3]
     assert result.seed.tolist() == expect and result.tag == expect
+
+
+def test_an_l2_budget_beyond_the_images_is_refused_before_any_run(checkpoints, tmp_path, capsys):
+    """Every attack checks its budget against the image size before the protocol opens a run,
+    APGD and Square too (they have no check of their own)."""
+    from pathlib import Path
+
+    db = tmp_path / "s.db"
+    for attack in ("apgd-ce", "square", "pgd-restarts"):
+        code, _, err = run_cli(capsys, *_args(checkpoints, "classification"), "--attack", attack,
+                               "--l2", "50", "--store", str(db))
+        assert code == 2 and "exceeds the image range" in err, (attack, err)
+    if Path(db).is_file():
+        with Store(db) as store:
+            assert store.runs() == []

@@ -86,12 +86,22 @@ class Attack(ABC):
     def __call__(self, images: Any, labels: Any, **kwargs: Any) -> AttackResult:
         return self.run(images, labels, **kwargs)
 
+    def check_images(self, shape: Sequence[int]) -> None:
+        """Refuse a budget no image of ``shape`` (C,H,W) can have, before a campaign opens a
+        run: only L2 needs the shape (Linf is checked on construction). Attacks without an
+        ``eps`` budget, or with another rule, override it."""
+        from medrobust.attacks.projection import check_budget
+
+        norm, eps = getattr(self, "norm", None), getattr(self, "eps", None)
+        if norm == "l2" and eps is not None:
+            check_budget("eps", eps, "l2", shape=tuple(shape))
+
     def labelled_batch(self, images: Any, labels: Any, keys: Sequence[int] | None,
                        extra: dict[str, Any]) -> LabelledBatch:
         """The checks every classifier attack with a budget (``self.norm``, ``self.eps``) makes
         before any work: no unknown options, one label and one key per image, an L2 budget
         within the image range; keys default to 0..N-1."""
-        from medrobust.attacks.projection import check_budget, per_sample
+        from medrobust.attacks.projection import per_sample
 
         if extra:
             raise ConfigError(f"{type(self).__name__}.run got unknown options: "
@@ -106,10 +116,8 @@ class Attack(ABC):
         keys = list(range(n)) if keys is None else [int(k) for k in keys]
         if len(keys) != n:
             raise ConfigError(f"{n} images but {len(keys)} keys")
-        norm, eps = self.norm, self.eps
-        if norm == "l2":
-            check_budget("eps", eps, "l2", shape=tuple(x.shape[1:]))
-        return LabelledBatch(device, x, y, keys, per_sample(eps, n, device, "eps"))
+        self.check_images(x.shape[1:])
+        return LabelledBatch(device, x, y, keys, per_sample(self.eps, n, device, "eps"))
 
     def __repr__(self) -> str:
         inner = ", ".join(f"{k}={v!r}" for k, v in self.params().items())

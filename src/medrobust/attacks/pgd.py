@@ -23,7 +23,6 @@ from medrobust.attacks.projection import (
     Budget,
     ascent_direction,
     budget_param,
-    check_budget,
     clip_box,
     enforce_budget,
     per_sample,
@@ -79,12 +78,6 @@ class PGD(Attack):
 
     def default_step(self, eps: torch.Tensor) -> torch.Tensor:
         return 2.5 * eps / max(self.steps, 1)
-
-    def check_images(self, shape: Sequence[int]) -> None:
-        """Refuse a budget beyond the range of images of ``shape`` (C,H,W), before a campaign
-        starts (only L2 needs the shape; Linf is checked on construction)."""
-        if self.norm == "l2" and self.eps is not None:
-            check_budget("eps", self.eps, "l2", shape=tuple(shape))
 
     def params(self) -> dict[str, Any]:
         return {"attack": self.name, "loss": loss_name(self.loss), "norm": self.norm,

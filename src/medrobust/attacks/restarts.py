@@ -47,9 +47,7 @@ class Restarts(Attack):
 
     def check_images(self, shape: Sequence[int]) -> None:
         """The wrapped attack's budget check (an L2 budget beyond the image range)."""
-        check = getattr(self.attack, "check_images", None)
-        if check is not None:
-            check(shape)
+        self.attack.check_images(shape)
 
     def run(self, images: Any, labels: Any, keys: Sequence[int] | None = None,
             **kwargs: Any) -> AttackResult:

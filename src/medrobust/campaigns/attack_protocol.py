@@ -50,6 +50,13 @@ def run_attack_protocol(store: Store, task: Task, model: PixelModel, model_info:
     shape = (dataset.channels, *dataset.images.shape[1:3])
     indices = [int(i) for i in indices]
     start = time.perf_counter()
+    # every attack is built and its budget checked before the run opens: a budget no image can
+    # have is one line, not a failed run in the store
+    attacks = {(name, float(eps)): build_attack(name, task, model, settings.norm, float(eps),
+                                                settings)
+               for name in settings.attacks for eps in settings.levels}
+    for attack in attacks.values():
+        attack.check_images(shape)
     params = {**settings.params(), "task": task.name, "indices": indices}
     run_id, resumed = store.start_run(PROTOCOL_COMMAND, params, model=model_info,
                                       dataset={**dataset.spec, "split": dataset.split},
@@ -58,25 +65,21 @@ def run_attack_protocol(store: Store, task: Task, model: PixelModel, model_info:
     cells: list[dict[str, Any]] = []
     computed = 0
     with store.guard(run_id):
-        for name in settings.attacks:
-            for eps in settings.levels:
-                attack = build_attack(name, task, model, settings.norm, float(eps), settings)
-                if hasattr(attack, "check_images"):
-                    attack.check_images(shape)
-                out = run_task_attack_campaign(
-                    store, task, model, model_info, dataset, attack, f"attack {attack.name}",
-                    {"attack": attack.params(), "task": task.name, "indices": indices},
-                    indices, batch_images=settings.batch_images,
-                    resume=resume, show_progress=show_progress, executor=executor,
-                    recipe=protocol_recipe(name, task, settings.norm, float(eps), settings))
-                computed += out.computed_now
-                s = out.summary
-                cells.append({"attack": name, "norm": settings.norm, "eps": float(eps),
-                              "budget": budget_text(settings.norm, float(eps), shape),
-                              "run_id": out.run_id, "images": s.get("images"),
-                              "clean": s.get(f"clean_{head}"), "attacked": s.get(f"adv_{head}"),
-                              "attacked_ci95": s.get(f"adv_{head}_ci95"),
-                              "unit": s.get("unit", "")})
+        for (name, eps), attack in attacks.items():
+            out = run_task_attack_campaign(
+                store, task, model, model_info, dataset, attack, f"attack {attack.name}",
+                {"attack": attack.params(), "task": task.name, "indices": indices},
+                indices, batch_images=settings.batch_images,
+                resume=resume, show_progress=show_progress, executor=executor,
+                recipe=protocol_recipe(name, task, settings.norm, float(eps), settings))
+            computed += out.computed_now
+            s = out.summary
+            cells.append({"attack": name, "norm": settings.norm, "eps": float(eps),
+                          "budget": budget_text(settings.norm, float(eps), shape),
+                          "run_id": out.run_id, "images": s.get("images"),
+                          "clean": s.get(f"clean_{head}"), "attacked": s.get(f"adv_{head}"),
+                          "attacked_ci95": s.get(f"adv_{head}_ci95"),
+                          "unit": s.get("unit", "")})
         summary = protocol_summary(task, cells)
         store.finish_run(run_id, "completed", summary)
     return CampaignOutcome(run_id, resumed, computed, time.perf_counter() - start, summary)
