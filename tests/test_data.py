@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -27,6 +29,17 @@ def one_line(exc: pytest.ExceptionInfo) -> str:
     text = str(exc.value)
     assert "\n" not in text, text
     return text
+
+
+# --------------------------------------------------------------------------- imports
+
+
+def test_importing_data_does_not_load_pillow():
+    # A fresh interpreter: this test module itself imports PIL. Pillow is only needed once an
+    # image file is read, so the package (and every command that imports it) starts faster.
+    code = "import sys, medrobust.data; print('PIL' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False", out.stderr
 
 
 # --------------------------------------------------------------------------- synthetic

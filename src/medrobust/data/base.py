@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
 
 from medrobust.errors import DataError
 
@@ -97,6 +96,9 @@ GREY_MODES = frozenset({"1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;
 def is_colour(path: Path) -> bool:
     """Whether an image file is colour, from its header alone (folder loaders pick the channel
     count of a whole folder this way before decoding anything)."""
+    # Imported here so ``import medrobust.data`` does not pay for Pillow until a file is read.
+    from PIL import Image, UnidentifiedImageError
+
     try:
         with Image.open(path) as img:
             return img.mode not in GREY_MODES
