@@ -24,6 +24,8 @@ from medrobust.report import build_report
 from medrobust.report.blocks import Figure, Table, num, pct
 from medrobust.report.builder import SECTION_BUILDERS
 from medrobust.report.context import ReportContext
+from medrobust.report.robust_data import collect as collect_protocol
+from medrobust.report.robust_plots import curve_lines
 from medrobust.report.task_plots import detection_panel, landmark_panel
 from medrobust.report.task_section import (
     budget_curves,
@@ -308,3 +310,47 @@ def test_panels_draw_every_element():
     pts = np.array([[3.0, 4.0], [10.0, 12.0]])
     fig = landmark_panel(img[..., :1], None, pts, pts + 1, pts + 5, None, "t")
     assert len(fig.axes) == 2 and len(fig.axes[1].lines) == 2  # one displacement per landmark
+
+
+def test_protocol_curves_are_drawn_once(store_path, tmp_path, capsys):
+    """One protocol run (``evaluate --attack``) and one plain ``attack pgd`` on one landmark
+    model. The protocol's campaigns are drawn by the adversarial-training section (one line per
+    model); the budget curves keep the plain run only. Both use PGD, L2 and 2 steps, so the
+    curve key (which ignores budget and step) matched: the budget section used to merge the
+    protocol's points into the plain run's line, drawing them a second time."""
+    db = str(tmp_path / "s.db")
+    model = str(store_path["root"] / "m_lm")
+    plain = run_json(capsys, "attack", "pgd", "--model", model, "--norm", "l2", "--eps", "0.25",
+                     "--steps", "2", "--store", db)["run_id"]
+    protocol = run_json(capsys, "evaluate", "--model", model, "--attack", "pgd", "--l2",
+                        "0.5,1", "--steps", "2", "--store", db)
+    cells = {c["run_id"] for c in protocol["cells"]}
+    assert len(cells) == 2 and plain not in cells
+    with Store(db) as store:
+        ctx = ReportContext(store=store, out_dir=tmp_path, runs=store.runs())
+        curves = budget_curves(ctx)
+        budget = budget_section(ctx)
+        groups = collect_protocol(ctx)
+        page = build_report(store, tmp_path / "report").read_text()
+    # the budget section: the plain run's line, and nothing of the protocol's
+    assert {p.run_id for c in curves for p in c.points} == {plain}
+    assert budget is not None
+    (sub,) = budget.subsections
+    (figure,) = _blocks(sub, Figure)
+    assert " at 0.25" in figure.alt and " at 0.5" not in figure.alt and " at 1" not in figure.alt
+    (table,) = _blocks(sub, Table)
+    assert [r[table.columns.index("Run")] for r in table.rows] == [str(plain)]
+    notes = [b.text for b in budget.blocks if getattr(b, "kind", "") == "note"]
+    assert any("adversarial-training section" in n for n in notes), notes
+    # the adversarial-training section: the protocol's line, built from its campaigns only
+    (group,) = groups
+    (evaluated,) = group.models
+    assert {c["run_id"] for c in evaluated.summary["cells"]} == cells
+    ((_, lines),) = curve_lines(group).items()
+    assert [sorted(ln.points) for ln in lines] == [[0.5, 1.0]]
+    assert 'id="budget-landmarks"' in page and 'id="robust-training"' in page
+    # one chart per section, and a protocol budget ('at 0.5' in one, 'at L2 0.5' in the
+    # other's words) in one of them
+    line_charts = re.findall(r'alt="(Line chart[^"]*)"', page)
+    assert len(line_charts) == 2
+    assert sum(bool(re.search(r" at (?:L2 )?0\.5\b", alt)) for alt in line_charts) == 1

@@ -18,9 +18,6 @@ from medrobust.report.context import ReportContext
 from medrobust.report.names import budget_text, data_text
 from medrobust.report.sections import read_checkpoint_meta
 
-#: the protocol's run command (``campaigns.attack_protocol.PROTOCOL_COMMAND``; repeated here so a
-#: report without protocol runs does not import the attack code)
-
 TASK_ORDER = ("classification", "segmentation", "landmarks", "detection")
 TASK_NAMES = {"classification": "Classification", "segmentation": "Segmentation",
               "landmarks": "Landmarks", "detection": "Detection"}
@@ -178,6 +175,21 @@ def settings_text(settings: str) -> str:
     return ", ".join(parts)
 
 
+def is_tabled(run: dict[str, Any]) -> bool:
+    """Whether this section shows a protocol run: finished, with its cells and its model."""
+    summary = run.get("summary") or {}
+    return (run.get("status") == "completed" and bool(summary.get("cells"))
+            and bool((run.get("model") or {}).get("dir")))
+
+
+def protocol_campaigns(ctx: ReportContext) -> set[int]:
+    """The ids of the campaign runs (one per attack and budget) that the protocol runs this
+    section shows list as their cells. Their curves are drawn here, one line per model, so the
+    metric-vs-budget section leaves them out rather than draw them a second time."""
+    return {int(c["run_id"]) for run in ctx.runs_of(PROTOCOL_COMMAND) if is_tabled(run)
+            for c in run["summary"]["cells"] if c.get("run_id") is not None}
+
+
 def collect(ctx: ReportContext) -> list[Group]:
     """The store's completed protocol runs, grouped by task and dataset, then budget set.
 
@@ -190,10 +202,10 @@ def collect(ctx: ReportContext) -> list[Group]:
         if folder:
             train_runs.setdefault(str(Path(folder)), []).append(int(run["id"]))
     for run in ctx.runs_of(PROTOCOL_COMMAND):
-        summary = run.get("summary") or {}
-        folder = (run.get("model") or {}).get("dir")
-        if run.get("status") != "completed" or not summary.get("cells") or not folder:
+        if not is_tabled(run):
             continue
+        summary = run["summary"]
+        folder = run["model"]["dir"]
         params = run.get("params") or {}
         task = run_task_name(run)
         dataset = run.get("dataset") or {}

@@ -28,9 +28,6 @@ from medrobust.report.blocks import Definitions, Figure, Note, Paragraphs, Secti
 from medrobust.report.context import ReportContext
 from medrobust.report.names import budget_text, data_text
 from medrobust.report.plots import figure_to_data_uri
-
-#: the protocol's run command (``campaigns.attack_protocol.PROTOCOL_COMMAND``; repeated here so a
-#: report without protocol runs does not import the attack code)
 from medrobust.report.robust_data import (
     ATTACK_NAMES,
     MAX_COLUMNS,

@@ -3,9 +3,11 @@ metric-vs-budget curves for every task.
 
 A single budget says little about robustness; what a reader needs is how fast each task's own
 metric falls as the budget grows, so every run of ``attack pgd|ifgsm`` in the store becomes a
-point, and runs that differ only in their budget become one curve. Landmark and detection runs
-also get per-run tables (the store's summaries, verbatim) and panels of a few deterministically
-chosen images (the worst and the median by how much the attack hurt).
+point, and runs that differ only in their budget become one curve. The campaigns of the attack
+protocol (``evaluate --attack``) are drawn by the adversarial-training section instead, one line
+per model, so no curve appears twice. Landmark and detection runs also get per-run tables (the
+store's summaries, verbatim) and panels of a few deterministically chosen images (the worst and
+the median by how much the attack hurt).
 
 The task campaign keeps no perturbations, so a panel replays the recorded attack on its one
 image: the run records the checkpoint, the dataset spec and every attack setting, and random
@@ -28,6 +30,7 @@ from medrobust.report.context import ReportContext
 from medrobust.report.names import budget_text as budget_label
 from medrobust.report.names import data_text
 from medrobust.report.plots import figure_to_data_uri
+from medrobust.report.robust_data import protocol_campaigns
 from medrobust.report.sections import run_title
 from medrobust.report.task_plots import (
     Curve,
@@ -234,9 +237,11 @@ def budget_curves(ctx: ReportContext) -> list[Curve]:
     One curve per (task, model, dataset, attack settings but the budget, target); one point
     per budget. Several runs at one budget (a rerun with --no-resume) give one point: the run
     with the most images, the newest on a tie. Runs with per-image budgets or no rows yet are
-    left out, since they have no single place on the budget axis.
+    left out, since they have no single place on the budget axis, and so are the cells of the
+    attack protocol, which the adversarial-training section draws.
     """
-    runs = budget_attack_runs(ctx)
+    shown_elsewhere = protocol_campaigns(ctx)
+    runs = [r for r in budget_attack_runs(ctx) if r["id"] not in shown_elsewhere]
     if not runs:
         return []
     groups: dict[tuple[str, ...], dict[float, tuple[dict[str, Any], dict[str, Any]]]] = {}
@@ -319,14 +324,19 @@ def budget_section(ctx: ReportContext) -> Section | None:
     section = Section("budget-curves", "Metric vs attack budget: how fast does each task "
                                        "degrade?")
     section.add(Paragraphs([
-        "Each line is one attack (PGD, IFGSM, APGD, Square ..., one norm and step count) on "
-        "one model and dataset, run at several budgets; each marker is one run. The dashed line of the "
-        "same colour is the model's score on the same images without attack. A robust model "
-        "keeps its line near the dashed one as the budget grows.",
+        "Each line is one attack (PGD, IFGSM ..., one norm and step count) on one model and "
+        "dataset, run at several budgets; each marker is one run. The dashed line of the same "
+        "colour is the model's score on the same images without attack. A robust model keeps "
+        "its line near the dashed one as the budget grows.",
         "Budgets are on the 0-1 intensity scale: Linf is the largest change of any pixel "
         "value, given as k/255 grey levels (8/255 is about 3 % of the range); L2 is the "
         "length of the whole perturbation. n is the number of attacked images.",
     ]))
+    protocol = protocol_campaigns(ctx) & {r["id"] for r in budget_attack_runs(ctx)}
+    if protocol:
+        section.add(Note(f"{len(protocol)} run(s) of the attack protocol (medrobust evaluate "
+                         "--attack) are not drawn here: the adversarial-training section "
+                         "shows them, one line per model.", "info"))
     formats: dict[str, Callable[[Any], str]] = {}
     for task in TASK_ORDER:
         mine = [c for c in curves if c.task == task]
