@@ -5,8 +5,9 @@ for adaptive margins, ``xi_from``: the checkpoint of a trained standard model of
 Training fine-tunes from that model's weights, and xi (or segmentation's Dice threshold) is
 calibrated on its clean training losses before the first epoch, as the paper prescribes (V are
 the losses of a well-trained model). VAT and TEAT may also start from it. ``out_dir`` is where
-the resumable per-epoch state lives (the checkpoint folder: the same command resumes) and where
-the final margins are written (``margins.safetensors``).
+the resumable per-epoch state lives (the checkpoint folder: the same command resumes; a state
+begun from other ``xi_from`` weights is refused, since the key holds their digest) and where the
+final margins are written (``margins.safetensors``).
 """
 
 from __future__ import annotations

@@ -30,7 +30,7 @@ from medrobust.models.centernet_codec import decode, encode
 from medrobust.models.detector import Detector
 from medrobust.training.detection_loss import TERMS, DetectionLoss
 from medrobust.training.loop import start_from
-from medrobust.training.resume import EpochState, rng_state, set_rng_state, weights
+from medrobust.training.resume import EpochState
 from medrobust.training.robust import LossSpec, RobustConfig, build_objective
 from medrobust.utils.progress import progress
 from medrobust.utils.seeding import seed_everything
@@ -225,28 +225,25 @@ def train_detector(train: DetectionDataset, val: DetectionDataset, epochs: int =
         wrapper = Detector(model, mean=mean, std=std, class_names=train.class_names,
                            device=device)
         objective = build_objective(robust, LossSpec(terms=criterion), n, epochs, seed)
-        if objective is not None and objective.needs_calibration:
-            objective.calibrate(wrapper, (
-                (images[i:i + batch_size].float().div(255.0).to(device),
-                 _targets(all_boxes[i:i + batch_size], all_labels[i:i + batch_size],
-                          tuple(images.shape[-2:]), train.num_classes, model.stride, device))
-                for i in range(0, n, batch_size)))
     settings = {**history["config"], "dataset": train.spec, "n": n, "warmup": warmup,
                 "eval_every": eval_every, "robust": None if robust is None else robust.as_dict()}
-    resume = EpochState(state_dir, settings) if state_dir is not None else None
-    saved = resume.load() if resume is not None else None
+    resume = EpochState(state_dir, settings, init)
+    saved = resume.restore(model=model, optimizer=optimizer, generators=[generator],
+                           objective=objective)
     first = 1
     if saved is not None:
-        blob, info = saved
-        model.load_state_dict(blob["model"])
-        optimizer.load_state_dict(blob["optimizer"])
-        set_rng_state(blob["rng"], [generator])
-        if objective is not None:
-            objective.load_state_dict(blob["objective"])
-        best_state = blob["best_model"]
-        history.update(info["history"])
-        step, first = info["step"], info["epoch"] + 1
-        start -= info["elapsed"]
+        best_state = saved.best_model
+        history.update(saved.info["history"])
+        step, first = saved.info["step"], saved.epoch + 1
+        start -= saved.info["elapsed"]
+    elif objective is not None and objective.needs_calibration:
+        assert wrapper is not None
+        # only for a fresh start: a resumed objective brings the xi it was calibrated with
+        objective.calibrate(wrapper, (
+            (images[i:i + batch_size].float().div(255.0).to(device),
+             _targets(all_boxes[i:i + batch_size], all_labels[i:i + batch_size],
+                      tuple(images.shape[-2:]), train.num_classes, model.stride, device))
+            for i in range(0, n, batch_size)))
     bar = progress(total=epochs - first + 1, desc="train detector", unit="epoch")
     for epoch in range(first, epochs + 1):
         if history["stopped_by"] == "minutes":
@@ -315,12 +312,10 @@ def train_detector(train: DetectionDataset, val: DetectionDataset, epochs: int =
         elapsed = time.monotonic() - start
         if budget is not None and elapsed + record["seconds"] > budget:
             history["stopped_by"] = "minutes"
-        if resume is not None:
-            resume.save({"model": weights(model), "optimizer": optimizer.state_dict(),
-                         "best_model": best_state, "rng": rng_state([generator]),
-                         "objective": objective.state_dict() if objective is not None else {}},
-                        {"epoch": epoch, "step": step, "elapsed": time.monotonic() - start,
-                         "history": {k: v for k, v in history.items() if k != "config"}})
+        resume.save_epoch(epoch, model=model, optimizer=optimizer, best_model=best_state,
+                          generators=[generator], objective=objective, step=step,
+                          elapsed=time.monotonic() - start,
+                          history={k: v for k, v in history.items() if k != "config"})
         if history["stopped_by"] == "minutes":
             break
     bar.close()

@@ -28,7 +28,7 @@ from medrobust.models.landmark_codec import default_radius, encode
 from medrobust.models.landmark_unet import LandmarkModel, landmark_unet
 from medrobust.training.landmark_loss import HEATMAP_LOSSES, LandmarkLoss
 from medrobust.training.loop import start_from
-from medrobust.training.resume import EpochState, rng_state, set_rng_state, weights
+from medrobust.training.resume import EpochState
 from medrobust.training.robust import LossSpec, RobustConfig, build_objective
 from medrobust.utils.progress import progress
 from medrobust.utils.seeding import seed_everything
@@ -133,34 +133,28 @@ def train_landmark_model(train: LandmarkDataset, val: LandmarkDataset, epochs: i
     # targets travel as (heat, offsets, mask); the objective's terms are the loss's own terms
     spec = LossSpec(terms=lambda out, t: loss_fn(out, *t))
     objective = build_objective(robust, spec, len(train), epochs, seed)
-    if objective is not None and objective.needs_calibration:
-        objective.calibrate(model, ((x_all[i:i + batch_size].float().div(255).to(device),
-                                     encode(p_all[i:i + batch_size].to(device), (h, w), radius))
-                                    for i in range(0, len(train), batch_size)))
     settings = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "wd": weight_decay,
                 "radius": radius, "heatmap": [heatmap_loss, heatmap_weight], "seed": seed,
                 "net": net_kwargs, "augment": augment, "cosine": cosine, "minutes": minutes,
                 "dataset": train.spec, "n": len(train),
                 "robust": None if robust is None else robust.as_dict()}
-    resume = EpochState(state_dir, settings) if state_dir is not None else None
+    resume = EpochState(state_dir, settings, init)
 
     history: list[dict[str, Any]] = []
     best: tuple[float, int, dict[str, torch.Tensor]] | None = None
     first, offset, cpu_offset = 1, 0.0, 0.0
-    saved = resume.load() if resume is not None else None
+    saved = resume.restore(model=model.model, optimizer=opt, scheduler=sched, generators=[gen],
+                           objective=objective)
     if saved is not None:
-        blob, info = saved
-        model.model.load_state_dict(blob["model"])
-        opt.load_state_dict(blob["optimizer"])
-        if sched is not None:
-            sched.load_state_dict(blob["scheduler"])
-        set_rng_state(blob["rng"], [gen])
-        if objective is not None:
-            objective.load_state_dict(blob["objective"])
-        history = info["history"]
-        best = (info["best_mre"], info["best_epoch"], blob["best_model"])
-        first = info["epoch"] + 1
+        history = saved.info["history"]
+        best = (saved.info["best_mre"], saved.info["best_epoch"], saved.best_model)
+        first = saved.epoch + 1
         offset, cpu_offset = history[-1]["seconds"], history[-1]["cpu_seconds"]
+    elif objective is not None and objective.needs_calibration:
+        # only for a fresh start: a resumed objective brings the xi it was calibrated with
+        objective.calibrate(model, ((x_all[i:i + batch_size].float().div(255).to(device),
+                                     encode(p_all[i:i + batch_size].to(device), (h, w), radius))
+                                    for i in range(0, len(train), batch_size)))
     start, cpu_start = time.perf_counter() - offset, time.process_time() - cpu_offset
     bar = progress(total=(epochs - first + 1) * steps, desc="train landmarks")
     for epoch in range(first, epochs + 1):
@@ -207,14 +201,10 @@ def train_landmark_model(train: LandmarkDataset, val: LandmarkDataset, epochs: i
         history.append(row)
         if improved:
             best = (metrics["mre"], epoch, copy.deepcopy(model.model.state_dict()))
-        if resume is not None:
-            assert best is not None
-            resume.save({"model": weights(model.model), "optimizer": opt.state_dict(),
-                         "scheduler": sched.state_dict() if sched is not None else {},
-                         "best_model": best[2], "rng": rng_state([gen]),
-                         "objective": objective.state_dict() if objective is not None else {}},
-                        {"epoch": epoch, "history": history, "best_mre": best[0],
-                         "best_epoch": best[1]})
+        assert best is not None
+        resume.save_epoch(epoch, model=model.model, optimizer=opt, scheduler=sched,
+                          best_model=best[2], generators=[gen], objective=objective,
+                          history=history, best_mre=best[0], best_epoch=best[1])
         bar.set_postfix(val_mre=f"{metrics['mre']:.2f}{metrics['unit']}")
     bar.close()
     assert best is not None

@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from medrobust.errors import ConfigError
-from medrobust.training.resume import EpochState, rng_state, set_rng_state, to_json, weights
+from medrobust.training.resume import EpochState, to_json
 from medrobust.utils.progress import progress
 from medrobust.utils.validation import check_range
 
@@ -77,7 +77,8 @@ def fit(wrapper: nn.Module, model: nn.Module, n_train: int, *, epochs: int, batc
         lr: float, weight_decay: float, shuffle: Callable[[int], Any],
         batch_loss: Callable[[Any], torch.Tensor], judge: Callable[[], Judgement],
         desc: str, objective: Any = None, resume: EpochState | None = None,
-        generators: tuple[torch.Generator, ...] = ()) -> LoopResult:
+        generators: tuple[torch.Generator, ...] = (),
+        calibrate: Callable[[], Any] | None = None) -> LoopResult:
     """Train ``wrapper`` (whose ``model`` holds the weights) and load the best epoch's weights.
 
     ``shuffle(n)`` gives each epoch's order of the n training items (a seeded permutation);
@@ -87,6 +88,8 @@ def fit(wrapper: nn.Module, model: nn.Module, n_train: int, *, epochs: int, batc
     each epoch starts and ends; its summary joins the history row. With ``resume`` the state
     after each epoch is saved (weights, optimizer, scheduler, best epoch, history, the RNG of
     ``generators`` and torch, the objective) and a saved state is continued from.
+    ``calibrate()`` (the objective's xi calibration, a full pass over the training data) runs
+    before the first epoch only when nothing was resumed: a resumed objective brings its own.
     """
     opt = torch.optim.AdamW(wrapper.parameters(), lr=lr, weight_decay=weight_decay)
     steps = max(1, int(np.ceil(n_train / batch_size)))
@@ -94,20 +97,17 @@ def fit(wrapper: nn.Module, model: nn.Module, n_train: int, *, epochs: int, batc
     history: list[dict[str, Any]] = []
     best: tuple[tuple[float, ...], int, dict[str, Any], dict[str, torch.Tensor]] | None = None
     first, offset, cpu_offset = 1, 0.0, 0.0
-    saved = resume.load() if resume is not None else None
+    saved = None if resume is None else resume.restore(
+        model=model, optimizer=opt, scheduler=sched, generators=generators, objective=objective)
     if saved is not None:
-        blob, info = saved
-        model.load_state_dict(blob["model"])
-        opt.load_state_dict(blob["optimizer"])
-        sched.load_state_dict(blob["scheduler"])
-        set_rng_state(blob["rng"], list(generators))
-        if objective is not None:
-            objective.load_state_dict(blob["objective"])
+        info = saved.info
         history = info["history"]
         best = (tuple(info["best_key"]), info["best_epoch"], info["best_metrics"],
-                blob["best_model"])
-        first = info["epoch"] + 1
+                saved.best_model)
+        first = saved.epoch + 1
         offset, cpu_offset = history[-1]["seconds"], history[-1]["cpu_seconds"]
+    elif calibrate is not None:
+        calibrate()
     start, cpu_start = time.perf_counter() - offset, time.process_time() - cpu_offset
     bar = progress(total=(epochs - first + 1) * steps, desc=desc)
     for epoch in range(first, epochs + 1):
@@ -135,12 +135,10 @@ def fit(wrapper: nn.Module, model: nn.Module, n_train: int, *, epochs: int, batc
         if best is None or verdict.key > best[0]:
             best = (verdict.key, epoch, verdict.metrics, copy.deepcopy(model.state_dict()))
         if resume is not None:
-            resume.save({"model": weights(model), "optimizer": opt.state_dict(),
-                         "scheduler": sched.state_dict(), "best_model": best[3],
-                         "rng": rng_state(list(generators)),
-                         "objective": objective.state_dict() if objective is not None else {}},
-                        {"epoch": epoch, "history": history, "best_key": list(best[0]),
-                         "best_epoch": best[1], "best_metrics": json.loads(to_json(best[2]))})
+            resume.save_epoch(epoch, model=model, optimizer=opt, scheduler=sched,
+                              best_model=best[3], generators=generators, objective=objective,
+                              history=history, best_key=list(best[0]), best_epoch=best[1],
+                              best_metrics=json.loads(to_json(best[2])))
     bar.close()
     assert best is not None
     model.load_state_dict(best[3])
@@ -152,19 +150,22 @@ def fit(wrapper: nn.Module, model: nn.Module, n_train: int, *, epochs: int, batc
 def fit_config(wrapper: nn.Module, config: Any, train: Any, *, gen: torch.Generator,
                batch_loss: Callable[[Any], torch.Tensor], judge: Callable[[], Judgement],
                objective: Any = None, robust: Any = None,
-               state_dir: str | Path | None = None) -> LoopResult:
+               state_dir: str | Path | None = None,
+               init: Mapping[str, torch.Tensor] | None = None,
+               calibrate: Callable[[], Any] | None = None) -> LoopResult:
     """``fit`` from a trainer's config dataclass (epochs, batch_size, lr, weight_decay, model),
-    resumable in ``state_dir`` under a key of the config, data and robust settings (so a
-    changed setting never resumes a stale state), and the robust objective's state saved
-    beside the checkpoint: the classifier and segmenter trainers share this tail."""
+    resumable in ``state_dir`` under a key of the config, data, robust settings and starting
+    weights ``init`` (so a changed setting never resumes a stale state), and the robust
+    objective's state saved beside the checkpoint: the classifier and segmenter trainers
+    share this tail. ``calibrate`` as in ``fit``."""
     state = None if state_dir is None else EpochState(
         state_dir, {"config": asdict(config), "dataset": train.spec, "n": len(train),
-                    "robust": None if robust is None else robust.as_dict()})
+                    "robust": None if robust is None else robust.as_dict()}, init)
     done = fit(wrapper, wrapper.model, len(train), epochs=config.epochs,
                batch_size=config.batch_size, lr=config.lr, weight_decay=config.weight_decay,
                shuffle=torch_shuffle(gen), batch_loss=batch_loss, judge=judge,
                desc=f"train {config.model}", objective=objective, generators=(gen,),
-               resume=state)
+               resume=state, calibrate=calibrate)
     if objective is not None and state_dir is not None:
         objective.save(state_dir)
     return done

@@ -9,6 +9,7 @@ for shuffling and augmentation (flips / 90-degree turns applied to image and mas
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -126,10 +127,12 @@ def train_segmenter(train: SegmentationDataset, val: SegmentationDataset,
     c = train.channels
     spec = LossSpec(terms=segmentation_terms, criterion=loss_fn, rule="dice")
     objective = build_objective(robust, spec, len(train), config.epochs, config.seed)
+    calibrate = None
     if objective is not None and objective.needs_calibration:
-        objective.calibrate(seg, ((x_train[i:i + 64].float().div(255).to(device),
-                                   y_train[i:i + 64].to(device))
-                                  for i in range(0, len(train), 64)))
+        # lazy: ``fit`` calls it only for a fresh start (a resumed state brings its threshold)
+        calibrate = partial(objective.calibrate, seg,
+                            ((x_train[i:i + 64].float().div(255).to(device),
+                              y_train[i:i + 64].to(device)) for i in range(0, len(train), 64)))
 
     def batch_loss(idx: torch.Tensor) -> torch.Tensor:
         both = torch.cat([x_train[idx].float() / 255.0, y_train[idx]], dim=1)
@@ -148,7 +151,8 @@ def train_segmenter(train: SegmentationDataset, val: SegmentationDataset,
                          {"val_dice": f"{metrics['dice']:.3f}"})
 
     done = fit_config(seg, config, train, gen=gen, batch_loss=batch_loss, judge=judge,
-                      objective=objective, robust=robust, state_dir=state_dir)
+                      objective=objective, robust=robust, state_dir=state_dir, init=init,
+                      calibrate=calibrate)
     return SegTrainResult(seg, done.history, done.best_epoch, done.best_metrics, done.seconds,
                           done.cpu_seconds, objective)
 

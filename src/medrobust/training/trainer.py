@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -153,10 +154,12 @@ def train_classifier(train: ImageDataset, val: ImageDataset, config: TrainConfig
                     criterion=lambda out, y: _loss(clf, out, y, weights, config.label_smoothing))
     objective: Objective | None = build_objective(robust, spec, len(train), config.epochs,
                                                   config.seed)
+    calibrate = None
     if objective is not None and objective.needs_calibration:
-        objective.calibrate(clf, ((x_train[i:i + 256].float().div(255).to(device),
-                                   y_train[i:i + 256].to(device))
-                                  for i in range(0, len(train), 256)))
+        # lazy: ``fit`` calls it only for a fresh start (a resumed state brings its xi)
+        calibrate = partial(objective.calibrate, clf,
+                            ((x_train[i:i + 256].float().div(255).to(device),
+                              y_train[i:i + 256].to(device)) for i in range(0, len(train), 256)))
 
     def batch_loss(idx: torch.Tensor) -> torch.Tensor:
         xb = augment_batch(x_train[idx].float() / 255.0, policy, gen).to(device)
@@ -177,7 +180,8 @@ def train_classifier(train: ImageDataset, val: ImageDataset, config: TrainConfig
                          {"val_acc": f"{metrics['accuracy']:.3f}", "val_auc": f"{auc:.3f}"})
 
     done = fit_config(clf, config, train, gen=gen, batch_loss=batch_loss, judge=judge,
-                      objective=objective, robust=robust, state_dir=state_dir)
+                      objective=objective, robust=robust, state_dir=state_dir, init=init,
+                      calibrate=calibrate)
     return TrainResult(clf, done.history, done.best_epoch, done.best_metrics, done.seconds,
                        objective)
 
