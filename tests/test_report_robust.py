@@ -207,8 +207,25 @@ def test_margin_histogram_of_the_adaptive_model(built):
         (group,) = collect(ctx)
     am = next(m for m in group.models if m.method == "adaptive-margin")
     data = margin_data(am)
-    assert data is not None and sum(data.counts) == values.numel()
+    assert data is not None and data.source.startswith("final margins from margins.safetensors")
     assert data.factor == pytest.approx(255 / (3 * 16 * 16) ** 0.5)
+    # Two records of the final margins must agree: the file the left panel bins, and the last
+    # epoch's histogram that training stored in the checkpoint's history (the right panel's
+    # last point). Both bin from 0 to max(largest margin, D), so the report's 20 edges refine
+    # the history's 10 and each history bin is the sum of the report bins inside it. A file
+    # written from other margins than the last epoch's, or a report binning over another
+    # range, breaks this.
+    final = am.meta["history"][-1]["margins"]
+    v = values.numpy()
+    assert data.edges[0] == 0.0 and data.edges[-1] == max(float(v.max()), am.robust["delta"])
+    step, rest = divmod(len(data.edges) - 1, len(final["counts"]))
+    assert rest == 0, "the report's bins must split the history's evenly to be compared"
+    assert data.edges[::step] == final["edges"]
+    assert [sum(data.counts[i:i + step]) for i in range(0, len(data.counts), step)] \
+        == final["counts"]
+    assert (data.final_mean, float(v.min()), float(v.max())) == pytest.approx(
+        (final["mean"], final["min"], final["max"]))
+    assert data.means[-1] == pytest.approx(data.final_mean)
 
 
 def test_finding_follows_the_numbers(built):
