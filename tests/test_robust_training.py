@@ -3,6 +3,7 @@ attack's budgets, VAT's adversary, TEAT's moving average, determinism and resumi
 
 from __future__ import annotations
 
+import copy
 import itertools
 import json
 import math
@@ -249,6 +250,50 @@ def test_teat_moving_average_penalty_and_ramp() -> None:
     assert ramp[7:] == [1.0] * 3 and all(p <= q for p, q in itertools.pairwise(ramp))
 
 
+def test_teat_averages_train_mode_outputs_of_an_eval_mode_attack() -> None:
+    """TEAT's inner attack runs the network in eval mode (running batch-norm statistics, left
+    untouched), and the caller's train mode is back for the training pass whose softmax the
+    temporal ensemble averages and the loss is taken of. Checked on a batch-norm network
+    against a copy run by hand, through the ensemble, the loss and the running statistics: an
+    attack in train mode, or a network left in eval after it, changes each of them."""
+    from medrobust.training.robust import TEAT
+
+    torch.manual_seed(0)
+    # no dropout: batch norm is then the only difference between the modes, and no RNG is drawn
+    clf = Classifier(build_model("smallcnn", 3, 2, width=4, dropout=0.0), mean=[0.5] * 3,
+                     std=[0.25] * 3, class_names=("a", "b"))
+    ref = copy.deepcopy(clf)
+    spec = _spec(clf)
+    teat = TEAT(spec, RobustConfig("teat", eps=1.0, steps=3).validate(), n_train=12, epochs=2,
+                seed=4)
+    teat.begin_epoch(2)  # the ramp is on: with history, attack and loss include the penalty
+    assert teat.weight > 0
+    store = torch.zeros(12, 2)  # the ensemble, kept by hand
+    # the third batch revisits the first one's samples, so their soft labels are in play
+    for seed, idx in ((1, torch.arange(6)), (2, torch.arange(6, 12)), (3, torch.arange(6))):
+        x, y = _batch(6, seed=seed)
+        ref.eval()
+        adv = teat.adversarial(ref, x, y, idx)  # the attack as an eval-mode network makes it
+        with torch.no_grad():
+            before, eval_out = ref(x), ref(adv)
+        loss, _ = teat.loss(clf.train(), x, y, idx)
+        out = ref.train()(adv)  # the one training pass: batch statistics, running ones updated
+        p = out.softmax(1)
+        old = store[idx]
+        soft = old / old.sum(1, keepdim=True).clamp_min(1e-30)
+        penalty = (old.sum(1) > 0).float() * (p - soft).square().mean(1)
+        want = spec.batch_loss(out, y)[0] + teat.weight * penalty.mean()
+        assert float(loss.detach()) == pytest.approx(float(want.detach()), rel=1e-5)
+        store[idx] = 0.9 * old + 0.1 * p.detach()
+        assert torch.allclose(teat.ensemble.stores[0], store, atol=1e-6)
+        assert not torch.allclose(p, eval_out.softmax(1), atol=1e-3), "modes must differ here"
+        for (name, a), b in zip(clf.model.state_dict().items(),
+                                ref.model.state_dict().values(), strict=True):
+            assert torch.allclose(a, b, atol=1e-6), name  # running stats: one update per batch
+        with torch.no_grad():
+            assert not torch.allclose(ref.eval()(x), before, atol=1e-4)  # ... which moved them
+
+
 # --- whole trainings ----------------------------------------------------------------------------
 
 
@@ -364,14 +409,13 @@ def test_detection_robust_training_resumes(tmp_path, monkeypatch) -> None:
     for k, v in net.state_dict().items():
         assert torch.equal(v, again.state_dict()[k]), k
     assert hist2["epochs"][-1]["margins"] == hist["epochs"][-1]["margins"]
-    vat, _ = train_detector(train, val, **{**kw, "epochs": 1,
-                                            "robust": RobustConfig("teat", eps=0.5, steps=2)})
-    assert not vat.training
 
 
-def test_robust_detector_training_updates_batch_norm(monkeypatch) -> None:
+@pytest.mark.parametrize("method", ["vat", "teat"])
+def test_robust_detector_training_updates_batch_norm(monkeypatch, method) -> None:
     """Robust steps train the network in train mode (batch statistics, running averages
-    updated), although the inner attack runs in eval mode in between."""
+    updated), although the inner attack runs in eval mode in between: the detector wrapper's
+    flag, which the attack restores, must not put the network back in eval."""
     from test_detection import _toy_dataset
 
     from medrobust.training import detection
@@ -380,16 +424,16 @@ def test_robust_detector_training_updates_batch_norm(monkeypatch) -> None:
     forward = detection.Detector.forward
 
     def spy(self, x):
-        if torch.is_grad_enabled() and not getattr(self, "_in_attack", False):
+        if torch.is_grad_enabled():  # attack and training passes; validation runs without
             seen.append(self.model.training)
         return forward(self, x)
 
     monkeypatch.setattr(detection.Detector, "forward", spy)
     train, val = _toy_dataset(12, 0), _toy_dataset(4, 1)
     detection.train_detector(train, val, epochs=1, batch_size=6, seed=0, width=4,
-                             robust=RobustConfig("vat", eps=0.5, steps=2))
-    # every robust batch makes its training forward passes with the network in train mode
-    assert any(seen), "no robust training forward pass ran in train mode"
+                             robust=RobustConfig(method, eps=0.5, steps=2))
+    # each of the two batches: two eval-mode attack steps, then the train-mode training pass
+    assert seen == [False, False, True] * 2
 
 
 def test_landmarks_adaptive_margin_from_the_cli(tmp_path, capsys) -> None:
