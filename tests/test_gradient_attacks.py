@@ -148,6 +148,27 @@ def test_enforce_budget_never_overshoots_after_rounding():
         assert bool((size <= eps * (30 if norm == "l2" else 1)).all())
 
 
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_enforce_budget_holds_in_float64_too(norm):
+    # Dark pixels pushed up by eps (Linf) and points on the sphere (L2): float32 often reads
+    # them within eps where float64, the ensemble's judge, reads them just over it.
+    g = torch.Generator().manual_seed(1)
+    x0 = torch.rand(64, 3, 16, 16, generator=g) ** 4
+    eps = torch.rand(64, generator=g) * (2.0 if norm == "l2" else 0.1)
+    eps[0] = 0.0
+    out = enforce_budget(x0, torch.rand(64, 3, 16, 16, generator=g), eps, norm)
+    d64 = (out.double() - x0.double()).flatten(1)
+    d32 = (out - x0).flatten(1)
+    size64 = d64.abs().amax(1) if norm == "linf" else d64.norm(dim=1)
+    size32 = d32.abs().amax(1) if norm == "linf" else d32.norm(dim=1)
+    assert bool((size64 <= eps.double()).all()) and bool((size32 <= eps).all())
+    assert bool(((out >= 0) & (out <= 1)).all()) and torch.equal(out[0], x0[0])
+    # pulled back onto the boundary, not thrown away
+    assert bool((size64[1:] >= eps[1:].double() * (1 - 1e-5)).all())
+    # points that already fit are returned untouched (an image's result ignores its batch)
+    assert torch.equal(enforce_budget(x0, out, eps, norm), out)
+
+
 # -- behaviour ------------------------------------------------------------------------------------
 
 def test_pgd_raises_the_loss_and_targeted_lowers_it(images):

@@ -182,6 +182,22 @@ def test_per_sample_budgets_and_box_hold_exactly(kind, norm, images, row_model):
     assert torch.equal(res.success, misclassified(row_model(adv), labels))
 
 
+@pytest.mark.parametrize("kind", ["apgd-ce", "square"])
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_dark_images_keep_every_success_through_the_ensembles_judge(kind, norm, row_model):
+    # Mostly dark pixels (as in many medical images) pushed up by eps: their float32 change
+    # can round down to eps while the float64 one the judge measures is just above it.
+    x = torch.rand(8, 3, 8, 8, generator=torch.Generator().manual_seed(4)) ** 4
+    y = _labels(row_model, x)
+    eps = 8 / 255 if norm == "linf" else 0.5
+    member = ATTACKS[kind](row_model, norm=norm, eps=eps, seed=2)
+    alone = member(x, y)
+    assert bool(alone.success.any())
+    ens = AttackEnsemble(row_model, [member], norm=norm, eps=eps)(x, y)
+    assert ens.rejected == {member.label: 0}
+    assert torch.equal(ens.success, alone.success)
+
+
 def test_numpy_uint8_input_gives_a_torch_result(row_model):
     g = np.random.default_rng(0)
     arr = g.integers(0, 256, size=(3, 8, 8, 3), dtype=np.uint8)

@@ -19,8 +19,8 @@ classes. On 2-class and single-logit sigmoid heads it falls back (with a warning
 which is what DLR's numerator is; ``dlr_fallback="error"`` refuses instead.
 
 Budgets are per sample and hold exactly on every point the model is asked about
-(``exact_budget``: in float32 and in float64), so the success recorded is the success of the
-returned images.
+(``projection.enforce_budget``: in float32 and in float64), so the success recorded is the
+success of the returned images.
 Random starts come from one stream per image ``key``, restart and target, so an image gets the
 same result alone or in any batch (up to the model's own batch-size rounding).
 """
@@ -44,7 +44,6 @@ from medrobust.attacks.projection import (
     ascent_direction,
     budget_param,
     enforce_budget,
-    flat_norm,
     plain_budget,
 )
 from medrobust.attacks.result import AttackResult
@@ -98,33 +97,6 @@ def dlr_targeted_loss(outputs: torch.Tensor, labels: torch.Tensor,
     z_y = outputs.gather(1, labels.long().view(-1, 1)).squeeze(1)
     z_t = outputs.gather(1, targets.long().view(-1, 1)).squeeze(1)
     return (z_t - z_y) / (top[:, 0] - low + 1e-12)
-
-
-def exact_budget(x0: torch.Tensor, adv: torch.Tensor, eps: torch.Tensor, norm: str
-                 ) -> torch.Tensor:
-    """``projection.enforce_budget``, with L2 held in float64 as well.
-
-    ``enforce_budget`` makes the float32 norm of ``adv - x0`` fit, but a point on the sphere
-    can still measure a few 1e-9 over the radius when the same float32 images are measured in
-    float64 (``AttackResult.perturbation_norms``, the ensemble's judge). Images over it are
-    pulled in by a growing margin; the others are left untouched, so an image's result never
-    depends on its batch. Linf needs nothing more: it is checked per pixel, exactly.
-    """
-    out = enforce_budget(x0, adv, eps, norm)
-    if norm == "linf":
-        return out
-    view = (-1, *([1] * (x0.ndim - 1)))
-    radius = eps.double()
-    for k in range(8):
-        size = flat_norm(out.double() - x0.double(), "l2")
-        over = size > radius
-        if not bool(over.any()):
-            return out
-        shrink = (radius / size.clamp_min(1e-300) * (1 - 1e-7 * 4**k)).float()
-        smaller = (x0 + (out - x0) * shrink.view(view)).clamp(0.0, 1.0)
-        out = torch.where(over.view(view), smaller, out)
-    over = flat_norm(out.double() - x0.double(), "l2") > radius
-    return torch.where(over.view(view), x0, out)
 
 
 def checkpoints(steps: int) -> list[int]:
@@ -291,7 +263,7 @@ class APGD(Attack):
                 t = t / t.norm().clamp_min(1e-12)
             noise[i] = t.to(noise.device)
         view = (-1, *([1] * (x0.ndim - 1)))
-        return exact_budget(x0, x0 + eps.view(view) * noise, eps, self.norm)
+        return enforce_budget(x0, x0 + eps.view(view) * noise, eps, self.norm)
 
     def _evaluate(self, x: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None,
                   used: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -335,10 +307,10 @@ class APGD(Attack):
                 break
             xa, x0a, ea = x[idx], x0[idx], eps[idx]
             a = 1.0 if i == 0 else self.momentum  # no previous move to carry on the first step
-            z = exact_budget(x0a, xa + step[idx].view(view) * ascent_direction(grad[idx],
+            z = enforce_budget(x0a, xa + step[idx].view(view) * ascent_direction(grad[idx],
                                                                                self.norm),
                                ea, self.norm)
-            new = exact_budget(x0a, xa + a * (z - xa) + (1 - a) * (xa - x_prev[idx]), ea,
+            new = enforce_budget(x0a, xa + a * (z - xa) + (1 - a) * (xa - x_prev[idx]), ea,
                                  self.norm)
             l_new, g_new, f_new = self._evaluate(new, y[idx], None if target is None
                                                  else target[idx], used)

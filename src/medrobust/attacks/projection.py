@@ -1,8 +1,10 @@
-"""Step, projection and random-start maths shared by every gradient attack (PGD, IFGSM, ASMA).
+"""Step, projection and random-start maths shared by every attack (PGD, IFGSM, ASMA, APGD,
+Square).
 
 Kept in one place so every attack enforces budgets the same way: per-sample radii, the pixel box
-[0,1], and a final ``enforce_budget`` that makes the recorded Linf / L2 of ``adv - x`` hold even
-after float32 rounding (a projection followed by clipping can overshoot by one ulp otherwise).
+[0,1], and ``enforce_budget``, which makes the Linf / L2 of ``adv - x`` hold after float32
+rounding (a projection followed by clipping can overshoot by one ulp otherwise) whether it is
+measured in float32 or in float64, as ``AttackResult`` and the ensemble's judge measure it.
 """
 
 from __future__ import annotations
@@ -141,35 +143,59 @@ def random_start(x0: torch.Tensor, eps: torch.Tensor, norm: str, seed: int,
     return out
 
 
+def _linf_over(x0: torch.Tensor, out: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
+    """Pixels whose change exceeds ``e`` in float32 or in float64: a float32 difference that
+    rounds down to eps can hide an exact one just above it."""
+    return ((out - x0).abs() > e) | ((out.double() - x0.double()).abs() > e.double())
+
+
 def enforce_budget(x0: torch.Tensor, adv: torch.Tensor, eps: torch.Tensor, norm: str
                    ) -> torch.Tensor:
-    """``adv`` with ``adv - x0`` inside the ball and [0,1], checked on the float32 result.
+    """``adv`` with ``adv - x0`` inside the ball and [0,1], measured in float32 and in float64.
 
-    Samples with eps = 0 come back bit-identical to ``x0``.
+    Why both: attacks test their points in float32, while ``AttackResult.perturbation_norms``
+    and the ensemble's judge measure the same float32 images in float64. Either can read a few
+    ulps over where the other fits (a float32 difference rounds down to eps, a float32 L2 sum
+    rounds low), and a point over in either would be a success the judge throws away. Images
+    that already fit are left untouched, so an image's result never depends on its batch.
+    Samples with eps = 0, and those no float32 image fits (absurdly small eps), come back
+    bit-identical to ``x0``.
     """
+    n = x0.shape[0]
     if norm == "linf":
         e = _view(eps, x0)
         out = torch.maximum(torch.minimum(adv, (x0 + e).clamp(max=1.0)), (x0 - e).clamp(min=0.0))
-        # x0 +- e is rounded: step any pixel whose realised difference exceeds eps one ulp back.
+        # x0 +- e is rounded: step any pixel whose difference exceeds eps one ulp back.
         for _ in range(8):
-            over = (out - x0).abs() > e
+            over = _linf_over(x0, out, e)
             if not bool(over.any()):
                 break
             out = torch.where(over, torch.nextafter(out, x0), out)
-        bad = ((out - x0).abs() > e).reshape(x0.shape[0], -1).any(dim=1)
+        bad = _linf_over(x0, out, e).reshape(n, -1).any(dim=1)
     else:
         out = x0 + clip_box(x0, project(adv - x0, eps, "l2"))
         for k in range(12):
-            n = flat_norm(out - x0, "l2")
-            over = n > eps
+            size = flat_norm(out - x0, "l2")
+            over = size > eps
             if not bool(over.any()):
                 break
             # Rounding of x0 + d adds up to half an ulp per pixel; shrink with a growing margin.
-            shrink = torch.where(over, eps / n.clamp_min(1e-12) * (1 - 1e-6 * 4**k),
-                                 torch.ones_like(n))
+            shrink = torch.where(over, eps / size.clamp_min(1e-12) * (1 - 1e-6 * 4**k),
+                                 torch.ones_like(size))
             out = (x0 + (out - x0) * _view(shrink, x0)).clamp(0.0, 1.0)
-        bad = flat_norm(out - x0, "l2") > eps
-    # Whatever cannot be represented inside the ball (absurdly small eps) falls back to x0.
+        out = torch.where(_view(flat_norm(out - x0, "l2") > eps, x0), x0, out)
+        # A point on the sphere can still measure a few 1e-9 over in float64: pull those in.
+        radius = eps.double()
+        for k in range(8):
+            size = flat_norm(out.double() - x0.double(), "l2")
+            over = (size > radius) | (flat_norm(out - x0, "l2") > eps)
+            if not bool(over.any()):
+                break
+            shrink = (radius / size.clamp_min(1e-300) * (1 - 1e-7 * 4**k)).float()
+            smaller = (x0 + (out - x0) * _view(shrink, x0)).clamp(0.0, 1.0)
+            out = torch.where(_view(over, x0), smaller, out)
+        bad = (flat_norm(out.double() - x0.double(), "l2") > radius) | \
+            (flat_norm(out - x0, "l2") > eps)
     zero = (eps == 0) | bad
     if bool(zero.any()):
         out = torch.where(_view(zero, x0), x0, out)

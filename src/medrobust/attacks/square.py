@@ -18,7 +18,7 @@ window's share of the image, p, follows the paper's schedule: p_init until 1% of
 Queries: every forward pass of an image counts, the check of the clean image included (one
 more than AutoAttack counts), and an image is queried only until it is misclassified, so
 ``queries`` per image never exceeds ``max_queries``. Every queried point holds its budget
-exactly (``apgd.exact_budget``), so the success recorded is that of the returned image.
+exactly (``projection.enforce_budget``), so the success recorded is that of the returned image.
 
 Randomness: each image draws from its own counter-based stream (named by its ``key``), so its
 windows and signs are the same alone or in any batch, at no per-image Python cost.
@@ -35,10 +35,16 @@ import numpy as np
 import torch
 from torch import nn
 
-from medrobust.attacks.apgd import exact_budget, margin_loss
+from medrobust.attacks.apgd import margin_loss
 from medrobust.attacks.base import Attack, output_device
 from medrobust.attacks.criteria import misclassified
-from medrobust.attacks.projection import NORMS, Budget, budget_param, plain_budget
+from medrobust.attacks.projection import (
+    NORMS,
+    Budget,
+    budget_param,
+    enforce_budget,
+    plain_budget,
+)
 from medrobust.attacks.result import AttackResult
 from medrobust.utils.seeding import numpy_rng
 from medrobust.utils.validation import check_choice, check_range
@@ -191,8 +197,8 @@ class Square(Attack):
         todo = ~done & (eps > 0)
         if self.norm == "linf":
             e = eps.view(-1, 1, 1, 1)
-            plus = exact_budget(x0, x0 + e, eps, "linf")
-            minus = exact_budget(x0, x0 - e, eps, "linf")
+            plus = enforce_budget(x0, x0 + e, eps, "linf")
+            minus = enforce_budget(x0, x0 - e, eps, "linf")
         else:
             plus = minus = x0  # unused
         for it in range(-1, self.max_queries - 2):
@@ -267,7 +273,7 @@ class Square(Attack):
         """x0 + delta rescaled to norm eps, in [0,1], budget exact."""
         norm = delta.flatten(1).norm(dim=1).clamp_min(1e-12)
         cand = (x0 + delta * (eps / norm).view(-1, 1, 1, 1)).clamp(0.0, 1.0)
-        return exact_budget(x0, cand, eps, "l2")
+        return enforce_budget(x0, cand, eps, "l2")
 
     def _l2_step(self, bases: np.ndarray, it: int, x0: torch.Tensor, eps: torch.Tensor,
                  best: torch.Tensor) -> torch.Tensor:
