@@ -10,6 +10,7 @@ from torch import nn
 from medrobust.analysis.confidence_map import ConfidenceMap, colour_grid, colour_levels, confidence_map
 from medrobust.models import Classifier, build_model
 from medrobust.models.engines import ConeEngine, DenseEngine
+from medrobust.models.engines import cone as cone_module
 
 ZOO = [("smallcnn", {}, 3, 32), ("smallcnn", {}, 1, 28), ("mitosisnet", {"padding": "keras"}, 3, 32),
        ("mitosisnet", {"padding": "symmetric"}, 3, 32), ("resnet18", {}, 1, 20),
@@ -109,6 +110,11 @@ def test_colour_grid():
     assert colour_levels(100) == [0, 100, 200, 255]
     assert colour_grid(5, 3).shape == (140_608, 3)
     assert colour_grid(5, 1).shape == (52, 1)
+    import itertools  # the order maps' argmin/argmax indices have always used
+
+    for step, c in ((5, 3), (100, 2), (51, 1)):
+        expected = np.array(list(itertools.product(colour_levels(step), repeat=c)), np.uint8)
+        assert np.array_equal(colour_grid(step, c), expected)
 
 
 @pytest.mark.parametrize("name,kwargs,channels", [("smallcnn", {}, 3),
@@ -208,3 +214,108 @@ def test_engine_plans_afresh_when_the_weights_change():
     assert again.plan is not first.plan
     diff = (again.probabilities(*cand) - DenseEngine(clf, images).probabilities(*cand)).abs()
     assert float(diff.max()) < 1e-5
+
+
+# ------------------------------------------------------------------------- GPU code paths on CPU
+@pytest.fixture
+def gpu_style(monkeypatch):
+    """The engine's GPU paths (NCHW maps, every convolution direct) on CPU tensors, with an
+    empty plan cache so no CPU-style plan is reused."""
+    import weakref
+
+    from medrobust.models.engines import cone as cone_module
+    from medrobust.models.engines import windows
+
+    monkeypatch.setattr(windows, "gpu_style", lambda device: True)
+    monkeypatch.setattr(cone_module, "_COMPILED", weakref.WeakKeyDictionary())
+
+
+@pytest.mark.parametrize("name,kwargs,channels,size", ZOO[:4])
+def test_gpu_paths_are_exact_on_the_zoo(gpu_style, name, kwargs, channels, size):
+    """The layout and convolution choices a GPU makes are exact too (checked here on CPU
+    tensors, so CI holds them without a GPU): mixed and same-pixel calls against full passes."""
+    clf = _classifier(name, kwargs, channels)
+    images = torch.rand(2, channels, size, size)
+    fast, ref = ConeEngine(clf, images, chunk=40), DenseEngine(clf, images)
+    assert fast.fallback_reason is None
+    assert not any(getattr(k, "transposed", False) for k in fast.plan.values())
+    assert not fast.clean["x"].is_contiguous(memory_format=torch.channels_last) or channels == 1
+    cand = _candidates(size, channels, 100, 2)
+    assert float((fast.probabilities(*cand) - ref.probabilities(*cand)).abs().max()) < 1e-5
+    for x, y in ((size - 1, 1), (2, size // 2), (0, 0)):
+        same = (torch.ones(24, dtype=torch.long), torch.full((24, 1), x), torch.full((24, 1), y),
+                cand[3][:24])
+        assert float((fast.probabilities(*same) - ref.probabilities(*same)).abs().max()) < 1e-5
+
+
+def test_gpu_paths_are_exact_with_groups_and_dilation(gpu_style):
+    torch.manual_seed(4)
+    clf = Classifier(_Odd().eval(), mean=[0.5] * 3, std=[0.5] * 3, class_names=("a", "b", "c"))
+    images = torch.rand(2, 3, 17, 20)
+    fast, ref = ConeEngine(clf, images), DenseEngine(clf, images)
+    g = torch.Generator().manual_seed(1)
+    cols = torch.rand(60, 1, 3, generator=g)
+    mixed = (torch.randint(0, 2, (60,), generator=g), torch.randint(0, 20, (60, 1), generator=g),
+             torch.randint(0, 17, (60, 1), generator=g), cols)
+    same = (torch.zeros(60, dtype=torch.long), torch.full((60, 1), 19), torch.full((60, 1), 0), cols)
+    for cand in (mixed, same):
+        assert float((fast.probabilities(*cand) - ref.probabilities(*cand)).abs().max()) < 1e-5
+
+
+def test_gpu_rows_fill_the_window_budget():
+    """On a GPU a call's rows are sized by the largest window: for SmallCNN at 64x64 that is the
+    last convolution's 128 channels on a 6x6 window of the 16x16 map."""
+    from medrobust.models.engines import cone as cone_module
+
+    clf = _classifier("smallcnn", {}, 3)
+    engine = ConeEngine(clf, torch.rand(1, 3, 64, 64))
+    assert engine.chunk == 256  # a CPU keeps its cache-sized calls
+    assert engine._gpu_rows() == cone_module.GPU_WINDOW_VALUES // (128 * 6 * 6)
+
+
+def test_engines_score_in_full_float32_and_restore_the_settings():
+    """cuDNN's TF32 default would round a GPU's scores to ~1e-3; the engines switch it off while
+    they score and put the user's setting back (flags only: no GPU needed)."""
+    from medrobust.models.engines.base import _float32_switches, full_float32
+
+    switches = _float32_switches()
+    before = [getattr(obj, name) for obj, name, _ in switches]
+    try:
+        for obj, name, value in switches:  # the opposite of full float32
+            setattr(obj, name, "tf32" if isinstance(value, str) else True)
+        with full_float32(torch.device("cuda")):
+            assert [getattr(o, n) for o, n, _ in switches] == [v for _, _, v in switches]
+        assert [getattr(o, n) for o, n, _ in switches] == [
+            "tf32" if isinstance(v, str) else True for _, _, v in switches]
+        with full_float32(torch.device("cpu")):  # nothing to switch on a CPU
+            assert [getattr(o, n) for o, n, _ in switches] == [
+                "tf32" if isinstance(v, str) else True for _, _, v in switches]
+    finally:
+        for (obj, name, _), value in zip(switches, before, strict=True):
+            setattr(obj, name, value)
+
+
+def test_a_call_out_of_gpu_memory_is_retried_with_fewer_rows(monkeypatch):
+    """A GPU call too big for the card's memory halves the rows per call and goes on, with the
+    same scores; it must not send the engine to the (much slower) reference for good."""
+    clf = _classifier("smallcnn", {}, 3)
+    images = torch.rand(1, 3, 16, 16)
+    engine = ConeEngine(clf, images, chunk=256)
+    cand = (torch.zeros(200, dtype=torch.long), torch.full((200, 1), 5), torch.full((200, 1), 7),
+            torch.rand(200, 1, 3, generator=torch.Generator().manual_seed(2)))
+    expected = engine.probabilities(*cand)
+    real = engine._probabilities
+    calls = []
+
+    def small_card(img, *rest):
+        calls.append(int(img.shape[0]))
+        if img.shape[0] > 64:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real(img, *rest)
+
+    monkeypatch.setattr(engine, "_probabilities", small_card)
+    monkeypatch.setattr(cone_module, "GPU_ROWS", (16, 2**18))
+    got = engine.probabilities(*cand)
+    assert engine.fallback_reason is None and engine.chunk == 64
+    assert calls[:3] == [200, 128, 64] and max(calls[3:]) == 64
+    assert float((got - expected).abs().max()) < 1e-6

@@ -63,6 +63,9 @@ class Task:
         terms = self.loss_terms
 
         def loss(outputs: torch.Tensor, targets: Any) -> torch.Tensor:
+            # campaigns read targets from the dataset (CPU); the outputs may live on a GPU
+            if isinstance(targets, torch.Tensor):
+                targets = targets.to(outputs.device)
             return terms(model, outputs, targets)["total"]
 
         loss.__name__ = f"{self.name}_loss"

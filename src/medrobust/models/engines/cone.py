@@ -30,16 +30,33 @@ import torch.fx as fx
 import torch.nn.functional as F
 
 from medrobust.models.classifier import Classifier
-from medrobust.models.engines.base import PixelEngine
+from medrobust.models.engines.base import PixelEngine, full_float32
 from medrobust.models.engines.cone_plan import ConePlanner, ConeTracer, Dense, Spatial
 from medrobust.models.engines.dense import DenseEngine
 from medrobust.models.engines.toeplitz import conv_matrix
-from medrobust.models.engines.windows import Chunk, Origin, add_into, channels_last, gather, place
+from medrobust.models.engines.windows import (
+    Chunk,
+    Origin,
+    add_into,
+    engine_layout,
+    gather,
+    layout,
+    place,
+)
 
 #: Rows per call in batch-consistent mode: large enough to amortise the per-layer overhead,
 #: small enough that a layer's windows stay in cache (256 beat 128, 512 and 1024 on a 2-core
 #: CPU: 1.5x to 1.7x the attack rate of 512 on PneumoniaMNIST and BCCD).
 CONSISTENT_CHUNK = 256
+
+#: On a GPU a call's rows are sized so that its largest window tensor holds about this many
+#: floats (4 GiB), within GPU_ROWS: a paper-grid pixel (140,608 colours) is one call for the
+#: zoo's 64x64 models. A GPU needs that many: at 256 rows a map of one 64x64 pixel made 550
+#: calls and 39,000 kernel launches, and the H100 idled between them (95k scores/s for
+#: SmallCNN, against 1.0M at 58k rows per call, where each call still cost ~12 ms of launches).
+#: A call that runs out of GPU memory is retried with half the rows.
+GPU_WINDOW_VALUES = 2**30
+GPU_ROWS = (256, 2**18)
 
 
 #: Convolutions whose input change holds at most this many values per candidate (channels x
@@ -127,19 +144,20 @@ class ConeEngine(PixelEngine):
 
     name = "fast"
 
-    def __init__(self, classifier: Classifier, images: torch.Tensor, chunk: int = 256,
+    def __init__(self, classifier: Classifier, images: torch.Tensor, chunk: int | None = None,
                  batch_consistent: bool = False) -> None:
         """``batch_consistent``: every evaluation has the same shape (chunks of exactly
         ``CONSISTENT_CHUNK`` rows, the last one padded) and takes the same code path, so a
         candidate's score does not depend on which others share its call (attacks need this;
-        maps do not).
+        maps do not). ``chunk``: rows per call otherwise (default: 256 on a CPU, where a
+        layer's windows then stay in cache; on a GPU as many as ``GPU_WINDOW_VALUES`` allows).
 
         Whatever goes wrong while tracing, planning, self-checking or scoring, the engine falls
         back to the reference engine, warns once in one line and says why in
         ``fallback_reason``; ``used`` names the engine that actually scored."""
         super().__init__(classifier, images)
         self.batch_consistent = batch_consistent
-        self.chunk = CONSISTENT_CHUNK if batch_consistent else chunk
+        self.chunk = CONSISTENT_CHUNK if batch_consistent else (chunk or 256)
         self.fallback_reason: str | None = None
         self.dense_layers: list[str] = []
         self._reference = DenseEngine(classifier, images)
@@ -162,6 +180,29 @@ class ConeEngine(PixelEngine):
             if self._verdicts[path] is not None:
                 self._fall_back(self._verdicts[path])
                 return
+        if chunk is None and not batch_consistent and images.device.type != "cpu":
+            self.chunk = self._gpu_rows()
+
+    @property
+    def rows_per_call(self) -> int:
+        return self._reference.rows_per_call if self.fallback_reason is not None else self.chunk
+
+    def _gpu_rows(self) -> int:
+        """Rows per GPU call: the largest per-row tensor of a call (a cone window, or a whole
+        map where a layer runs densely) times the rows stays near ``GPU_WINDOW_VALUES``."""
+        largest = 1
+        for node in self.graph.graph.nodes:
+            kind, clean = self.plan[node.name], self.clean.get(node.name)
+            if not isinstance(clean, torch.Tensor) or clean.dim() != 4:
+                continue
+            if isinstance(kind, Spatial):
+                rows = max(n for _, n in kind.exact[0])
+                cols = max(n for _, n in kind.exact[1])
+                largest = max(largest, int(clean.shape[1]) * rows * cols)
+            elif isinstance(kind, Dense):
+                largest = max(largest, int(clean[0].numel()))
+        lo, hi = GPU_ROWS
+        return int(min(max(GPU_WINDOW_VALUES // largest, lo), hi))
 
     @property
     def used(self) -> str:
@@ -207,6 +248,11 @@ class ConeEngine(PixelEngine):
 
     @torch.inference_mode()
     def _clean_pass(self) -> None:
+        """The clean activations, in float32 on a GPU too (see ``full_float32``)."""
+        with full_float32(self.images.device):
+            self._clean_activations()
+
+    def _clean_activations(self) -> None:
         """Run the clean images once, keeping every node's output, one image at a time.
 
         Convolution kernels are chosen by shape (on a CPU a batch of one may take PyTorch's
@@ -235,8 +281,8 @@ class ConeEngine(PixelEngine):
                 env[node.name] = torch.cat(parts)
             else:
                 env[node.name] = parts[0]
-        # maps channels-last, like every change the engine computes (see windows.py)
-        self.clean = {k: channels_last(v) if isinstance(v, torch.Tensor) else v
+        # maps in the engine's layout (channels-last on a CPU), like every change (windows.py)
+        self.clean = {k: engine_layout(v) if isinstance(v, torch.Tensor) else v
                       for k, v in env.items()}
 
     def _self_check(self, path: str) -> str | None:
@@ -282,13 +328,24 @@ class ConeEngine(PixelEngine):
     def _fast(self, image_index: torch.Tensor, xs: torch.Tensor, ys: torch.Tensor,
               colours: torch.Tensor) -> torch.Tensor:
         out = []
-        for s in range(0, image_index.shape[0], self.chunk):
-            part = [image_index[s:s + self.chunk], xs[s:s + self.chunk, 0],
-                    ys[s:s + self.chunk, 0], colours[s:s + self.chunk, 0]]
-            n = part[0].shape[0]
-            if self.batch_consistent and n < self.chunk:
-                part = [torch.cat([t, t[-1:].expand(self.chunk - n, *t.shape[1:])]) for t in part]
-            out.append(self._probabilities(*part)[:n])
+        s, total = 0, image_index.shape[0]
+        with full_float32(self.images.device):
+            while s < total:
+                rows = self.chunk
+                part = [image_index[s:s + rows], xs[s:s + rows, 0], ys[s:s + rows, 0],
+                        colours[s:s + rows, 0]]
+                n = part[0].shape[0]
+                if self.batch_consistent and n < rows:
+                    part = [torch.cat([t, t[-1:].expand(rows - n, *t.shape[1:])]) for t in part]
+                try:
+                    probs = self._probabilities(*part)
+                except torch.cuda.OutOfMemoryError:
+                    if self.batch_consistent or rows <= GPU_ROWS[0]:
+                        raise
+                    self.chunk = rows // 2  # fewer rows per call from now on; same scores
+                    continue
+                out.append(probs[:n])
+                s += rows
         if not out:
             return torch.empty(0, self.classifier.num_classes, device=self.images.device)
         return torch.cat(out)
@@ -386,7 +443,7 @@ class ConeEngine(PixelEngine):
         where in-place arithmetic is fast)."""
         kind = self.plan[node.name]
         return isinstance(kind, Spatial) and kind.mutable and delta.is_contiguous(
-            memory_format=torch.channels_last)
+            memory_format=layout(delta.device))
 
     @staticmethod
     def _scale(delta: torch.Tensor, factor: Any, env: dict[str, Any]) -> torch.Tensor:
@@ -408,6 +465,10 @@ class ConeEngine(PixelEngine):
             corner = (at[0] + ph - (kh - 1) * dh, at[1] + pw - (kw - 1) * dw)
             return place(out, corner, origin, size, ck)
         start, extent = _reads(kind, origin, size)
+        pads = _even_padding(delta, at, start, extent) if ck.uniform else None
+        if pads is not None:  # the convolution pads the change itself: no zeroed copy
+            return F.conv2d(delta, kind.weight, None, kind.stride, pads, kind.dilation,
+                            kind.groups)
         return F.conv2d(place(delta, at, start, extent, ck), kind.weight, None, kind.stride, 0,
                         kind.dilation, kind.groups)
 
@@ -428,7 +489,7 @@ class ConeEngine(PixelEngine):
         m = delta.shape[0]
         flat = delta.permute(0, 2, 3, 1).reshape(m, -1)  # a view of a channels-last change
         out = flat @ matrix
-        return out.view(m, size[0], size[1], -1).permute(0, 3, 1, 2)
+        return engine_layout(out.view(m, size[0], size[1], -1).permute(0, 3, 1, 2))
 
     def _pool(self, node: fx.Node, kind: Spatial, delta: torch.Tensor, at: Origin,
               origin: Origin, size: tuple[int, int], ck: Chunk) -> torch.Tensor:
@@ -463,7 +524,7 @@ class ConeEngine(PixelEngine):
     def _padded_clean(self, name: str, margin: int, fill: float) -> torch.Tensor:
         key = (name, margin, fill)
         if key not in self._padded:
-            self._padded[key] = channels_last(F.pad(self.clean[name], (margin,) * 4, value=fill))
+            self._padded[key] = engine_layout(F.pad(self.clean[name], (margin,) * 4, value=fill))
         return self._padded[key]
 
     def _dense(self, node: fx.Node, kind: Dense, env: dict[str, Any], ck: Chunk) -> Any:
@@ -498,6 +559,17 @@ class ConeEngine(PixelEngine):
             obj, *rest = args
             return getattr(obj, node.target)(*rest, **kwargs)
         raise RuntimeError(f"cannot evaluate node {node.format_node()}")
+
+
+def _even_padding(delta: torch.Tensor, at: Origin, start: Origin, extent: tuple[int, int]
+                  ) -> tuple[int, int] | None:
+    """(rows, columns) of zeros that pad ``delta`` (corner ``at``) to exactly the span a
+    convolution reads (corner ``start``), when they are the same on both sides of each axis;
+    None otherwise (a placed copy then does it)."""
+    top, left = int(at[0]) - int(start[0]), int(at[1]) - int(start[1])
+    bottom = int(start[0]) + extent[0] - int(at[0]) - int(delta.shape[2])
+    right = int(start[1]) + extent[1] - int(at[1]) - int(delta.shape[3])
+    return (top, left) if top == bottom >= 0 and left == right >= 0 else None
 
 
 def _reads(kind: Spatial, origin: Origin, size: tuple[int, int]) -> tuple[Origin, tuple[int, int]]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from medrobust.models.engines.base import PixelEngine, apply_pixels
+from medrobust.models.engines.base import PixelEngine, apply_pixels, full_float32
 
 
 class DenseEngine(PixelEngine):
@@ -21,16 +21,21 @@ class DenseEngine(PixelEngine):
         is always batch consistent."""
         super().__init__(classifier, images)
 
+    @property
+    def rows_per_call(self) -> int:
+        return self.classifier.rows_per_call(self.images)
+
     @torch.inference_mode()
     def probabilities(self, image_index: torch.Tensor, xs: torch.Tensor, ys: torch.Tensor,
                       colours: torch.Tensor) -> torch.Tensor:
         clf = self.classifier
         out = []
-        rows = clf.rows_per_call(self.images)
-        for s in range(0, image_index.shape[0], rows):
-            sl = slice(s, s + rows)
-            batch = apply_pixels(self.images[image_index[sl]], xs[sl], ys[sl], colours[sl])
-            out.append(clf.probabilities_tensor(batch, fixed_batch=True))
+        rows = self.rows_per_call
+        with full_float32(self.images.device):
+            for s in range(0, image_index.shape[0], rows):
+                sl = slice(s, s + rows)
+                batch = apply_pixels(self.images[image_index[sl]], xs[sl], ys[sl], colours[sl])
+                out.append(clf.probabilities_tensor(batch, fixed_batch=True))
         if not out:
             return torch.empty(0, clf.num_classes, device=self.images.device)
         return torch.cat(out)

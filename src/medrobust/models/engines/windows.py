@@ -9,9 +9,12 @@ the clean activation, on a small window. A call is either
   fixed length per layer, not clipped to the map (see ``cone_plan.Spatial.length``); rows that
   all move the same way are sliced, others gathered or scattered.
 
-Every map is kept channels-last (NHWC in memory): a spatial window of it is then a run of whole
-channel vectors, so slicing, pasting and broadcasting windows are dense loops (10x faster on a
-CPU than the same on NCHW windows a few pixels wide), and oneDNN convolutions take it natively.
+On a CPU every map is kept channels-last (NHWC in memory): a spatial window of it is then a run of
+whole channel vectors, so slicing, pasting and broadcasting windows are dense loops (10x faster on
+a CPU than the same on NCHW windows a few pixels wide), and oneDNN convolutions take it natively.
+On a GPU maps stay NCHW: cuDNN's float32 convolutions on these small windows ran 1.2-1.5x faster
+in NCHW than in NHWC, and its NHWC path converted layouts around every call (H100, cuDNN 9.19;
+``benchmarks/gpu_engine.py``), while a strided window copy costs a GPU next to nothing.
 """
 
 from __future__ import annotations
@@ -21,6 +24,18 @@ from dataclasses import dataclass
 import torch
 
 CHANNELS_LAST = torch.channels_last
+
+
+def gpu_style(device: torch.device) -> bool:
+    """True where the engine keeps maps NCHW and convolves every change directly (GPUs; see
+    the module docstring and ``cone_plan.DELTA_AREA``). Tests switch it on for CPU tensors to
+    check those paths' exactness without a GPU."""
+    return device.type != "cpu"
+
+
+def layout(device: torch.device) -> torch.memory_format:
+    """The memory format of every engine map on ``device`` (see the module docstring)."""
+    return torch.contiguous_format if gpu_style(device) else CHANNELS_LAST
 
 #: (row, column) of a window's top-left corner: ints (uniform) or (M,) tensors (mixed).
 Origin = tuple[int | torch.Tensor, int | torch.Tensor]
@@ -129,7 +144,7 @@ def gather(base: torch.Tensor, origin: Origin, size: tuple[int, int], chunk: Chu
         # contiguous: broadcasting it over the rows is then one flat loop (10x faster on CPU
         # than broadcasting a strided window with a short inner dimension)
         return base[i:i + 1, :, r:r + size[0], c:c + size[1]].contiguous(
-            memory_format=CHANNELS_LAST)
+            memory_format=layout(base.device))
     dev = base.device
     m = chunk.rows
     b, c, hh, ww = base.shape
@@ -142,13 +157,16 @@ def gather(base: torch.Tensor, origin: Origin, size: tuple[int, int], chunk: Chu
 
 
 def zeros(like: torch.Tensor, n: int, c: int, h: int, w: int) -> torch.Tensor:
-    """A channels-last (N,C,H,W) tensor of zeros: (N,H,W,C) zeros seen through a permute (one
-    allocation; converting NCHW zeros to channels-last would cost 7x more)."""
+    """An (N,C,H,W) tensor of zeros in the engine's layout; on a CPU, (N,H,W,C) zeros seen
+    through a permute (one allocation; converting NCHW zeros to channels-last costs 7x more)."""
+    if layout(like.device) is not CHANNELS_LAST:
+        return torch.zeros((n, c, h, w), dtype=like.dtype, device=like.device)
     return torch.zeros((n, h, w, c), dtype=like.dtype, device=like.device).permute(0, 3, 1, 2)
 
 
-def channels_last(t: torch.Tensor) -> torch.Tensor:
-    return t.contiguous(memory_format=CHANNELS_LAST) if t.dim() == 4 else t
+def engine_layout(t: torch.Tensor) -> torch.Tensor:
+    """``t`` in the engine's layout for its device (maps only)."""
+    return t.contiguous(memory_format=layout(t.device)) if t.dim() == 4 else t
 
 
 def _rowwise(v: int | torch.Tensor, m: int, device: torch.device) -> torch.Tensor:
