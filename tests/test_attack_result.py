@@ -78,3 +78,25 @@ def test_asma_extras_read_as_attributes():
     assert bool((result.steps <= 30).all())
     with pytest.raises(AttributeError, match="target_iou"):
         _ = result.no_such_extra
+
+
+def test_perturbation_norms_without_a_result_measure_the_same_in_float64():
+    """Campaigns that hold only images use the function the result's method delegates to."""
+    from medrobust.attacks.result import perturbation_norms
+
+    clean = torch.tensor([[0.01, 0.5, 0.9]]).repeat(2, 1).view(2, 3, 1, 1)
+    adv = clean.clone()
+    adv[0, 0] += 0.6  # a float32 difference that rounds; float64 measures the exact one
+    adv[1, 2] = 0.0
+    norms = perturbation_norms(adv, clean)
+    exact = (adv.double() - clean.double()).flatten(1)
+    assert norms["l2"].dtype == torch.float64 and norms["l2"].device.type == "cpu"
+    assert torch.equal(norms["linf"], exact.abs().amax(1))
+    assert torch.equal(norms["l2"], exact.norm(dim=1))
+    assert float(norms["linf"][0]) != float((adv - clean)[0].abs().max())
+    method = AttackResult(adv).perturbation_norms(clean)
+    assert all(torch.equal(method[k], norms[k]) for k in ("l2", "linf"))
+    # no images, or images without pixels, measure nothing rather than failing
+    assert perturbation_norms(adv[:0], clean[:0])["l2"].shape == (0,)
+    empty = perturbation_norms(torch.zeros(2, 3, 0, 4), torch.zeros(2, 3, 0, 4))
+    assert empty["linf"].tolist() == [0.0, 0.0] and empty["l2"].tolist() == [0.0, 0.0]

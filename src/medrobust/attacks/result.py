@@ -15,6 +15,19 @@ import numpy as np
 import torch
 
 
+def perturbation_norms(adversarial: torch.Tensor, clean: torch.Tensor) -> dict[str, torch.Tensor]:
+    """(N,) L2 and Linf of ``adversarial - clean`` on the [0,1] scale, float64 on the CPU.
+
+    Float64 so a budget check reads the float32 images exactly, the way the ensemble's judge
+    does; one function so every table measures a perturbation the same way, with or without an
+    ``AttackResult`` at hand. Images without pixels measure 0.
+    """
+    d = adversarial.detach().double() - clean.detach().to(adversarial.device).double()
+    flat = d.flatten(1)
+    linf = flat.abs().amax(dim=1) if flat.shape[1] else flat.new_zeros(flat.shape[0])
+    return {"l2": flat.norm(dim=1).cpu(), "linf": linf.cpu()}
+
+
 @dataclass
 class AttackResult:
     """Per image of the batch, in input order.
@@ -52,11 +65,8 @@ class AttackResult:
         return float(self.success.float().mean())
 
     def perturbation_norms(self, clean: torch.Tensor) -> dict[str, torch.Tensor]:
-        """(N,) L2 and Linf of ``adversarial - clean`` on the [0,1] scale (float64, so a
-        budget check reads the float32 values exactly)."""
-        d = (self.adversarial.detach().double() - clean.to(self.adversarial.device).double())
-        flat = d.flatten(1)
-        return {"l2": flat.norm(dim=1).cpu(), "linf": flat.abs().amax(dim=1).cpu()}
+        """(N,) L2 and Linf of ``adversarial - clean`` (``result.perturbation_norms``)."""
+        return perturbation_norms(self.adversarial, clean)
 
     def numpy(self) -> np.ndarray:
         """The adversarial images as uint8 (N,H,W,C) when they are exact 0..255 levels (a

@@ -36,6 +36,7 @@ from medrobust.attacks.ensemble import AttackEnsemble, standard_attacks
 from medrobust.attacks.onepixel import OnePixel
 from medrobust.attacks.pgd import PGD
 from medrobust.attacks.projection import check_budget
+from medrobust.attacks.result import perturbation_norms
 from medrobust.attacks.square import Square
 from medrobust.campaigns.base import CampaignOutcome, batch_run
 from medrobust.campaigns.executor import Executor, Work, check_remote
@@ -296,9 +297,8 @@ def _attack_batch(model: DefendedClassifier, attack: str, eps: float, config: Ad
             adv = result.adversarial
             extra = [{"status": by or "robust"} for by in result.fooled_by]
     pred = model.predict(adv)
-    delta = (adv - x).flatten(1)
-    linf = delta.abs().amax(1).tolist() if delta.numel() else [0.0] * len(keys)
-    l2 = delta.norm(dim=1).tolist() if delta.numel() else [0.0] * len(keys)
+    norms = perturbation_norms(adv, x)
+    linf, l2 = norms["linf"].tolist(), norms["l2"].tolist()
     rows = []
     for j, i in enumerate(keys):
         rows.append((_key(attack, eps, i), {

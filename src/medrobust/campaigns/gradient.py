@@ -88,7 +88,7 @@ def gradient_chunk(ctx: GradientContext, chunk: list[int], emit: Any
     adv_pred = classifier.logits_to_probabilities(adv_logits).argmax(1)
     clean_loss = cross_entropy(clean_logits, goal)
     adv_loss = cross_entropy(adv_logits, goal)
-    d = (adv - x).flatten(1).double()
+    norms = result.perturbation_norms(x)
     steps = result.steps
     rows = []
     for j, i in enumerate(chunk):
@@ -101,7 +101,7 @@ def gradient_chunk(ctx: GradientContext, chunk: list[int], emit: Any
             "clean_correct": int(int(clean_pred[j]) == label),
             "adv_correct": int(ap == label), "success": int(success),
             "clean_loss": float(clean_loss[j]), "adv_loss": float(adv_loss[j]),
-            "l2": float(d[j].norm()), "linf": float(d[j].abs().max()),
+            "l2": float(norms["l2"][j]), "linf": float(norms["linf"][j]),
             "steps": None if steps is None else int(steps[j]), "seconds": seconds}))
     return rows, None
 

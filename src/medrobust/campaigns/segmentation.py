@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from medrobust.attacks.result import perturbation_norms
 from medrobust.attacks.seg_targets import TargetSpec
 from medrobust.campaigns.base import CampaignOutcome, batch_run
 from medrobust.campaigns.executor import Executor, Work, check_remote, is_remote
@@ -100,7 +101,7 @@ def score_rows(segmenter: Segmenter, x: torch.Tensor, adv: torch.Tensor, truth: 
     clean_truth = per_image_metrics(clean_pred, truth, k)
     vs_target = per_image_metrics(adv_pred, goal, k) if targeted else None
     clean_target = per_image_metrics(clean_pred, goal, k) if targeted else None
-    d = (adv.cpu().double() - x.cpu().double()).flatten(1)
+    norms = perturbation_norms(adv.cpu(), x.cpu())
     rows = []
     for j in range(x.shape[0]):
         def t(m: dict[str, np.ndarray] | None, key: str, j: int = j) -> float | None:
@@ -117,7 +118,7 @@ def score_rows(segmenter: Segmenter, x: torch.Tensor, adv: torch.Tensor, truth: 
             "clean_iou_target": t(clean_target, "iou"),
             "clean_pa_target": t(clean_target, "pixel_accuracy"),
             "clean_iou_truth": t(clean_truth, "iou"), "clean_dice_truth": t(clean_truth, "dice"),
-            "l2": float(d[j].norm()), "linf": float(d[j].abs().max()) if d.shape[1] else 0.0,
+            "l2": float(norms["l2"][j]), "linf": float(norms["linf"][j]),
             "_adv_pred": adv_pred[j],
         })
     return rows

@@ -79,12 +79,12 @@ def task_attack_chunk(ctx: TaskAttackContext, chunk: list[int], emit: Any
         model.eval()
         clean_loss, adv_loss = loss(model(x), targets), loss(model(adv), targets)
     scores = task.attack_rows(model, dataset, idx, x, adv)
-    d = (adv - x).flatten(1).double()
+    norms = result.perturbation_norms(x)
     steps = result.steps
     return [(i, {"dataset_index": i, "attack": attack.name, "task": task.name,
                  **scores[j], "clean_loss": float(clean_loss[j]),
-                 "adv_loss": float(adv_loss[j]), "l2": float(d[j].norm()),
-                 "linf": float(d[j].abs().max()),
+                 "adv_loss": float(adv_loss[j]), "l2": float(norms["l2"][j]),
+                 "linf": float(norms["linf"][j]),
                  "steps": None if steps is None else int(steps[j]),
                  "seconds": seconds})
             for j, i in enumerate(chunk)], None
