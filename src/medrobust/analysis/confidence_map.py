@@ -147,22 +147,15 @@ def confidence_map(classifier: Classifier, image: np.ndarray, label: int, step: 
         if not (0 <= xx < w and 0 <= yy < h):
             raise ConfigError(f"pixel ({xx}, {yy}) is outside the {w}x{h} image")
 
-    # The checkpoint is only valid for this exact model (weights and buffers), image and grid:
-    # resuming another model's or image's partial map would silently mix two maps. Without a
-    # checkpoint there is nothing to key (hashing every weight per Ray tile would be waste).
-    key = {} if checkpoint is None else {"step": step, "cls": cls, "label": label,
-                                         "engine_independent": True,
-                                         "model": model_digest(classifier),
-                                         "image": image_digest(image)}
+    # Without a checkpoint there is nothing to key (hashing every weight per Ray tile would be
+    # waste).
+    key = {} if checkpoint is None else map_key(classifier, image, label, step, score_class)
     state = _State.start(h, w, c, checkpoint, key)
     clean = float(classifier.probabilities_tensor(x)[0, cls])
     started = time.perf_counter()
     last_save = started
     pending = [(xx, yy) for xx, yy in todo if not state.done[yy, xx]]
-    # Small grids pack several pixels into one engine call (mixed pixels take the engine's general
-    # path); large grids give each pixel calls of its own, where every row shares one pixel and
-    # the fast engine works on that pixel's exact cone with plain slicing (its fastest path).
-    per_call = max(1, PACK_ROWS // n_col) if n_col < PACK_BELOW else 1
+    per_call = packing_group(step, c)
     bar = progress(total=len(pending), desc="confidence map", unit="px",
                    disable=not show_progress)
     for i in range(0, len(pending), per_call):
@@ -184,6 +177,28 @@ def confidence_map(classifier: Classifier, image: np.ndarray, label: int, step: 
         score_name=f"P({name})", label=label, clean_score=clean, objective=objective.kind,
         engine=engine if getattr(eng, "fallback_reason", None) is None else "reference",
         seconds=time.perf_counter() - started, passes=len(pending) * n_col)
+
+
+def packing_group(step: int, channels: int) -> int:
+    """Pixels a map scores in one engine call. Small grids pack several pixels into one call
+    (mixed pixels take the engine's general path); large grids give each pixel calls of its
+    own, where every row shares one pixel and the fast engine works on that pixel's exact cone
+    with plain slicing (its fastest path). Ray tiles are whole multiples of it, so every call
+    sees the pixels it would see in one piece."""
+    n_col = colour_grid(step, channels).shape[0]
+    return max(1, PACK_ROWS // n_col) if n_col < PACK_BELOW else 1
+
+
+def map_key(classifier: Classifier, image: np.ndarray, label: int, step: int,
+            score_class: int | None) -> dict[str, Any]:
+    """What a partial map's checkpoint is valid for: this exact model (weights and buffers),
+    image, grid and scored class. Resuming another model's or image's partial map would
+    silently mix two maps; a Ray driver merging tiles writes the same key, so either side
+    resumes the other."""
+    cls = 1 if classifier.head == "sigmoid" else (label if score_class is None
+                                                  else int(score_class))
+    return {"step": step, "cls": cls, "label": label, "engine_independent": True,
+            "model": model_digest(classifier), "image": image_digest(image)}
 
 
 def _score_pixels(eng: Any, pixels: list[tuple[int, int]], grid: torch.Tensor, cls: int,

@@ -24,14 +24,11 @@ import numpy as np
 
 from medrobust.analysis.confidence_figure import save_confidence_figure
 from medrobust.analysis.confidence_map import (
-    PACK_BELOW,
-    PACK_ROWS,
     ConfidenceMap,
     _State,
-    colour_grid,
     confidence_map,
-    image_digest,
-    model_digest,
+    map_key,
+    packing_group,
 )
 from medrobust.analysis.periodicity import map_parity
 from medrobust.campaigns.base import CampaignOutcome, batch_run
@@ -101,22 +98,6 @@ def map_job(ctx: MapContext, job: tuple[int, np.ndarray | None],
             "seconds": cmap.seconds, "passes": cmap.passes}, None
 
 
-def packing_group(step: int, channels: int) -> int:
-    """Pixels the map scores in one engine call (see ``confidence_map``): tiles are whole
-    multiples of it, so every call sees the pixels it would see in one piece."""
-    n_col = colour_grid(step, channels).shape[0]
-    return max(1, PACK_ROWS // n_col) if n_col < PACK_BELOW else 1
-
-
-def map_state_key(classifier: Classifier, image: np.ndarray, label: int, step: int,
-                  score_class: int | None) -> dict[str, Any]:
-    """The partial-checkpoint key ``confidence_map`` writes, so either side resumes the other."""
-    cls = 1 if classifier.head == "sigmoid" else (label if score_class is None
-                                                  else int(score_class))
-    return {"step": step, "cls": cls, "label": label, "engine_independent": True,
-            "model": model_digest(classifier), "image": image_digest(image)}
-
-
 class _TiledImage:
     """The driver's partial map of one image: tiles merged as they arrive, checkpointed."""
 
@@ -141,6 +122,9 @@ class _TiledImage:
         if engine == "reference":  # one tile's fallback holds for the map
             self.meta["engine"] = engine
         self.outstanding -= 1
+        # Saved after every tile, unlike the in-process map's 20-second rhythm: a tile is
+        # minutes of a worker's time and a save a few milliseconds, and a killed driver then
+        # loses only the tiles still in flight.
         st.save(self.checkpoint)
 
     def finish(self, step: int, label: int) -> ConfidenceMap:
@@ -207,8 +191,8 @@ def run_map_campaign(store: Store, classifier: Classifier, model_dir: str | Path
                 image, label = dataset.images[i], int(dataset.labels[i])
                 h, w, c = image.shape
                 ckpt = out / f"map_{i}.partial.npz"
-                state = _State.start(h, w, c, ckpt, map_state_key(
-                    classifier, image, label, step, score_class))
+                state = _State.start(h, w, c, ckpt, map_key(classifier, image, label, step,
+                                                             score_class))
                 images[i] = _TiledImage(state, ckpt)
                 todo = np.flatnonzero(~state.done.reshape(-1))
                 # tiles keep their place in the whole image's order, so a resumed map's
