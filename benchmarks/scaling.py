@@ -11,9 +11,10 @@ Measures, on this machine and in one run (so the ratios compare like with like):
 * the equality check on a simulated two-node cluster (``ray.cluster_utils.Cluster``, two
   raylets): Ray rows equal local rows, the checkpoint shipped as bytes.
 
-Run: ``.venv/bin/python benchmarks/scaling.py [--quick]``; writes benchmarks/results/scaling.json
-(``scaling_quick.json`` with --quick). Other processes on the machine share the cores: the
-numbers say what this run saw, not what an idle machine gives.
+Run: ``.venv/bin/python benchmarks/scaling.py [--quick] [--repeats 3]``; writes
+benchmarks/results/scaling.json (``scaling_quick.json`` with --quick). The layouts run in
+interleaved rounds and medians are reported; the load average at start and end is recorded,
+since other processes on the machine share the cores.
 """
 
 from __future__ import annotations
@@ -105,6 +106,7 @@ def overhead(ckpt: Path, jobs: int, workers: int) -> dict[str, float]:
     t0 = time.perf_counter()
     ex.run(work, list(range(jobs)), lambda *a: None)
     total = time.perf_counter() - t0  # the actors are live: this is the per-job cost
+    ex.close()
     return {"startup_seconds": startup, "jobs": jobs, "seconds_per_job": total / jobs}
 
 
@@ -166,78 +168,93 @@ def cluster_equality(ckpt: Path, n: int, attack: dict[str, Any], root: Path) -> 
             "checkpoint": "bytes through the object store", "seconds": seconds}
 
 
+def _median(values: list[float]) -> float:
+    return float(np.median(values))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="small sizes (about 2 minutes)")
+    ap.add_argument("--repeats", type=int, default=3,
+                    help="rounds of every layout, interleaved; medians are reported")
     args = ap.parse_args()
     import ray
 
     quick = args.quick
     n_img = 8 if quick else 16
     attack = {"population": 40 if quick else 100, "generations": 5 if quick else 10, "seed": 1}
-    map_images, map_step = ([0, 1], 32) if quick else ([0, 1], 16)
+    map_images, map_step = ([0, 1], 64) if quick else ([0, 1], 32)
     root = Path(tempfile.mkdtemp(prefix="medrobust-scaling-"))
     ckpt, ckpt64 = checkpoint(root, 16), checkpoint(root, 64)
-    result: dict[str, Any] = {"quick": quick, "machine": {"cpus": os.cpu_count(),
-                                                          "platform": platform.platform()},
-                              "note": "other agents may have been using the cores"}
-    # --- in process, 2 threads -----------------------------------------------------------
+    result: dict[str, Any] = {"quick": quick, "repeats": args.repeats,
+                              "machine": {"cpus": os.cpu_count(),
+                                          "platform": platform.platform()},
+                              "load_average_at_start": list(os.getloadavg())}
     torch.set_num_threads(2)
     map_run(root / "warm.db", root / "warm", ckpt, [5], 128, None, 64)  # imports, first figure
-    op_local = onepixel_run(root / "op_local.db", ckpt, n_img, attack, None, 4)
-    map_local = map_run(root / "m_local.db", root / "m_local", ckpt, map_images, map_step,
-                        None, 64)
-    base_rows = rows(root / "op_local.db", ONEPIXEL_TABLE)
-    base_maps = rows(root / "m_local.db", MAP_TABLE)
-    # --- Ray layouts (one private instance with 2 CPUs) --------------------------------------
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
+    # The actors of every layout stay up between rounds (5 CPUs' worth of reservations); only
+    # one layout works at a time, so Ray is told of 8 logical CPUs while the machine has 2.
+    ray.init(address="local", num_cpus=8, include_dashboard=False, log_to_driver=False,
              configure_logging=False)
-    layouts = {}
+    layouts = {"1x1": (1, 1), "2x1": (2, 1), "1x2": (1, 2)}
+    times: dict[str, dict[str, list[float]]] = {name: {"onepixel": [], "map": []}
+                                                for name in ("local", *layouts)}
+    equal = {name: {"onepixel": True, "map": True} for name in layouts}
     try:
         ov = overhead(ckpt, 40 if quick else 200, 2)
-        for name, workers, threads in (("1x1", 1, 1), ("2x1", 2, 1), ("1x2", 1, 2)):
-            ex = RayExecutor(workers=workers, threads_per_worker=threads)
-            # start the actors and load the model first: the timings below are steady state
-            onepixel_run(root / f"warm_{name}.db", ckpt, 2 * workers, attack, ex, 1)
-            op = onepixel_run(root / f"op_{name}.db", ckpt, n_img, attack, ex, 2)
-            mp = map_run(root / f"m_{name}.db", root / f"m_{name}", ckpt, map_images, map_step,
-                         ex, 64)
-            layouts[name] = {
-                "workers": workers, "threads_per_worker": threads,
-                "onepixel_seconds": op, "onepixel_images_per_second": n_img / op,
-                "onepixel_rows_equal_local": rows(root / f"op_{name}.db",
-                                                  ONEPIXEL_TABLE) == base_rows,
-                "map_seconds": mp, "map_rows_equal_local": rows(root / f"m_{name}.db",
-                                                                MAP_TABLE) == base_maps}
+        executors = {name: RayExecutor(workers=w, threads_per_worker=t)
+                     for name, (w, t) in layouts.items()}
+        for name, ex in executors.items():  # actors up and the model loaded: steady state
+            onepixel_run(root / f"warm_{name}.db", ckpt, 2 * layouts[name][0], attack, ex, 1)
+        # Interleaved rounds: every layout once per round, so a burst of load elsewhere on the
+        # machine hits all of them alike; medians over the rounds.
+        for _ in range(args.repeats):
+            torch.set_num_threads(2)
+            times["local"]["onepixel"].append(
+                onepixel_run(root / "op_local.db", ckpt, n_img, attack, None, 4))
+            times["local"]["map"].append(map_run(root / "m_local.db", root / "m_local", ckpt,
+                                                 map_images, map_step, None, 64))
+            base_rows = rows(root / "op_local.db", ONEPIXEL_TABLE)
+            base_maps = rows(root / "m_local.db", MAP_TABLE)
+            for name, ex in executors.items():
+                times[name]["onepixel"].append(onepixel_run(root / f"op_{name}.db", ckpt, n_img,
+                                                            attack, ex, 2))
+                times[name]["map"].append(map_run(root / f"m_{name}.db", root / f"m_{name}",
+                                                  ckpt, map_images, map_step, ex, 64))
+                equal[name]["onepixel"] &= rows(root / f"op_{name}.db",
+                                                ONEPIXEL_TABLE) == base_rows
+                equal[name]["map"] &= rows(root / f"m_{name}.db", MAP_TABLE) == base_maps
+        for ex in executors.values():
+            ex.close()
     finally:
         ray.shutdown()
     n_col = colour_grid(map_step, 3).shape[0]
     map_scores = len(map_images) * 16 * 16 * n_col
-    for v in layouts.values():
-        v["map_scores_per_second"] = map_scores / v["map_seconds"]
-    result["onepixel"] = {"images": n_img, "attack": attack, "local_2_threads_seconds": op_local,
-                          "local_images_per_second": n_img / op_local}
+    med = {name: {k: _median(v) for k, v in t.items()} for name, t in times.items()}
+    result["onepixel"] = {"images": n_img, "attack": attack}
     result["map"] = {"images": map_images, "step": map_step, "size": "16x16 RGB",
-                     "tile_pixels": 64, "scores": map_scores,
-                     "local_2_threads_seconds": map_local,
-                     "local_scores_per_second": map_scores / map_local}
-    result["ray"] = layouts
+                     "tile_pixels": 64, "scores": map_scores}
+    result["seconds"] = times
+    result["median_seconds"] = med
+    result["throughput"] = {name: {"onepixel_images_per_second": n_img / m["onepixel"],
+                                   "map_scores_per_second": map_scores / m["map"]}
+                            for name, m in med.items()}
+    result["rows_equal_local"] = equal
     result["ray_overhead"] = ov
-    ratio_op = layouts["1x1"]["onepixel_seconds"] / layouts["2x1"]["onepixel_seconds"]
-    ratio_map = layouts["1x1"]["map_seconds"] / layouts["2x1"]["map_seconds"]
-    result["speedup_2_vs_1_worker"] = {"onepixel": ratio_op, "map": ratio_map}
+    result["speedup_2_vs_1_worker"] = {
+        k: med["1x1"][k] / med["2x1"][k] for k in ("onepixel", "map")}
     result["threads_choice"] = {
-        "onepixel_2x1_over_1x2": layouts["1x2"]["onepixel_seconds"]
-        / layouts["2x1"]["onepixel_seconds"],
-        "map_2x1_over_1x2": layouts["1x2"]["map_seconds"] / layouts["2x1"]["map_seconds"],
-        "onepixel_2x1_over_local_2_threads": op_local / layouts["2x1"]["onepixel_seconds"],
-        "map_2x1_over_local_2_threads": map_local / layouts["2x1"]["map_seconds"]}
+        "onepixel_2x1_over_1x2": med["1x2"]["onepixel"] / med["2x1"]["onepixel"],
+        "map_2x1_over_1x2": med["1x2"]["map"] / med["2x1"]["map"],
+        "onepixel_2x1_over_local_2_threads": med["local"]["onepixel"] / med["2x1"]["onepixel"],
+        "map_2x1_over_local_2_threads": med["local"]["map"] / med["2x1"]["map"]}
     # --- per-pixel cost of a full step-5 map, and the projection -----------------------------
     cost = per_pixel_cost(ckpt64, 2 if quick else 6, 1)
     result["step5_64x64"] = {**cost, "scores_total": 64 * 64 * cost["colours"],
                              "projection": project(cost["seconds_per_pixel"],
                                                    ov["seconds_per_job"], ov["startup_seconds"])}
     result["cluster_two_raylets"] = cluster_equality(ckpt, 6 if quick else 12, attack, root)
+    result["load_average_at_end"] = list(os.getloadavg())
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / ("scaling_quick.json" if quick else "scaling.json")
     path.write_text(json.dumps(result, indent=2))

@@ -14,6 +14,7 @@ import torch
 from cli_util import run_cli, run_json
 from scipy.stats import norm
 from test_landmarks import make_folder
+from test_training_resume import killed_after_epoch
 
 from medrobust.attacks import PGD
 from medrobust.attacks.projection import flat_norm
@@ -22,7 +23,6 @@ from medrobust.errors import ConfigError
 from medrobust.models import Classifier, build_model
 from medrobust.tasks import get_task
 from medrobust.training import TrainConfig, train_classifier
-from medrobust.training.resume import EpochState
 from medrobust.training.robust import (
     VAT,
     DiceRule,
@@ -329,17 +329,8 @@ def test_resume_after_a_stop_gives_the_same_weights(small_data, tmp_path, monkey
     train, val = small_data
     robust = RobustConfig("adaptive-margin", delta=0.1, steps=3, refine=True)
     whole = train_classifier(train, val, CONFIG, robust=robust, state_dir=tmp_path / "a")
-    save = EpochState.save
-
-    def stop_after_two(self, payload, info):
-        save(self, payload, info)
-        if info["epoch"] == 2:
-            raise KeyboardInterrupt  # the kill, right after epoch 2's state was written
-
-    monkeypatch.setattr(EpochState, "save", stop_after_two)
-    with pytest.raises(KeyboardInterrupt):
-        train_classifier(train, val, CONFIG, robust=robust, state_dir=tmp_path / "b")
-    monkeypatch.setattr(EpochState, "save", save)
+    killed_after_epoch(monkeypatch, lambda: train_classifier(  # the kill, after epoch 2's state
+        train, val, CONFIG, robust=robust, state_dir=tmp_path / "b"), epoch=2)
     resumed = train_classifier(train, val, CONFIG, robust=robust, state_dir=tmp_path / "b")
     for k, v in _weights(whole).items():
         assert torch.equal(v, _weights(resumed)[k]), k
@@ -395,16 +386,8 @@ def test_detection_robust_training_resumes(tmp_path, monkeypatch) -> None:
     xi = hist["robust"]["rule"]["xi"]
     assert set(xi) == {"heatmap", "size", "offset"}  # three thresholds, all must hold
     assert hist["epochs"][-1]["margins"]["drawn"] == 12
-    save = EpochState.save
-
-    def stop(self, payload, info):
-        save(self, payload, info)
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(EpochState, "save", stop)
-    with pytest.raises(KeyboardInterrupt):
-        train_detector(train, val, state_dir=tmp_path / "b", **kw)
-    monkeypatch.setattr(EpochState, "save", save)
+    killed_after_epoch(
+        monkeypatch, lambda: train_detector(train, val, state_dir=tmp_path / "b", **kw))
     again, hist2 = train_detector(train, val, state_dir=tmp_path / "b", **kw)
     for k, v in net.state_dict().items():
         assert torch.equal(v, again.state_dict()[k]), k
@@ -500,17 +483,9 @@ def test_landmark_training_resumes_with_teat(tmp_path, monkeypatch) -> None:
                   for s in ("train", "val"))
     kw = dict(epochs=3, batch_size=4, width=2, robust=RobustConfig("teat", eps=0.5, steps=2))
     model, hist = train_landmark_model(train, val, state_dir=tmp_path / "a", **kw)
-    save = EpochState.save
-
-    def stop(self, payload, info):
-        save(self, payload, info)
-        if info["epoch"] == 2:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(EpochState, "save", stop)
-    with pytest.raises(KeyboardInterrupt):
-        train_landmark_model(train, val, state_dir=tmp_path / "b", **kw)
-    monkeypatch.setattr(EpochState, "save", save)
+    killed_after_epoch(
+        monkeypatch, lambda: train_landmark_model(train, val, state_dir=tmp_path / "b", **kw),
+        epoch=2)
     again, hist2 = train_landmark_model(train, val, state_dir=tmp_path / "b", **kw)
     for k, v in model.model.state_dict().items():
         assert torch.equal(v, again.model.state_dict()[k]), k

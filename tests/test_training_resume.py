@@ -79,19 +79,25 @@ def _detection(tmp: Path) -> Case:
 CASES = {"classification": _classification, "landmarks": _landmarks, "detection": _detection}
 
 
-def _killed_after_epoch_one(monkeypatch: pytest.MonkeyPatch, case: Case, state_dir: Path,
-                            init: Weights | None) -> None:
-    """Run until epoch 1's state is written, then stop as a kill would."""
+def killed_after_epoch(monkeypatch: pytest.MonkeyPatch, run: Callable[[], object],
+                       epoch: int = 1) -> None:
+    """Call ``run`` until the state of ``epoch`` is written, then stop it as a kill would."""
     save = EpochState.save
 
     def stop(self, payload, info):
         save(self, payload, info)
-        raise KeyboardInterrupt
+        if info["epoch"] == epoch:
+            raise KeyboardInterrupt
 
     monkeypatch.setattr(EpochState, "save", stop)
     with pytest.raises(KeyboardInterrupt):
-        case.run(state_dir, init)
+        run()
     monkeypatch.setattr(EpochState, "save", save)
+
+
+def _killed_after_epoch_one(monkeypatch: pytest.MonkeyPatch, case: Case, state_dir: Path,
+                            init: Weights | None) -> None:
+    killed_after_epoch(monkeypatch, lambda: case.run(state_dir, init))
 
 
 def _count_calibrations(monkeypatch: pytest.MonkeyPatch) -> list[int]:
