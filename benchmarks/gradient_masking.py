@@ -50,7 +50,7 @@ def main() -> None:
     cli("attack", "onepixel", "--model", str(model), "--limit", str(args.images),
         "--population", "100", "--generations", "10", "--store", db)
     out = cli("defend", "--model", str(model), "--store", db, "--denoiser", "median3",
-              "--adaptive", "--adaptive-limit", str(args.images), "--linf", "2,8", "--l2", "0.5",
+              "--adaptive", "--adaptive-limit", str(args.images), "--linf", "2/255,8/255", "--l2", "0.5",
               "--pgd-steps", "20", "--square-queries", str(args.square_queries), "--attacks",
               "pgd-linf,pgd-l2,square-linf,square-l2,ensemble-linf,ensemble-l2")
     report = {"date": time.strftime("%Y-%m-%d"), "commit": git_commit(), "model": str(model),

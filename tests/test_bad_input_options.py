@@ -286,7 +286,7 @@ CASES: list[tuple[str, Argv, str] | tuple[str, Argv, str, str]] = [
     ("defend-population-1", defend("--adaptive", "--onepixel-population", "1"),
      "onepixel_population must lie in [4, inf], got 1"),
     ("defend-linf-300", defend("--adaptive", "--linf", "300"),
-     "eps 300/255 exceeds the image range"),
+     "eps 300 exceeds the image range (Linf budgets are on the [0,1] pixel scale: write 8/255"),
     ("defend-adaptive-option-without-adaptive", defend("--pgd-steps", "5"),
      "--pgd-steps applies with --adaptive"),
     # -- store, analyze, report -----------------------------------------------------------------

@@ -40,7 +40,7 @@ def test_train_denoiser_then_defend_with_adaptive_and_report(tmp_path, capsys, a
     assert 0 <= trained["val"]["mask_recall"] <= 1
     out = run_json(capsys, "defend", "--model", str(ckpt), "--store", str(db),
                    "--denoiser", f"{tmp_path / 'dae'},median3", "--clean-limit", "40",
-                   "--adaptive", "--adaptive-limit", "3", "--linf", "8", "--l2", "1",
+                   "--adaptive", "--adaptive-limit", "3", "--linf", "8/255", "--l2", "1",
                    "--pgd-steps", "2", "--onepixel-population", "8",
                    "--onepixel-generations", "1", "--out", str(tmp_path / "grid"))
     names = [d["label"] for d in out["defences"]]
@@ -76,7 +76,7 @@ def test_train_denoiser_then_defend_with_adaptive_and_report(tmp_path, capsys, a
 
 @pytest.mark.parametrize("args,needle", [
     (("--denoiser", "gaussian-blur"), "unknown denoiser"),
-    (("--denoiser", "median3", "--linf", "a,b", "--adaptive"), "budgets must be"),
+    (("--denoiser", "median3", "--linf", "a,b", "--adaptive"), "is not a number or fraction"),
     (("--denoiser", "median3", "--run", "999"), "no run with id 999"),
 ])
 def test_defend_errors_are_one_line(capsys, attacked_store, args, needle):

@@ -49,22 +49,20 @@ def per_sample(value: float | Sequence[float] | np.ndarray | torch.Tensor, n: in
 
 def check_budget(name: str, value: float | Sequence[float] | np.ndarray | torch.Tensor,
                  norm: str | None = None, *, positive: bool = False,
-                 shape: Sequence[int] | None = None, unit: str = "") -> None:
+                 shape: Sequence[int] | None = None) -> None:
     """Refuse budgets no image can have: negative (or zero when ``positive``), not finite, or
     beyond the image range. On the [0,1] pixel scale no Linf change exceeds 1, and no L2 change
     exceeds sqrt(C*H*W) (checked when an image ``shape`` is known), so a larger budget is a unit
-    mistake (``--eps 8`` for 8/255), not a stronger attack. ``unit`` writes the value back in
-    the units the user gave (``/255``)."""
+    mistake (``--eps 8`` for 8/255), not a stronger attack."""
     values = np.asarray(value.detach().cpu() if isinstance(value, torch.Tensor) else value,
                         dtype=np.float64).reshape(-1)
     if not np.isfinite(values).all():
         raise ConfigError(f"{name} must be finite")
-    scale = 255.0 if unit == "/255" else 1.0
     worst = float(values.max()) if values.size else 0.0
     lowest = float(values.min()) if values.size else 1.0
     if lowest < 0 or (positive and lowest <= 0):
         raise ConfigError(f"{name} must be {'positive' if positive else 'non-negative'}, "
-                          f"got {lowest * scale:g}{unit}")
+                          f"got {lowest:g}")
     limit = None
     if norm == "linf":
         limit, where = 1.0, "Linf budgets are on the [0,1] pixel scale: write 8/255 for 8 levels"
@@ -72,7 +70,7 @@ def check_budget(name: str, value: float | Sequence[float] | np.ndarray | torch.
         limit = float(np.sqrt(np.prod([int(d) for d in shape])))
         where = f"no L2 change of a {'x'.join(map(str, shape))} image exceeds {limit:.4g}"
     if limit is not None and worst > limit + 1e-9:
-        raise ConfigError(f"{name} {worst * scale:g}{unit} exceeds the image range ({where})")
+        raise ConfigError(f"{name} {worst:g} exceeds the image range ({where})")
 
 
 def budget_param(name: str, value: Any, norm: str | None = None, positive: bool = False) -> Any:

@@ -99,7 +99,7 @@ class AdaptiveConfig:
         if self.limit is not None:
             check_range("limit", self.limit, 1)
         for e in self.linf_eps:
-            check_budget("eps", e, "linf", positive=True, unit="/255")
+            check_budget("eps", e, "linf", positive=True)
         for e in self.l2_eps:
             check_budget("eps", e, "l2", positive=True)
         for a in self.attacks:

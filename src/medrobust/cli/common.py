@@ -7,6 +7,7 @@ import json
 import math
 import os
 from collections.abc import Callable, Sequence
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -244,3 +245,24 @@ def check_classes_apply(name: str, classes: Sequence[str] | None) -> None:
     if classes is not None and not dataset_takes("classes", name):
         raise ConfigError(f"--classes applies to datasets whose classes can be chosen (such as "
                           f"bccd), not {name}")
+
+
+def budget_levels(flag: str, text: str) -> tuple[float, ...]:
+    """'1/255,2/255,0.5' -> (1/255, 2/255, 0.5): budgets on the [0,1] pixel scale, written as
+    numbers or fractions, the one convention of every command (attack --eps, evaluate and
+    defend --linf/--l2); an empty list is refused."""
+    out = []
+    for part in text.split(","):
+        if not part.strip():
+            continue
+        try:
+            value = float(Fraction(part.strip()))
+        except (ValueError, ZeroDivisionError):
+            raise ConfigError(f"{flag}: {part.strip()!r} is not a number or fraction such as "
+                              "2/255") from None
+        if value <= 0:
+            raise ConfigError(f"{flag}: budgets must be positive, got {part.strip()}")
+        out.append(value)
+    if not out:
+        raise ConfigError(f"{flag} needs at least one budget, e.g. 2/255,8/255")
+    return tuple(out)

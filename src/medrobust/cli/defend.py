@@ -25,6 +25,7 @@ from medrobust.campaigns.defence import evaluate_defence
 from medrobust.cli.attack import model_input_size
 from medrobust.cli.common import (
     DEFAULT_STORE,
+    budget_levels,
     common_options,
     emit,
     executor_options,
@@ -72,17 +73,6 @@ def split_specs(values: tuple[str, ...] | list[str], flag: str = "--denoiser") -
     if not out:
         raise ConfigError(f"give at least one value to {flag}")
     return out
-
-
-def parse_budgets(text: str, scale: float = 1.0) -> tuple[float, ...]:
-    """'1,2,4' -> (1*scale, 2*scale, 4*scale); empty text -> ()."""
-    try:
-        values = tuple(float(v) * scale for v in text.split(",") if v.strip())
-    except ValueError:
-        raise ConfigError(f"budgets must be comma-separated numbers, got {text!r}") from None
-    if any(v <= 0 for v in values):
-        raise ConfigError(f"budgets must be positive, got {text!r}")
-    return values
 
 
 def draw_grid(path: Path, attacked: AttackedSet, denoisers: list[Denoiser]) -> str | None:
@@ -173,8 +163,8 @@ def run_defend(store_path: str | Path, model_dir: str | Path, specs: list[str],
               help="Square's query budget per image (alone and inside the ensemble).")
 @click.option("--adaptive-limit", type=int, default=32, show_default=True,
               help="Images attacked adaptively.")
-@click.option("--linf", default="1,2,4,8", show_default=True,
-              help="Linf budgets in 1/255 units.")
+@click.option("--linf", default="1/255,2/255,4/255,8/255", show_default=True,
+              help="Linf budgets on the [0,1] pixel scale (fractions such as 8/255).")
 @click.option("--l2", default="0.1,0.25,0.5,1.0", show_default=True,
               help="L2 budgets on the [0,1] scale.")
 @click.option("--pgd-steps", type=int, default=20, show_default=True)
@@ -199,7 +189,8 @@ def defend(model_dir: str, denoisers: tuple[str, ...], store_path: str, run_id: 
             if option_given(name):
                 raise ConfigError(f"--{name.replace('_', '-')} applies with --adaptive")
     if adaptive:
-        config = AdaptiveConfig(linf_eps=parse_budgets(linf, 1 / 255), l2_eps=parse_budgets(l2),
+        config = AdaptiveConfig(linf_eps=budget_levels("--linf", linf),
+                                l2_eps=budget_levels("--l2", l2),
                                 pgd_steps=pgd_steps, onepixel_population=onepixel_population,
                                 onepixel_generations=onepixel_generations, limit=adaptive_limit,
                                 square_queries=square_queries, seed=seed,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -10,27 +9,13 @@ import click
 
 from medrobust.campaigns.attack_protocol import run_attack_protocol
 from medrobust.campaigns.protocol_attacks import ProtocolSettings
-from medrobust.cli.common import emit, fmt, open_model_dataset
+from medrobust.cli.common import budget_levels, emit, fmt, open_model_dataset
 from medrobust.errors import ConfigError
 from medrobust.models.loading import load_model
 from medrobust.store import Store
 from medrobust.tasks import get_task
 from medrobust.utils.device import resolve_device
 from medrobust.utils.markdown import markdown_table
-
-
-def _levels(flag: str, text: str) -> tuple[float, ...]:
-    out = []
-    for part in text.split(","):
-        try:
-            value = float(Fraction(part.strip()))
-        except (ValueError, ZeroDivisionError):
-            raise ConfigError(f"{flag}: {part.strip()!r} is not a number or fraction such as "
-                              "2/255") from None
-        if value <= 0:
-            raise ConfigError(f"{flag}: budgets must be positive, got {part.strip()}")
-        out.append(value)
-    return tuple(out)
 
 
 def protocol_settings(attacks: str, l2: str | None, linf: str | None, steps: int,
@@ -42,8 +27,8 @@ def protocol_settings(attacks: str, l2: str | None, linf: str | None, steps: int
     names = tuple(a.strip() for a in attacks.split(",") if a.strip())
     if not names:
         raise ConfigError("--attack needs at least one attack, e.g. pgd,ifgsm")
-    norm, levels = ("linf", _levels("--linf", linf)) if linf is not None else (
-        "l2", _levels("--l2", l2 or "0.5,1,2"))
+    norm, levels = ("linf", budget_levels("--linf", linf)) if linf is not None else (
+        "l2", budget_levels("--l2", l2 or "0.5,1,2"))
     return ProtocolSettings(attacks=names, norm=norm, levels=levels, pgd_steps=steps,
                             ifgsm_steps=ifgsm_steps, restarts=restarts, square_queries=queries,
                             seed=seed, batch_images=batch_images)
