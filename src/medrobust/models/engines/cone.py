@@ -52,8 +52,8 @@ CONSISTENT_CHUNK = 256
 #: On a GPU a call's rows are sized so that its largest window tensor holds about this many
 #: floats (4 GiB), within GPU_ROWS: a paper-grid pixel (140,608 colours) is one call for the
 #: zoo's 64x64 models. A GPU needs that many: at 256 rows a map of one 64x64 pixel made 550
-#: calls and 39,000 kernel launches, and the H100 idled between them (95k scores/s for
-#: SmallCNN, against 1.0M at 58k rows per call, where each call still cost ~12 ms of launches).
+#: calls and 39,000 kernel launches, and the H100 idled between them (SmallCNN: 108k scores/s
+#: at 256 rows, 1.16M at 16,384, 2.4M at one call per pixel; benchmarks/gpu_engine.py).
 #: A call that runs out of GPU memory is retried with half the rows.
 GPU_WINDOW_VALUES = 2**30
 GPU_ROWS = (256, 2**18)
