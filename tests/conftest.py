@@ -47,6 +47,18 @@ def tiny_classifier(tiny_synthetic):
     return result.classifier
 
 
+@pytest.fixture(scope="session")
+def checkpoint(tmp_path_factory, tiny_synthetic):
+    """A narrow smallcnn trained for 2 epochs on ``tiny_synthetic``, saved as a checkpoint
+    folder (campaign and executor tests load it the way workers do)."""
+    from medrobust.training import TrainConfig, save_trained, train_classifier
+
+    train, val, _ = tiny_synthetic
+    config = TrainConfig(model="smallcnn", model_kwargs={"width": 8}, epochs=2, seed=0)
+    result = train_classifier(train, val, config)
+    return save_trained(result, config, train, tmp_path_factory.mktemp("ckpt"))
+
+
 @pytest.fixture
 def bright_pixel_classifier():
     """A hand-made sigmoid 'detector': P(positive) rises with the brightest red value.

@@ -7,26 +7,15 @@ import sys
 import textwrap
 from pathlib import Path
 
-import pytest
-
 from medrobust.attacks import OnePixel
 from medrobust.campaigns.onepixel import ONEPIXEL_TABLE, run_onepixel_campaign
 from medrobust.data import load_dataset
 from medrobust.models import load_classifier
 from medrobust.store import Store
-from medrobust.training import TrainConfig, save_trained, train_classifier
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 N = 8
 ATTACK = {"population": 20, "generations": 4, "seed": 5}
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory, tiny_synthetic):
-    train, val, _ = tiny_synthetic
-    config = TrainConfig(model="smallcnn", model_kwargs={"width": 8}, epochs=2, seed=0)
-    result = train_classifier(train, val, config)
-    return save_trained(result, config, train, tmp_path_factory.mktemp("ckpt"))
 
 
 def _campaign(db: Path, ckpt: Path, batch_images: int = 3):

@@ -25,21 +25,12 @@ from medrobust.campaigns.onepixel import ONEPIXEL_TABLE, run_onepixel_campaign
 from medrobust.data import load_dataset
 from medrobust.models import load_classifier
 from medrobust.store import Store
-from medrobust.training import TrainConfig, save_trained, train_classifier
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 ATTACK = {"population": 20, "generations": 4, "seed": 5}
 N = 8
 #: what differs between two runs of the same work: times and where files went
 VOLATILE = {"seconds", "recorded_at", "run_id", "npz", "figure"}
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory, tiny_synthetic):
-    train, val, _ = tiny_synthetic
-    config = TrainConfig(model="smallcnn", model_kwargs={"width": 8}, epochs=2, seed=0)
-    result = train_classifier(train, val, config)
-    return save_trained(result, config, train, tmp_path_factory.mktemp("ckpt"))
 
 
 def _test_split():

@@ -24,7 +24,7 @@ from medrobust.attacks.losses import cross_entropy
 from medrobust.attacks.pgd import PGD
 from medrobust.attacks.seg_targets import TargetSpec
 from medrobust.campaigns.executor import Executor
-from medrobust.campaigns.seg_attacks import asma_fn, gradient_fn
+from medrobust.campaigns.seg_attacks import attack_fn
 from medrobust.campaigns.segmentation import (
     SEG_TABLE,
     artifacts_dir,
@@ -74,13 +74,13 @@ def run_asma_ablation(store: Store, segmenter: Segmenter, model_info: dict[str, 
                   run_id=run_id, batch_images=batch_images, examples=examples,
                   show_progress=show_progress, executor=executor)
     with store.guard(run_id):
-        run_segmentation_campaign(attack=asma_fn(reference), attack_name="asma",
+        run_segmentation_campaign(attack=attack_fn(reference), attack_name="asma",
                                   variant="asma", **common)
         ref_rows = [r for r in store.rows(SEG_TABLE, run_id=run_id) if r["variant"] == "asma"]
         budgets = {int(r["dataset_index"]): float(r["l2"]) for r in ref_rows}
         for name in ("static", "adaptive", "pgd"):
             att = others[name]
-            fn = gradient_fn(att, budgets) if isinstance(att, PGD) else asma_fn(att, budgets)
+            fn = attack_fn(att, budgets)
             run_segmentation_campaign(attack=fn, attack_name=att.name, variant=name,
                                       budgets_l2=budgets, **common)
     rows = store.rows(SEG_TABLE, run_id=run_id)

@@ -25,25 +25,19 @@ def _budgeted(attack: Any, field: str, budgets: dict[int, float] | None, keys: l
     return att
 
 
-def asma_fn(attack: ASMA, budgets: dict[int, float] | None = None) -> AttackFn:
-    """An ``AttackFn`` running ``attack`` (with per-image L2 budgets when given)."""
+#: per attack: the field that holds an image's own budget, and the result's iteration count
+#: (ASMA: the step that produced the returned image; PGD/IFGSM: the steps taken)
+_FIELDS: dict[type, tuple[str, str]] = {ASMA: ("eps_l2", "iteration"), PGD: ("eps", "steps")}
+
+
+def attack_fn(attack: ASMA | PGD, budgets: dict[int, float] | None = None) -> AttackFn:
+    """An ``AttackFn`` running ASMA or PGD/IFGSM (with per-image L2 budgets when given)."""
+    field, count = _FIELDS[ASMA if isinstance(attack, ASMA) else PGD]
 
     def fn(x: torch.Tensor, goal: torch.Tensor, keys: list[int]
            ) -> tuple[torch.Tensor, torch.Tensor]:
-        res = _budgeted(attack, "eps_l2", budgets, keys)(x, goal, keys=keys)
-        return res.adversarial, res.iteration
-
-    fn.source = (attack, budgets)  # type: ignore[attr-defined]  # its recipe, for Ray workers
-    return fn
-
-
-def gradient_fn(attack: PGD, budgets: dict[int, float] | None = None) -> AttackFn:
-    """An ``AttackFn`` running PGD/IFGSM (with per-image budgets when given)."""
-
-    def fn(x: torch.Tensor, goal: torch.Tensor, keys: list[int]
-           ) -> tuple[torch.Tensor, torch.Tensor]:
-        res = _budgeted(attack, "eps", budgets, keys)(x, goal, keys=keys)
-        return res.adversarial, res.steps
+        res = _budgeted(attack, field, budgets, keys)(x, goal, keys=keys)
+        return res.adversarial, getattr(res, count)
 
     fn.source = (attack, budgets)  # type: ignore[attr-defined]  # its recipe, for Ray workers
     return fn

@@ -153,15 +153,14 @@ class SegContext:
 def segmentation_context(segmenter: Segmenter, data: dict[str, Any], params: dict[str, Any]
                          ) -> SegContext:
     from medrobust.campaigns.recipes import build_attack
-    from medrobust.campaigns.seg_attacks import asma_fn, gradient_fn
+    from medrobust.campaigns.seg_attacks import attack_fn
 
     recipe = params["attack"]
     att = build_attack(segmenter, recipe["attack"])
     budgets = None if recipe["budgets"] is None else {
         int(k): float(v) for k, v in recipe["budgets"].items()}
-    fn = asma_fn(att, budgets) if recipe["attack"]["builder"] == "asma" else \
-        gradient_fn(att, budgets)
-    return SegContext(segmenter, data["images"], data["masks"], data["goals"], fn,
+    return SegContext(segmenter, data["images"], data["masks"], data["goals"],
+                      attack_fn(att, budgets),
                       bool(params["targeted"]), set(params["show"]))
 
 
@@ -189,7 +188,7 @@ def segmentation_chunk(ctx: SegContext, chunk: list[int], emit: Any
 
 
 def attack_recipe(attack: AttackFn) -> dict[str, Any]:
-    """The recipe of an ``asma_fn`` / ``gradient_fn`` (its attack and per-image budgets)."""
+    """The recipe of an ``attack_fn`` (its attack and per-image budgets)."""
     from medrobust.campaigns.recipes import recipe_of
 
     source = getattr(attack, "source", None)
@@ -214,7 +213,7 @@ def run_segmentation_campaign(
     otherwise a run is started from ``command``/``params`` (resumed when they match).
     ``budgets_l2`` is recorded per image when the attack's L2 budget was matched to another's.
     ``executor``: where the batches run (default: this process); Ray workers rebuild the attack
-    of an ``asma_fn`` / ``gradient_fn`` from its recipe.
+    of an ``attack_fn`` from its recipe.
     """
     own_run = run_id is None
     order = [int(i) for i in indices]

@@ -14,7 +14,7 @@ import click
 
 from medrobust.attacks.asma import ASMA
 from medrobust.campaigns.asma_ablation import ablation_markdown, run_asma_ablation
-from medrobust.campaigns.seg_attacks import asma_fn
+from medrobust.campaigns.seg_attacks import attack_fn
 from medrobust.campaigns.segmentation import run_segmentation_campaign
 from medrobust.cli.common import DEFAULT_STORE, common_options, emit, executor_options, fmt
 from medrobust.cli.seg_common import (
@@ -102,7 +102,7 @@ def asma(**opts: Any) -> None:
             params = {"attack": att.params(), "task": "segmentation",
                       "target": target.describe(), "indices": indices}
             out = run_segmentation_campaign(
-                store, seg, info, ds, asma_fn(att), "asma", "attack asma", params, indices,
+                store, seg, info, ds, attack_fn(att), "asma", "attack asma", params, indices,
                 target, batch_images=opts["batch_images"], examples=opts["examples"],
                 resume=not opts["no_resume"], show_progress=show, executor=opts["executor"])
             summary = {"run_id": out.run_id, "resumed": out.resumed,

@@ -20,7 +20,7 @@ from medrobust.attacks.ifgsm import IFGSM
 from medrobust.attacks.losses import get_loss
 from medrobust.attacks.pgd import PGD
 from medrobust.campaigns.gradient import run_gradient_campaign
-from medrobust.campaigns.seg_attacks import gradient_fn
+from medrobust.campaigns.seg_attacks import attack_fn
 from medrobust.campaigns.segmentation import run_segmentation_campaign
 from medrobust.cli.attack import check_target_options, model_input_size, resolve_targets
 from medrobust.cli.common import (
@@ -213,7 +213,7 @@ def _segmentation(kind: str, opts: dict[str, Any]) -> tuple[dict[str, Any], str]
               "target": None if target is None else target.describe(), "indices": indices}
     with Store(opts["store_path"]) as store:
         out = run_segmentation_campaign(
-            store, seg, model_info(opts["model_dir"], seg), ds, gradient_fn(att), kind,
+            store, seg, model_info(opts["model_dir"], seg), ds, attack_fn(att), kind,
             f"attack {kind}", params, indices, target, batch_images=opts["batch_images"],
             examples=opts["examples"], resume=not opts["no_resume"],
             show_progress=not opts["as_json"], executor=opts["executor"])
