@@ -14,10 +14,10 @@ def _wait_policy(loadavg: str, cores: int) -> str | None:
     included), else None (OpenMP's default: spin briefly between kernels).
 
     Why: PyTorch's CPU kernels run on OpenMP threads. The cone engine issues many small kernels;
-    spinning between them is fastest on cores of its own (a 64x64 map on 2 idle cores: 13.1 s
-    spinning, 23.8 s sleeping, 20.7 s on one thread), but spinning threads starve each other
-    when another process shares the cores (measured 2.3x slower than sleeping beside one busy
-    process, 25x beside a training job). The snapshot is taken once, at import."""
+    spinning between them is fastest on cores of its own (a 64x64 map on 2 idle cores: 13.8 s
+    spinning, 25.2 s sleeping, 21.5 s on one thread), but spinning threads starve each other
+    when another process shares the cores (43.2 s spinning, 23.1 s sleeping beside one busy
+    process; ``benchmarks/wait_policy.py``). The snapshot is taken once, at import."""
     try:
         running = int(loadavg.split()[3].split("/")[0])
     except (IndexError, ValueError):
