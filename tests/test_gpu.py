@@ -58,10 +58,14 @@ def test_classifier_commands_run_on_the_gpu(classifier_ckpt, capsys, tmp_path):
                    "onepixel,pgd-linf,square-linf", "--square-queries", "20",
                    "--onepixel-population", "16", "--onepixel-generations", "2",
                    "--pgd-steps", "3", "--store", db, *GPU)
-    assert out
+    assert out["adaptive"][0]["label"] == "none" and len(out["adaptive"]) == 3
+    for row in out["adaptive"]:  # every attack at every budget, within [0, its clean accuracy]
+        assert set(row["pgd-linf"]) == set(row["square-linf"]) and len(row["pgd-linf"]) == 4
+        assert all(0 <= v <= row["clean"] for v in row["pgd-linf"].values())
     out = run_json(capsys, "evaluate", "--model", str(ckpt), "--attack", "pgd,apgd-ce",
                    "--linf", "4/255", "--steps", "3", "--limit", "4", "--store", db, *GPU)
-    assert out
+    assert [c["attack"] for c in out["cells"]] == ["pgd", "apgd-ce"]
+    assert all(c["images"] == 4 and c["attacked"] <= c["clean"] for c in out["cells"])
 
 
 def test_maps_on_the_gpu_equal_the_cpu_maps(classifier_ckpt, capsys, tmp_path):
