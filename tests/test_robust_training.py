@@ -180,11 +180,17 @@ def test_margin_pgd_respects_each_samples_budget_and_batching() -> None:
     assert torch.allclose(res.norms, norms)
     assert bool((norms[3:] > 0.5 * eps[3:]).all())  # the attack moves out towards its margin
     assert res.always_correct.all() and res.checks == 6 and not clf.training
-    # the same samples split over two batches: identical (eval mode, keyed random starts)
+    # the same samples split over two batches: the same attack (eval mode, random starts keyed
+    # by dataset index, not by batch position). Equal to float rounding only: the CPU picks
+    # other convolution kernels for a batch of 2 than of 6 (AVX2 rounds differently from
+    # AVX-512), and L2 steps carry those 1e-7 differences without amplifying them. A start
+    # drawn by batch position instead of key would differ by the whole radius.
     parts = [margin_pgd(clf, x[s], TermScore(_spec(clf), y[s], always), eps[s], delta=0.2,
                         alpha=4.0, steps=5, seed=3, keys=[10 + i for i in range(6)][s])
              for s in (slice(0, 2), slice(2, 6))]
-    assert torch.equal(torch.cat([p.adversarial for p in parts]), res.adversarial)
+    torch.testing.assert_close(torch.cat([p.adversarial for p in parts]), res.adversarial,
+                               rtol=0, atol=1e-5)
+    assert torch.equal(torch.cat([p.always_correct for p in parts]), res.always_correct)
 
 
 def test_margin_pgd_failures_and_refinement() -> None:
