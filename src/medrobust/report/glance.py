@@ -237,11 +237,27 @@ class BestDefence:
     estimate: Estimate
     undefended: Estimate | None
     cost: float | None
+    #: the other defences whose 95 % interval overlaps the best one's: a non-empty list means
+    #: the data do not separate them, so no defence may be called best
+    overlapping: tuple[tuple[str, Estimate], ...] = ()
+
+    @property
+    def distinguishable(self) -> bool:
+        return not self.overlapping
+
+
+def _overlap(a: Estimate, b: Estimate) -> bool:
+    """Whether two estimates' 95 % intervals overlap (no interval: they cannot be told apart)."""
+    if a.p.ci95 is None or b.p.ci95 is None:
+        return True
+    return a.p.ci95[0] <= b.p.ci95[1] and b.p.ci95[0] <= a.p.ci95[1]
 
 
 def best_defence(g: ModelGlance) -> BestDefence | None:
     """The defence with the highest ensemble (else PGD) robust accuracy at the largest budget
-    every defence was evaluated at (Linf first, else L2); ties: lower clean cost, then name."""
+    every defence was evaluated at (Linf first, else L2); ties: lower clean cost, then name.
+    The defences whose intervals overlap the leader's are listed, so the page never names a
+    winner on a difference the sample cannot show."""
     defences = [d for d in g.adaptive if d != "none"]
     if not defences:
         return None
@@ -256,8 +272,12 @@ def best_defence(g: ModelGlance) -> BestDefence | None:
             ranked = sorted(defences, key=lambda d: (-(g.adaptive[d][(attack, eps)].rate or 0.0),
                                                      g.costs.get(d, 0.0), d))
             best = ranked[0]
-            return BestDefence(best, attack, eps, g.adaptive[best][(attack, eps)],
-                               g.adaptive.get("none", {}).get((attack, eps)), g.costs.get(best))
+            lead = g.adaptive[best][(attack, eps)]
+            ties = tuple((d, g.adaptive[d][(attack, eps)]) for d in ranked[1:]
+                         if _overlap(lead, g.adaptive[d][(attack, eps)]))
+            return BestDefence(best, attack, eps, lead,
+                               g.adaptive.get("none", {}).get((attack, eps)), g.costs.get(best),
+                               ties)
     return None
 
 
@@ -326,7 +346,15 @@ def _headline(g: ModelGlance) -> list[str]:
         lines.append(f"Robust accuracy at the largest {budget_text(norm, eps)} budget, without "
                      f"defence: {worst.text()} (strongest attack there, run {worst.run_id}).")
     best = best_defence(g)
-    if best is not None:
+    if best is not None and not best.distinguishable:
+        kind, norm = best.attack.split("-")
+        rivals = "; ".join(f"{label} {e.text()}" for label, e in
+                           ((best.label, best.estimate), *best.overlapping))
+        lines.append(f"Best defence: no defence is distinguishable \u2014 {kind.title()} robust "
+                     f"accuracy at {budget_text(norm, best.eps)}: {rivals}. Their 95 % "
+                     "intervals overlap, so these images cannot rank them; attack more images "
+                     "to separate them.")
+    elif best is not None:
         text = (f"Best defence: {best.label} \u2014 {best.attack.split('-')[0].title()} robust "
                 f"accuracy {best.estimate.text()} at {budget_text(best.attack.split('-')[1], best.eps)}")
         if best.undefended is not None:
@@ -373,7 +401,7 @@ def _adaptive_tables(g: ModelGlance) -> list[Table]:
                 cells.append("-" if e is None else e.text())
             rows.append([_adaptive_label(attack), _adaptive_budget(attack, eps), *cells])
         caption = ("Robust accuracy with and without each defence (attacks that see the "
-                   "defence; n = the images the one-pixel run attacked, all classified "
+                   "defence; each cell gives its own n: the images attacked, all classified "
                    "correctly before the attack)")
         if len(chunks) > 1:
             caption += f", part {part + 1} of {len(chunks)}"
