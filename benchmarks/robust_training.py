@@ -120,9 +120,13 @@ def train(task: str, cfg: dict[str, Any], out: Path, db: Path, extra: list[str])
 
 def evaluate(model: Path, cfg: dict[str, Any], attacks: str, levels: list[float], db: Path,
              steps: int, restarts: int, queries: int) -> dict[str, Any]:
+    names = attacks.split(",")
+    # evaluate refuses a setting no listed attack reads, so each goes only with its attacks
+    extra = [*(["--ifgsm-steps", "10"] if "ifgsm" in names else []),
+             *(["--restarts", str(restarts)] if "pgd-restarts" in names else []),
+             *(["--queries", str(queries)] if {"square", "ensemble"} & set(names) else [])]
     return cli("evaluate", "--model", str(model), "--attack", attacks, "--l2",
-               ",".join(f"{v:.6g}" for v in levels), "--steps", str(steps),
-               "--ifgsm-steps", "10", "--restarts", str(restarts), "--queries", str(queries),
+               ",".join(f"{v:.6g}" for v in levels), "--steps", str(steps), *extra,
                "--limit", str(cfg["limit"]), "--store", str(db))
 
 
@@ -182,7 +186,10 @@ def run_task(task: str, args: argparse.Namespace, root: Path, db: Path) -> dict[
         f"vat@{levels[0]:.3g}": ["--robust", "vat", "--eps", f"{levels[0]:.6g}"],
         f"vat@{levels[2]:.3g}": ["--robust", "vat", "--eps", f"{levels[2]:.6g}"],
         "adaptive-margin": ["--robust", "adaptive-margin", "--delta", f"{levels[2] / 2:.6g}",
-                            "--max-margin", f"{2 * levels[2]:.6g}", "--xi", "mean+2std"],
+                            "--max-margin", f"{2 * levels[2]:.6g}",
+                            # xi's rule: the default mean+2std; segmentation thresholds its
+                            # mean clean Dice and refuses --xi
+                            *([] if task == "segmentation" else ["--xi", "mean+2std"])],
     }
     if cfg["teat"] or args.teat_all:
         methods[f"teat@{levels[1]:.3g}"] = ["--robust", "teat", "--eps", f"{levels[1]:.6g}"]

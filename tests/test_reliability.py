@@ -491,3 +491,47 @@ def test_demo_checks_its_options_before_training(tmp_path, capsys, args, needle)
     assert code == 2 and err.startswith(needle) and len(err.strip().splitlines()) == 1, err
     assert time.perf_counter() - start < 10
     assert not (tmp_path / "demo" / "medrobust.db").exists()
+
+
+# -- a killed train -----------------------------------------------------------------------------
+
+def test_a_killed_train_is_taken_over_by_its_rerun(tmp_path):
+    """kill -9 mid-training leaves the run ``running`` with a dead owner; the same command takes
+    that run over (one run, resumed once, completed), while a rerun of a finished training is a
+    run of its own. (That training itself resumes from its epoch state is tested in
+    test_training_resume.py and test_robust_training.py.)"""
+    db, out = tmp_path / "s.db", tmp_path / "model"
+    args = [sys.executable, "-m", "medrobust.cli.main", "train", "--dataset", "synthetic",
+            "--size", "16", "--width", "4", "--epochs", "3", "--batch-size", "64",
+            "--out", str(out), "--store", str(db), "--seed", "1"]
+    child = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while not _runs(db) and time.monotonic() < deadline and child.poll() is None:
+            time.sleep(0.02)
+        child.kill()  # SIGKILL: no handler runs, the run stays 'running'
+        child.wait(timeout=30)
+    finally:
+        if child.poll() is None:
+            child.kill()
+    assert _runs(db) == [(1, "train", "running")], "the kill did not land mid-training"
+    done = subprocess.run(args, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert _runs(db) == [(1, "train", "completed")]
+    with Store(db) as store:
+        assert store.get_run(1)["resumed_count"] == 1
+    again = subprocess.run(args, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr
+    assert _runs(db) == [(1, "train", "completed"), (2, "train", "completed")]
+
+
+def test_unfinished_resume_mode(tmp_path):
+    with Store(tmp_path / "s.db") as store:
+        first, _ = store.start_run("train", {"n": 1}, resume="unfinished")
+        store.finish_run(first, "failed")
+        assert store.start_run("train", {"n": 1}, resume="unfinished") == (first, True)
+        store.finish_run(first, "completed")
+        second, resumed = store.start_run("train", {"n": 1}, resume="unfinished")
+        assert second != first and not resumed
+        with pytest.raises(StoreError, match="resume must be"):
+            store.start_run("train", {"n": 1}, resume="yes")

@@ -204,5 +204,5 @@ def test_best_defence_is_named_only_when_its_interval_clears_the_others(n, named
 def test_table_headers_never_break_mid_word(demo):
     """'overflow-wrap: anywhere' on cells broke narrow headers as 'Accurac y', 'H os t'."""
     css = demo["html"][:demo["html"].index("</style>")]
-    assert "anywhere" not in css and "word-break: break-all" not in css
+    assert "overflow-wrap: anywhere;" not in css and "word-break: break-all" not in css
     assert re.search(r"th, td \{[^}]*overflow-wrap: break-word", css)

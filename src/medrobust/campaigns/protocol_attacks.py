@@ -28,6 +28,13 @@ from medrobust.utils.validation import check_choice, check_range
 #: attacks every task takes (through its loss), and those that need class logits
 TASK_ATTACKS = ("pgd", "ifgsm", "pgd-restarts")
 CLASSIFIER_ATTACKS = ("apgd-ce", "apgd-t", "square", "ensemble")
+#: the settings only some attacks read (see ``build_attack``), and those attacks
+SETTING_USERS: dict[str, tuple[str, ...]] = {
+    "pgd_steps": ("pgd", "pgd-restarts", "apgd-ce", "apgd-t", "ensemble"),
+    "ifgsm_steps": ("ifgsm",),
+    "restarts": ("pgd-restarts",),
+    "square_queries": ("square", "ensemble"),
+}
 
 
 @dataclass(frozen=True)

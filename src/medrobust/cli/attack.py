@@ -10,6 +10,8 @@ from medrobust.attacks import OnePixel
 from medrobust.campaigns.onepixel import run_onepixel_campaign
 from medrobust.cli.common import (
     DEFAULT_STORE,
+    check_model_size,
+    check_store,
     common_options,
     dataset_options,
     emit,
@@ -23,18 +25,12 @@ from medrobust.errors import ConfigError
 from medrobust.models import load_classifier, read_meta
 from medrobust.store import Store
 from medrobust.utils.device import resolve_device
-from medrobust.utils.validation import check_image_size, check_range, check_writable
+from medrobust.utils.validation import check_range
 
 
 @click.group()
 def attack() -> None:
     """Attack a model over a dataset split (results land in the store and resume after a kill)."""
-
-
-def model_input_size(meta: dict[str, Any]) -> tuple[int, int] | None:
-    """(H, W) the checkpoint was trained at, when its metadata records it."""
-    size = meta.get("image_size")
-    return (int(size[0]), int(size[1])) if isinstance(size, list) and len(size) == 2 else None
 
 
 def check_target_options(targeted: bool) -> None:
@@ -97,7 +93,7 @@ def onepixel(model_dir: str, dataset: str | None, data_dir: str | None, size: in
              seed: int, device: str, executor: Any = None) -> None:
     """One-pixel (k-pixel) attack by differential evolution, batched across images."""
     # Every option is checked before the run is opened, so a bad one records nothing.
-    check_writable("--store", store_path, folder=False)
+    check_store(store_path)
     check_range("--batch-images", batch_images, 1)
     if limit is not None and limit < 1:
         raise ConfigError("--limit must be at least 1")
@@ -105,7 +101,7 @@ def onepixel(model_dir: str, dataset: str | None, data_dir: str | None, size: in
     if partial and option_given("threshold"):
         raise ConfigError("--partial sets the thresholds (0.9 / 0.1): drop --threshold")
     meta = read_meta(model_dir)
-    check_image_size("--size", size, model_input_size(meta))
+    check_model_size(size, meta)
     clf = load_classifier(model_dir, resolve_device(device))
     if clf.head != "sigmoid":
         for flag, used in (("--partial", partial), ("--threshold", option_given("threshold"))):

@@ -16,7 +16,14 @@ from medrobust.attacks.asma import ASMA
 from medrobust.campaigns.asma_ablation import ablation_markdown, run_asma_ablation
 from medrobust.campaigns.seg_attacks import attack_fn
 from medrobust.campaigns.segmentation import run_segmentation_campaign
-from medrobust.cli.common import DEFAULT_STORE, common_options, emit, executor_options, fmt
+from medrobust.cli.common import (
+    DEFAULT_STORE,
+    check_model_size,
+    common_options,
+    emit,
+    executor_options,
+    fmt,
+)
 from medrobust.cli.seg_common import (
     Budget,
     check_campaign_options,
@@ -25,6 +32,7 @@ from medrobust.cli.seg_common import (
     target_options,
 )
 from medrobust.errors import ConfigError
+from medrobust.models.checkpoint import read_meta
 from medrobust.store import Store
 from medrobust.utils.validation import check_writable
 
@@ -77,6 +85,7 @@ from medrobust.utils.validation import check_writable
 def asma(**opts: Any) -> None:
     """Adaptive segmentation mask attack (ASMA): make a segmentation model draw a chosen mask."""
     check_campaign_options(opts)
+    check_model_size(opts["size"], read_meta(opts["model_dir"]))
     if opts["out_dir"] is not None:
         if not opts["ablation"]:
             raise ConfigError("--out applies with --ablation (the folder for its tables)")

@@ -22,9 +22,10 @@ from medrobust.attacks.pgd import PGD
 from medrobust.campaigns.gradient import run_gradient_campaign
 from medrobust.campaigns.seg_attacks import attack_fn
 from medrobust.campaigns.segmentation import run_segmentation_campaign
-from medrobust.cli.attack import check_target_options, model_input_size, resolve_targets
+from medrobust.cli.attack import check_target_options, resolve_targets
 from medrobust.cli.common import (
     DEFAULT_STORE,
+    check_model_size,
     classes_option,
     common_options,
     emit,
@@ -46,7 +47,6 @@ from medrobust.errors import ConfigError
 from medrobust.models import load_classifier, read_meta
 from medrobust.store import Store
 from medrobust.utils.device import resolve_device
-from medrobust.utils.validation import check_image_size
 
 ATTACKS: dict[str, type[PGD]] = {"pgd": PGD, "ifgsm": IFGSM}
 
@@ -146,6 +146,7 @@ def run_gradient(kind: str, opts: dict[str, Any]) -> None:
     check_campaign_options(opts)
     task = resolve_task(opts["task"], opts["model_dir"])
     check_task_options(task, opts)
+    check_model_size(opts["size"], read_meta(opts["model_dir"]))
     # classifiers and segmenters have their own campaigns (targeted goals, early stop, example
     # panels); every other task is attacked through its loss by the task-attack campaign
     own = {"classification": _classification, "segmentation": _segmentation}.get(task)
@@ -173,7 +174,6 @@ def _attack(kind: str, model: Any, opts: dict[str, Any], targeted: bool, early: 
 def _classification(kind: str, opts: dict[str, Any]) -> tuple[dict[str, Any], str]:
     device = resolve_device(opts["device"])
     meta = read_meta(opts["model_dir"])
-    check_image_size("--size", opts["size"], model_input_size(meta))
     clf = load_classifier(opts["model_dir"], device)
     targeted = bool(opts["targeted"])
     att = _attack(kind, clf, opts, targeted, hits_target if targeted else misclassified)
@@ -240,7 +240,7 @@ def _task_attack(kind: str, task_name: str, opts: dict[str, Any]
                         step=opts["step"], steps=opts["steps"],
                         random_start=opts["random_start"], batch_size=opts["batch_images"],
                         seed=opts["seed"])
-    ds = open_model_dataset(meta, model.channels, opts["dataset"], opts["split"],
+    ds = open_model_dataset(meta, model, opts["dataset"], opts["split"],
                             opts["data_dir"], opts["size"], opts["no_verify"])
     att.check_images((ds.channels, *ds.images.shape[1:3]))
     indices = pick_indices(ds, opts["limit"])

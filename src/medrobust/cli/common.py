@@ -27,7 +27,17 @@ def check_outputs(out: str | Path, store_path: str | Path) -> None:
     from medrobust.utils.validation import check_writable
 
     check_writable("--out", out, folder=True)
+    check_store(store_path)
+
+
+def check_store(store_path: str | Path) -> None:
+    """A store the command may write: a writable place, and either no file yet or a medrobust
+    store (never another program's SQLite file), refused before any work starts."""
+    from medrobust.store import check_store_file
+    from medrobust.utils.validation import check_writable
+
     check_writable("--store", store_path, folder=False)
+    check_store_file(store_path)
 
 
 def common_options(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -137,15 +147,60 @@ def open_dataset(name: str | None, split: str, data_dir: str | None, size: int |
     return ds
 
 
-def open_model_dataset(meta: dict[str, Any], channels: int, name: str | None, split: str,
+def open_model_dataset(meta: dict[str, Any], model: Any, name: str | None, split: str,
                        data_dir: str | None, size: int | None, no_verify: bool) -> ImageDataset:
-    """A split for a checkpoint: its own dataset (at its size) unless ``name`` names another,
-    which then loads at ``size`` or its loader's default."""
+    """A split for a checkpoint's ``model`` (a ``PixelModel``): its own dataset (at its size)
+    unless ``name`` names another, which then loads at ``size`` or its loader's default. Data
+    the model cannot score (other channels, landmark count or classes) stops here, before a
+    command opens its store."""
+    from medrobust.tasks import task_of
+
     spec = meta.get("dataset") or {}
     same_data = name is None or name == spec.get("dataset")
-    return open_dataset(name, split, data_dir,
-                        size if size is not None or not same_data else spec.get("size"),
-                        no_verify, spec, model_channels=channels)
+    ds = open_dataset(name, split, data_dir,
+                      size if size is not None or not same_data else spec.get("size"),
+                      no_verify, spec, model_channels=model.channels)
+    check = task_of(model).check_data
+    if check is not None:
+        check(model, ds)
+    return ds
+
+
+def model_input_size(meta: dict[str, Any]) -> tuple[int, int] | None:
+    """(H, W) the checkpoint was trained at, when its metadata records it (classifiers and
+    segmenters: ``image_size``; landmark models and detectors: their dataset's size)."""
+    size = meta.get("image_size")
+    if size is None:
+        size = (meta.get("dataset") or {}).get("size")
+    if isinstance(size, int) and not isinstance(size, bool):
+        return size, size
+    return (int(size[0]), int(size[1])) if isinstance(size, list) and len(size) == 2 else None
+
+
+def check_model_size(size: int | None, meta: dict[str, Any]) -> None:
+    """A model is attacked and evaluated at the size it was trained at, whatever its task:
+    refuse another ``--size`` rather than run at it or silently ignore it."""
+    model_size = model_input_size(meta)
+    if size is None or model_size is None or (size, size) == model_size:
+        return
+    h, w = model_size
+    shown = str(h) if h == w else f"{h}x{w}"
+    raise ConfigError(f"--size {size} differs from the model's input size {shown}: models run "
+                      "at the size they were trained at (omit --size)")
+
+
+def refuse_unused(rules: dict[str, tuple[bool, str]]) -> None:
+    """The one rule for options a command would ignore: ``rules`` maps an option's parameter
+    name to (whether this invocation uses it, where it applies); one set on the command line
+    but unused is refused with one line naming it and where it applies."""
+    ctx = click.get_current_context(silent=True)
+    if ctx is None:  # called from Python: nothing was set on a command line
+        return
+    for name, (used, where) in rules.items():
+        if not used and option_given(name):
+            flag = next((p.opts[0] for p in ctx.command.params if p.name == name),
+                        f"--{name.replace('_', '-')}")
+            raise ConfigError(f"{flag} applies {where}")
 
 
 def _jsonable(value: Any) -> Any:
@@ -264,5 +319,6 @@ def budget_levels(flag: str, text: str) -> tuple[float, ...]:
             raise ConfigError(f"{flag}: budgets must be positive, got {part.strip()}")
         out.append(value)
     if not out:
-        raise ConfigError(f"{flag} needs at least one budget, e.g. 2/255,8/255")
+        example = "0.5,1,2" if "l2" in flag else "2/255,8/255"
+        raise ConfigError(f"{flag} needs at least one budget, e.g. {example}")
     return tuple(out)

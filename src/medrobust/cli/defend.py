@@ -22,13 +22,14 @@ from medrobust.attacks.projection import check_budget
 from medrobust.campaigns.adaptive_defence import ATTACKS as ADAPTIVE_ATTACKS
 from medrobust.campaigns.adaptive_defence import AdaptiveConfig, evaluate_adaptive
 from medrobust.campaigns.defence import evaluate_defence
-from medrobust.cli.attack import model_input_size
 from medrobust.cli.common import (
     DEFAULT_STORE,
     budget_levels,
+    check_store,
     common_options,
     emit,
     executor_options,
+    model_input_size,
     option_given,
 )
 from medrobust.defences.base import Denoiser
@@ -101,7 +102,7 @@ def run_defend(store_path: str | Path, model_dir: str | Path, specs: list[str],
         check_writable("--out", out, folder=True)
     if not Path(store_path).is_file():
         raise MedrobustError(f"no store at {store_path}")
-    check_writable("--store", store_path, folder=False)
+    check_store(store_path)
     if clean_limit is not None and clean_limit < 1:
         raise ConfigError("--clean-limit must be at least 1")
     if adaptive is not None:

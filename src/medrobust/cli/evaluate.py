@@ -12,9 +12,10 @@ from pathlib import Path
 
 import click
 
-from medrobust.cli.attack import model_input_size
 from medrobust.cli.common import (
     DEFAULT_STORE,
+    check_model_size,
+    check_store,
     common_options,
     dataset_options,
     emit,
@@ -29,7 +30,6 @@ from medrobust.models.loading import checkpoint_task, load_model
 from medrobust.store import Store
 from medrobust.tasks import get_task
 from medrobust.utils.device import resolve_device
-from medrobust.utils.validation import check_image_size, check_writable
 
 
 @click.command()
@@ -65,8 +65,9 @@ def evaluate(model_dir: str, dataset: str | None, data_dir: str | None, size: in
              no_resume: bool, as_json: bool, seed: int, device: str,
              executor: object = None) -> None:
     """Evaluate a checkpoint on a dataset split, clean or under the attack protocol."""
-    check_writable("--store", store_path, folder=False)
+    check_store(store_path)
     meta = read_meta(model_dir)
+    check_model_size(size, meta)
     protocol_only = {"--l2": l2_levels, "--linf": linf_levels, "--limit": limit}
     if attacks is not None:
         settings = protocol_settings(attacks, l2_levels, linf_levels, steps, ifgsm_steps,
@@ -91,10 +92,8 @@ def _evaluate_clean(model_dir: str, meta: dict, dataset: str | None, data_dir: s
                     as_json: bool, device: str) -> None:
     """Any task's checkpoint scored by its task (accuracy and AUC, Dice, MRE and SDR, mAP)."""
     task = get_task(checkpoint_task(model_dir))
-    if task.class_logits:  # classifiers were trained at one size: say so before loading data
-        check_image_size("--size", size, model_input_size(meta))
     model = load_model(model_dir, resolve_device(device))
-    ds = open_model_dataset(meta, model.channels, dataset, split, data_dir, size, no_verify)
+    ds = open_model_dataset(meta, model, dataset, split, data_dir, size, no_verify)
     metrics = task.evaluate(model, ds)
     with Store(store_path) as store:
         model_info = {"dir": str(Path(model_dir).resolve()), "model": meta.get("model"),

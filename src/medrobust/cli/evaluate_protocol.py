@@ -8,8 +8,8 @@ from typing import Any
 import click
 
 from medrobust.campaigns.attack_protocol import run_attack_protocol
-from medrobust.campaigns.protocol_attacks import ProtocolSettings
-from medrobust.cli.common import budget_levels, emit, fmt, open_model_dataset
+from medrobust.campaigns.protocol_attacks import SETTING_USERS, ProtocolSettings
+from medrobust.cli.common import budget_levels, emit, fmt, open_model_dataset, refuse_unused
 from medrobust.errors import ConfigError
 from medrobust.models.loading import load_model
 from medrobust.store import Store
@@ -17,18 +17,31 @@ from medrobust.tasks import get_task
 from medrobust.utils.device import resolve_device
 from medrobust.utils.markdown import markdown_table
 
+#: ``evaluate``'s option (parameter name) -> the protocol setting it sets
+SETTING_OPTIONS = {"steps": "pgd_steps", "ifgsm_steps": "ifgsm_steps", "restarts": "restarts",
+                   "queries": "square_queries"}
+
+
+def _either(names: tuple[str, ...]) -> str:
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} or {names[-1]}"
+
 
 def protocol_settings(attacks: str, l2: str | None, linf: str | None, steps: int,
                       ifgsm_steps: int, restarts: int, queries: int, seed: int,
                       batch_images: int) -> ProtocolSettings:
-    """The protocol's settings from the command line (one norm: --l2 or --linf)."""
+    """The protocol's settings from the command line (one norm: --l2 or --linf); a setting
+    given for attacks none of which reads it is refused, not ignored."""
     if l2 is not None and linf is not None:
         raise ConfigError("give --l2 or --linf, not both (one norm per protocol run)")
     names = tuple(a.strip() for a in attacks.split(",") if a.strip())
     if not names:
         raise ConfigError("--attack needs at least one attack, e.g. pgd,ifgsm")
+    refuse_unused({option: (any(a in SETTING_USERS[field] for a in names),
+                            f"to --attack {_either(SETTING_USERS[field])}, not {','.join(names)}")
+                   for option, field in SETTING_OPTIONS.items()})
+    # an empty --l2 is refused like an empty --linf, not read as 'the default budgets'
     norm, levels = ("linf", budget_levels("--linf", linf)) if linf is not None else (
-        "l2", budget_levels("--l2", l2 or "0.5,1,2"))
+        "l2", budget_levels("--l2", "0.5,1,2" if l2 is None else l2))
     return ProtocolSettings(attacks=names, norm=norm, levels=levels, pgd_steps=steps,
                             ifgsm_steps=ifgsm_steps, restarts=restarts, square_queries=queries,
                             seed=seed, batch_images=batch_images)
@@ -41,7 +54,7 @@ def run_protocol(model_dir: str, meta: dict[str, Any], dataset: str | None,
     task = get_task(str(meta.get("task", "classification")))
     settings.validate(task)  # before loading data or opening the store
     model = load_model(model_dir, resolve_device(device))
-    ds = open_model_dataset(meta, model.channels, dataset, split, data_dir, size, no_verify)
+    ds = open_model_dataset(meta, model, dataset, split, data_dir, size, no_verify)
     if len(ds) == 0:
         raise ConfigError(f"{ds.name} {split} has no images to evaluate")
     indices = list(range(len(ds) if limit is None else min(limit, len(ds))))

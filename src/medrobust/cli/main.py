@@ -133,6 +133,23 @@ def main(argv: list[str] | None = None) -> int:
             return _run(args)
 
 
+def _close_progress_bars() -> None:
+    """An error raised inside a loop with a progress bar would print on the bar's line (the bar
+    closes only once the traceback is gone): close open bars first, which clears their lines."""
+    if "tqdm" not in sys.modules:  # nothing was shown; do not import it for an early error
+        return
+    from tqdm.std import tqdm
+
+    for bar in list(getattr(tqdm, "_instances", ())):
+        bar.close()
+
+
+def _say(line: str) -> None:
+    """The one line a stopped command prints, on a line of its own."""
+    _close_progress_bars()
+    click.echo(line, err=True)
+
+
 def _run(args: list[str]) -> int:
     """Run one command, turning every way it can stop into an exit code and at most one line.
 
@@ -142,33 +159,33 @@ def _run(args: list[str]) -> int:
         with cli.make_context("medrobust", args) as ctx:
             cli.invoke(ctx)
     except MedrobustError as exc:
-        click.echo(f"error: {exc}", err=True)
+        _say(f"error: {exc}")
         return 2
     except click.exceptions.Exit as exc:  # --help, --version
         return exc.exit_code
     except click.exceptions.Abort:
-        click.echo(INTERRUPTED, err=True)
+        _say(INTERRUPTED)
         return EXIT_SIGINT
     except click.UsageError as exc:  # one line, like every other error, with where to look
         where = exc.ctx.command_path if exc.ctx is not None else "medrobust"
         message = " ".join(exc.format_message().split())
-        click.echo(f"error: {message} (see '{where} --help')", err=True)
+        _say(f"error: {message} (see '{where} --help')")
         return exc.exit_code
     except click.ClickException as exc:
-        click.echo(f"error: {' '.join(exc.format_message().split())}", err=True)
+        _say(f"error: {' '.join(exc.format_message().split())}")
         return exc.exit_code
     except Terminated:
-        click.echo(INTERRUPTED, err=True)
+        _say(INTERRUPTED)
         return EXIT_SIGTERM
     except KeyboardInterrupt:
-        click.echo(INTERRUPTED, err=True)
+        _say(INTERRUPTED)
         return EXIT_SIGINT
     except sqlite3.DatabaseError as exc:  # corruption SQLite finds only deep inside the file
         store = _option_value(args, "--store") or "the run store"
-        click.echo(f"error: {store} is not a medrobust store / corrupt: {exc}", err=True)
+        _say(f"error: {store} is not a medrobust store / corrupt: {exc}")
         return 2
     except OSError as exc:
-        click.echo(f"error: {exc}", err=True)
+        _say(f"error: {exc}")
         return 2
     return 0
 

@@ -7,8 +7,9 @@ from typing import Any
 
 
 def robust_options(params: dict[str, Any]) -> dict[str, Any]:
-    """The robust-training options of ``train`` as the tasks name them."""
+    """The robust-training options of ``train`` as the tasks name them (None: not given, so
+    ``tasks.robust`` can refuse an option set where it does not apply)."""
     return {"robust": params.get("robust") or "none", "eps": params.get("eps"),
-            "delta": params.get("delta"), "alpha": params.get("alpha", 4.0),
-            "xi": params.get("xi") or "mean+2std", "max_margin": params.get("max_margin"),
+            "delta": params.get("delta"), "alpha": params.get("alpha"),
+            "xi": params.get("xi"), "max_margin": params.get("max_margin"),
             "refine": bool(params.get("refine_margins")), "xi_from": params.get("xi_from")}

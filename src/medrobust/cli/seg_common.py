@@ -12,12 +12,13 @@ from typing import Any
 import click
 
 from medrobust.attacks.seg_targets import TARGET_MODES, TargetSpec
+from medrobust.cli.common import check_store
 from medrobust.data import load_dataset, load_from_spec
 from medrobust.data.segmentation import SegmentationDataset
 from medrobust.errors import ConfigError, DataError
 from medrobust.models.checkpoint import read_meta
 from medrobust.models.segmenter import Segmenter
-from medrobust.utils.validation import check_range, check_writable
+from medrobust.utils.validation import check_range
 
 
 class Budget(click.ParamType):
@@ -111,15 +112,15 @@ def open_seg_dataset(name: str | None, split: str, data_dir: str | None, size: i
     if ds.channels != segmenter.channels:
         raise DataError(f"the model expects {segmenter.channels} channel(s), {ds.name} has "
                         f"{ds.channels}")
-    if ds.num_classes > segmenter.num_classes:
-        raise DataError(f"{ds.name} masks have {ds.num_classes} classes, the model "
-                        f"{segmenter.num_classes}")
+    from medrobust.tasks.segmentation import check_data
+
+    check_data(segmenter, ds)  # the class-count rule every command applies to a segmenter
     return ds
 
 
 def check_campaign_options(opts: dict[str, Any]) -> None:
     """Options every attack campaign command shares, checked before anything is loaded."""
-    check_writable("--store", opts["store_path"], folder=False)
+    check_store(opts["store_path"])
     check_range("--examples", opts["examples"], 0)
     if opts["limit"] is not None and opts["limit"] < 1:
         raise ConfigError("--limit must be at least 1")

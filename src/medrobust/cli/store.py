@@ -14,9 +14,11 @@ from medrobust.utils.validation import check_writable
 
 
 def _open(path: str) -> Store:
+    """A store to read: refused when missing, empty or another program's file, and never
+    created (``create=False``), so a read-only command writes nothing."""
     if not Path(path).is_file():
         raise MedrobustError(f"no store at {path}")
-    return Store(path)
+    return Store(path, create=False)
 
 
 @click.group()

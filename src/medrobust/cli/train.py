@@ -23,8 +23,10 @@ from medrobust.errors import ConfigError
 from medrobust.models import read_meta
 from medrobust.models.registry import available_models
 from medrobust.store import Store
+from medrobust.tasks.classification import network as classifier_network
 from medrobust.tasks.robust import (
     ROBUST_OPTIONS,
+    check_before_run,
     trained_about,
     trainer_kwargs,
 )
@@ -52,12 +54,16 @@ def train_and_save(dataset: str | None, data_dir: str | None, size: int | None, 
     val_ds = open_dataset(dataset, "val", data_dir, size, no_verify)
     test_ds = open_dataset(dataset, "test", data_dir, size, no_verify)
     check_model_input(config, train_ds)
+    # budgets against the image shape and --xi-from weights against the network, before the
+    # run opens (inside training either would leave a failed run)
+    check_before_run(kwargs, train_ds, lambda: classifier_network(
+        train_ds, val_ds, {"model": config.model, "model_kwargs": config.model_kwargs}))
     checkpoint = str(Path(out).resolve())
     with Store(store_path) as store, store.tracked_run(
             "train", {**asdict(config), **({"robust": kwargs["robust"].as_dict()}
                                            if kwargs["robust"] is not None else {})},
             model={"dir": checkpoint, "model": config.model},
-            dataset=train_ds.spec, resume=False) as (run_id, _):
+            dataset=train_ds.spec, resume="unfinished") as (run_id, _):
         result = train_classifier(train_ds, val_ds, config, resolve_device(device), **kwargs)
         test_metrics = evaluate_classifier(result.classifier, test_ds)
         test_metrics.pop("dataset")
@@ -109,12 +115,12 @@ def train_and_save(dataset: str | None, data_dir: str | None, size: int | None, 
                    "in grey levels = eps / sqrt(C*H*W) * 255).")
 @click.option("--delta", type=float, default=None,
               help="adaptive-margin: the margin step D (margins start at D), L2 on [0,1].")
-@click.option("--alpha", type=float, default=4.0, show_default=True,
-              help="Inner PGD step multiplier: step = alpha * budget / steps (the authors: 4 "
-                   "for segmentation, 5 for detection).")
-@click.option("--xi", type=click.Choice(list(XI_RULES)), default="mean+2std", show_default=True,
+@click.option("--alpha", type=float, default=None,
+              help="vat / adaptive-margin: inner PGD step multiplier, step = alpha * budget / "
+                   "steps (default 4; the authors: 4 for segmentation, 5 for detection).")
+@click.option("--xi", type=click.Choice(list(XI_RULES)), default=None,
               help="adaptive-margin: threshold rule on the clean training losses of --xi-from "
-                   "(segmentation uses its mean clean Dice instead).")
+                   "(default mean+2std; segmentation uses its mean clean Dice instead).")
 @click.option("--max-margin", type=float, default=None,
               help="adaptive-margin: cap on the margins (L2 on [0,1]; default none).")
 @click.option("--refine-margins", is_flag=True,
@@ -132,7 +138,8 @@ def train_and_save(dataset: str | None, data_dir: str | None, size: int | None, 
 def train(task: str, dataset: str, data_dir: str | None, size: int | None, no_verify: bool,
           model_name: str, padding: str | None, width: int | None, epochs: int, batch_size: int,
           lr: float, augment: str, minutes: float | None, heatmap_loss: str | None,
-          robust: str, eps: float | None, delta: float | None, alpha: float, xi: str,
+          robust: str, eps: float | None, delta: float | None, alpha: float | None,
+          xi: str | None,
           max_margin: float | None, refine_margins: bool, xi_from: str | None, out: str,
           store_path: str, as_json: bool, seed: int, device: str) -> None:
     """Train a classifier, segmenter, landmark model or detector (--task) and save it as

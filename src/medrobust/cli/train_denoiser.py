@@ -35,7 +35,7 @@ def train_denoiser_and_save(dataset: str | None, data_dir: str | None, size: int
     folder = str(Path(out).resolve())
     with Store(store_path) as store, store.tracked_run(
             TRAIN_DENOISER_COMMAND, config_dict(config), model={"dir": folder, "model": "denoiser"},
-            dataset=train_ds.spec, resume=False) as (run_id, _):
+            dataset=train_ds.spec, resume="unfinished") as (run_id, _):
         result = train_denoiser(train_ds, val_ds, config, resolve_device(device))
         meta = {"dataset": train_ds.spec, "train_config": config_dict(config),
                 "history": result.history, "best_epoch": result.best_epoch,

@@ -18,9 +18,11 @@ from medrobust.errors import DataError
 from medrobust.store import Store
 from medrobust.tasks.robust import (
     ROBUST_OPTIONS,
+    check_before_run,
     trained_about,
     trainer_kwargs,
 )
+from medrobust.tasks.segmentation import network as segmenter_network
 from medrobust.training.resume import EpochState
 from medrobust.training.segmentation import (
     SegTrainConfig,
@@ -58,11 +60,13 @@ def train_segmentation_and_save(dataset: str, data_dir: str | None, size: int | 
     kwargs = trainer_kwargs(robust, "segmentation")
     robust_params = {"robust": kwargs["robust"].as_dict()} if kwargs["robust"] else {}
     train_ds, val_ds, test_ds = load_segmentation_splits(dataset, data_dir, size)
+    check_before_run(kwargs, train_ds, lambda: segmenter_network(
+        train_ds, val_ds, {"model": config.model, "model_kwargs": config.model_kwargs}))
     checkpoint = str(Path(out).resolve())
     with Store(store_path) as store, store.tracked_run(
             "train", {**asdict(config), "task": "segmentation", **robust_params},
             model={"dir": checkpoint, "model": config.model, "task": "segmentation"},
-            dataset=train_ds.spec, resume=False) as (run_id, _):
+            dataset=train_ds.spec, resume="unfinished") as (run_id, _):
         result = train_segmenter(train_ds, val_ds, config, resolve_device(device), **kwargs)
         test_metrics = evaluate_segmenter(result.segmenter, test_ds)
         about = trained_about(kwargs, robust, result.history, train_ds) \

@@ -13,7 +13,7 @@ from typing import Any
 import click
 from click.core import ParameterSource
 
-from medrobust.cli.common import check_outputs, emit
+from medrobust.cli.common import check_classes_apply, check_outputs, chosen_classes, emit
 from medrobust.data import load_dataset
 from medrobust.errors import ConfigError
 from medrobust.models.checkpoint import save_model
@@ -53,7 +53,8 @@ def task_options(ctx: click.Context, task_name: str) -> dict[str, Any]:
     options = task.check_options(chosen)
     from medrobust.tasks.robust import robust_config
 
-    robust_config(options)  # bad robust settings stop here, before data is opened
+    robust_config(options, task_name)  # bad robust settings stop here, before data is opened
+    task.check_size(p.get("size"))
     return options
 
 
@@ -66,14 +67,19 @@ def train_task_and_save(task_name: str, dataset: str | None, data_dir: str | Non
     name = dataset or task.datasets[0]
     if name not in task.datasets:
         raise ConfigError(f"{task_name} trains on {', '.join(task.datasets)}, not {name!r}")
-    splits = [load_dataset(name, s, data_dir=data_dir, size=size) for s in ("train", "val", "test")]
+    classes = chosen_classes()
+    check_classes_apply(name, classes)  # a detector learns the chosen classes, in that order
+    picked = {} if classes is None else {"classes": tuple(classes)}
+    splits = [load_dataset(name, s, data_dir=data_dir, size=size, **picked)
+              for s in ("train", "val", "test")]
     train_ds, val_ds, test_ds = splits
+    task.check_training(train_ds, val_ds, options)  # what would otherwise fail inside the run
     checkpoint = str(Path(out).resolve())
     params = {"task": task_name, **options}
     with Store(store_path) as store, store.tracked_run(
             "train", params, model={"dir": checkpoint, "model": task.default_model,
                                     "task": task_name},
-            dataset=train_ds.spec, resume=False) as (run_id, _):
+            dataset=train_ds.spec, resume="unfinished") as (run_id, _):
         model, trained = task.train(train_ds, val_ds, options, resolve_device(device))
         test_metrics = task.evaluate(model, test_ds)
         meta = {"model": task.default_model, "model_kwargs": trained["model_kwargs"],

@@ -15,8 +15,9 @@ from typing import NamedTuple
 import numpy as np
 from PIL import Image
 
-from medrobust.data.base import ImageDataset
+from medrobust.data.base import ImageDataset, open_image
 from medrobust.data.catalog import SPLITS, register_dataset
+from medrobust.data.voc import DroppedBoxes, box_problem, check_split_overlap, read_split_file
 from medrobust.errors import DataError
 from medrobust.utils.progress import progress
 from medrobust.utils.validation import check_range
@@ -49,19 +50,24 @@ def bccd_root(data_dir: str | Path) -> Path:
 
 
 def read_split_ids(root: Path, split: str) -> list[str]:
-    """Sorted, de-duplicated image ids of the official split file."""
+    """Sorted, de-duplicated image ids of the official split file; an image listed in train and
+    in val or test is refused (it would be trained on and then scored as unseen)."""
     if split not in SPLITS:
         raise DataError(f"unknown split {split!r}: use one of {', '.join(SPLITS)}")
-    path = root / "ImageSets" / "Main" / f"{split}.txt"
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise DataError(f"BCCD split file {path} is missing or unreadable") from exc
-    return sorted({line.split()[0] for line in text.splitlines() if line.strip()})
+    main = root / "ImageSets" / "Main"
+    path = main / f"{split}.txt"
+    if not path.is_file():
+        raise DataError(f"BCCD split file {path} is missing or unreadable")
+    ids_of = {s: read_split_file(main / f"{s}.txt") for s in SPLITS if (main / f"{s}.txt").is_file()}
+    check_split_overlap(main, ids_of)
+    return ids_of[split]
 
 
-def parse_annotation(path: Path, image_id: str) -> list[BccdBox]:
-    """Boxes of one VOC XML in file order; zero-area boxes (BCCD has two) are dropped."""
+def parse_annotation(path: Path, image_id: str, dropped: DroppedBoxes | None = None,
+                     keep: Sequence[str] | None = None) -> list[BccdBox]:
+    """Boxes of one VOC XML in file order; boxes with xmin > xmax (or ymin > ymax) or no area
+    (BCCD has two) are dropped, and counted in ``dropped`` when given (only those of the class
+    names in ``keep``, when given)."""
     try:
         root = ET.parse(path).getroot()
     except (ET.ParseError, OSError) as exc:
@@ -78,13 +84,18 @@ def parse_annotation(path: Path, image_id: str) -> list[BccdBox]:
         except ValueError as exc:
             raise DataError(f"bad box coordinates in {path}: {exc}") from exc
         box = BccdBox(image_id, name, *coords)
-        if box.xmax > box.xmin and box.ymax > box.ymin:
+        problem = box_problem(*coords, float("inf"), float("inf"))  # the image size comes later
+        if problem is None:
             boxes.append(box)
+        elif dropped is not None and (keep is None or name in keep):
+            dropped.add(problem, path)
     return boxes
 
 
-def bccd_boxes(data_dir: str | Path, split: str) -> dict[str, list[BccdBox]]:
-    """Per-image boxes of a split, by sorted image id.
+def bccd_boxes(data_dir: str | Path, split: str, dropped: DroppedBoxes | None = None,
+               keep: Sequence[str] | None = None) -> dict[str, list[BccdBox]]:
+    """Per-image boxes of a split, by sorted image id (``dropped``, ``keep``: as for
+    ``parse_annotation``).
 
     Ids listed in the split file but lacking an annotation or a JPEG are left out.
     """
@@ -93,7 +104,7 @@ def bccd_boxes(data_dir: str | Path, split: str) -> dict[str, list[BccdBox]]:
     for image_id in read_split_ids(root, split):
         xml = root / "Annotations" / f"{image_id}.xml"
         if xml.is_file() and _jpeg_path(root, image_id) is not None:
-            out[image_id] = parse_annotation(xml, image_id)
+            out[image_id] = parse_annotation(xml, image_id, dropped, keep)
     return out
 
 
@@ -153,7 +164,9 @@ def load_bccd(split: str, data_dir: str | Path, size: int = 64, crop: str = "box
 
     ``crop="box"`` resamples a square of side max(w, h) * (1 + margin) around each box to
     ``size``; ``crop="fixed"`` cuts ``size`` x ``size`` native pixels centred on the box. Order is
-    sorted image id, then boxes in file order. Boxes of other classes are skipped.
+    sorted image id, then boxes in file order. Boxes of other classes are skipped; unusable
+    boxes (xmin > xmax, no area, wholly outside the image) are dropped, counted in
+    ``spec["dropped_boxes"]`` and told in one ``DataWarning``.
     """
     if crop not in CROPS:
         raise DataError(f"BCCD crop must be one of {', '.join(CROPS)}, got {crop!r}")
@@ -164,7 +177,8 @@ def load_bccd(split: str, data_dir: str | Path, size: int = 64, crop: str = "box
         raise DataError(f"BCCD classes must be distinct names, got {classes!r}")
     index = {name: i for i, name in enumerate(classes)}
     root = bccd_root(data_dir)
-    per_image = bccd_boxes(root, split)
+    dropped = DroppedBoxes()
+    per_image = bccd_boxes(root, split, dropped, classes)
 
     crops: list[np.ndarray] = []
     labels: list[int] = []
@@ -173,12 +187,19 @@ def load_bccd(split: str, data_dir: str | Path, size: int = 64, crop: str = "box
         if not wanted:
             continue
         path = _jpeg_path(root, image_id)
+        assert path is not None  # bccd_boxes keeps only ids with an image
         try:
-            with Image.open(path) as img:
+            with open_image(path, "BCCD image") as img:
                 image = img.convert("RGB")
-        except OSError as exc:
-            raise DataError(f"cannot read BCCD image {path}: {exc}") from exc
+        except (OSError, ValueError) as exc:  # decoding a damaged file
+            raise DataError(f"cannot read BCCD image {path}: {exc}") from None
+        inside = []
         for box in wanted:
+            if box_problem(box.xmin, box.ymin, box.xmax, box.ymax, image.width, image.height):
+                dropped.add("outside", root / "Annotations" / f"{image_id}.xml")
+            else:
+                inside.append(box)
+        for box in inside:
             window = crop_window(box, image.width, image.height, crop, size, margin)
             crops.append(_crop(image, window, crop, size))
             labels.append(index[box.name])
@@ -187,5 +208,8 @@ def load_bccd(split: str, data_dir: str | Path, size: int = 64, crop: str = "box
                         f"under {root}")
     spec = {"dataset": "bccd", "size": size, "crop": crop, "margin": margin,
             "classes": list(classes), "data_dir": str(Path(data_dir).expanduser())}
+    if dropped.total:  # only then, so the spec of clean data stays as before
+        spec["dropped_boxes"] = dropped.as_spec()
+    dropped.warn(f"{root} ({split} split)")
     return ImageDataset(np.stack(crops), np.asarray(labels, dtype=np.int64), classes, "bccd",
                         split, spec)

@@ -10,9 +10,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
-from medrobust.data.base import ImageDataset, is_colour
+from medrobust.data.base import ImageDataset, is_colour, open_image
 from medrobust.data.catalog import SPLITS, register_dataset
 from medrobust.errors import DataError
 from medrobust.utils.progress import progress
@@ -69,13 +69,13 @@ def stratified_split(n_per_class: list[int], val_fraction: float, test_fraction:
 
 def _read(path: Path, size: int, mode: str) -> np.ndarray:
     try:
-        with Image.open(path) as img:
+        with open_image(path) as img:
             img = img.convert(mode)
             if img.size != (size, size):
                 img = img.resize((size, size), Image.Resampling.BILINEAR)
             return np.asarray(img, dtype=np.uint8)
-    except (OSError, UnidentifiedImageError) as exc:
-        raise DataError(f"cannot read image {path}: {exc}") from exc
+    except (OSError, ValueError) as exc:  # decoding a damaged file
+        raise DataError(f"cannot read image {path}: {exc}") from None
 
 
 @register_dataset("folder")

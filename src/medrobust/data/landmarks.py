@@ -26,16 +26,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
-from medrobust.data.base import PixelArrays, is_colour
+from medrobust.data.base import WIDE_MODES, PixelArrays, is_colour, open_image, wide_to_8bit
 from medrobust.data.catalog import register_dataset
 from medrobust.errors import DataError
 from medrobust.utils.seeding import numpy_rng
 from medrobust.utils.validation import check_split_fractions
 
 SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
-WIDE_MODES = frozenset({"I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
 SEEDED_SPLITS = ("train", "val", "test")
 #: The paper's input size (H, W) for ISBI 2015 cephalograms.
 DEFAULT_SIZE = (200, 160)
@@ -192,18 +191,15 @@ def _read_resized(path: Path, channels: int, size: tuple[int, int]) -> tuple[np.
     """uint8 (H, W, C) resized with Lanczos, and the file's (H, W)."""
     h, w = size
     try:
-        with Image.open(path) as img:
+        with open_image(path) as img:
             if img.mode in WIDE_MODES:  # 16-bit/float greyscale: its own range -> 0..255
-                a = np.asarray(img, dtype=np.float64)
-                lo, hi = float(a.min()), float(a.max())
-                a = np.zeros_like(a) if hi <= lo else (a - lo) / (hi - lo) * 255.0
-                img = Image.fromarray(np.round(a).astype(np.uint8))
+                img = wide_to_8bit(img, path)
             img = img.convert("RGB" if channels == 3 else "L")
             orig = (img.height, img.width)
             if orig != (h, w):
                 img = img.resize((w, h), Image.Resampling.LANCZOS)
             arr = np.asarray(img, dtype=np.uint8)
-    except (OSError, UnidentifiedImageError, ValueError) as exc:
+    except (OSError, ValueError) as exc:  # decoding a damaged file
         raise DataError(f"cannot read image {path}: {exc}") from None
     return arr.reshape(h, w, channels), orig
 

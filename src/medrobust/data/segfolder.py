@@ -14,9 +14,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
-from medrobust.data.base import is_colour
+from medrobust.data.base import WIDE_MODES, is_colour, open_image, wide_to_8bit
 from medrobust.data.catalog import SPLITS, register_dataset
 from medrobust.data.segmentation import SegmentationDataset
 from medrobust.errors import DataError
@@ -26,7 +26,6 @@ from medrobust.utils.validation import check_choice, check_range, check_split_fr
 
 SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 LOSSY = (".jpg", ".jpeg")
-WIDE_MODES = frozenset({"I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
 MODES = ("resize", "tile")
 MASK_MODES = ("auto", "binary", "index")
 MAX_INDEX_CLASSES = 32
@@ -79,14 +78,11 @@ def seeded_split(n: int, val_fraction: float, test_fraction: float, seed: int
 def read_image(path: Path, channels: int) -> np.ndarray:
     """uint8 (H,W,C) at native size; 16-bit greyscale is scaled to 0..255 by its own range."""
     try:
-        with Image.open(path) as img:
+        with open_image(path) as img:
             if img.mode in WIDE_MODES:
-                a = np.asarray(img, dtype=np.float64)
-                lo, hi = float(a.min()), float(a.max())
-                a = np.zeros_like(a) if hi <= lo else (a - lo) / (hi - lo) * 255.0
-                img = Image.fromarray(np.round(a).astype(np.uint8))
+                img = wide_to_8bit(img, path)
             arr = np.asarray(img.convert("RGB" if channels == 3 else "L"), dtype=np.uint8)
-    except (OSError, UnidentifiedImageError, ValueError) as exc:
+    except (OSError, ValueError) as exc:  # decoding a damaged file
         raise DataError(f"cannot read image {path}: {exc}") from None
     return arr.reshape(arr.shape[0], arr.shape[1], channels)
 
@@ -102,13 +98,18 @@ def read_mask(path: str | Path, mask_mode: str = "auto") -> np.ndarray:
     path = Path(path)
     lossy = path.suffix.lower() in LOSSY
     try:
-        with Image.open(path) as img:
+        with open_image(path, "mask") as img:
             wide = img.mode in WIDE_MODES
             a = np.asarray(img if img.mode in ("P", "L") or wide else img.convert("L"))
-    except (OSError, UnidentifiedImageError, ValueError) as exc:
+    except (OSError, ValueError) as exc:  # decoding a damaged file
         raise DataError(f"cannot read mask {path}: {exc}") from None
     if a.ndim != 2:
         raise DataError(f"mask {path} is not a single-channel image (shape {a.shape})")
+    if a.dtype.kind == "f":  # a float mask: NaN is neither foreground nor background
+        bad = int(np.count_nonzero(~np.isfinite(a)))
+        if bad:
+            raise DataError(f"mask {path} has {bad} non-finite pixel value(s) (NaN or infinity) "
+                            f"of {a.size}: replace them with class values before loading it")
     a = a.astype(np.int64)
     top = int(a.max()) if a.size else 0
     if mask_mode == "index":

@@ -1,7 +1,8 @@
 """Object detection on Pascal-VOC folders: whole images resized, boxes scaled exactly.
 
 Layout: ``JPEGImages/<id>.jpg`` (or .jpeg/.png), ``Annotations/<id>.xml`` and optionally
-``ImageSets/Main/{train,val,test}.txt``; without split files a seeded split is drawn. BCCD
+``ImageSets/Main/{train,val,test}.txt`` (all three or none: without them a seeded split is drawn;
+an image listed in train and in val or test is refused, as it would leak into training). BCCD
 (RBC / WBC / Platelets, 640x480) is the reference case and loads at the paper's 320x320.
 
 Aspect: images are resized plainly to ``size`` (no letterbox), so a 640x480 image is squeezed
@@ -11,7 +12,9 @@ stays exact. ``scales`` keeps the factors so predictions map back to original pi
 
 from __future__ import annotations
 
+import warnings
 import xml.etree.ElementTree as ET
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +23,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from medrobust.data.base import PixelArrays
+from medrobust.data.base import DataWarning, PixelArrays, open_image
 from medrobust.data.catalog import register_dataset
 from medrobust.errors import DataError
 from medrobust.utils.progress import progress
@@ -109,6 +112,61 @@ class VocObject:
     difficult: bool
 
 
+#: Why a box is dropped (key in specs -> words in the warning). Boxes that only overhang the
+#: image are clipped and kept; these have nothing left to learn from or score against.
+BOX_PROBLEMS: dict[str, str] = {"inverted": "xmin > xmax or ymin > ymax", "zero_area": "zero area",
+                                "outside": "outside the image"}
+
+
+def box_problem(xmin: float, ymin: float, xmax: float, ymax: float, width: float,
+                height: float) -> str | None:
+    """The ``BOX_PROBLEMS`` key of a box in a ``width`` x ``height`` image, None if usable."""
+    if xmin > xmax or ymin > ymax:
+        return "inverted"
+    if xmin == xmax or ymin == ymax:
+        return "zero_area"
+    if xmax <= 0 or ymax <= 0 or xmin >= width or ymin >= height:
+        return "outside"
+    return None
+
+
+@dataclass
+class DroppedBoxes:
+    """Boxes a loader dropped, by problem and file, so they are counted, recorded in the dataset
+    spec (stores and checkpoints keep it) and told in one warning instead of vanishing."""
+
+    kinds: Counter[str] = field(default_factory=Counter)
+    files: set[str] = field(default_factory=set)
+    emptied: int = 0  # images that had boxes and lost all of them (they load as negatives)
+
+    @property
+    def total(self) -> int:
+        return sum(self.kinds.values())
+
+    def add(self, kind: str, file: Path) -> None:
+        self.kinds[kind] += 1
+        self.files.add(str(file))
+
+    def as_spec(self) -> dict[str, int]:
+        """The counts as recorded under ``spec["dropped_boxes"]``."""
+        out = {"total": self.total, **{k: self.kinds[k] for k in BOX_PROBLEMS if self.kinds[k]},
+               "files": len(self.files)}
+        if self.emptied:
+            out["images_left_without_boxes"] = self.emptied
+        return out
+
+    def warn(self, where: str) -> None:
+        """One warning line (nothing when no box was dropped)."""
+        if not self.total:
+            return
+        n, f = self.total, len(self.files)
+        kinds = ", ".join(f"{BOX_PROBLEMS[k]}: {self.kinds[k]}" for k in BOX_PROBLEMS if self.kinds[k])
+        emptied = (f"; {self.emptied} image(s) lost all their boxes and load as negatives"
+                   if self.emptied else "")
+        warnings.warn(f"dropped {n} box{'es' if n != 1 else ''} ({kinds}) in {f} file{'s' if f != 1 else ''} "
+                      f"of {where}{emptied}", DataWarning, stacklevel=3)
+
+
 def parse_voc_xml(path: Path) -> tuple[list[VocObject], tuple[int, int] | None]:
     """Objects of one VOC XML in file order and its declared (height, width), if any."""
     try:
@@ -150,26 +208,54 @@ def image_path(root: Path, image_id: str) -> Path | None:
     return None
 
 
+def read_split_file(path: Path) -> list[str]:
+    """Sorted, de-duplicated image ids of one ``ImageSets/Main/<split>.txt`` (first column)."""
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"VOC split file {path} is unreadable: {exc}") from exc
+    return sorted({line.split()[0] for line in text.splitlines() if line.strip()})
+
+
+def check_split_overlap(main: Path, ids: dict[str, list[str]]) -> None:
+    """Refuse ids listed in train and in val or test: they would be trained on and then
+    selected or scored on as if unseen. (val and test may share images: some sets have no
+    separate validation split.)"""
+    train = set(ids.get("train", ()))
+    for other in ("test", "val"):
+        both = sorted(train & set(ids.get(other, ())))
+        if both:
+            shown = ", ".join(both[:3]) + (f" and {len(both) - 3} more" if len(both) > 3 else "")
+            raise DataError(f"{len(both)} image(s) are listed in both {main / 'train.txt'} and "
+                            f"{main / f'{other}.txt'} ({shown}): {other} images must not be "
+                            f"trained on")
+
+
 def voc_split_ids(root: Path, split: str, seed: int = 0, val_fraction: float = 0.2,
-                  test_fraction: float = 0.2) -> tuple[list[str], str]:
+                  test_fraction: float = 0.2, check_overlap: bool = True) -> tuple[list[str], str]:
     """Image ids of ``split`` and where they came from (``ImageSets`` or ``seeded``).
 
-    Without ``ImageSets/Main/<split>.txt`` for all three splits, the sorted annotation ids are
-    shuffled with ``seed`` and cut into train / val / test by the fractions.
+    With ``ImageSets/Main/{train,val,test}.txt`` those decide (an image in train and in val or
+    test is refused); with none of them the sorted annotation ids are shuffled with ``seed`` and
+    cut into train / val / test by the fractions. Only some of the three is refused rather than
+    silently replaced by a seeded split.
     """
     if split not in SPLITS:
         raise DataError(f"unknown split {split!r}: use one of {', '.join(SPLITS)}")
     main = root / "ImageSets" / "Main"
-    if all((main / f"{s}.txt").is_file() for s in SPLITS):
-        path = main / f"{split}.txt"
-        try:
-            text = path.read_text()
-        except (OSError, UnicodeDecodeError) as exc:
-            raise DataError(f"VOC split file {path} is unreadable: {exc}") from exc
-        ids = sorted({line.split()[0] for line in text.splitlines() if line.strip()})
-        if not ids:
-            raise DataError(f"VOC split file {path} lists no images")
-        return ids, "ImageSets"
+    present = [s for s in SPLITS if (main / f"{s}.txt").is_file()]
+    if present and len(present) < len(SPLITS):
+        missing = [f"{s}.txt" for s in SPLITS if s not in present]
+        raise DataError(f"{main} has {', '.join(f'{s}.txt' for s in present)} but no "
+                        f"{' or '.join(missing)}: give all three split files (train.txt, val.txt, "
+                        f"test.txt) or none (then a seeded split is drawn)")
+    if present:
+        ids_of = {s: read_split_file(main / f"{s}.txt") for s in SPLITS}
+        if check_overlap:
+            check_split_overlap(main, ids_of)
+        if not ids_of[split]:
+            raise DataError(f"VOC split file {main / f'{split}.txt'} lists no images")
+        return ids_of[split], "ImageSets"
     if not (0 <= val_fraction < 1 and 0 <= test_fraction < 1 and val_fraction + test_fraction < 1):
         raise DataError(f"split fractions val={val_fraction}, test={test_fraction} must be in "
                         f"[0, 1) and sum below 1")
@@ -187,13 +273,29 @@ def voc_split_ids(root: Path, split: str, seed: int = 0, val_fraction: float = 0
     return ids, "seeded"
 
 
+def _no_objects_message(root: Path) -> str:
+    return f"no annotated objects in {root / 'Annotations'}"
+
+
 def _discover_classes(root: Path) -> tuple[str, ...]:
     names: set[str] = set()
     for xml in sorted((root / "Annotations").glob("*.xml")):
         names.update(o.name for o in parse_voc_xml(xml)[0])
     if not names:
-        raise DataError(f"no annotated objects in {root / 'Annotations'}")
+        raise DataError(_no_objects_message(root))
     return tuple(sorted(names))
+
+
+def require_objects(root: Path, split: str, class_names: Sequence[str], n_images: int,
+                    dropped: DroppedBoxes) -> None:
+    """Refuse a split without a single usable box (every VOC-layout loader calls this): a
+    detector learns nothing from it and mAP over it is a meaningless 0."""
+    if any(parse_voc_xml(xml)[0] for xml in sorted((root / "Annotations").glob("*.xml"))):
+        lost = f"; {dropped.total} unusable box(es) dropped" if dropped.total else ""
+        raise DataError(f"the {split} split of {root} ({n_images} image(s)) has no objects of the "
+                        f"classes {', '.join(class_names)}{lost}: a detector needs boxes to train "
+                        "on and to be scored against")
+    raise DataError(_no_objects_message(root))
 
 
 def _size_hw(size: int | Sequence[int]) -> tuple[int, int]:
@@ -211,10 +313,13 @@ def load_voc_detection(root: str | Path, split: str, size: int | Sequence[int] =
 
     ``classes=None`` takes every object name in ``Annotations/`` (sorted), so all splits agree.
     With ``classes`` given, objects named in ``ignore`` are dropped silently; any other name
-    outside ``classes`` stops with a DataError unless ``unknown="skip"``. Boxes are clipped to
-    the image, then boxes with no area are dropped and counted (``dropped_boxes``); images whose
-    boxes are all dropped stay (as negatives). VOC coordinates are taken as continuous pixel
-    coordinates, as most detection code does.
+    outside ``classes`` stops with a DataError unless ``unknown="skip"``. Boxes that overhang
+    the image are clipped to it; boxes with xmin > xmax (or ymin > ymax), no area or wholly
+    outside the image are dropped, counted by kind in ``dropped_boxes`` and
+    ``spec["dropped_boxes"]`` (so stores and checkpoints record them) and told in one
+    ``DataWarning``; images whose boxes are all dropped stay (as negatives). A split without a
+    single box is refused. VOC coordinates are taken as continuous pixel coordinates, as most
+    detection code does.
     """
     root = Path(root).expanduser()
     if unknown not in UNKNOWN:
@@ -228,10 +333,13 @@ def load_voc_detection(root: str | Path, split: str, size: int | Sequence[int] =
         raise DataError(f"detection classes must be distinct names, got {class_names!r}")
     index = {n: i for i, n in enumerate(class_names)}
     ignored = set(ignore) - set(class_names)
-    ids, split_source = voc_split_ids(root, split, seed, val_fraction, test_fraction)
+    # The overlap of the split files is checked after the images load, so a broken file of the
+    # split is still named first (as it was before that check existed).
+    ids, split_source = voc_split_ids(root, split, seed, val_fraction, test_fraction,
+                                      check_overlap=False)
 
     images, boxes, labels, difficult, orig, scales = [], [], [], [], [], []
-    dropped = 0
+    dropped = DroppedBoxes()
     for image_id in progress(ids, desc=f"{name} {split}", unit="img"):
         xml = root / "Annotations" / f"{image_id}.xml"
         if not xml.is_file():
@@ -242,30 +350,35 @@ def load_voc_detection(root: str | Path, split: str, size: int | Sequence[int] =
                             f"(annotated in {xml.name})")
         objects, _ = parse_voc_xml(xml)
         try:
-            with Image.open(path) as img:
+            with open_image(path, "VOC image") as img:
                 image = img.convert("RGB")
-        except OSError as exc:
-            raise DataError(f"cannot read VOC image {path}: {exc}") from exc
+        except (OSError, ValueError) as exc:  # decoding a damaged file
+            raise DataError(f"cannot read VOC image {path}: {exc}") from None
         w, h = image.size
         sx, sy = out_w / w, out_h / h
         if (w, h) != (out_w, out_h):
             image = image.resize((out_w, out_h), Image.Resampling.BILINEAR)
         kept_boxes, kept_labels, kept_diff = [], [], []
+        wanted = 0
         for obj in objects:
             if obj.name not in index:
                 if obj.name in ignored or unknown == "skip":
                     continue
                 raise DataError(f"VOC annotation {xml}: unknown class {obj.name!r} (classes: "
-                                f"{', '.join(class_names)}); pass classes that include it or "
-                                f"unknown='skip'")
+                                f"{', '.join(class_names)}); add it to --classes, or remove or "
+                                f"rename those objects (from Python, unknown='skip' drops them)")
+            wanted += 1
+            problem = box_problem(obj.xmin, obj.ymin, obj.xmax, obj.ymax, w, h)
+            if problem is not None:
+                dropped.add(problem, xml)
+                continue
             x0, x1 = np.clip([obj.xmin, obj.xmax], 0.0, w)
             y0, y1 = np.clip([obj.ymin, obj.ymax], 0.0, h)
-            if x1 <= x0 or y1 <= y0:
-                dropped += 1
-                continue
             kept_boxes.append([x0 * sx, y0 * sy, x1 * sx, y1 * sy])
             kept_labels.append(index[obj.name])
             kept_diff.append(obj.difficult)
+        if wanted and not kept_boxes:
+            dropped.emptied += 1
         images.append(np.asarray(image, dtype=np.uint8))
         boxes.append(np.asarray(kept_boxes, dtype=np.float32).reshape(-1, 4))
         labels.append(np.asarray(kept_labels, dtype=np.int64))
@@ -277,9 +390,17 @@ def load_voc_detection(root: str | Path, split: str, size: int | Sequence[int] =
             "split_source": split_source}
     if split_source == "seeded":
         spec.update(seed=seed, val_fraction=val_fraction, test_fraction=test_fraction)
+    if split_source == "ImageSets":
+        main = root / "ImageSets" / "Main"
+        check_split_overlap(main, {s: read_split_file(main / f"{s}.txt") for s in SPLITS})
+    if dropped.total:  # only then, so the spec (and run fingerprints) of clean data stay as before
+        spec["dropped_boxes"] = dropped.as_spec()
+    if not any(len(lab) for lab in labels):
+        require_objects(root, split, class_names, len(ids), dropped)
+    dropped.warn(f"{root} ({split} split)")
     return DetectionDataset(np.stack(images), boxes, labels, class_names, name, split,
                             tuple(ids), np.asarray(orig, dtype=np.int64),
-                            np.asarray(scales, dtype=np.float64), difficult, dropped, spec)
+                            np.asarray(scales, dtype=np.float64), difficult, dropped.total, spec)
 
 
 def bccd_detection_root(data_dir: str | Path) -> Path:

@@ -124,6 +124,128 @@ def _header_problem(path: Path) -> str | None:
     return None
 
 
+def _read_only_uri(path: Path) -> str:
+    """An SQLite URI that reads ``path`` without writing anything, beside it included.
+
+    A WAL-mode file opened read-only gets ``-wal``/``-shm`` files created beside it (and left
+    there). With no ``-wal`` file, everything is in the main file, so ``immutable=1`` reads it
+    without them; otherwise ``mode=ro`` reads through the existing log."""
+    uri = path.resolve().as_uri()
+    try:
+        with path.open("rb") as f:
+            wal = f.read(20)[18:20] == b"\x02\x02"  # file format versions 2: WAL mode
+    except OSError:
+        wal = False
+    if wal and not Path(f"{path}-wal").exists():
+        return uri + "?immutable=1"
+    return uri + "?mode=ro"
+
+
+def _write_problem(path: Path) -> str | None:
+    """Why SQLite cannot open or write the store ``path`` (None when no cause is visible).
+
+    Writing needs more than the file: SQLite creates ``<name>-wal`` and ``<name>-shm`` (or a
+    ``-journal``) beside it, so a read-only folder stops a store that is itself writable."""
+    if path.is_dir():
+        return f"{path} is a folder, not a store file"
+    folder = path.parent
+    if folder.is_dir() and not os.access(folder, os.W_OK | os.X_OK):
+        return (f"its folder {folder} is not writable (SQLite must create {path.name}-wal and "
+                f"{path.name}-shm beside the store, even to read it)")
+    if path.exists() and not os.access(path, os.W_OK):
+        return "the file is read-only"
+    for tail, role in (("-wal", "write-ahead log"), ("-shm", "shared-memory index"),
+                       ("-journal", "rollback journal")):
+        side = Path(f"{path}{tail}")
+        if side.exists() and not side.is_file():
+            return f"{side}, where SQLite keeps the store's {role}, is a folder"
+        if side.is_file() and not os.access(side, os.W_OK):
+            return f"{side}, where SQLite keeps the store's {role}, is not writable"
+    return None
+
+
+def _open_error(path: Path, exc: sqlite3.Error) -> StoreError:
+    """One line for an SQLite error while opening ``path``: unwritable or locked files are named
+    as such, not reported as corruption; only SQLite's own corruption errors say corrupt."""
+    if not isinstance(exc, sqlite3.OperationalError):
+        return StoreError(f"{path} is not a medrobust store / corrupt: {exc}")
+    why = _write_problem(path)
+    if why is not None:
+        return StoreError(f"cannot write to run store {path}: {why}")
+    if "locked" in str(exc).lower():
+        return StoreError(f"run store {path} is locked by another process ({exc}); try again "
+                          "when it is done")
+    return StoreError(f"cannot open run store {path}: {exc}")
+
+
+def inspect_store_file(path: str | os.PathLike[str], timeout: float = 30.0
+                       ) -> tuple[str, list[str], str | None]:
+    """What ``path`` holds, found without writing a byte (not even a journal mode or a lock file).
+
+    Returns ``(kind, tables, schema_version)``: ``"new"`` for a missing or empty (0-byte) file or
+    an SQLite database without tables (nothing to lose: it may become a store), ``"store"`` for
+    a medrobust store (it has ``store_meta`` with a ``schema_version``), ``"other"`` for any
+    other SQLite database. A file that is not SQLite, or a damaged one, is a StoreError.
+    """
+    path = Path(path)
+    problem = _header_problem(path)
+    if problem is not None:
+        raise StoreError(f"{path} is not a medrobust store / corrupt: {problem}")
+    if not path.exists() or (path.is_file() and path.stat().st_size == 0):
+        return "new", [], None
+    if path.is_dir():
+        raise StoreError(f"cannot open run store {path}: it is a folder, not a store file")
+    try:
+        conn = sqlite3.connect(_read_only_uri(path), uri=True, timeout=timeout)
+        try:
+            names = [row[0] for row in conn.execute(
+                "SELECT name FROM sqlite_master WHERE type IN ('table', 'view') "
+                "AND substr(name, 1, 7) != 'sqlite_' ORDER BY name")]
+            version = None
+            if "store_meta" in names:
+                try:
+                    row = conn.execute(
+                        "SELECT value FROM store_meta WHERE key = 'schema_version'").fetchone()
+                except sqlite3.OperationalError:  # a table of that name but another shape
+                    row = None
+                version = None if row is None else str(row[0])
+        finally:
+            conn.close()
+    except sqlite3.Error as exc:
+        raise _open_error(path, exc) from None
+    if version is not None:
+        return "store", names, version
+    return ("other" if names else "new"), names, None
+
+
+def check_store_file(path: str | os.PathLike[str], *, create: bool = True,
+                     timeout: float = 30.0) -> str:
+    """Refuse, before anything is written, a ``path`` that ``Store`` must not open: another
+    program's SQLite database, a store newer than this code, a damaged file or (``create=False``,
+    for commands that only read) a file that is not a store yet. Returns the kind
+    (``inspect_store_file``); commands may call it to fail before their work starts."""
+    path = Path(path)
+    kind, names, version = inspect_store_file(path, timeout)
+    if kind == "other":
+        shown = ", ".join(names[:8]) + (f" and {len(names) - 8} more" if len(names) > 8 else "")
+        raise StoreError(f"{path} is a SQLite database of another program, not a medrobust store "
+                         f"(tables: {shown}); medrobust will not write to it: choose another "
+                         "store file")
+    if kind == "new" and not create:
+        what = "does not exist" if not path.exists() else "holds no runs (an empty file)"
+        raise StoreError(f"no medrobust store at {path}: it {what}")
+    if kind == "store":
+        try:
+            number = int(str(version))
+        except ValueError:
+            raise StoreError(f"{path} is not a medrobust store / corrupt: schema version "
+                             f"{version!r} is not a number") from None
+        if number > SCHEMA_VERSION:
+            raise StoreError(f"{path} has store schema version {version}, newer than this "
+                             f"medrobust understands ({SCHEMA_VERSION}); upgrade medrobust")
+    return kind
+
+
 def _pid_exists(pid: int) -> bool:
     """True when a process with ``pid`` exists on this host (signal 0 only checks)."""
     if pid <= 0:
@@ -185,19 +307,27 @@ class Store:
     open the same file at once (WAL mode, writers wait up to ``timeout`` seconds for the lock).
     """
 
-    def __init__(self, path: str | os.PathLike[str], *, timeout: float = 30.0) -> None:
+    def __init__(self, path: str | os.PathLike[str], *, timeout: float = 30.0,
+                 create: bool = True) -> None:
+        """Open (or, with ``create``, make) the store at ``path``.
+
+        An existing file is read read-only first and opened only if it is a medrobust store (or
+        empty): another program's database is refused before any pragma or table touches it.
+        ``create=False`` (commands that only read) also refuses a missing or empty file.
+        """
         self.path = Path(path)
         self._declared: dict[str, ResultTable] = {}
         self._beats: dict[int, tuple[threading.Event, threading.Thread]] = {}
-        problem = _header_problem(self.path)
-        if problem is not None:  # refused before SQLite opens (and might write to) the file
-            raise StoreError(f"{self.path} is not a medrobust store / corrupt: {problem}")
+        self._conn: sqlite3.Connection | None = None
+        check_store_file(self.path, create=create, timeout=timeout)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             conn = sqlite3.connect(self.path, timeout=timeout, isolation_level=None)
-        except (OSError, sqlite3.Error) as exc:
+        except sqlite3.Error as exc:
+            raise _open_error(self.path, exc) from None
+        except OSError as exc:
             raise StoreError(f"cannot open run store {self.path}: {exc}") from None
-        self._conn: sqlite3.Connection | None = conn
+        self._conn = conn
         try:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
@@ -205,9 +335,9 @@ class Store:
             conn.execute(f"PRAGMA busy_timeout={int(timeout * 1000)}")
             self._create_schema()
             self._load_declarations()
-        except sqlite3.DatabaseError as exc:
+        except sqlite3.Error as exc:
             self.close()
-            raise StoreError(f"{self.path} is not a medrobust store / corrupt: {exc}") from None
+            raise _open_error(self.path, exc) from None
         except BaseException:
             self.close()
             raise
@@ -319,15 +449,19 @@ class Store:
         *,
         model: Mapping[str, Any] | None = None,
         dataset: Mapping[str, Any] | None = None,
-        resume: bool = True,
+        resume: bool | str = True,
     ) -> tuple[int, bool]:
         """Open a run; return ``(run_id, resumed)``.
 
         With ``resume`` the latest run with the same fingerprint (command, params, model,
         dataset) is reused whatever its status: it goes back to ``running``, keeps its
         ``started_at`` and bumps ``resumed_count``/``last_resumed_at``. Its finished items stay,
-        so a ``Campaign`` over it only computes what is missing.
+        so a ``Campaign`` over it only computes what is missing. ``resume="unfinished"`` reuses
+        it only if it never completed (training: a rerun of a killed, stopped or failed run
+        takes that run over, while a rerun of a finished one is a new run of its own).
         """
+        if resume not in (True, False, "unfinished"):
+            raise StoreError(f"resume must be True, False or 'unfinished', got {resume!r}")
         if not isinstance(command, str) or not command:
             raise StoreError(f"command must be a non-empty string, got {command!r}")
         params_text = _json_or_none("params", params)
@@ -346,7 +480,7 @@ class Store:
                     "WHERE fingerprint = ? ORDER BY id DESC LIMIT 1",
                     (fingerprint,),
                 ).fetchone()
-                if row is not None:
+                if row is not None and not (resume == "unfinished" and row[1] == "completed"):
                     run_id, status, owner_host, owner_pid, heartbeat = row
                     if status == "running":
                         self._refuse_if_owned(run_id, command, owner_host, owner_pid, heartbeat)
@@ -457,7 +591,7 @@ class Store:
         *,
         model: Mapping[str, Any] | None = None,
         dataset: Mapping[str, Any] | None = None,
-        resume: bool = True,
+        resume: bool | str = True,
     ) -> Iterator[tuple[int, bool]]:
         """``start_run`` plus automatic finishing, so no command forgets to close its run.
 

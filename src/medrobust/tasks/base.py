@@ -52,6 +52,15 @@ class Task:
     #: one line of ``evaluate``'s metrics, and one of an ``attack_summary`` (clean -> attacked)
     describe: Callable[[dict[str, Any]], str] | None = None
     describe_attack: Callable[[dict[str, Any]], str] | None = None
+    #: (model, split) -> None: refuse data the model cannot score (another landmark count,
+    #: other classes) with one line, before a command opens a run
+    check_data: Callable[[Any, Any], None] | None = None
+    #: (train split, val split, the task's own options) -> the untrained network ``train``
+    #: builds, so a ``--xi-from`` checkpoint is matched against it before a run opens
+    network: Callable[[Any, Any, dict[str, Any]], torch.nn.Module] | None = None
+    #: the smallest image side the network takes, and why (the U-Net's poolings)
+    min_side: int = 1
+    min_side_why: str = ""
 
     def attack_loss(self, model: PixelModel) -> Callable[[torch.Tensor, Any], torch.Tensor]:
         """``loss(outputs, targets) -> (N,)`` for gradient attacks: the per-sample training
@@ -71,6 +80,31 @@ class Task:
         loss.__name__ = f"{self.name}_loss"
         return loss
 
+    def check_size(self, size: int | None, shape: tuple[int, int] | None = None) -> None:
+        """``--size`` (or, once loaded, the images' (H, W) ``shape``) against ``min_side``."""
+        from medrobust.errors import ConfigError
+
+        if size is not None and size < self.min_side:
+            raise ConfigError(f"--size {size} is too small for {self.name}: {self.min_side_why}, "
+                              f"so images need at least {self.min_side} pixels a side (--size "
+                              f"{self.min_side} or more)")
+        if shape is not None and min(shape) < self.min_side:
+            raise ConfigError(f"{self.name} images are {shape[0]}x{shape[1]}, too small: "
+                              f"{self.min_side_why}, so images need at least {self.min_side} "
+                              f"pixels a side (--size {self.min_side} or more)")
+
+    def check_training(self, train_ds: Any, val_ds: Any, options: dict[str, Any]) -> None:
+        """What training would only find out after its run opened, checked before: the image
+        size, robust budgets against the image shape, and a ``--xi-from`` network of another
+        shape (built and loaded here, as the trainer would)."""
+        from medrobust.tasks.robust import check_before_run, split, trainer_kwargs
+
+        self.check_size(None, tuple(train_ds.size))
+        own, robust = split(options)
+        network = self.network
+        build = None if network is None else (lambda: network(train_ds, val_ds, own))
+        check_before_run(trainer_kwargs(robust, self.name), train_ds, build)
+
     def check_options(self, given: Mapping[str, Any]) -> dict[str, Any]:
         """The task's options with ``given`` (None: default) applied; unknown names refused."""
         from medrobust.errors import ConfigError
@@ -79,6 +113,12 @@ class Task:
         if unknown:
             raise ConfigError(f"{self.name} training takes no option(s) {', '.join(unknown)}")
         return {k: (given[k] if given.get(k) is not None else v) for k, v in self.options.items()}
+
+
+def data_place(ds: Any) -> str:
+    """Where a split came from, for messages: its folder (else its name) and the split."""
+    spec = getattr(ds, "spec", None) or {}
+    return f"{spec.get('data_dir') or ds.name} ({ds.split})"
 
 
 def fmt_value(value: Any, digits: int = 3) -> str:

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 from medrobust.metrics.proportion import proportion
 from medrobust.models.classifier import Classifier
+from medrobust.models.registry import build_model
 from medrobust.tasks.base import Task, fmt_value
 from medrobust.tasks.robust import (
     split,
@@ -34,6 +35,12 @@ def train(train_ds: Any, val_ds: Any, options: dict[str, Any], device: str
     return result.classifier, {"best_epoch": result.best_epoch, "val": result.val_metrics,
                                "train_seconds": result.seconds, "history": result.history,
                                "robust": about}
+
+
+def network(train_ds: Any, val_ds: Any, o: dict[str, Any]) -> torch.nn.Module:
+    """The network ``train_classifier`` builds for these options."""
+    return build_model(o["model"], train_ds.channels, train_ds.num_classes,
+                       **(o["model_kwargs"] or {}))
 
 
 def loss_terms(model: Classifier, outputs: torch.Tensor, labels: torch.Tensor
@@ -98,4 +105,4 @@ TASK = Task(name="classification", wrapper=Classifier,
             evaluate=evaluate_classifier, headline="accuracy", loss_terms=loss_terms,
             default_model="smallcnn", options=OPTIONS, attack_rows=attack_rows,
             attack_summary=attack_summary, attack_targets=attack_targets, class_logits=True,
-            describe=describe, describe_attack=describe_attack)
+            describe=describe, describe_attack=describe_attack, network=network)

@@ -8,9 +8,11 @@ import numpy as np
 import torch
 
 from medrobust.data.voc import DetectionDataset
+from medrobust.errors import DataError
 from medrobust.metrics.detection import MeanAveragePrecision
+from medrobust.models.centernet import centernet
 from medrobust.models.detector import Detector
-from medrobust.tasks.base import Task, fmt_value
+from medrobust.tasks.base import Task, data_place, fmt_value
 from medrobust.tasks.robust import (
     split,
     trained_about,
@@ -45,6 +47,23 @@ def train(train_ds: DetectionDataset, val_ds: DetectionDataset, options: dict[st
                       "train_seconds": history["seconds"], "model_kwargs": {"width": o["width"]},
                       "history": history["epochs"],
                       "robust": about}
+
+
+def network(train_ds: DetectionDataset, val_ds: DetectionDataset, o: dict[str, Any]
+            ) -> torch.nn.Module:
+    """The network ``train_detector`` builds for these options."""
+    return centernet(train_ds.channels, train_ds.num_classes, width=o["width"])
+
+
+def check_data(model: Detector, ds: DetectionDataset) -> None:
+    """Labels are indices into the class names: data with other classes (or another order)
+    would be scored against the wrong classes."""
+    if tuple(ds.class_names) != tuple(model.class_names):
+        raise DataError(f"the model detects {model.num_classes} classes "
+                        f"({', '.join(model.class_names)}) but {data_place(ds)} has "
+                        f"{ds.num_classes} ({', '.join(ds.class_names)}): use data with its "
+                        f"classes (--classes {','.join(model.class_names)} where the dataset "
+                        "can pick them)")
 
 
 def evaluate(detector: Detector, dataset: DetectionDataset) -> dict[str, Any]:
@@ -131,4 +150,5 @@ def describe_attack(s: dict[str, Any]) -> str:
 TASK = Task(name="detection", wrapper=Detector, datasets=("bccd-detection", "voc"), train=train,
             evaluate=evaluate, headline="map", loss_terms=loss_terms, default_model="centernet",
             options=OPTIONS, attack_rows=attack_rows, attack_summary=attack_summary,
-            attack_targets=attack_targets, describe=describe, describe_attack=describe_attack)
+            attack_targets=attack_targets, describe=describe, describe_attack=describe_attack,
+            check_data=check_data, network=network)

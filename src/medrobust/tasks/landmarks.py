@@ -8,10 +8,11 @@ import numpy as np
 import torch
 
 from medrobust.data.landmarks import LandmarkDataset
+from medrobust.errors import DataError
 from medrobust.metrics.landmarks import radial_errors
 from medrobust.models.landmark_codec import encode
-from medrobust.models.landmark_unet import LandmarkModel
-from medrobust.tasks.base import Task, fmt_value
+from medrobust.models.landmark_unet import LandmarkModel, landmark_unet
+from medrobust.tasks.base import Task, data_place, fmt_value
 from medrobust.tasks.robust import (
     split,
     trained_about,
@@ -51,6 +52,21 @@ def train(train_ds: LandmarkDataset, val_ds: LandmarkDataset, options: dict[str,
                    "model_kwargs": {} if o["width"] is None else {"width": o["width"]},
                    "history": history,
                    "robust": about}
+
+
+def network(train_ds: LandmarkDataset, val_ds: LandmarkDataset, o: dict[str, Any]
+            ) -> torch.nn.Module:
+    """The network ``train_landmark_model`` builds for these options."""
+    width = {} if o["width"] is None else {"width": o["width"]}
+    return landmark_unet(train_ds.channels, train_ds.num_landmarks, **width)
+
+
+def check_data(model: LandmarkModel, ds: LandmarkDataset) -> None:
+    """A model predicts a fixed number of landmarks: data with another number cannot be scored."""
+    if ds.num_landmarks != model.num_landmarks:
+        raise DataError(f"the model predicts {model.num_landmarks} landmarks but "
+                        f"{data_place(ds)} has {ds.num_landmarks}: use data with the landmark "
+                        "set it was trained on")
 
 
 def loss_terms(model: LandmarkModel, outputs: torch.Tensor, landmarks: torch.Tensor
@@ -118,4 +134,5 @@ TASK = Task(name="landmarks", wrapper=LandmarkModel, datasets=("landmarks",), tr
             default_model="landmark_unet", options=OPTIONS,
             attack_rows=attack_rows, attack_summary=attack_summary,
             attack_targets=attack_targets, lower_is_better=True, describe=describe,
-            describe_attack=describe_attack)
+            describe_attack=describe_attack, check_data=check_data, network=network,
+            min_side=16, min_side_why="the landmark U-Net halves the image 4 times")

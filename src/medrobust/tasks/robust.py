@@ -12,20 +12,38 @@ final margins are written (``margins.safetensors``).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from medrobust.errors import ConfigError
 from medrobust.training.robust import RobustConfig, both_scales
 from medrobust.training.robust.objectives import MARGINS_FILE
 
-#: option -> default; every task's OPTIONS include these
-ROBUST_OPTIONS: dict[str, Any] = {"robust": "none", "eps": None, "delta": None, "alpha": 4.0,
-                                  "xi": "mean+2std", "max_margin": None, "refine": False,
+#: option -> default; every task's OPTIONS include these. None: not set (alpha and xi then
+#: take ``RobustConfig``'s defaults), so an option set where it does not apply is refused
+ROBUST_OPTIONS: dict[str, Any] = {"robust": "none", "eps": None, "delta": None, "alpha": None,
+                                  "xi": None, "max_margin": None, "refine": False,
                                   "xi_from": None, "out_dir": None}
+
+#: robust option -> (its flag, the methods that read it, why not the others). Set with any
+#: other method, or without --robust, it would be silently ignored: the one rule that refuses it
+APPLIES: dict[str, tuple[str, tuple[str, ...], str]] = {
+    "eps": ("--eps", ("vat", "teat"), "adaptive-margin uses --delta"),
+    "delta": ("--delta", ("adaptive-margin",), ""),
+    "alpha": ("--alpha", ("vat", "adaptive-margin"), "TEAT's inner step is eps/4"),
+    "xi": ("--xi", ("adaptive-margin",), ""),
+    "max_margin": ("--max-margin", ("adaptive-margin",), ""),
+    "refine": ("--refine-margins", ("adaptive-margin",), ""),
+    "xi_from": ("--xi-from", ("vat", "teat", "adaptive-margin"), ""),
+}
+#: robust option -> (a task that never reads it, why)
+NOT_FOR_TASK: dict[str, tuple[str, str]] = {
+    "xi": ("segmentation", "segmentation thresholds its mean clean Dice instead"),
+}
 
 
 def with_robust(options: dict[str, Any]) -> dict[str, Any]:
@@ -40,20 +58,42 @@ def split(options: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     return own, robust
 
 
-def robust_config(robust: dict[str, Any]) -> RobustConfig | None:
-    """The validated ``RobustConfig`` (None for standard training)."""
+def _listing(names: tuple[str, ...]) -> str:
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
+
+
+def check_applies(robust: dict[str, Any], task: str | None = None) -> None:
+    """Refuse a robust option set for a method (or task) that would ignore it."""
     method = robust.get("robust") or "none"
+    for name, (flag, methods, why) in APPLIES.items():
+        value = robust.get(name)
+        if value is None or value is False:
+            continue
+        if method not in methods:
+            if method == "none":
+                raise ConfigError(f"{flag} applies to --robust {_listing(methods)}; without "
+                                  "--robust it would be ignored")
+            raise ConfigError(f"{flag} applies to --robust {_listing(methods)}, not {method}"
+                              + (f" ({why})" if why else ""))
+        if name in NOT_FOR_TASK and NOT_FOR_TASK[name][0] == task:
+            raise ConfigError(f"{flag} does not apply to {task} training: "
+                              f"{NOT_FOR_TASK[name][1]}")
+
+
+def robust_config(robust: dict[str, Any], task: str | None = None) -> RobustConfig | None:
+    """The validated ``RobustConfig`` (None for standard training); the values given are the
+    values used (an unset alpha or xi takes ``RobustConfig``'s default, a set one is kept)."""
+    check_applies(robust, task)
+    method = robust.get("robust") or "none"
+    chosen = {k: robust[k] for k in ("alpha", "xi") if robust.get(k) is not None}
+    if "alpha" in chosen:
+        chosen["alpha"] = float(chosen["alpha"])
     config = RobustConfig(method=method, eps=robust.get("eps"), delta=robust.get("delta"),
-                          alpha=float(robust.get("alpha") or 4.0),
-                          xi=robust.get("xi") or "mean+2std",
                           max_margin=robust.get("max_margin"),
-                          refine=bool(robust.get("refine"))).validate()
+                          refine=bool(robust.get("refine")), **chosen).validate()
     if method == "adaptive-margin" and not robust.get("xi_from"):
         raise ConfigError("--robust adaptive-margin needs --xi-from CHECKPOINT_DIR: a trained "
                           "standard model of the same task (xi comes from its clean losses)")
-    if method == "none" and robust.get("xi_from"):
-        raise ConfigError("--xi-from applies to robust training (--robust vat|teat|"
-                          "adaptive-margin)")
     return config if config.active else None
 
 
@@ -71,8 +111,27 @@ def initial_weights(xi_from: str | None, task: str) -> dict[str, torch.Tensor] |
 
 def trainer_kwargs(robust: dict[str, Any], task: str) -> dict[str, Any]:
     """``robust``, ``init`` and ``state_dir`` for a trainer."""
-    return {"robust": robust_config(robust), "init": initial_weights(robust.get("xi_from"), task),
+    return {"robust": robust_config(robust, task),
+            "init": initial_weights(robust.get("xi_from"), task),
             "state_dir": robust.get("out_dir")}
+
+
+def check_before_run(kwargs: dict[str, Any], train_ds: Any,
+                     build: Callable[[], nn.Module] | None) -> None:
+    """What ``trainer_kwargs`` built, checked against the loaded training data before a run
+    opens (inside training these would leave a failed run): L2 budgets beyond the image range,
+    and ``--xi-from`` weights that do not fit the network ``build`` makes."""
+    from medrobust.attacks.projection import check_budget
+    from medrobust.training.loop import start_from
+
+    config: RobustConfig | None = kwargs["robust"]
+    if config is not None:
+        shape = image_shape(train_ds)
+        for flag, value in (("--eps", config.eps), ("--delta", config.delta)):
+            if value is not None:
+                check_budget(flag, value, "l2", positive=True, shape=shape)
+    if kwargs["init"] is not None and build is not None:
+        start_from(build(), kwargs["init"])
 
 
 def robust_summary(config: RobustConfig | None, history: list[dict[str, Any]],

@@ -7,9 +7,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from medrobust.errors import DataError
 from medrobust.metrics.segmentation import per_image_metrics
+from medrobust.models.registry import build_model
 from medrobust.models.segmenter import Segmenter
-from medrobust.tasks.base import Task, fmt_value
+from medrobust.tasks.base import Task, data_place, fmt_value
 from medrobust.tasks.robust import (
     split,
     trained_about,
@@ -37,6 +39,19 @@ def train(train_ds: Any, val_ds: Any, options: dict[str, Any], device: str
     return result.segmenter, {"best_epoch": result.best_epoch, "val": result.val_metrics,
                               "train_seconds": result.seconds, "history": result.history,
                               "robust": about}
+
+
+def network(train_ds: Any, val_ds: Any, o: dict[str, Any]) -> torch.nn.Module:
+    """The network ``train_segmenter`` builds for these options."""
+    k = max(train_ds.num_classes, val_ds.num_classes)
+    return build_model(o["model"], train_ds.channels, k, **(o["model_kwargs"] or {}))
+
+
+def check_data(model: Segmenter, ds: Any) -> None:
+    """Masks with more classes than the model segments cannot be scored."""
+    if ds.num_classes > model.num_classes:
+        raise DataError(f"the model segments {model.num_classes} classes but {data_place(ds)} "
+                        f"masks have {ds.num_classes}")
 
 
 def loss_terms(model: Segmenter, outputs: torch.Tensor, masks: torch.Tensor
@@ -90,4 +105,4 @@ TASK = Task(name="segmentation", wrapper=Segmenter, datasets=("segfolder",), tra
             evaluate=evaluate_segmenter, headline="dice", loss_terms=loss_terms,
             default_model="unet", options=OPTIONS, attack_rows=attack_rows,
             attack_summary=attack_summary, attack_targets=attack_targets, describe=describe,
-            describe_attack=describe_attack)
+            describe_attack=describe_attack, check_data=check_data, network=network)

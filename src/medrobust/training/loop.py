@@ -57,7 +57,8 @@ def start_from(module: nn.Module, init: dict[str, torch.Tensor] | None) -> None:
                       or "Missing" in ln or "Unexpected" in ln), str(exc).splitlines()[0])
         raise ConfigError("the checkpoint fine-tuning starts from (--xi-from) holds another "
                           f"network than the one being trained ({first}); train with the "
-                          "--model, --width and --size it was trained with") from None
+                          "--model and --width it was trained with, on data with its channels "
+                          "and classes") from None
 
 
 def check_fit_settings(epochs: int, batch_size: int, lr: float, weight_decay: float) -> None:

@@ -74,14 +74,3 @@ def check_writable(option: str, path: str | os.PathLike[str], *, folder: bool) -
     if p.is_file() and not os.access(p, os.W_OK):
         raise ConfigError(f"{option} {path}: the file is read-only")
     return p
-
-
-def check_image_size(option: str, size: int | None, model_size: tuple[int, int] | None) -> None:
-    """A classifier is attacked and evaluated at the size it was trained on: refuse another
-    ``--size`` rather than silently ignore it."""
-    if size is None or model_size is None or (size, size) == tuple(model_size):
-        return
-    h, w = model_size
-    shown = str(h) if h == w else f"{h}x{w}"
-    raise ConfigError(f"{option} {size} differs from the model's input size {shown}: "
-                      "classifiers run at the size they were trained on (omit --size)")

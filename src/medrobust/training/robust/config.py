@@ -68,11 +68,16 @@ class RobustConfig:
 
         positive("eps", self.eps)
         positive("delta", self.delta)
-        positive("alpha", self.alpha)
-        if self.max_margin is not None and (not math.isfinite(self.max_margin)
-                                            or self.max_margin < 0):
-            raise ConfigError(f"--max-margin must be a non-negative L2 budget, got "
-                              f"{self.max_margin}")
+        if not math.isfinite(self.alpha) or self.alpha <= 0:
+            raise ConfigError(f"--alpha must be positive (the inner PGD step is alpha * budget "
+                              f"/ steps), got {self.alpha:g}")
+        positive("max-margin", self.max_margin)
+        if self.max_margin is not None and self.delta is not None \
+                and self.max_margin <= self.delta:
+            # margins start at D and never fall below it: a cap at or below D pins every
+            # margin to the cap, i.e. fixed-budget training under an adaptive-margin label
+            raise ConfigError(f"--max-margin {self.max_margin:g} must exceed --delta "
+                              f"{self.delta:g}: margins start at D and grow by D up to the cap")
         if self.steps is not None and int(self.steps) < 1:
             raise ConfigError(f"inner PGD steps must be >= 1, got {self.steps}")
         if not 0 <= self.teat_momentum < 1:
