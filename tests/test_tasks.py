@@ -213,3 +213,41 @@ def test_landmark_attack_loss_is_the_heatmap_loss_it_was_trained_with(tmp_path):
         dice = LandmarkLoss("dice", 0.5)(out, heat, offsets, mask)["total"]
         bce = LandmarkLoss("bce", 2.0)(out, heat, offsets, mask)["total"]
     assert torch.allclose(got, dice) and not torch.allclose(got, bce)
+
+
+def test_the_report_shows_a_registered_task_from_its_task_report(tmp_path):
+    """A new task names its title, order and metrics once, in its ``TaskReport``; the report's
+    budget curves and their section then show it with no edit to ``report/``."""
+    import dataclasses
+
+    from medrobust.errors import ConfigError
+    from medrobust.report.context import ReportContext
+    from medrobust.report.task_section import budget_curves, budget_section
+    from medrobust.store import Store
+    from medrobust.tasks import TASKS, CurveMetric, TaskReport, get_task, register_task
+
+    toy = dataclasses.replace(get_task("landmarks"), name="toy-regression", report=TaskReport(
+        9, "Toy regression: absolute error", "error",
+        (CurveMetric("err", "absolute error", (("clean_err", "adv_err"),), upper=None),)),
+        lower_is_better=True)
+    register_task(toy)
+    try:
+        with pytest.raises(ConfigError, match="already registered"):
+            register_task(toy)
+        with Store(tmp_path / "s.db") as store:
+            for eps, err in ((0.5, 0.3), (1.0, 0.7)):
+                rid, _ = store.start_run("attack pgd", {"task": "toy-regression", "attack": {
+                    "attack": "pgd", "norm": "l2", "eps": eps, "steps": 10}},
+                    model={"dir": str(tmp_path / "m")})
+                store.finish_run(rid, "completed", {"images": 4, "clean_err": 0.1,
+                                                    "adv_err": err})
+            ctx = ReportContext(store=store, out_dir=tmp_path, runs=store.runs())
+            (curve,) = budget_curves(ctx)
+            assert curve.task == "toy-regression" and curve.metric == "err"
+            assert [(p.eps, p.value, p.clean) for p in curve.points] == [(0.5, 0.3, 0.1),
+                                                                         (1.0, 0.7, 0.1)]
+            section = budget_section(ctx)
+            assert section is not None
+            assert [s.title for s in section.subsections] == ["Toy regression: absolute error"]
+    finally:
+        TASKS.pop("toy-regression", None)

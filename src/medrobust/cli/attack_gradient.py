@@ -46,6 +46,7 @@ from medrobust.cli.seg_common import (
 from medrobust.errors import ConfigError
 from medrobust.models import load_classifier, read_meta
 from medrobust.store import Store
+from medrobust.tasks import TASKS
 from medrobust.utils.device import resolve_device
 
 ATTACKS: dict[str, type[PGD]] = {"pgd": PGD, "ifgsm": IFGSM}
@@ -56,8 +57,7 @@ def gradient_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     decorators = [
         click.option("--model", "model_dir", required=True, type=click.Path(),
                      help="Checkpoint folder."),
-        click.option("--task", type=click.Choice(["auto", "classification", "segmentation",
-                                                  "landmarks", "detection"]),
+        click.option("--task", type=click.Choice(["auto", *TASKS]),
                      default="auto", show_default=True,
                      help="auto: from the checkpoint's metadata."),
         click.option("--dataset", default=None,

@@ -23,6 +23,7 @@ from medrobust.errors import ConfigError
 from medrobust.models import read_meta
 from medrobust.models.registry import available_models
 from medrobust.store import Store
+from medrobust.tasks import DEFAULT_TASK, TASKS
 from medrobust.tasks.classification import network as classifier_network
 from medrobust.tasks.robust import (
     ROBUST_OPTIONS,
@@ -81,9 +82,7 @@ def train_and_save(dataset: str | None, data_dir: str | None, size: int | None, 
 
 
 @click.command()
-@click.option("--task", type=click.Choice(["classification", "segmentation", "landmarks",
-                                           "detection"]),
-              default="classification", show_default=True,
+@click.option("--task", type=click.Choice(list(TASKS)), default=DEFAULT_TASK, show_default=True,
               help="segmentation: a U-Net on image+mask data (--dataset segfolder); landmarks: "
                    "the multi-task landmark U-Net (--dataset landmarks, a landmark folder); "
                    "detection: a CenterNet detector (--dataset bccd-detection or voc).")

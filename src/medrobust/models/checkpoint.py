@@ -191,12 +191,10 @@ def load_classifier(ckpt_dir: str | Path, device: str | torch.device = "cpu",
     ``trust_model_code=True``; nothing named in the file is imported otherwise.
     """
     meta = read_meta(ckpt_dir)
-    task = meta.get("task", "classification")
-    if task == "segmentation":
-        raise CheckpointError(f"{ckpt_dir} holds a segmentation model; this needs a classifier "
-                              "(segmentation models take attack pgd / ifgsm / asma)")
-    if task != "classification":
-        raise CheckpointError(f"{ckpt_dir} holds a {task} model; this needs a classifier")
+    task = meta.get("task", Classifier.task)  # checkpoints from before tasks were recorded
+    if task != Classifier.task:
+        raise CheckpointError(f"{ckpt_dir} holds a {task} model; this needs a classifier "
+                              "(attack pgd / ifgsm and evaluate take a model of any task)")
     if meta.get("kind") is not None:
         raise CheckpointError(f"{ckpt_dir} holds a {meta['kind']}, not a classifier")
     check_model_meta(meta, ckpt_dir, ("head",))

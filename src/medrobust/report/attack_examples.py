@@ -28,6 +28,7 @@ from medrobust.report.task_section import (
     run_table,
     run_task,
 )
+from medrobust.tasks import task_report
 
 #: fooled images shown per curve (lowest dataset indices first: a fixed rule, not a choice)
 MAX_EXAMPLES = 3
@@ -70,7 +71,7 @@ def _build_attack(ctx: ReportContext, run: dict[str, Any], table: str, model: An
     from medrobust.tasks import get_task
 
     a = (run.get("params") or {}).get("attack") or {}
-    task = get_task("classification")
+    task = get_task(run_task(run))
     if table == "task_attack_results":
         settings = _protocol_settings(ctx, run["id"])
         if settings is not None:
@@ -152,13 +153,14 @@ def attack_examples_section(ctx: ReportContext) -> Section | None:
     """Per classifier attack curve: a few fooled images of its largest-budget run."""
     groups: dict[tuple[str, ...], list[tuple[float, dict[str, Any], str]]] = {}
     for run in budget_attack_runs(ctx):
-        if run_task(run) != "classification":
+        spec = task_report(run_task(run))
+        if spec is None or spec.panel != "gallery":
             continue
         eps = ((run.get("params") or {}).get("attack") or {}).get("eps")
         table = run_table(ctx, run)
         if table is None or isinstance(eps, bool) or not isinstance(eps, (int, float)):
             continue
-        groups.setdefault(_curve_key(run, "classification"), []).append((float(eps), run, table))
+        groups.setdefault(_curve_key(run, run_task(run)), []).append((float(eps), run, table))
     if not groups:
         return None
     section = Section("attack-examples", "What the classifier attacks do to an image")

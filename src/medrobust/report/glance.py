@@ -26,18 +26,12 @@ from medrobust.report.task_section import (
     run_summary,
     run_task,
 )
+from medrobust.tasks import DEFAULT_TASK, TASKS, get_task, task_report
 
 #: below this many images an estimate is flagged as a small sample
 MIN_IMAGES = 100
 #: a 95 % interval wider than this (a share, 0.20 = 20 points) is flagged
 MAX_CI_WIDTH = 0.20
-#: headline metric of each task: (name, lower is better, summary key pairs (clean, attacked))
-TASK_HEADLINES = {
-    "segmentation": ("Dice", False, (("clean_dice", "adv_dice"),
-                                     ("mean_clean_dice_truth", "mean_dice_truth"))),
-    "landmarks": ("MRE", True, (("clean_mre", "adv_mre"),)),
-    "detection": ("mAP@0.5:0.95", False, (("clean_map", "adv_map"),)),
-}
 #: adaptive attacks shown, strongest evaluation first within a norm
 ADAPTIVE_ATTACKS = {"pgd": "PGD", "square": "Square", "ensemble": "Ensemble"}
 #: defence columns per robust-accuracy table (more are split into several tables)
@@ -124,9 +118,9 @@ def collect(ctx: ReportContext) -> list[ModelGlance]:
         if key is None:
             return None
         if key not in models:
-            models[key] = ModelGlance(key, _model_name(run), task or "classification")
+            models[key] = ModelGlance(key, _model_name(run), task or DEFAULT_TASK)
         g = models[key]
-        if task and task != "classification":
+        if task and task != DEFAULT_TASK:  # a run that names its task outranks the default
             g.task = task
         if g.data == "-" and run.get("dataset"):
             g.data = data_text(run.get("dataset"))
@@ -138,7 +132,8 @@ def collect(ctx: ReportContext) -> list[ModelGlance]:
     for run in ctx.runs:
         cmd = run["command"]
         summary = run.get("summary") or {}
-        if cmd == "train" and (run.get("params") or {}).get("task") in (None, "classification"):
+        if cmd == "train" and _is_proportion(str((run.get("params") or {}).get("task")
+                                                 or DEFAULT_TASK)):
             g = get(run)
             test = summary.get("test") or {}
             if g is not None and test.get("accuracy") is not None and g.clean_source != "evaluate":
@@ -163,7 +158,7 @@ def collect(ctx: ReportContext) -> list[ModelGlance]:
             if g is not None and summary.get("clean_accuracy_cost") is not None:
                 g.costs[str(summary["label"])] = float(summary["clean_accuracy_cost"])
         elif cmd == PROTOCOL_COMMAND:  # its cells are runs of their own, read below
-            get(run, str((run.get("params") or {}).get("task") or "classification"))
+            get(run, str((run.get("params") or {}).get("task") or DEFAULT_TASK))
         elif cmd == ADAPTIVE_COMMAND and "label" in summary:
             g = get(run)
             if g is not None:
@@ -182,7 +177,7 @@ def collect(ctx: ReportContext) -> list[ModelGlance]:
             continue
         cell = (attack_name(run), str(norm), float(eps))
         n = int(summary["images"])
-        if task == "classification":
+        if _is_proportion(task):
             rate = summary.get("robust_accuracy", summary.get("adv_accuracy"))
             e = estimate(rate, n, run["id"])
             old = g.robust.get(cell)
@@ -215,7 +210,8 @@ def _add_adaptive(g: ModelGlance, run: dict[str, Any], summary: dict[str, Any]) 
 
 def _add_task_cell(g: ModelGlance, task: str, cell: tuple[str, str, float],
                    summary: dict[str, Any], n: int, run_id: int) -> None:
-    _name, _lower, keys = TASK_HEADLINES.get(task, ("?", False, ()))
+    spec = task_report(task)
+    keys = spec.metrics[0].keys if spec is not None and spec.metrics else ()
     for clean_key, adv_key in keys:
         if adv_key in summary:
             old = g.task_cells.get(cell)
@@ -225,6 +221,13 @@ def _add_task_cell(g: ModelGlance, task: str, cell: tuple[str, str, float],
                 g.task_clean = (float(summary[clean_key]), n, run_id)
             g.unit = str(summary.get("unit") or g.unit)
             return
+
+
+def _is_proportion(task: str) -> bool:
+    """Whether the task's headline is a share of images (accuracy: given with n and an
+    interval, defences judged by it) rather than an average of a per-image metric."""
+    spec = task_report(task)
+    return spec is not None and spec.proportion
 
 
 # -- best defence -------------------------------------------------------------------------------
@@ -307,7 +310,7 @@ def warnings(g: ModelGlance) -> list[str]:
         out.append("Small samples: " + "; ".join(parts) + ". Differences smaller than the "
                    "intervals are not evidence of a difference; attack more images before "
                    "drawing conclusions.")
-    if g.task != "classification":
+    if not _is_proportion(g.task):
         small = [c for c in g.task_cells.values() if c[2] < MIN_IMAGES]
         if small:
             out.append(f"Small samples: {len(small)} attacked metric(s) rest on fewer than "
@@ -433,8 +436,10 @@ def _adaptive_budget(attack: str, eps: float) -> str:
 
 
 def _task_lines_and_table(g: ModelGlance) -> tuple[list[str], Table | None]:
-    name, lower, _keys = TASK_HEADLINES.get(g.task, (g.task, False, ()))
-    unit = f" {g.unit}" if g.unit and g.task == "landmarks" else ""
+    spec = task_report(g.task)
+    name = spec.headline_name if spec is not None else g.task
+    lower = g.task in TASKS and get_task(g.task).lower_is_better
+    unit = f" {g.unit}" if g.unit and spec is not None and spec.has_unit else ""
     better = "lower is better" if lower else "higher is better"
     lines = []
     if g.task_clean is not None:
@@ -468,11 +473,11 @@ def glance_section(ctx: ReportContext) -> Section:
     if not models:
         section.add(Note("No model results are recorded yet.", "info"))
     for i, g in enumerate(models):
-        title = f"{g.name} on {g.data}" + ("" if g.task == "classification" else f" ({g.task})")
+        title = f"{g.name} on {g.data}" + ("" if g.task == DEFAULT_TASK else f" ({g.task})")
         sub = Section(f"glance-model-{i + 1}", title)
         for rid in g.runs:
             ctx.cite(rid, sub.anchor, f"At a glance: {title}")
-        if g.task == "classification":
+        if _is_proportion(g.task):
             sub.add(Paragraphs(_headline(g)))
             table = _robust_table(g)
             if table is not None:

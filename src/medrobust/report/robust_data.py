@@ -17,10 +17,8 @@ from medrobust.report.blocks import num, pct
 from medrobust.report.context import ReportContext
 from medrobust.report.names import budget_text, data_text
 from medrobust.report.sections import read_checkpoint_meta
+from medrobust.tasks import DEFAULT_TASK, task_report
 
-TASK_ORDER = ("classification", "segmentation", "landmarks", "detection")
-TASK_NAMES = {"classification": "Classification", "segmentation": "Segmentation",
-              "landmarks": "Landmarks", "detection": "Detection"}
 #: method -> (short name, order in a table)
 METHODS = {"none": ("STD", 0), "vat": ("VAT", 1), "teat": ("TEAT", 2),
            "adaptive-margin": ("Adaptive margin", 3)}
@@ -112,10 +110,22 @@ class Group:
         return str(self.sets[0].models[0].summary.get("unit") or "")
 
 
+def task_order(task: str) -> int:
+    """Where a task's tables stand on the page (unknown tasks last)."""
+    spec = task_report(task)
+    return 99 if spec is None else spec.order
+
+
+def task_display_name(task: str) -> str:
+    """'Segmentation' for 'segmentation' (an unknown task: its own name)."""
+    spec = task_report(task)
+    return task if spec is None else spec.display_name
+
+
 def run_task_name(run: dict[str, Any]) -> str:
     params = run.get("params") or {}
     return str(params.get("task") or (run.get("model") or {}).get("task") or
-               (run.get("summary") or {}).get("task") or "classification")
+               (run.get("summary") or {}).get("task") or DEFAULT_TASK)
 
 
 def method_of(meta: dict[str, Any] | None) -> str:
@@ -236,7 +246,7 @@ def collect(ctx: ReportContext) -> list[Group]:
             group.sets.append(bset)
         bset.models.append(ev)
     out = sorted(groups.values(), key=lambda g: (
-        TASK_ORDER.index(g.task) if g.task in TASK_ORDER else 99, data_text(g.dataset)))
+        task_order(g.task), data_text(g.dataset)))
     for group in out:
         for s in group.sets:
             s.models = sort_models(s.models)

@@ -32,7 +32,6 @@ from medrobust.report.robust_data import (
     ATTACK_NAMES,
     MAX_COLUMNS,
     PROTOCOL_COMMAND,
-    TASK_NAMES,
     BudgetSet,
     Evaluated,
     Group,
@@ -44,6 +43,7 @@ from medrobust.report.robust_data import (
     metric_unit,
     model_label,
     settings_text,
+    task_display_name,
 )
 from medrobust.report.sections import read_checkpoint_meta
 
@@ -175,7 +175,7 @@ def finding(group: Group) -> str:
     metric, unit, higher = group.metric, group.unit, group.higher_is_better
     fmt = formatter(metric)
     name = metric_name(metric)
-    where = f"{TASK_NAMES.get(group.task, group.task)} on {data_text(group.dataset)}"
+    where = f"{task_display_name(group.task)} on {data_text(group.dataset)}"
     sentences = []
     candidates = [s for s in group.sets if any(m.method == "adaptive-margin" for m in s.models)]
     if not candidates:
@@ -301,7 +301,7 @@ def robust_section(ctx: ReportContext) -> Section | None:
         section.add(Note("Trained robustly but not evaluated with the protocol yet (so not "
                          "below): " + "; ".join(waiting) + ".", "warning"))
     for i, group in enumerate(groups):
-        title = f"{TASK_NAMES.get(group.task, group.task)}: {data_text(group.dataset)}"
+        title = f"{task_display_name(group.task)}: {data_text(group.dataset)}"
         sub = Section(f"robust-{group.task}-{i}", title)
         sub.add(Paragraphs([finding(group)]))
         if len(group.sets) > 1:

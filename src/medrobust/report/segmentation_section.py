@@ -17,6 +17,7 @@ from medrobust.report.blocks import Definitions, Figure, Note, Paragraphs, Secti
 from medrobust.report.context import ReportContext
 from medrobust.report.plots import figure_to_data_uri
 from medrobust.report.sections import run_title
+from medrobust.tasks import DEFAULT_TASK, task_report
 from medrobust.utils.images import to_rgb_uint8
 
 SEG_TABLE_NAME = "segattack_results"
@@ -30,8 +31,9 @@ def segmentation_runs(ctx: ReportContext) -> list[dict[str, Any]]:
     out = []
     for run in ctx.runs_of(*SEG_COMMANDS):
         params = run.get("params") or {}
-        if run["command"] in ("attack pgd", "attack ifgsm") and params.get("task") != \
-                "segmentation":
+        spec = task_report(str(params.get("task") or DEFAULT_TASK))
+        if run["command"] in ("attack pgd", "attack ifgsm") and (spec is None
+                                                                 or spec.panel != "masks"):
             continue
         if "adv_dice" in (run.get("summary") or {}):
             continue  # a protocol campaign: its rows are in the task table (budget curves)

@@ -40,16 +40,16 @@ from medrobust.report.task_plots import (
     detection_panel,
     landmark_panel,
 )
+from medrobust.tasks import DEFAULT_TASK, TASKS, get_task, ordered_tasks, task_report
 
 #: the commands of ``medrobust attack pgd|ifgsm`` (kept for callers; see ``is_budget_attack``)
 GRADIENT_COMMANDS = ("attack pgd", "attack ifgsm")
 #: attack commands with sections of their own and no single budget on the axis
 NON_BUDGET_COMMANDS = ("attack onepixel", "attack asma", "attack asma-ablation")
-#: the tasks whose attacks land in the task campaign's table
-POINT_TASKS = ("landmarks", "detection")
-TASK_ORDER = ("classification", "segmentation", "landmarks", "detection")
 #: detections drawn in panels score at least this (the campaign counts 'confident' ones so too)
 SCORE_THRESHOLD = 0.3
+#: the ``TaskReport.panel`` kinds this section draws (galleries: ``attack_examples``)
+PANEL_KINDS = ("points", "boxes")
 #: which images get panels, in order: the one the attack hurt most, and the median one
 EXAMPLES = ("worst", "median")
 #: replayed metric vs stored metric: equal up to the rounding of stored predictions
@@ -69,11 +69,11 @@ def budget_attack_runs(ctx: ReportContext) -> list[dict[str, Any]]:
     return [r for r in ctx.runs if is_budget_attack(r)]
 
 
-def campaign_tables() -> dict[str, tuple[str, ...]]:
-    """Task -> the tables its attack rows can be in, as the campaign modules name them:
-    classifiers and segmenters attacked from ``medrobust attack`` have campaigns of their own,
-    and the protocol (``medrobust evaluate --attack``) records every task in the task
-    campaign's table.
+def campaign_tables() -> tuple[str, ...]:
+    """The tables one-budget attack rows can be in, as the campaign modules name them: the task
+    campaign's (every task; the protocol, ``medrobust evaluate --attack``, records there) and
+    the older classifier and segmenter campaigns of ``medrobust attack``. Run ids are unique
+    across tables, so a run's rows are wherever its id is.
 
     The one place that says where the campaigns live (imported here, not at module level, so a
     report without gradient runs does not pay for importing the campaigns).
@@ -82,9 +82,7 @@ def campaign_tables() -> dict[str, tuple[str, ...]]:
     from medrobust.campaigns.segmentation import SEG_TABLE
     from medrobust.campaigns.task_attack import TASK_ATTACK_TABLE
 
-    task = TASK_ATTACK_TABLE.name
-    return {"classification": (GRADIENT_TABLE.name, task), "segmentation": (SEG_TABLE.name, task),
-            "landmarks": (task,), "detection": (task,)}
+    return (TASK_ATTACK_TABLE.name, GRADIENT_TABLE.name, SEG_TABLE.name)
 
 
 #: a summary key only one campaign writes -> that campaign's table
@@ -98,7 +96,7 @@ def run_table(ctx: ReportContext, run: dict[str, Any]) -> str | None:
 
     One command (``attack pgd``) writes to different tables depending on who ran it, so the
     run's summary says which when it has one, else the table that holds its rows."""
-    candidates = campaign_tables().get(run_task(run), ())
+    candidates = campaign_tables()
     summary = run.get("summary") or {}
     for key, table in SUMMARY_MARKERS:
         if key in summary and table in candidates:
@@ -111,7 +109,7 @@ def run_table(ctx: ReportContext, run: dict[str, Any]) -> str | None:
 
 def run_task(run: dict[str, Any]) -> str:
     """The task a gradient run attacked (runs from before tasks were recorded: classifiers)."""
-    return str((run.get("params") or {}).get("task") or "classification")
+    return str((run.get("params") or {}).get("task") or DEFAULT_TASK)
 
 
 def attack_name(run: dict[str, Any]) -> str:
@@ -134,11 +132,9 @@ def _recompute(task: str, table: str, rows: list[dict[str, Any]], run: dict[str,
         from medrobust.campaigns.segmentation import summarise_segmentation
 
         return summarise_segmentation(rows)
-    from medrobust.tasks import get_task
-
     summarise = get_task(task).attack_summary
     assert summarise is not None
-    if task != "detection":
+    if not get_task(task).report.summary_needs_data:
         return summarise(rows, None)  # means of the rows; the dataset is not needed
     ds, _ = ctx.dataset(run)  # detection: dataset mAP needs the true boxes
     return None if ds is None else summarise(rows, ds)
@@ -178,23 +174,19 @@ class Metric:
 
 
 def task_metrics(task: str, summary: dict[str, Any]) -> list[Metric]:
-    """What the curves of a task plot (the unit, for landmarks, comes from the run)."""
-    if task == "classification":  # the gradient campaign's key, else the task campaign's
-        adv = "robust_accuracy" if "robust_accuracy" in summary else "adv_accuracy"
-        return [Metric("accuracy", "accuracy", "clean_accuracy", adv, pct)]
-    if task == "segmentation":
-        if "adv_dice" in summary:
-            return [Metric("dice", "Dice vs truth", "clean_dice", "adv_dice", num)]
-        return [Metric("dice", "Dice vs truth", "mean_clean_dice_truth", "mean_dice_truth",
-                       num)]
-    if task == "landmarks":
-        unit = summary.get("unit") or "px"
-        return [Metric(f"mre:{unit}", f"MRE ({unit})", "clean_mre", "adv_mre", num, None),
-                Metric(f"sdr:{unit}", f"SDR@2{unit}", "clean_sdr_2", "adv_sdr_2", pct)]
-    if task == "detection":
-        return [Metric("map", "mAP@0.5:0.95", "clean_map", "adv_map", num),
-                Metric("map50", "mAP@0.5", "clean_map50", "adv_map50", num)]
-    return []
+    """What the curves of a task plot, as the task says (``TaskReport.metrics``), with the
+    summary keys this run's schema uses; the unit (landmarks) comes from the run."""
+    spec = task_report(task)
+    if spec is None:
+        return []
+    unit = str(summary.get("unit") or "px")
+    out = []
+    for m in spec.metrics:
+        pair = m.pair(summary)
+        if pair is not None:
+            out.append(Metric(m.key.format(unit=unit), m.label.format(unit=unit), *pair,
+                              pct if m.percent else num, m.upper))
+    return out
 
 
 def _curve_key(run: dict[str, Any], task: str) -> tuple[str, ...]:
@@ -249,7 +241,7 @@ def budget_curves(ctx: ReportContext) -> list[Curve]:
         task = run_task(run)
         a = (run.get("params") or {}).get("attack") or {}
         eps = a.get("eps")
-        if task not in TASK_ORDER or isinstance(eps, bool) or \
+        if task not in TASKS or isinstance(eps, bool) or \
                 not isinstance(eps, (int, float)) or a.get("norm") not in ("linf", "l2"):
             continue
         summary = run_summary(ctx, run, task)
@@ -281,15 +273,8 @@ def budget_curves(ctx: ReportContext) -> list[Curve]:
                                                int(summary["images"]), int(run["id"])))
             if curve.points:
                 curves.append(curve)
-    curves.sort(key=lambda c: (TASK_ORDER.index(c.task) if c.task in TASK_ORDER else 99,
-                               c.norm != "linf", c.label))
+    curves.sort(key=lambda c: (get_task(c.task).report.order, c.norm != "linf", c.label))
     return curves
-
-
-TASK_TITLES = {"classification": "Classification: accuracy",
-               "segmentation": "Segmentation: Dice against the true mask",
-               "landmarks": "Landmarks: mean radial error and SDR@2",
-               "detection": "Detection: mAP"}
 
 
 def budget_table(curves: list[Curve], formats: dict[str, Callable[[Any], str]]) -> Table:
@@ -338,17 +323,19 @@ def budget_section(ctx: ReportContext) -> Section | None:
                          "--attack) are not drawn here: the adversarial-training section "
                          "shows them, one line per model.", "info"))
     formats: dict[str, Callable[[Any], str]] = {}
-    for task in TASK_ORDER:
-        mine = [c for c in curves if c.task == task]
+    for task in ordered_tasks():
+        mine = [c for c in curves if c.task == task.name]
         if not mine:
             continue
+        # a curve's metric is the task's key with the run's unit filled in ("sdr:mm")
+        percent = {m.key.split(":")[0] for m in task.report.metrics if m.percent}
         for c in mine:
-            formats[c.metric] = pct if c.metric in ("accuracy",) or c.metric.startswith(
-                "sdr:") else num
-        sub = Section(f"budget-{task}", TASK_TITLES[task])
-        what = TASK_TITLES[task].split(": ", 1)[1]
-        sub.add(Figure(figure_to_data_uri(budget_figure(mine, TASK_TITLES[task])),
-                       f"{TASK_TITLES[task]} against the attack budget, one line per attack "
+            formats[c.metric] = pct if c.metric.split(":")[0] in percent else num
+        title = task.report.title
+        sub = Section(f"budget-{task.name}", title)
+        what = title.split(": ", 1)[-1]
+        sub.add(Figure(figure_to_data_uri(budget_figure(mine, title)),
+                       f"{title} against the attack budget, one line per attack "
                        "and norm.", alt=budget_alt(mine, what)))
         sub.add(budget_table(mine, formats))
         for c in mine:
@@ -361,9 +348,10 @@ def budget_section(ctx: ReportContext) -> Section | None:
 # -- landmark and detection runs ------------------------------------------------------------------
 
 def damage(row: dict[str, Any], task: str) -> float:
-    """How much the attack hurt one image: MRE gained (landmarks), mAP lost (detection)."""
+    """How much the attack hurt one image: the task metric's change in its bad direction (MRE
+    gained, mAP lost)."""
     change = float(row["adv_metric"]) - float(row["clean_metric"])
-    return change if task == "landmarks" else -change
+    return change if get_task(task).lower_is_better else -change
 
 
 def pick_examples(rows: list[dict[str, Any]], task: str) -> list[tuple[str, dict[str, Any]]]:
@@ -396,7 +384,6 @@ def replay_attack(run: dict[str, Any], task: str, ds: Any, rows: list[dict[str, 
     from medrobust.attacks.ifgsm import IFGSM
     from medrobust.attacks.pgd import PGD
     from medrobust.models.loading import load_model
-    from medrobust.tasks import get_task
 
     params = run.get("params") or {}
     a = params.get("attack") or {}
@@ -484,7 +471,7 @@ def _panel(task: str, ds: Any, row: dict[str, Any], choice: str, unit: str,
     delta = None if replay is None else replay.delta.get(i)
     name = _image_name(ds, i)
     l2, linf = num(row.get("l2")), num(row.get("linf"))
-    if task == "landmarks":
+    if get_task(task).report.panel == "points":
         u = unit or "px"
         title = (f"{choice} image {name}: MRE {num(row['clean_metric'], 2)} \u2192 "
                  f"{num(row['adv_metric'], 2)} {u}, SDR@2{u} {pct(row['clean_extra'])} \u2192 "
@@ -515,8 +502,14 @@ def _panel(task: str, ds: Any, row: dict[str, Any], choice: str, unit: str,
 
 
 def task_attack_runs(ctx: ReportContext) -> list[dict[str, Any]]:
-    """Gradient runs on landmark models and detectors, oldest first."""
-    return [r for r in budget_attack_runs(ctx) if run_task(r) in POINT_TASKS]
+    """Gradient runs on tasks whose rows the report draws as panels (landmark models and
+    detectors), oldest first."""
+    return [r for r in budget_attack_runs(ctx) if _panel_kind(run_task(r)) in PANEL_KINDS]
+
+
+def _panel_kind(task: str) -> str:
+    spec = task_report(task)
+    return "" if spec is None else spec.panel
 
 
 def task_attack_section(ctx: ReportContext) -> Section | None:
@@ -524,7 +517,7 @@ def task_attack_section(ctx: ReportContext) -> Section | None:
     runs = task_attack_runs(ctx)
     if not runs:
         return None
-    table = campaign_tables()["landmarks"][0]
+    table = campaign_tables()[0]  # the task campaign's table
     if table not in ctx.tables:
         return None
     section = Section("task-attacks", "Landmark and detection attacks: how far do the "
@@ -563,7 +556,8 @@ def task_attack_section(ctx: ReportContext) -> Section | None:
             sub.add(Note("No summary: the run did not finish and its dataset could not be "
                          "reloaded to score the rows so far.", "warning"))
         else:
-            sub.add((landmark_table if task == "landmarks" else detection_table)(summary, rows))
+            sub.add((landmark_table if _panel_kind(task) == "points" else detection_table)(
+                summary, rows))
         _add_panels(ctx, run, task, rows, sub)
         section.subsections.append(sub)
     return section

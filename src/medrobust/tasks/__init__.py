@@ -8,13 +8,35 @@ from __future__ import annotations
 
 from medrobust.errors import ConfigError
 from medrobust.models.base import PixelModel
-from medrobust.tasks.base import Task
+from medrobust.tasks.base import CurveMetric, Task, TaskReport
 from medrobust.tasks.classification import TASK as CLASSIFICATION
 from medrobust.tasks.detection import TASK as DETECTION
 from medrobust.tasks.landmarks import TASK as LANDMARKS
 from medrobust.tasks.segmentation import TASK as SEGMENTATION
 
 TASKS: dict[str, Task] = {t.name: t for t in (CLASSIFICATION, SEGMENTATION, LANDMARKS, DETECTION)}
+#: the task of runs and checkpoints that record none (written before tasks were recorded)
+DEFAULT_TASK = CLASSIFICATION.name
+
+
+def register_task(task: Task) -> Task:
+    """Add a task to the registry (a new kind of model): every command, campaign and report
+    section that asks the registry then serves it. Refuses a name already taken."""
+    if task.name in TASKS:
+        raise ConfigError(f"a task named {task.name!r} is already registered")
+    TASKS[task.name] = task
+    return task
+
+
+def ordered_tasks() -> list[Task]:
+    """The registered tasks in the order reports show them."""
+    return sorted(TASKS.values(), key=lambda t: (t.report.order, t.name))
+
+
+def task_report(name: str) -> TaskReport | None:
+    """How reports show task ``name`` (None: a task this version does not know)."""
+    task = TASKS.get(name)
+    return None if task is None else task.report
 
 
 def get_task(name: str) -> Task:
@@ -27,4 +49,5 @@ def task_of(model: PixelModel) -> Task:
     return get_task(model.task)
 
 
-__all__ = ["TASKS", "Task", "get_task", "task_of"]
+__all__ = ["DEFAULT_TASK", "TASKS", "CurveMetric", "Task", "TaskReport", "get_task",
+           "ordered_tasks", "register_task", "task_of", "task_report"]

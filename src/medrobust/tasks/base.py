@@ -22,6 +22,55 @@ LossTerms = Callable[[PixelModel, torch.Tensor, Any], Mapping[str, torch.Tensor]
 
 
 @dataclass(frozen=True)
+class CurveMetric:
+    """One metric a report shows against the attack budget, and where summaries keep it.
+
+    ``keys`` are (clean, attacked) summary keys, the current schema first: stores written by
+    earlier versions used other names for the same numbers, and their runs still report.
+    ``{unit}`` in ``key`` and ``label`` is the run's unit (landmarks: mm or px)."""
+
+    key: str
+    label: str
+    keys: tuple[tuple[str, str], ...]
+    percent: bool = False
+    #: the top of the metric's axis (None: open, e.g. a radial error)
+    upper: float | None = 1.0
+
+    def pair(self, summary: Mapping[str, Any]) -> tuple[str, str] | None:
+        """The (clean, attacked) keys this summary uses (None: it holds neither)."""
+        return next(((c, a) for c, a in self.keys if a in summary), None)
+
+
+@dataclass(frozen=True)
+class TaskReport:
+    """What a report says about a task, so the report itself names no task."""
+
+    #: place among the tasks on the page (lower first)
+    order: int
+    #: "Segmentation: Dice against the true mask": a section title, the part after ': ' is
+    #: what the curves show
+    title: str
+    #: the headline metric's name ("Dice") and its curves, the headline first
+    headline_name: str
+    metrics: tuple[CurveMetric, ...]
+    #: the headline is a share of images (accuracy): the report gives it with n and a Wilson
+    #: interval and judges defences by it; other tasks' metrics are averages
+    proportion: bool = False
+    #: the headline carries the run's unit ("MRE 2.1 mm")
+    has_unit: bool = False
+    #: how the report draws attacked images: "gallery" (fooled images with their classes),
+    #: "points" (landmarks), "boxes" (detections), "masks" (the segmentation section)
+    panel: str = ""
+    #: a summary recomputed from rows needs the dataset (detection: mAP pools true boxes)
+    summary_needs_data: bool = False
+
+    @property
+    def display_name(self) -> str:
+        """'Segmentation': the title's part before ': '."""
+        return self.title.split(": ", 1)[0]
+
+
+@dataclass(frozen=True)
 class Task:
     """One task's recipe; see ``medrobust.tasks.TASKS`` for the registered ones."""
 
@@ -61,6 +110,8 @@ class Task:
     #: the smallest image side the network takes, and why (the U-Net's poolings)
     min_side: int = 1
     min_side_why: str = ""
+    #: how reports show the task (title, metrics and their summary keys, order, panels)
+    report: TaskReport = field(default_factory=lambda: TaskReport(99, "", "", ()))
 
     def attack_loss(self, model: PixelModel) -> Callable[[torch.Tensor, Any], torch.Tensor]:
         """``loss(outputs, targets) -> (N,)`` for gradient attacks: the per-sample training

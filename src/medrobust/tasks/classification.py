@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from medrobust.metrics.proportion import proportion
 from medrobust.models.classifier import Classifier
 from medrobust.models.registry import build_model
-from medrobust.tasks.base import Task, fmt_value
+from medrobust.tasks.base import CurveMetric, Task, TaskReport, fmt_value
 from medrobust.tasks.robust import (
     split,
     trained_about,
@@ -105,4 +105,10 @@ TASK = Task(name="classification", wrapper=Classifier,
             evaluate=evaluate_classifier, headline="accuracy", loss_terms=loss_terms,
             default_model="smallcnn", options=OPTIONS, attack_rows=attack_rows,
             attack_summary=attack_summary, attack_targets=attack_targets, class_logits=True,
-            describe=describe, describe_attack=describe_attack, network=network)
+            describe=describe, describe_attack=describe_attack, network=network,
+            report=TaskReport(
+                0, "Classification: accuracy", "accuracy",
+                (CurveMetric("accuracy", "accuracy", (("clean_accuracy", "adv_accuracy"),
+                                                      ("clean_accuracy", "robust_accuracy")),
+                             percent=True),),
+                proportion=True, panel="gallery"))

@@ -12,7 +12,7 @@ from medrobust.errors import DataError
 from medrobust.metrics.detection import MeanAveragePrecision
 from medrobust.models.centernet import centernet
 from medrobust.models.detector import Detector
-from medrobust.tasks.base import Task, data_place, fmt_value
+from medrobust.tasks.base import CurveMetric, Task, TaskReport, data_place, fmt_value
 from medrobust.tasks.robust import (
     split,
     trained_about,
@@ -151,4 +151,9 @@ TASK = Task(name="detection", wrapper=Detector, datasets=("bccd-detection", "voc
             evaluate=evaluate, headline="map", loss_terms=loss_terms, default_model="centernet",
             options=OPTIONS, attack_rows=attack_rows, attack_summary=attack_summary,
             attack_targets=attack_targets, describe=describe, describe_attack=describe_attack,
-            check_data=check_data, network=network)
+            check_data=check_data, network=network,
+            report=TaskReport(
+                3, "Detection: mAP", "mAP@0.5:0.95",
+                (CurveMetric("map", "mAP@0.5:0.95", (("clean_map", "adv_map"),)),
+                 CurveMetric("map50", "mAP@0.5", (("clean_map50", "adv_map50"),))),
+                panel="boxes", summary_needs_data=True))

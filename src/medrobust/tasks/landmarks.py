@@ -12,7 +12,7 @@ from medrobust.errors import DataError
 from medrobust.metrics.landmarks import radial_errors
 from medrobust.models.landmark_codec import encode
 from medrobust.models.landmark_unet import LandmarkModel, landmark_unet
-from medrobust.tasks.base import Task, data_place, fmt_value
+from medrobust.tasks.base import CurveMetric, Task, TaskReport, data_place, fmt_value
 from medrobust.tasks.robust import (
     split,
     trained_about,
@@ -135,4 +135,10 @@ TASK = Task(name="landmarks", wrapper=LandmarkModel, datasets=("landmarks",), tr
             attack_rows=attack_rows, attack_summary=attack_summary,
             attack_targets=attack_targets, lower_is_better=True, describe=describe,
             describe_attack=describe_attack, check_data=check_data, network=network,
-            min_side=16, min_side_why="the landmark U-Net halves the image 4 times")
+            min_side=16, min_side_why="the landmark U-Net halves the image 4 times",
+            report=TaskReport(
+                2, "Landmarks: mean radial error and SDR@2", "MRE",
+                (CurveMetric("mre:{unit}", "MRE ({unit})", (("clean_mre", "adv_mre"),), upper=None),
+                 CurveMetric("sdr:{unit}", "SDR@2{unit}", (("clean_sdr_2", "adv_sdr_2"),),
+                             percent=True)),
+                has_unit=True, panel="points"))

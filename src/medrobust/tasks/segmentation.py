@@ -11,7 +11,7 @@ from medrobust.errors import DataError
 from medrobust.metrics.segmentation import per_image_metrics
 from medrobust.models.registry import build_model
 from medrobust.models.segmenter import Segmenter
-from medrobust.tasks.base import Task, data_place, fmt_value
+from medrobust.tasks.base import CurveMetric, Task, TaskReport, data_place, fmt_value
 from medrobust.tasks.robust import (
     split,
     trained_about,
@@ -105,4 +105,10 @@ TASK = Task(name="segmentation", wrapper=Segmenter, datasets=("segfolder",), tra
             evaluate=evaluate_segmenter, headline="dice", loss_terms=loss_terms,
             default_model="unet", options=OPTIONS, attack_rows=attack_rows,
             attack_summary=attack_summary, attack_targets=attack_targets, describe=describe,
-            describe_attack=describe_attack, check_data=check_data, network=network)
+            describe_attack=describe_attack, check_data=check_data, network=network,
+            report=TaskReport(
+                1, "Segmentation: Dice against the true mask", "Dice",
+                (CurveMetric("dice", "Dice vs truth", (("clean_dice", "adv_dice"),
+                                                       ("mean_clean_dice_truth",
+                                                        "mean_dice_truth"))),),
+                panel="masks"))
