@@ -46,3 +46,31 @@ class CapturedOutput:
             buf.seek(0)
             buf.truncate()
         return out, err
+
+
+def assert_one_error_line(code: int, err: str, needle: str) -> str:
+    """The bad-input contract: exit 2, no traceback, exactly one ``error:`` line holding
+    ``needle``; returns that line."""
+    assert "Traceback" not in err, err
+    assert code == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    assert needle in lines[0], lines[0]
+    return lines[0]
+
+
+def tree(root) -> set[str]:
+    """Every path under ``root``, relative: what a command must leave as it found it."""
+    return {str(p.relative_to(root)) for p in root.rglob("*")}
+
+
+def run_count(path) -> int | None:
+    """Runs in the store at ``path`` (None: no store file)."""
+    from pathlib import Path
+
+    from medrobust.store import Store
+
+    if not Path(path).is_file():
+        return None
+    with Store(path) as st:
+        return len(st.runs())

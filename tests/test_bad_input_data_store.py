@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from cli_util import run_cli
+from cli_util import assert_one_error_line, run_cli
 from PIL import Image
 from test_detection import _voc
 from test_landmarks import make_folder as landmark_folder
@@ -329,15 +329,6 @@ def _snapshot(root: Path) -> dict[str, str]:
             for p in sorted(root.rglob("*"))}
 
 
-def _assert_one_clean_line(code: int, err: str, needle: str) -> str:
-    assert "Traceback" not in err
-    assert code == 2, err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    assert needle in lines[0], lines[0]
-    return lines[0]
-
-
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_bad_data_or_store_gives_one_error_line_and_touches_nothing(case, tmp_path, capsys,
                                                                      monkeypatch):
@@ -347,7 +338,7 @@ def test_bad_data_or_store_gives_one_error_line_and_touches_nothing(case, tmp_pa
     argv = case.build(work)
     before = _snapshot(tmp_path)
     code, _out, err = run_cli(capsys, *argv)
-    line = _assert_one_clean_line(code, err, case.needle)
+    line = assert_one_error_line(code, err, case.needle)
     assert _snapshot(tmp_path) == before  # no store, run, checkpoint or half-written file
     if case.id.startswith("voc-unknown"):  # the Python-only option is offered only as such
         assert line.count("unknown='skip'") == 1
@@ -476,7 +467,7 @@ def test_a_store_in_a_read_only_folder_by_permissions(tmp_path, capsys):
         before = _snapshot(tmp_path)
         for argv in (["store", "runs"], ["report", "--out", str(tmp_path / "rep")]):
             code, _, err = run_cli(capsys, *argv, "--store", str(db))
-            _assert_one_clean_line(code, err, f"its folder {ro} is not writable")
+            assert_one_error_line(code, err, f"its folder {ro} is not writable")
         assert _snapshot(tmp_path) == before
     finally:
         ro.chmod(0o755)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from cli_util import run_cli, run_json
+from cli_util import assert_one_error_line, run_cli, run_json, tree
 from PIL import Image
 
 from medrobust.data import medmnist
@@ -339,36 +339,24 @@ def _seg_truncated_mask(t: Path) -> Path:
     return root
 
 
-def _files(root: Path) -> set[str]:
-    return {str(p.relative_to(root)) for p in root.rglob("*")}
-
-
-def _assert_one_clean_line(code: int, err: str, needle: str) -> None:
-    assert "Traceback" not in err
-    assert code == 2, err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    assert needle in lines[0], lines[0]
-
-
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_bad_file_gives_one_error_line_and_writes_nothing(case, tmp_path, capsys, monkeypatch):
     work = tmp_path / "work"
     work.mkdir()
     monkeypatch.chdir(tmp_path)
     argv = case.build(work)
-    before = _files(tmp_path)
+    before = tree(tmp_path)
     code, _out, err = run_cli(capsys, *argv)
-    _assert_one_clean_line(code, err, case.needle)
-    assert _files(tmp_path) == before  # no store, no checkpoint folder, no partial file
+    assert_one_error_line(code, err, case.needle)
+    assert tree(tmp_path) == before  # no store, no checkpoint folder, no partial file
 
 
 def test_failed_download_does_not_create_the_data_dir(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     argv = _download(tmp_path, monkeypatch)
     code, _, err = run_cli(capsys, *argv)
-    _assert_one_clean_line(code, err, "downloading it failed")
-    assert not (tmp_path / "not-yet").exists() and _files(tmp_path) == set()
+    assert_one_error_line(code, err, "downloading it failed")
+    assert not (tmp_path / "not-yet").exists() and tree(tmp_path) == set()
 
 
 # --------------------------------------------------------------------------- NumPy layout

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from cli_util import run_cli
+from cli_util import run_cli, run_count, tree
 from PIL import Image
 
 from medrobust.store import Store
@@ -314,17 +314,6 @@ CASES: list[tuple[str, Argv, str] | tuple[str, Argv, str, str]] = [
 ]
 
 
-def _run_count(path: str) -> int:
-    if not Path(path).is_file():
-        return 0
-    with Store(path) as st:
-        return len(st.runs())
-
-
-def _tree(root: Path) -> set[str]:
-    return {str(p.relative_to(root)) for p in root.rglob("*")}
-
-
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
 def test_bad_option_is_one_error_line_and_writes_nothing(case, shared, tmp_path, capsys,
                                                          monkeypatch):
@@ -334,8 +323,8 @@ def test_bad_option_is_one_error_line_and_writes_nothing(case, shared, tmp_path,
     monkeypatch.chdir(work)
     (work / "afile").write_text("not a folder")
     fx = Fx(ck=shared["ck"], unet=shared["unet"], attacked=shared["attacked"], tmp=work)
-    runs_before = _run_count(shared["attacked"])
-    shared_before = _tree(Path(shared["attacked"]).parent)
+    runs_before = run_count(shared["attacked"])
+    shared_before = tree(Path(shared["attacked"]).parent)
     code, _out, err = run_cli(capsys, *build(fx))
     assert "Traceback" not in err, err
     assert code == 2, err
@@ -346,9 +335,9 @@ def test_bad_option_is_one_error_line_and_writes_nothing(case, shared, tmp_path,
     else:
         assert len(err.strip().splitlines()) == 1, err
         assert last.startswith("error: ") and needle in last, err
-    assert _tree(work) == {"afile"}, "files were written"
-    assert _run_count(shared["attacked"]) == runs_before, "a run was recorded"
-    assert _tree(Path(shared["attacked"]).parent) == shared_before, "files were written"
+    assert tree(work) == {"afile"}, "files were written"
+    assert run_count(shared["attacked"]) == runs_before, "a run was recorded"
+    assert tree(Path(shared["attacked"]).parent) == shared_before, "files were written"
 
 
 def test_enough_cases():

@@ -17,12 +17,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from cli_util import run_cli, run_json
+from cli_util import assert_one_error_line, run_cli, run_count, run_json, tree
 from PIL import Image
 from test_detection import _voc
 from test_landmarks import make_folder
-
-from medrobust.store import Store
 
 pytestmark = pytest.mark.usefixtures("one_thread_module")
 
@@ -285,17 +283,6 @@ CASES: list[tuple[str, Argv, str]] = [
 ]
 
 
-def _run_count(path: str | Path) -> int | None:
-    if not Path(path).is_file():
-        return None
-    with Store(path) as st:
-        return len(st.runs())
-
-
-def _tree(root: Path) -> set[str]:
-    return {str(p.relative_to(root)) for p in root.rglob("*")}
-
-
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
 def test_bad_task_input_is_one_error_line_and_writes_nothing(case, shared, tmp_path, capsys,
                                                              monkeypatch):
@@ -304,16 +291,12 @@ def test_bad_task_input_is_one_error_line_and_writes_nothing(case, shared, tmp_p
     work.mkdir()
     monkeypatch.chdir(work)
     fx = Fx(root=shared, tmp=work)
-    before = _tree(shared)
+    before = tree(shared)
     code, _out, err = run_cli(capsys, *build(fx))
-    assert "Traceback" not in err, err
-    assert code == 2, err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err
-    assert lines[0].startswith("error: ") and needle in lines[0], err
-    assert _run_count(fx.db) is None, "a store was created"
-    assert _tree(work) == set(), "files were written"
-    assert _tree(shared) == before, "files were written"
+    assert_one_error_line(code, err, needle)
+    assert run_count(fx.db) is None, "a store was created"
+    assert tree(work) == set(), "files were written"
+    assert tree(shared) == before, "files were written"
 
 
 def test_segmentation_masks_with_more_classes_than_the_model():
