@@ -442,12 +442,12 @@ def test_a_store_newer_than_this_code_is_refused_before_anything_is_written(tmp_
 def test_a_store_in_a_folder_root_cannot_write_is_not_called_corrupt(tmp_path, monkeypatch):
     """Root writes through permission bits, so an unwritable folder is emulated: SQLite is
     really stopped (its -wal path is taken) and the folder reports itself read-only."""
-    from medrobust.store import database
+    from medrobust.store import files
 
     db = _store(tmp_path / "s.db")
     Path(f"{db}-wal").mkdir()
     real = os.access
-    monkeypatch.setattr(database.os, "access", lambda p, mode: Path(p) != tmp_path
+    monkeypatch.setattr(files.os, "access", lambda p, mode: Path(p) != tmp_path
                         and real(p, mode))
     with pytest.raises(StoreError) as info:
         Store(db)

@@ -98,8 +98,10 @@ def test_voc_seeded_split_without_imagesets(tmp_path: Path) -> None:
     ("no_annotations_dir", "has no Annotations/"),
 ])
 def test_voc_bad_input_is_one_line_data_error(tmp_path: Path, breakage: str, message: str) -> None:
-    root = _voc(tmp_path / "voc", {"a": [("RBC", 1, 1, 9, 9, 0)], "b": [("RBC", 2, 2, 8, 8, 0)]},
-                {"train": ["a", "b"], "val": ["a"], "test": ["b"]})
+    # disjoint train / held-out splits (an overlap is refused before any of these breakages)
+    root = _voc(tmp_path / "voc", {"a": [("RBC", 1, 1, 9, 9, 0)], "b": [("RBC", 2, 2, 8, 8, 0)],
+                                   "c": [("RBC", 3, 3, 7, 7, 0)]},
+                {"train": ["a", "b"], "val": ["c"], "test": ["c"]})
     if breakage == "bad_xml":
         (root / "Annotations" / "b.xml").write_text("<annotation><object>")
     elif breakage == "bad_coord":
@@ -109,8 +111,8 @@ def test_voc_bad_input_is_one_line_data_error(tmp_path: Path, breakage: str, mes
     elif breakage == "missing_xml":
         (root / "Annotations" / "b.xml").unlink()
     else:
-        (root / "Annotations" / "a.xml").unlink()
-        (root / "Annotations" / "b.xml").unlink()
+        for xml in (root / "Annotations").glob("*.xml"):
+            xml.unlink()
         (root / "Annotations").rmdir()
     with pytest.raises(DataError, match=message) as info:
         load_voc_detection(root, "train", size=16)

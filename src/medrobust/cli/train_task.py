@@ -13,8 +13,7 @@ from typing import Any
 import click
 from click.core import ParameterSource
 
-from medrobust.cli.common import check_classes_apply, check_outputs, chosen_classes, emit
-from medrobust.data import load_dataset
+from medrobust.cli.common import check_outputs, emit, open_dataset
 from medrobust.errors import ConfigError
 from medrobust.models.checkpoint import save_model
 from medrobust.store import Store
@@ -67,12 +66,10 @@ def train_task_and_save(task_name: str, dataset: str | None, data_dir: str | Non
     name = dataset or task.datasets[0]
     if name not in task.datasets:
         raise ConfigError(f"{task_name} trains on {', '.join(task.datasets)}, not {name!r}")
-    classes = chosen_classes()
-    check_classes_apply(name, classes)  # a detector learns the chosen classes, in that order
-    picked = {} if classes is None else {"classes": tuple(classes)}
-    splits = [load_dataset(name, s, data_dir=data_dir, size=size, **picked)
-              for s in ("train", "val", "test")]
-    train_ds, val_ds, test_ds = splits
+    # open_dataset passes --classes on (a detector learns those classes, in that order) and
+    # refuses it for a dataset that cannot pick classes
+    train_ds, val_ds, test_ds = (open_dataset(name, s, data_dir, size, no_verify=False)
+                                 for s in ("train", "val", "test"))
     task.check_training(train_ds, val_ds, options)  # what would otherwise fail inside the run
     checkpoint = str(Path(out).resolve())
     params = {"task": task_name, **options}

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from medrobust.data.base import WIDE_MODES, is_colour, open_image, wide_to_8bit
+from medrobust.data.base import WIDE_MODES, check_finite, is_colour, open_image, wide_to_8bit
 from medrobust.data.catalog import SPLITS, register_dataset
 from medrobust.data.segmentation import SegmentationDataset
 from medrobust.errors import DataError
@@ -106,10 +106,7 @@ def read_mask(path: str | Path, mask_mode: str = "auto") -> np.ndarray:
     if a.ndim != 2:
         raise DataError(f"mask {path} is not a single-channel image (shape {a.shape})")
     if a.dtype.kind == "f":  # a float mask: NaN is neither foreground nor background
-        bad = int(np.count_nonzero(~np.isfinite(a)))
-        if bad:
-            raise DataError(f"mask {path} has {bad} non-finite pixel value(s) (NaN or infinity) "
-                            f"of {a.size}: replace them with class values before loading it")
+        check_finite(a, path, "mask", "class values")
     a = a.astype(np.int64)
     top = int(a.max()) if a.size else 0
     if mask_mode == "index":

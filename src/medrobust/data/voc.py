@@ -232,7 +232,7 @@ def check_split_overlap(main: Path, ids: dict[str, list[str]]) -> None:
 
 
 def voc_split_ids(root: Path, split: str, seed: int = 0, val_fraction: float = 0.2,
-                  test_fraction: float = 0.2, check_overlap: bool = True) -> tuple[list[str], str]:
+                  test_fraction: float = 0.2) -> tuple[list[str], str]:
     """Image ids of ``split`` and where they came from (``ImageSets`` or ``seeded``).
 
     With ``ImageSets/Main/{train,val,test}.txt`` those decide (an image in train and in val or
@@ -251,8 +251,7 @@ def voc_split_ids(root: Path, split: str, seed: int = 0, val_fraction: float = 0
                         f"test.txt) or none (then a seeded split is drawn)")
     if present:
         ids_of = {s: read_split_file(main / f"{s}.txt") for s in SPLITS}
-        if check_overlap:
-            check_split_overlap(main, ids_of)
+        check_split_overlap(main, ids_of)
         if not ids_of[split]:
             raise DataError(f"VOC split file {main / f'{split}.txt'} lists no images")
         return ids_of[split], "ImageSets"
@@ -333,10 +332,7 @@ def load_voc_detection(root: str | Path, split: str, size: int | Sequence[int] =
         raise DataError(f"detection classes must be distinct names, got {class_names!r}")
     index = {n: i for i, n in enumerate(class_names)}
     ignored = set(ignore) - set(class_names)
-    # The overlap of the split files is checked after the images load, so a broken file of the
-    # split is still named first (as it was before that check existed).
-    ids, split_source = voc_split_ids(root, split, seed, val_fraction, test_fraction,
-                                      check_overlap=False)
+    ids, split_source = voc_split_ids(root, split, seed, val_fraction, test_fraction)
 
     images, boxes, labels, difficult, orig, scales = [], [], [], [], [], []
     dropped = DroppedBoxes()
@@ -390,9 +386,6 @@ def load_voc_detection(root: str | Path, split: str, size: int | Sequence[int] =
             "split_source": split_source}
     if split_source == "seeded":
         spec.update(seed=seed, val_fraction=val_fraction, test_fraction=test_fraction)
-    if split_source == "ImageSets":
-        main = root / "ImageSets" / "Main"
-        check_split_overlap(main, {s: read_split_file(main / f"{s}.txt") for s in SPLITS})
     if dropped.total:  # only then, so the spec (and run fingerprints) of clean data stay as before
         spec["dropped_boxes"] = dropped.as_spec()
     if not any(len(lab) for lab in labels):

@@ -6,9 +6,10 @@ fills them (``ResultTable``); ``Campaign`` is the resumable loop every long comp
 """
 
 from medrobust.store.campaign import Campaign
-from medrobust.store.database import Store, check_store_file, run_fingerprint
+from medrobust.store.database import Store, run_fingerprint
 from medrobust.store.errors import StoreError
 from medrobust.store.export import export_runs, export_table
+from medrobust.store.files import check_store_file
 from medrobust.store.tables import ResultTable
 
 __all__ = [
