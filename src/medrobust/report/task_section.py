@@ -517,7 +517,9 @@ def task_attack_section(ctx: ReportContext) -> Section | None:
     runs = task_attack_runs(ctx)
     if not runs:
         return None
-    table = campaign_tables()[0]  # the task campaign's table
+    from medrobust.campaigns.task_attack import TASK_ATTACK_TABLE
+
+    table = TASK_ATTACK_TABLE.name  # every run drawn here is the task campaign's
     if table not in ctx.tables:
         return None
     section = Section("task-attacks", "Landmark and detection attacks: how far do the "
