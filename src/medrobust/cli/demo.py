@@ -3,21 +3,18 @@
 from __future__ import annotations
 
 import time
-from dataclasses import asdict
 from pathlib import Path
-from typing import Any
 
 import click
 
 from medrobust.attacks import OnePixel
 from medrobust.campaigns.onepixel import run_onepixel_campaign
+from medrobust.campaigns.train import DataRequest, TrainRequest, finished_training, train_model
 from medrobust.cli.common import common_options, dataset_options, emit, fmt, open_dataset
 from medrobust.cli.defend import demo_defence_step
-from medrobust.cli.train import train_and_save
 from medrobust.errors import ConfigError
-from medrobust.models import load_classifier, read_meta
-from medrobust.store import Store, run_fingerprint
-from medrobust.training import TrainConfig
+from medrobust.models import load_classifier
+from medrobust.store import Store
 from medrobust.utils.device import resolve_device
 
 # Defaults that keep the demo within a few CPU minutes: a narrow smallcnn (a quarter of the
@@ -72,16 +69,17 @@ def demo(dataset: str | None, data_dir: str | None, size: int | None, no_verify:
     kwargs = dict(DEMO_MODEL_KWARGS.get(model_name, {}))
     if width is not None:
         kwargs["width"] = width
-    config = TrainConfig(model=model_name, model_kwargs=kwargs,
-                         epochs=epochs or DEMO_EPOCHS.get(name, 12), seed=seed)
-    config.validate()
-    trained = _finished_training(db, name, data_dir, size, no_verify, config, root / "model")
+    request = TrainRequest("classification", DataRequest(name, data_dir, size, not no_verify),
+                           root / "model", db,
+                           {"model": model_name, "model_kwargs": kwargs,
+                            "epochs": epochs or DEMO_EPOCHS.get(name, 12), "seed": seed},
+                           device)
+    trained = finished_training(request)
     if trained is not None:
         say(f"[1/4] reusing the trained {model_name} in {root / 'model'}")
     else:
         say(f"[1/4] training {model_name} on {name}")
-        trained = train_and_save(name, data_dir, size, no_verify, config, root / "model", device,
-                                 db)
+        trained = train_model(request)
     say(f"      test accuracy {fmt(trained['test']['accuracy'])}, AUC {fmt(trained['test']['auc'])}")
 
     say(f"[2/4] one-pixel attack on {limit} test images (population {population}, "
@@ -113,41 +111,6 @@ def demo(dataset: str | None, data_dir: str | None, size: int | None, no_verify:
                "periodicity": study.get("periodicity"),
                "seconds": time.perf_counter() - start}
     emit(summary, as_json, lambda: click.echo(f"report: {summary['report']}"))
-
-
-def _finished_training(db: Path, name: str, data_dir: str | None, size: int | None,
-                       no_verify: bool, config: TrainConfig, out: Path) -> dict[str, Any] | None:
-    """The summary of a completed ``train`` run of exactly this config into ``out`` whose
-    checkpoint is still there (so the demo reuses it), else None.
-
-    Retraining would write a new checkpoint (a new ``saved_at``), which changes the fingerprint
-    of every later run: the attack would start over and the report would list everything twice.
-    """
-    if not db.is_file() or not (out / "meta.json").is_file():
-        return None
-    train_ds = open_dataset(name, "train", data_dir, size, no_verify)
-    checkpoint = str(out.resolve())
-    fingerprint = run_fingerprint("train", asdict(config),
-                                  {"dir": checkpoint, "model": config.model}, train_ds.spec)
-    with Store(db) as store:
-        run = store.find_run(fingerprint, status="completed")
-    if run is None or not isinstance(run.get("summary"), dict):
-        return None
-    summary = run["summary"]
-    if summary.get("checkpoint") != checkpoint or "test" not in summary:
-        return None
-    saved = read_meta(out).get("saved_at")
-    newer = [r for r in _runs_into(db, "train", checkpoint) if r["id"] > run["id"]]
-    if newer or saved is None:  # the folder was rewritten since: trust nothing
-        return None
-    return {**summary, "run_id": run["id"], "reused": True}
-
-
-def _runs_into(db: Path, command: str, checkpoint: str) -> list[dict[str, Any]]:
-    """Runs of ``command`` whose model folder is ``checkpoint``."""
-    with Store(db) as store:
-        return [r for r in store.runs(command)
-                if isinstance(r.get("model"), dict) and r["model"].get("dir") == checkpoint]
 
 
 def _defence_done(store: Store, root: Path) -> bool:

@@ -1,84 +1,38 @@
-"""``medrobust train``: train a zoo model, select on validation, save a checkpoint, record the run."""
+"""``medrobust train``: parse the options and hand them to the one training flow.
+
+``campaigns.train`` does the work for every task in the registry; options the user did not set
+are left out, so each task's own defaults apply (a U-Net trains 20 epochs, a classifier 15).
+"""
 
 from __future__ import annotations
 
-from dataclasses import asdict
-from pathlib import Path
 from typing import Any
 
 import click
 
+from medrobust.campaigns.train import DataRequest, TrainRequest, train_model
 from medrobust.cli.common import (
     DEFAULT_STORE,
-    check_outputs,
+    chosen_classes,
     common_options,
     dataset_options,
     emit,
-    fmt,
-    open_dataset,
-    option_given,
 )
 from medrobust.cli.robust_options import robust_options
-from medrobust.errors import ConfigError
-from medrobust.models import read_meta
 from medrobust.models.registry import available_models
-from medrobust.store import Store
-from medrobust.tasks import DEFAULT_TASK, TASKS
-from medrobust.tasks.classification import network as classifier_network
-from medrobust.tasks.robust import (
-    ROBUST_OPTIONS,
-    check_before_run,
-    trained_about,
-    trainer_kwargs,
-)
-from medrobust.training import TrainConfig, evaluate_classifier, save_trained, train_classifier
-from medrobust.training.resume import EpochState
+from medrobust.tasks import DEFAULT_TASK, TASKS, get_task
 from medrobust.training.robust import METHODS, XI_RULES
-from medrobust.training.trainer import check_model_input
-from medrobust.utils.device import resolve_device
 
-WIDTH_MODELS = ("smallcnn", "mitosisnet")
+#: command-line parameter -> the task option it sets (each task refuses those it does not take)
+TRAIN_OPTIONS = {"model_name": "model", "padding": "padding", "width": "width",
+                 "epochs": "epochs", "batch_size": "batch_size", "lr": "lr",
+                 "augment": "augment", "minutes": "minutes", "heatmap_loss": "heatmap_loss"}
 
 
-def train_and_save(dataset: str | None, data_dir: str | None, size: int | None, no_verify: bool,
-                   config: TrainConfig, out: str | Path, device: str, store_path: str | Path,
-                   robust: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The body of ``train``; also used by ``demo``. Returns the JSON summary.
-
-    ``robust``: the robust-training options (``tasks.robust.ROBUST_OPTIONS``; None: standard).
-    A per-epoch state in ``out`` lets the same command resume after a kill."""
-    check_outputs(out, store_path)
-    config.validate()
-    robust = {**ROBUST_OPTIONS, **(robust or {}), "out_dir": str(out)}
-    kwargs = trainer_kwargs(robust, "classification")
-    train_ds = open_dataset(dataset, "train", data_dir, size, no_verify)
-    val_ds = open_dataset(dataset, "val", data_dir, size, no_verify)
-    test_ds = open_dataset(dataset, "test", data_dir, size, no_verify)
-    check_model_input(config, train_ds)
-    # budgets against the image shape and --xi-from weights against the network, before the
-    # run opens (inside training either would leave a failed run)
-    check_before_run(kwargs, train_ds, lambda: classifier_network(
-        train_ds, val_ds, {"model": config.model, "model_kwargs": config.model_kwargs}))
-    checkpoint = str(Path(out).resolve())
-    with Store(store_path) as store, store.tracked_run(
-            "train", {**asdict(config), **({"robust": kwargs["robust"].as_dict()}
-                                           if kwargs["robust"] is not None else {})},
-            model={"dir": checkpoint, "model": config.model},
-            dataset=train_ds.spec, resume="unfinished") as (run_id, _):
-        result = train_classifier(train_ds, val_ds, config, resolve_device(device), **kwargs)
-        test_metrics = evaluate_classifier(result.classifier, test_ds)
-        test_metrics.pop("dataset")
-        about = trained_about(kwargs, robust, result.history, train_ds) \
-            if kwargs["robust"] is not None else None
-        save_trained(result, config, train_ds, out, extra={"test": test_metrics}, robust=about)
-        EpochState(out, None).clear()
-        summary = {"checkpoint": checkpoint, "model": config.model, "dataset": train_ds.spec,
-                   "train_seconds": result.seconds, "best_epoch": result.best_epoch,
-                   "val": result.val_metrics, "test": test_metrics,
-                   **({"robust": about} if about is not None else {})}
-        store.finish_run(run_id, "completed", summary)
-    summary["run_id"] = run_id
-    return summary
+def _defaults(option: str) -> str:
+    """'classification 15, segmentation 20, ...': each task's default for ``option``."""
+    return ", ".join(f"{t.name} {t.options[option]}" for t in TASKS.values()
+                     if option in t.options)
 
 
 @click.command()
@@ -87,18 +41,22 @@ def train_and_save(dataset: str | None, data_dir: str | None, size: int | None, 
                    "the multi-task landmark U-Net (--dataset landmarks, a landmark folder); "
                    "detection: a CenterNet detector (--dataset bccd-detection or voc).")
 @dataset_options(required=True)
-@click.option("--model", "model_name", default="smallcnn", show_default=True,
-              help=f"Zoo model ({', '.join(available_models())}) or module:factory.")
+@click.option("--model", "model_name", default=None,
+              help=f"classification / segmentation: zoo model ({', '.join(available_models())}) "
+                   "or module:factory (default: smallcnn; unet).")
 @click.option("--padding", type=click.Choice(["keras", "symmetric"]), default=None,
               help="mitosisnet only: Keras-style or symmetric padding.")
 @click.option("--width", type=click.IntRange(1), default=None,
-              help="smallcnn / mitosisnet only: channels of the first stage (their defaults: 32 "
-                   "and 16).")
-@click.option("--epochs", type=int, default=15, show_default=True)
-@click.option("--batch-size", type=int, default=128, show_default=True)
-@click.option("--lr", type=float, default=3e-3, show_default=True)
-@click.option("--augment", type=click.Choice(["auto", "flips", "shift", "none"]), default="auto",
-              show_default=True)
+              help="smallcnn / mitosisnet: channels of the first stage (their defaults: 32 and "
+                   "16); landmarks / detection: the network's base width.")
+@click.option("--epochs", type=int, default=None,
+              help=f"Training epochs (default: {_defaults('epochs')}).")
+@click.option("--batch-size", type=int, default=None,
+              help=f"Default: {_defaults('batch_size')}.")
+@click.option("--lr", type=float, default=None, help=f"Default: {_defaults('lr')}.")
+@click.option("--augment", type=click.Choice(["auto", "flips", "shift", "none"]), default=None,
+              help="classification: auto (the dataset's policy), flips, shift or none; "
+                   "segmentation: flips (default) or none.")
 @click.option("--minutes", type=click.FloatRange(0, min_open=True), default=None,
               help="landmarks / detection: wall-clock training budget (the best validation "
                    "epoch so far is kept).")
@@ -134,49 +92,24 @@ def train_and_save(dataset: str | None, data_dir: str | None, size: int | None, 
 @click.option("--store", "store_path", default=DEFAULT_STORE, show_default=True,
               help="SQLite run store.")
 @common_options
-def train(task: str, dataset: str, data_dir: str | None, size: int | None, no_verify: bool,
-          model_name: str, padding: str | None, width: int | None, epochs: int, batch_size: int,
-          lr: float, augment: str, minutes: float | None, heatmap_loss: str | None,
-          robust: str, eps: float | None, delta: float | None, alpha: float | None,
-          xi: str | None,
-          max_margin: float | None, refine_margins: bool, xi_from: str | None, out: str,
-          store_path: str, as_json: bool, seed: int, device: str) -> None:
+def train(task: str, dataset: str | None, data_dir: str | None, size: int | None,
+          no_verify: bool, out: str, store_path: str, as_json: bool, seed: int, device: str,
+          **options: Any) -> None:
     """Train a classifier, segmenter, landmark model or detector (--task) and save it as
     safetensors + JSON metadata; --robust trains it adversarially (VAT, TEAT or adaptive
     margins). Killed runs resume from the last finished epoch when run again."""
-    if task in ("landmarks", "detection"):
-        from medrobust.cli.train_task import run_train_task
-
-        run_train_task(click.get_current_context(), task, as_json)
-        return
-    if minutes is not None or heatmap_loss is not None:
-        raise ConfigError("--minutes and --heatmap-loss apply to landmarks and detection training")
-    if task == "segmentation":
-        from medrobust.cli.train_segmentation import run_train_segmentation
-
-        run_train_segmentation(click.get_current_context(), as_json)
-        return
-    kwargs: dict[str, Any] = {"padding": padding} if padding else {}
-    if xi_from and not any(option_given(n) for n in ("model_name", "width", "padding")):
-        # fine-tuning starts from that checkpoint, so its network is the one to build
-        meta = read_meta(xi_from)
-        model_name, kwargs = str(meta.get("model", model_name)), dict(meta.get("model_kwargs")
-                                                                      or {})
-        width = None
-    if width is not None:
-        if model_name not in WIDTH_MODELS:
-            raise ConfigError(f"--width applies to {' and '.join(WIDTH_MODELS)}, not {model_name}")
-        kwargs["width"] = width
-    config = TrainConfig(model=model_name, model_kwargs=kwargs, epochs=epochs,
-                         batch_size=batch_size, lr=lr, augment=augment, seed=seed)
-    summary = train_and_save(dataset, data_dir, size, no_verify, config, out, device, store_path,
-                             robust_options(click.get_current_context().params))
+    given = {TRAIN_OPTIONS[k]: v for k, v in options.items() if k in TRAIN_OPTIONS}
+    given.update({k: v for k, v in robust_options(options).items() if v is not None})
+    request = TrainRequest(task, DataRequest(dataset, data_dir, size, not no_verify,
+                                             chosen_classes()),
+                           out, store_path, {**given, "seed": seed}, device)
+    summary = train_model(request)
 
     def human() -> None:
-        t = summary["test"]
-        click.echo(f"trained {model_name} in {summary['train_seconds']:.0f}s "
-                   f"(best epoch {summary['best_epoch']}) -> {summary['checkpoint']}")
-        click.echo(f"test accuracy {fmt(t['accuracy'])}  AUC {fmt(t['auc'])}  "
-                   f"balanced accuracy {fmt(t['balanced_accuracy'])}")
+        click.echo(f"trained {summary['model']} ({task}) in {summary['train_seconds']:.0f}s "
+                   f"(best epoch {summary['best_epoch']} of {summary['epochs_run']}) -> "
+                   f"{summary['checkpoint']}")
+        click.echo(f"test {get_task(task).describe(summary['test'])} "
+                   f"({summary['sizes']['test']} images)")
 
     emit(summary, as_json, human)

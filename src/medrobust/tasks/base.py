@@ -112,6 +112,51 @@ class Task:
     min_side_why: str = ""
     #: how reports show the task (title, metrics and their summary keys, order, panels)
     report: TaskReport = field(default_factory=lambda: TaskReport(99, "", "", ()))
+    #: (options a user set, the ``--xi-from`` checkpoint's metadata or None) -> the same
+    #: options as this task names them: how ``model``/``width``/``padding`` reach its network,
+    #: and the architecture fine-tuning starts from when the user chose none
+    command_options: Callable[[dict[str, Any], dict[str, Any] | None], dict[str, Any]] | None \
+        = None
+    #: the task's own options -> None: refuse bad values before any data is opened
+    validate_options: Callable[[dict[str, Any]], None] | None = None
+    #: (what ``train`` returned, train split, options, test metrics) -> the checkpoint's
+    #: metadata (the wrapper adds what rebuilds it); None: ``Task.saved_meta``'s layout
+    checkpoint_meta: Callable[[dict[str, Any], Any, dict[str, Any], dict[str, Any]],
+                              dict[str, Any]] | None = None
+
+    def model_name(self, options: Mapping[str, Any]) -> str:
+        """The zoo model these options train (tasks with one network: ``default_model``)."""
+        return str(options.get("model") or self.default_model)
+
+    def training_options(self, given: Mapping[str, Any],
+                         start_meta: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Every training option, from those a user set (None: not set) and the metadata of
+        the checkpoint fine-tuning starts from: refused here, before data is opened, if the
+        task does not take one or a value is bad."""
+        from medrobust.tasks.robust import robust_config, split
+
+        chosen = {k: v for k, v in given.items() if v is not None}
+        if self.command_options is not None:
+            chosen = self.command_options(chosen, start_meta)
+        options = self.check_options(chosen)
+        robust_config(options, self.name)
+        if self.validate_options is not None:
+            self.validate_options(split(options)[0])
+        return options
+
+    def saved_meta(self, trained: dict[str, Any], train_ds: Any, options: dict[str, Any],
+                   test: dict[str, Any]) -> dict[str, Any]:
+        """The checkpoint metadata of a finished training (``checkpoint_meta`` where the task
+        keeps an older layout its files and reports read)."""
+        if self.checkpoint_meta is not None:
+            return self.checkpoint_meta(trained, train_ds, options, test)
+        meta = {"model": self.model_name(options), "model_kwargs": trained["model_kwargs"],
+                "dataset": train_ds.spec,
+                "train": {"options": options, "epochs_run": trained["epochs_run"],
+                          "best_epoch": trained["best_epoch"],
+                          "seconds": trained["train_seconds"]},
+                "val": trained["val"], "test": test}
+        return with_robust_record(meta, trained)
 
     def attack_loss(self, model: PixelModel) -> Callable[[torch.Tensor, Any], torch.Tensor]:
         """``loss(outputs, targets) -> (N,)`` for gradient attacks: the per-sample training
@@ -146,15 +191,37 @@ class Task:
 
     def check_training(self, train_ds: Any, val_ds: Any, options: dict[str, Any]) -> None:
         """What training would only find out after its run opened, checked before: the image
-        size, robust budgets against the image shape, and a ``--xi-from`` network of another
-        shape (built and loaded here, as the trainer would)."""
+        size, the network on one blank image of the data's shape (too small for its poolings,
+        or a factory that fails on it), robust budgets against the image shape, and a
+        ``--xi-from`` network of another shape (built and loaded here, as the trainer would)."""
         from medrobust.tasks.robust import check_before_run, split, trainer_kwargs
 
         self.check_size(None, tuple(train_ds.size))
         own, robust = split(options)
         network = self.network
         build = None if network is None else (lambda: network(train_ds, val_ds, own))
+        if build is not None:
+            self._check_network_runs(build, train_ds, own)
         check_before_run(trainer_kwargs(robust, self.name), train_ds, build)
+
+    def _check_network_runs(self, build: Callable[[], torch.nn.Module], train_ds: Any,
+                            own: dict[str, Any]) -> None:
+        from medrobust.errors import ConfigError
+
+        name = self.model_name(own)
+        try:
+            net = build()
+        except TypeError as exc:  # an option the model's factory does not take
+            raise ConfigError(f"model {name!r} cannot be built with "
+                              f"{own.get('model_kwargs') or {}}: {exc}") from None
+        h, w = tuple(train_ds.size)
+        try:
+            with torch.no_grad():
+                net.eval()(torch.zeros(1, train_ds.channels, h, w))
+        except RuntimeError as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ConfigError(f"model {name!r} cannot run on {h}x{w} {train_ds.name} images "
+                              f"(too small? try a larger --size): {first}") from None
 
     def check_options(self, given: Mapping[str, Any]) -> dict[str, Any]:
         """The task's options with ``given`` (None: default) applied; unknown names refused."""
@@ -162,8 +229,52 @@ class Task:
 
         unknown = sorted(k for k, v in given.items() if v is not None and k not in self.options)
         if unknown:
-            raise ConfigError(f"{self.name} training takes no option(s) {', '.join(unknown)}")
+            flags = ", ".join(f"--{k.replace('_', '-')}" for k in unknown)
+            raise ConfigError(f"{self.name} training takes no option(s) {flags}: they do not "
+                              f"apply to {self.name} training")
         return {k: (given[k] if given.get(k) is not None else v) for k, v in self.options.items()}
+
+
+def with_robust_record(meta: dict[str, Any], trained: dict[str, Any]) -> dict[str, Any]:
+    """``meta`` with how robust training ran, when it did (standard checkpoints hold none)."""
+    robust = trained.get("robust") or {}
+    return {**meta, "robust": robust} if robust.get("method", "none") != "none" else meta
+
+
+def config_meta(config: Any, trained: dict[str, Any], train_ds: Any, test: dict[str, Any],
+                **more: Any) -> dict[str, Any]:
+    """The checkpoint layout of trainers with a config dataclass (classification and
+    segmentation files, and the reports and benchmarks reading them, use it)."""
+    from dataclasses import asdict
+
+    meta = {"model": config.model, "model_kwargs": config.model_kwargs,
+            "dataset": train_ds.spec, "image_size": list(train_ds.size),
+            "train_config": asdict(config), "history": trained["history"],
+            "best_epoch": trained["best_epoch"],
+            "metrics": {"val": trained["val"], "test": test},
+            "train_seconds": trained["train_seconds"], **more}
+    return with_robust_record(meta, trained)
+
+
+def width_only(task: str) -> Callable[[dict[str, Any], dict[str, Any] | None], dict[str, Any]]:
+    """``command_options`` of a task with one network whose only architecture choice is its
+    width (landmarks, detection): ``--model`` and ``--padding`` are refused, and so is the
+    classifiers' ``--augment`` policy (these tasks' augmentation is on or off); with
+    ``--xi-from`` and no ``--width``, the width of the network that checkpoint holds."""
+
+    def options(given: dict[str, Any], start: dict[str, Any] | None) -> dict[str, Any]:
+        from medrobust.errors import ConfigError
+
+        for name in ("model", "padding", "augment"):
+            if name in given and not (name == "augment" and isinstance(given[name], bool)):
+                raise ConfigError(f"--{name} does not apply to {task} training")
+        out = dict(given)
+        width = (start or {}).get("model_kwargs", {}) or {}
+        if "width" not in out and isinstance(width, dict) and width.get("width") is not None:
+            out["width"] = width["width"]
+        return out
+
+    return options
 
 
 def data_place(ds: Any) -> str:

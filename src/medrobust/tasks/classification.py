@@ -8,10 +8,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from medrobust.errors import ConfigError
 from medrobust.metrics.proportion import proportion
 from medrobust.models.classifier import Classifier
 from medrobust.models.registry import build_model
-from medrobust.tasks.base import CurveMetric, Task, TaskReport, fmt_value
+from medrobust.tasks.base import CurveMetric, Task, TaskReport, config_meta, fmt_value
 from medrobust.tasks.robust import (
     split,
     trained_about,
@@ -24,6 +25,8 @@ from medrobust.training.trainer import TrainConfig, train_classifier
 OPTIONS: dict[str, Any] = with_robust({"model": "smallcnn", "model_kwargs": {}, "epochs": 15,
                                        "batch_size": 128, "lr": 3e-3, "weight_decay": 5e-4,
                                        "augment": "auto", "seed": 0})
+#: zoo models whose first stage's width can be chosen (``--width``)
+WIDTH_MODELS = ("smallcnn", "mitosisnet")
 
 
 def train(train_ds: Any, val_ds: Any, options: dict[str, Any], device: str
@@ -33,8 +36,34 @@ def train(train_ds: Any, val_ds: Any, options: dict[str, Any], device: str
     result = train_classifier(train_ds, val_ds, TrainConfig(**own), device, **kwargs)
     about = trained_about(kwargs, robust, result.history, train_ds)
     return result.classifier, {"best_epoch": result.best_epoch, "val": result.val_metrics,
+                               "epochs_run": len(result.history),
                                "train_seconds": result.seconds, "history": result.history,
-                               "robust": about}
+                               "model_kwargs": own["model_kwargs"], "robust": about}
+
+
+def command_options(given: dict[str, Any], start: dict[str, Any] | None) -> dict[str, Any]:
+    """``--width``/``--padding`` into the zoo model's keyword arguments; with ``--xi-from`` and
+    no architecture chosen, the network that checkpoint holds (fine-tuning starts from it)."""
+    out = dict(given)
+    arch = {k: out.pop(k) for k in ("padding", "width") if k in out}
+    if start is not None and "model" not in out and not arch:
+        out["model"] = str(start.get("model", OPTIONS["model"]))
+        out["model_kwargs"] = dict(start.get("model_kwargs") or {})
+    model = out.get("model", OPTIONS["model"])
+    if "width" in arch and model not in WIDTH_MODELS:
+        raise ConfigError(f"--width applies to {' and '.join(WIDTH_MODELS)}, not {model}")
+    if arch:
+        out["model_kwargs"] = {**(out.get("model_kwargs") or {}), **arch}
+    return out
+
+
+def validate_options(own: dict[str, Any]) -> None:
+    TrainConfig(**own).validate()
+
+
+def checkpoint_meta(trained: dict[str, Any], train_ds: Any, options: dict[str, Any],
+                    test: dict[str, Any]) -> dict[str, Any]:
+    return config_meta(TrainConfig(**split(options)[0]), trained, train_ds, test)
 
 
 def network(train_ds: Any, val_ds: Any, o: dict[str, Any]) -> torch.nn.Module:
@@ -106,6 +135,8 @@ TASK = Task(name="classification", wrapper=Classifier,
             default_model="smallcnn", options=OPTIONS, attack_rows=attack_rows,
             attack_summary=attack_summary, attack_targets=attack_targets, class_logits=True,
             describe=describe, describe_attack=describe_attack, network=network,
+            command_options=command_options, validate_options=validate_options,
+            checkpoint_meta=checkpoint_meta,
             report=TaskReport(
                 0, "Classification: accuracy", "accuracy",
                 (CurveMetric("accuracy", "accuracy", (("clean_accuracy", "adv_accuracy"),

@@ -12,7 +12,14 @@ from medrobust.errors import DataError
 from medrobust.metrics.detection import MeanAveragePrecision
 from medrobust.models.centernet import centernet
 from medrobust.models.detector import Detector
-from medrobust.tasks.base import CurveMetric, Task, TaskReport, data_place, fmt_value
+from medrobust.tasks.base import (
+    CurveMetric,
+    Task,
+    TaskReport,
+    data_place,
+    fmt_value,
+    width_only,
+)
 from medrobust.tasks.robust import (
     split,
     trained_about,
@@ -32,8 +39,6 @@ def train(train_ds: DetectionDataset, val_ds: DetectionDataset, options: dict[st
           device: str) -> tuple[Detector, dict[str, Any]]:
     o, robust = split(options)
     kwargs = trainer_kwargs(robust, "detection")
-    for name in ("epochs", "batch_size", "width"):
-        check_range(name, o[name], 1)
     net, history = train_detector(train_ds, val_ds, epochs=o["epochs"],
                                   batch_size=o["batch_size"], lr=o["lr"], seed=o["seed"],
                                   width=o["width"], device=device, augment=o["augment"],
@@ -47,6 +52,11 @@ def train(train_ds: DetectionDataset, val_ds: DetectionDataset, options: dict[st
                       "train_seconds": history["seconds"], "model_kwargs": {"width": o["width"]},
                       "history": history["epochs"],
                       "robust": about}
+
+
+def validate_options(o: dict[str, Any]) -> None:
+    for name in ("epochs", "batch_size", "width"):
+        check_range(name, o[name], 1)
 
 
 def network(train_ds: DetectionDataset, val_ds: DetectionDataset, o: dict[str, Any]
@@ -152,6 +162,7 @@ TASK = Task(name="detection", wrapper=Detector, datasets=("bccd-detection", "voc
             options=OPTIONS, attack_rows=attack_rows, attack_summary=attack_summary,
             attack_targets=attack_targets, describe=describe, describe_attack=describe_attack,
             check_data=check_data, network=network,
+            command_options=width_only("detection"), validate_options=validate_options,
             report=TaskReport(
                 3, "Detection: mAP", "mAP@0.5:0.95",
                 (CurveMetric("map", "mAP@0.5:0.95", (("clean_map", "adv_map"),)),

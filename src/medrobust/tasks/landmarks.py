@@ -12,7 +12,14 @@ from medrobust.errors import DataError
 from medrobust.metrics.landmarks import radial_errors
 from medrobust.models.landmark_codec import encode
 from medrobust.models.landmark_unet import LandmarkModel, landmark_unet
-from medrobust.tasks.base import CurveMetric, Task, TaskReport, data_place, fmt_value
+from medrobust.tasks.base import (
+    CurveMetric,
+    Task,
+    TaskReport,
+    data_place,
+    fmt_value,
+    width_only,
+)
 from medrobust.tasks.robust import (
     split,
     trained_about,
@@ -35,9 +42,6 @@ def train(train_ds: LandmarkDataset, val_ds: LandmarkDataset, options: dict[str,
     MRE 1.68 mm (SDR@2mm 72 %) on ISBI 2015 at 200x160, where 1e-3 reached 4.8 mm in 99."""
     o, robust = split(options)
     kwargs = trainer_kwargs(robust, "landmarks")
-    check_choice("heatmap_loss", o["heatmap_loss"], ("bce", "dice"))
-    for name in ("epochs", "batch_size"):
-        check_range(name, o[name], 1)
     model, history = train_landmark_model(
         train_ds, val_ds, epochs=o["epochs"], batch_size=o["batch_size"], lr=o["lr"],
         weight_decay=o["weight_decay"], radius=o["radius"], heatmap_loss=o["heatmap_loss"],
@@ -52,6 +56,14 @@ def train(train_ds: LandmarkDataset, val_ds: LandmarkDataset, options: dict[str,
                    "model_kwargs": {} if o["width"] is None else {"width": o["width"]},
                    "history": history,
                    "robust": about}
+
+
+def validate_options(o: dict[str, Any]) -> None:
+    check_choice("heatmap_loss", o["heatmap_loss"], ("bce", "dice"))
+    for name in ("epochs", "batch_size"):
+        check_range(name, o[name], 1)
+    if o["width"] is not None:
+        check_range("width", o["width"], 1)
 
 
 def network(train_ds: LandmarkDataset, val_ds: LandmarkDataset, o: dict[str, Any]
@@ -135,6 +147,7 @@ TASK = Task(name="landmarks", wrapper=LandmarkModel, datasets=("landmarks",), tr
             attack_rows=attack_rows, attack_summary=attack_summary,
             attack_targets=attack_targets, lower_is_better=True, describe=describe,
             describe_attack=describe_attack, check_data=check_data, network=network,
+            command_options=width_only("landmarks"), validate_options=validate_options,
             min_side=16, min_side_why="the landmark U-Net halves the image 4 times",
             report=TaskReport(
                 2, "Landmarks: mean radial error and SDR@2", "MRE",

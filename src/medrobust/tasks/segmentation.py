@@ -7,11 +7,18 @@ from typing import Any
 import numpy as np
 import torch
 
-from medrobust.errors import DataError
+from medrobust.errors import ConfigError, DataError
 from medrobust.metrics.segmentation import per_image_metrics
 from medrobust.models.registry import build_model
 from medrobust.models.segmenter import Segmenter
-from medrobust.tasks.base import CurveMetric, Task, TaskReport, data_place, fmt_value
+from medrobust.tasks.base import (
+    CurveMetric,
+    Task,
+    TaskReport,
+    config_meta,
+    data_place,
+    fmt_value,
+)
 from medrobust.tasks.robust import (
     split,
     trained_about,
@@ -37,8 +44,37 @@ def train(train_ds: Any, val_ds: Any, options: dict[str, Any], device: str
     result = train_segmenter(train_ds, val_ds, SegTrainConfig(**own), device, **kwargs)
     about = trained_about(kwargs, robust, result.history, train_ds)
     return result.segmenter, {"best_epoch": result.best_epoch, "val": result.val_metrics,
-                              "train_seconds": result.seconds, "history": result.history,
+                              "epochs_run": len(result.history),
+                              "train_seconds": result.seconds,
+                              "train_cpu_seconds": result.cpu_seconds,
+                              "history": result.history, "model_kwargs": own["model_kwargs"],
                               "robust": about}
+
+
+def command_options(given: dict[str, Any], start: dict[str, Any] | None) -> dict[str, Any]:
+    """``--augment auto`` means the task's default (flips); with ``--xi-from`` and no
+    ``--model``, the network that checkpoint holds (fine-tuning starts from it)."""
+    if "padding" in given or "width" in given:
+        raise ConfigError("--padding and --width apply to classifiers, not segmentation")
+    out = {k: v for k, v in given.items() if not (k == "augment" and v == "auto")}
+    if out.get("augment") == "shift":
+        raise ConfigError("--augment shift is for classification; segmentation takes flips or "
+                          "none")
+    if start is not None and "model" not in out:
+        out["model"] = str(start.get("model", OPTIONS["model"]))
+        out["model_kwargs"] = dict(start.get("model_kwargs") or {})
+    return out
+
+
+def validate_options(own: dict[str, Any]) -> None:
+    SegTrainConfig(**own).validate()
+
+
+def checkpoint_meta(trained: dict[str, Any], train_ds: Any, options: dict[str, Any],
+                    test: dict[str, Any]) -> dict[str, Any]:
+    return config_meta(SegTrainConfig(**split(options)[0]), trained, train_ds, test,
+                       train_cpu_seconds=trained["train_cpu_seconds"],
+                       torch_threads=torch.get_num_threads())
 
 
 def network(train_ds: Any, val_ds: Any, o: dict[str, Any]) -> torch.nn.Module:
@@ -106,6 +142,8 @@ TASK = Task(name="segmentation", wrapper=Segmenter, datasets=("segfolder",), tra
             default_model="unet", options=OPTIONS, attack_rows=attack_rows,
             attack_summary=attack_summary, attack_targets=attack_targets, describe=describe,
             describe_attack=describe_attack, check_data=check_data, network=network,
+            command_options=command_options, validate_options=validate_options,
+            checkpoint_meta=checkpoint_meta,
             report=TaskReport(
                 1, "Segmentation: Dice against the true mask", "Dice",
                 (CurveMetric("dice", "Dice vs truth", (("clean_dice", "adv_dice"),
