@@ -20,11 +20,12 @@ from medrobust.analysis.confidence_map import ConfidenceMap
 from medrobust.attacks import OnePixel
 from medrobust.attacks.pgd import PGD
 from medrobust.campaigns.confidence_map import MAP_TABLE, run_map_campaign
-from medrobust.campaigns.gradient import GRADIENT_TABLE, run_gradient_campaign
 from medrobust.campaigns.onepixel import ONEPIXEL_TABLE, run_onepixel_campaign
+from medrobust.campaigns.task_attack import TASK_ATTACK_TABLE, run_task_attack_campaign
 from medrobust.data import load_dataset
 from medrobust.models import load_classifier
 from medrobust.store import Store
+from medrobust.tasks import get_task
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 ATTACK = {"population": 20, "generations": 4, "seed": 5}
@@ -54,13 +55,15 @@ def _onepixel(db: Path, ckpt: Path, executor=None, batch_images: int = 3, n: int
 def _gradient(db: Path, ckpt: Path, executor=None, batch_images: int = 4):
     clf = load_classifier(ckpt)
     ds = _test_split()
-    att = PGD(clf, eps=8 / 255, steps=3, random_start=True, seed=2, batch_size=batch_images)
+    task = get_task("classification")
+    att = PGD(clf, loss=task.attack_loss(clf), eps=8 / 255, steps=3, random_start=True, seed=2,
+              batch_size=batch_images)
     info = {"dir": str(ckpt)}
     with Store(db) as store:
-        return run_gradient_campaign(store, clf, info, ds, att, "attack pgd",
-                                     {"attack": att.params()}, list(range(N)),
-                                     batch_images=batch_images, show_progress=False,
-                                     executor=executor)
+        return run_task_attack_campaign(store, task, clf, info, ds, att, "attack pgd",
+                                        {"attack": att.params()}, list(range(N)),
+                                        batch_images=batch_images, show_progress=False,
+                                        executor=executor)
 
 
 def _map(db: Path, ckpt: Path, out: Path, executor=None, tile: int | None = None):
@@ -126,8 +129,8 @@ def test_ray_rows_equal_local_rows_for_any_workers_and_chunking(tmp_path, checkp
     # gradient attacks with random starts: streams keyed by dataset index, not by chunk
     _gradient(tmp_path / "g_local.db", checkpoint)
     _gradient(tmp_path / "g_ray.db", checkpoint, RayExecutor(workers=2), batch_images=3)
-    assert _rows(tmp_path / "g_ray.db", GRADIENT_TABLE) == \
-        _rows(tmp_path / "g_local.db", GRADIENT_TABLE)
+    assert _rows(tmp_path / "g_ray.db", TASK_ATTACK_TABLE) == \
+        _rows(tmp_path / "g_local.db", TASK_ATTACK_TABLE)
 
 
 @pytest.mark.slow

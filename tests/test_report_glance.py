@@ -89,7 +89,7 @@ def test_glance_numbers_equal_the_store_summaries(demo):
         a = runs[rid]["params"]["attack"]
         e = g.robust[("PGD", "linf", a["eps"])]
         assert e.run_id == rid and e.p.n == s["images"]
-        assert e.rate == pytest.approx(s["robust_accuracy"])
+        assert e.rate == pytest.approx(s["adv_accuracy"])
     # with and without each defence: the adaptive runs' summaries, n and interval
     adaptive = _by(runs, "defend adaptive")
     assert set(g.adaptive) == {r["summary"]["label"] for r in adaptive}

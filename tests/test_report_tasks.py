@@ -205,7 +205,7 @@ def test_curves_one_point_per_eps_from_the_summaries(report):
         ("detection", "map50", "PGD Linf, 2 steps"): (ids["detection"], "adv_map50"),
         ("classification", "accuracy", "PGD Linf, 2 steps"):
             ([ids["classification"][0], ids["classification"][2], ids["rerun"][0]],
-             "robust_accuracy"),
+             "adv_accuracy"),
         ("segmentation", "dice", "PGD Linf, 2 steps"): (ids["segmentation"], "mean_dice_truth"),
     }
     assert len(curves) == 3 * 2 + 2 + 1 + 1  # landmarks: 3 attack/norms x (MRE, SDR)

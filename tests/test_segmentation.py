@@ -241,11 +241,11 @@ def test_cli_pgd_on_a_classifier(tmp_path, capsys, tiny_classifier, tiny_synthet
     out = run_json(capsys, "attack", "pgd", "--model", str(ck), "--limit", "12", "--eps",
                    "8/255", "--steps", "5", "--store", db)
     assert out["task"] == "classification" and out["images"] == 12
-    assert out["robust_accuracy"] <= out["clean_accuracy"]
+    assert out["adv_accuracy"] <= out["clean_accuracy"]
     assert out["mean_linf"] <= 8 / 255 + 1e-7
     eps0 = run_json(capsys, "attack", "ifgsm", "--model", str(ck), "--limit", "12", "--eps",
                     "0", "--store", db)
-    assert eps0["robust_accuracy"] == out["clean_accuracy"] and eps0["mean_l2"] == 0
+    assert eps0["adv_accuracy"] == out["clean_accuracy"] and eps0["mean_l2"] == 0
 
 
 def test_cli_errors_are_one_line(tmp_path, capsys):

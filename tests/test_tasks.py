@@ -224,12 +224,13 @@ def test_the_report_shows_a_registered_task_from_its_task_report(tmp_path):
     from medrobust.report.context import ReportContext
     from medrobust.report.task_section import budget_curves, budget_section
     from medrobust.store import Store
-    from medrobust.tasks import TASKS, CurveMetric, TaskReport, get_task, register_task
+    from medrobust.models.loading import LOADERS
+    from medrobust.tasks import CurveMetric, TaskReport, get_task, register_task, unregister_task
 
     toy = dataclasses.replace(get_task("landmarks"), name="toy-regression", report=TaskReport(
         9, "Toy regression: absolute error", "error",
         (CurveMetric("err", "absolute error", (("clean_err", "adv_err"),), upper=None),)),
-        lower_is_better=True)
+        lower_is_better=True, load=LOADERS["landmarks"])
     register_task(toy)
     try:
         with pytest.raises(ConfigError, match="already registered"):
@@ -250,4 +251,4 @@ def test_the_report_shows_a_registered_task_from_its_task_report(tmp_path):
             assert section is not None
             assert [s.title for s in section.subsections] == ["Toy regression: absolute error"]
     finally:
-        TASKS.pop("toy-regression", None)
+        unregister_task("toy-regression")

@@ -1,9 +1,13 @@
-"""Gradient-attack campaigns on landmark models and detectors, one row per image in the store.
+"""The gradient-attack campaign of every task: one row per image in ``task_attack_results``.
 
-The task says what an untargeted attack moves away from (the true landmarks, the true boxes) and
-how an image is scored before and after (radial error, the image's mAP); this loop only batches,
-attacks, records and resumes. Random starts are keyed by dataset index, so a resumed run gives
-the same rows as an uninterrupted one.
+The task says what an untargeted attack moves away from (the true label, landmarks or boxes),
+what a targeted one moves towards (``Task.goals``: a class) and how an image is scored before
+and after (correct, radial error, the image's mAP) and whether the attack reached its goal;
+this loop only batches, attacks, records and resumes. ``attack pgd|ifgsm`` and the attacked
+protocol (``evaluate --attack``) both run here. Random starts are keyed by dataset index, so a
+resumed run gives the same rows as an uninterrupted one. (Segmentation's ``attack pgd`` keeps
+the mask campaign it shares with ASMA, whose rows also score against a target mask; stores of
+earlier versions hold classifier attacks in ``gradient_results``, which the report still reads.)
 """
 
 from __future__ import annotations
@@ -19,10 +23,14 @@ import torch
 from medrobust.attacks.pgd import PGD
 from medrobust.campaigns.base import CampaignOutcome, batch_run
 from medrobust.campaigns.executor import Executor, Work, check_remote, is_remote
-from medrobust.campaigns.gradient import PERTURBATION_COLUMNS
 from medrobust.models.base import PixelModel
 from medrobust.store import ResultTable, Store
 from medrobust.tasks import Task
+
+#: what every gradient-attack row ends with: the loss before and after, the perturbation's size,
+#: the steps an image took (early stop) and the seconds per image
+PERTURBATION_COLUMNS = {"clean_loss": "REAL", "adv_loss": "REAL", "l2": "REAL", "linf": "REAL",
+                        "steps": "INTEGER", "seconds": "REAL"}
 
 TASK_ATTACK_TABLE = ResultTable(
     "task_attack_results",
@@ -38,6 +46,8 @@ TASK_ATTACK_TABLE = ResultTable(
         "adv_extra": "REAL",
         "clean_pred": "JSON",
         "adv_pred": "JSON",
+        "target": "JSON",
+        "success": "INTEGER",
         **PERTURBATION_COLUMNS,
     },
 )
@@ -45,12 +55,14 @@ TASK_ATTACK_TABLE = ResultTable(
 
 @dataclass
 class TaskAttackContext:
-    """What a worker needs: the task, the model, the dataset and the attack."""
+    """What a worker needs: the task, the model, the dataset, the attack and, for a targeted
+    attack, each image's target."""
 
     task: Task
     model: PixelModel
     dataset: Any
     attack: Any
+    targets: dict[int, Any] | None = None
 
 
 def task_attack_context(model: PixelModel, dataset: Any, params: dict[str, Any]
@@ -58,8 +70,10 @@ def task_attack_context(model: PixelModel, dataset: Any, params: dict[str, Any]
     from medrobust.campaigns.recipes import build_attack
     from medrobust.tasks import get_task
 
+    targets = params.get("targets")
     return TaskAttackContext(get_task(params["task"]), model, dataset,
-                             build_attack(model, params["attack"]))
+                             build_attack(model, params["attack"]),
+                             None if targets is None else {int(k): v for k, v in targets.items()})
 
 
 def task_attack_chunk(ctx: TaskAttackContext, chunk: list[int], emit: Any
@@ -70,7 +84,14 @@ def task_attack_chunk(ctx: TaskAttackContext, chunk: list[int], emit: Any
     loss = task.attack_loss(model)
     idx = np.asarray(chunk, dtype=np.int64)
     x = model.to_tensor(dataset.images[idx])
-    targets = task.attack_targets(dataset, idx)
+    aims = [None] * len(chunk) if ctx.targets is None else [ctx.targets[i] for i in chunk]
+    if ctx.targets is None:
+        targets = task.attack_targets(dataset, idx)
+    else:
+        assert task.goals is not None
+        targets = task.goals.goal(aims)
+    if isinstance(targets, torch.Tensor):
+        targets = targets.to(model.device)
     t0 = time.perf_counter()
     result = attack(x, targets, keys=chunk)
     adv = result.adversarial
@@ -81,8 +102,11 @@ def task_attack_chunk(ctx: TaskAttackContext, chunk: list[int], emit: Any
     scores = task.attack_rows(model, dataset, idx, x, adv)
     norms = result.perturbation_norms(x)
     steps = result.steps
+    success = [None if task.goals is None else int(task.goals.success(scores[j], aims[j]))
+               for j in range(len(chunk))]
     return [(i, {"dataset_index": i, "attack": attack.name, "task": task.name,
-                 **scores[j], "clean_loss": float(clean_loss[j]),
+                 **scores[j], "target": aims[j], "success": success[j],
+                 "clean_loss": float(clean_loss[j]),
                  "adv_loss": float(adv_loss[j]), "l2": float(norms["l2"][j]),
                  "linf": float(norms["linf"][j]),
                  "steps": None if steps is None else int(steps[j]),
@@ -95,8 +119,10 @@ def run_task_attack_campaign(store: Store, task: Task, model: PixelModel,
                              command: str, params: dict[str, Any], indices: Sequence[int],
                              batch_images: int = 16, resume: bool = True,
                              show_progress: bool = True, executor: Executor | None = None,
-                             recipe: dict[str, Any] | None = None) -> CampaignOutcome:
-    """Attack ``dataset[indices]`` through ``task``'s loss and record each image's scores.
+                             recipe: dict[str, Any] | None = None,
+                             targets: dict[int, Any] | None = None) -> CampaignOutcome:
+    """Attack ``dataset[indices]`` through ``task``'s loss and record each image's scores;
+    ``targets`` (image -> its target, ``Task.goals``) makes the attack targeted.
 
     ``executor``: where the batches run (default: this process). Ray workers load the checkpoint
     named by ``model_info["dir"]`` and build the attack from ``recipe`` (default: the recipe of
@@ -116,12 +142,24 @@ def run_task_attack_campaign(store: Store, task: Task, model: PixelModel,
                    items=[int(i) for i in indices], size=batch_images, desc=attack.name,
                    resume=resume, show_progress=show_progress) as run:
         run.execute(Work(compute=task_attack_chunk,
-                         local=lambda: TaskAttackContext(task, model, dataset, attack),
+                         local=lambda: TaskAttackContext(task, model, dataset, attack, targets),
                          remote=task_attack_context,
-                         params={"task": task.name, "attack": recipe},
+                         params={"task": task.name, "attack": recipe,
+                                 "targets": None if targets is None else {
+                                     str(k): v for k, v in targets.items()}},
                          model_dir=model_info.get("dir", ""), data=dataset), executor)
-        summary = task.attack_summary(store.rows(TASK_ATTACK_TABLE, run_id=run.run_id), dataset)
+        rows = store.rows(TASK_ATTACK_TABLE, run_id=run.run_id)
+        summary = {**task.attack_summary(rows, dataset), **perturbation_means(rows)}
     seconds = time.perf_counter() - start
     summary["seconds_this_session"] = seconds
     store.finish_run(run.run_id, "completed", summary)
     return CampaignOutcome(run.run_id, run.resumed, len(run.todo), seconds, summary)
+
+
+def perturbation_means(rows: list[dict[str, Any]]) -> dict[str, float | None]:
+    """Mean L2 and Linf of the perturbations and mean steps (early stop: fewer), any task."""
+    def mean(key: str) -> float | None:
+        vals = [r[key] for r in rows if r.get(key) is not None]
+        return float(np.mean(vals)) if vals else None
+
+    return {"mean_l2": mean("l2"), "mean_linf": mean("linf"), "mean_steps": mean("steps")}

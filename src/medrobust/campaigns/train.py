@@ -37,7 +37,7 @@ class DataRequest:
     def open(self, task: Task, split: str) -> Any:
         name = self.name or task.datasets[0]
         owner = next((t.name for t in TASKS.values() if name in t.datasets), None)
-        if owner is not None and owner != task.name:
+        if name not in task.datasets and owner is not None:
             raise ConfigError(f"{task.name} trains on {', '.join(task.datasets)}, not {name!r} "
                               f"(a {owner} dataset: use --task {owner})")
         options: dict[str, Any] = {"size": self.size}

@@ -20,10 +20,10 @@ from medrobust.cli.common import (
     open_dataset,
     option_given,
 )
-from medrobust.data import ImageDataset
 from medrobust.errors import ConfigError
 from medrobust.models import load_classifier, read_meta
 from medrobust.store import Store
+from medrobust.tasks.classification import resolve_targets
 from medrobust.utils.device import resolve_device
 from medrobust.utils.validation import check_range
 
@@ -37,20 +37,6 @@ def check_target_options(targeted: bool) -> None:
     """``--target`` without ``--targeted`` would be silently ignored."""
     if not targeted and option_given("target"):
         raise ConfigError("--target needs --targeted (without it the attack is untargeted)")
-
-
-def resolve_targets(spec: str, ds: ImageDataset, indices: list[int]) -> dict[int, int]:
-    """``--target``: a class name, a class index, or ``next`` (label + 1 mod K)."""
-    names = list(ds.class_names)
-    if spec == "next":
-        return {i: (int(ds.labels[i]) + 1) % len(names) for i in indices}
-    if spec in names:
-        t = names.index(spec)
-    elif spec.isdigit() and int(spec) < len(names):
-        t = int(spec)
-    else:
-        raise ConfigError(f"--target {spec!r} is not a class of {ds.name}: {', '.join(names)}")
-    return {i: t for i in indices if int(ds.labels[i]) != t}
 
 
 @attack.command()

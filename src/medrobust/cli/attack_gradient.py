@@ -1,10 +1,10 @@
-"""``medrobust attack pgd|ifgsm``: gradient attacks on classifiers or segmentation models.
+"""``medrobust attack pgd|ifgsm``: gradient attacks on a model of any task, at one budget.
 
-The task comes from the checkpoint (``--task auto``) or is stated. Classification: robust
-accuracy at one budget (untargeted, or ``--targeted`` towards a class). Segmentation: untargeted
-(``--target-mode none``: push away from the truth) or targeted towards target masks; either way
-every image's IoU, pixel accuracy and Dice against target and truth and the perturbation size are
-recorded. Both resume from the store.
+The task comes from the checkpoint (``--task auto``) or is stated, and says what its attacks
+take. Every task runs the task-attack campaign (each image's task metric before and after;
+classifiers also ``--targeted`` towards a class, with early stop), except mask models, which
+keep the campaign they share with ASMA: untargeted (``--target-mode none``) or towards target
+masks, every image scored against target and truth. Both resume from the store.
 """
 
 from __future__ import annotations
@@ -15,23 +15,22 @@ from typing import Any
 
 import click
 
-from medrobust.attacks.criteria import hits_target, mask_iou_at_least, misclassified
+from medrobust.attacks.criteria import mask_iou_at_least
 from medrobust.attacks.ifgsm import IFGSM
 from medrobust.attacks.losses import get_loss
 from medrobust.attacks.pgd import PGD
-from medrobust.campaigns.gradient import run_gradient_campaign
 from medrobust.campaigns.seg_attacks import attack_fn
 from medrobust.campaigns.segmentation import run_segmentation_campaign
-from medrobust.cli.attack import check_target_options, resolve_targets
+from medrobust.cli.attack import check_target_options
 from medrobust.cli.common import (
     DEFAULT_STORE,
+    TaskChoice,
     check_model_size,
     classes_option,
     common_options,
     emit,
     executor_options,
     fmt,
-    open_dataset,
     open_model_dataset,
     option_given,
 )
@@ -44,12 +43,14 @@ from medrobust.cli.seg_common import (
     target_options,
 )
 from medrobust.errors import ConfigError
-from medrobust.models import load_classifier, read_meta
+from medrobust.models import read_meta
 from medrobust.store import Store
-from medrobust.tasks import TASKS
+from medrobust.tasks import DEFAULT_TASK, Task, get_task
 from medrobust.utils.device import resolve_device
 
 ATTACKS: dict[str, type[PGD]] = {"pgd": PGD, "ifgsm": IFGSM}
+#: ``--task auto``: the task the checkpoint records
+AUTO = "auto"
 
 
 def gradient_options(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -57,8 +58,8 @@ def gradient_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     decorators = [
         click.option("--model", "model_dir", required=True, type=click.Path(),
                      help="Checkpoint folder."),
-        click.option("--task", type=click.Choice(["auto", *TASKS]),
-                     default="auto", show_default=True,
+        click.option("--task", type=TaskChoice(AUTO),
+                     default=AUTO, show_default=True,
                      help="auto: from the checkpoint's metadata."),
         click.option("--dataset", default=None,
                      help="Dataset (default: the one the model was trained on)."),
@@ -103,17 +104,37 @@ def gradient_options(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 def resolve_task(task: str, model_dir: str) -> str:
     """The task the user named, or the checkpoint's; a mismatch is one line, not a traceback."""
-    saved = read_meta(model_dir).get("task", "classification")
-    if task == "auto":
+    saved = read_meta(model_dir).get("task", DEFAULT_TASK)
+    if task == AUTO:
         return str(saved)
     if task != saved:
         raise ConfigError(f"--task {task}, but {model_dir} holds a {saved} model")
     return task
 
 
-def check_task_options(task: str, opts: dict[str, Any]) -> None:
-    """Options of the other task would be silently ignored: refuse them."""
-    if task in ("landmarks", "detection"):
+def check_task_options(task: Task, opts: dict[str, Any]) -> None:
+    """Options the task's attacks cannot take would be silently ignored: refuse them. What a
+    task takes follows from what it declares (``goals``: targets and early stop; mask
+    attacks: target masks, the Dice loss, the IoU stop and example panels)."""
+    if task.mask_attacks:
+        if opts["targeted"] or option_given("target"):
+            raise ConfigError("--targeted and --target are for classifiers; segmentation "
+                              "targets come from --target-mode")
+        if option_given("stop_iou") and not opts["early_stop"]:
+            raise ConfigError("--stop-iou applies to segmentation models with --early-stop")
+        return
+    if task.goals is not None:
+        check_target_options(opts["targeted"])
+    masks = "segmentation models"
+    for flag, used, where in (
+            ("--target-mode", opts["target_mode"] != "none", masks),
+            ("--stop-iou", option_given("stop_iou"), f"{masks} with --early-stop"),
+            ("--loss dice", opts["loss"] != "ce", masks),
+            ("--examples", option_given("examples"), masks)):
+        if used and task.goals is not None:
+            raise ConfigError(f"{flag} applies to {where}" if flag != "--loss dice"
+                              else "--loss dice is for segmentation models")
+    if task.goals is None:
         for flag, used in (("--targeted", opts["targeted"]), ("--target", option_given("target")),
                            ("--target-mode", opts["target_mode"] != "none"),
                            ("--loss", option_given("loss")),
@@ -121,95 +142,49 @@ def check_task_options(task: str, opts: dict[str, Any]) -> None:
                            ("--stop-iou", option_given("stop_iou")),
                            ("--examples", option_given("examples"))):
             if used:
-                raise ConfigError(f"{flag} does not apply to {task} models: their attacks raise "
-                                  "the task's own training loss, untargeted")
-        return
-    if task == "classification":
-        check_target_options(opts["targeted"])
-        if opts["target_mode"] != "none":
-            raise ConfigError("--target-mode applies to segmentation models; classifiers take "
-                              "--targeted and --target")
-        if option_given("stop_iou"):
-            raise ConfigError("--stop-iou applies to segmentation models with --early-stop")
-        if opts["loss"] != "ce":
-            raise ConfigError("--loss dice is for segmentation models")
-    else:
-        if opts["targeted"] or option_given("target"):
-            raise ConfigError("--targeted and --target are for classifiers; segmentation "
-                              "targets come from --target-mode")
-        if option_given("stop_iou") and not opts["early_stop"]:
-            raise ConfigError("--stop-iou applies to segmentation models with --early-stop")
+                raise ConfigError(f"{flag} does not apply to {task.name} models: their attacks "
+                                  "raise the task's own training loss, untargeted")
 
 
 def run_gradient(kind: str, opts: dict[str, Any]) -> None:
     """The body of ``pgd`` and ``ifgsm``."""
     check_campaign_options(opts)
-    task = resolve_task(opts["task"], opts["model_dir"])
+    task = get_task(resolve_task(opts["task"], opts["model_dir"]))
     check_task_options(task, opts)
     check_model_size(opts["size"], read_meta(opts["model_dir"]))
-    # classifiers and segmenters have their own campaigns (targeted goals, early stop, example
-    # panels); every other task is attacked through its loss by the task-attack campaign
-    own = {"classification": _classification, "segmentation": _segmentation}.get(task)
-    summary, line = own(kind, opts) if own is not None else _task_attack(kind, task, opts)
-    summary["task"] = task
+    # mask models keep the campaign they share with ASMA (target masks, example panels);
+    # every other task is attacked through its loss by the one task-attack campaign
+    run = _masks if task.mask_attacks else _task_attack
+    summary, line = run(kind, task, opts)
+    summary["task"] = task.name
 
     def human() -> None:
         s = summary
         verb = "resumed" if s["resumed"] else "ran"
-        click.echo(f"{verb} run {s['run_id']} ({kind}, {task}): {s['images']} images")
+        click.echo(f"{verb} run {s['run_id']} ({kind}, {task.name}): {s['images']} images")
         click.echo(line)
         click.echo(f"results in {s['store']} (table {s['table']})")
 
     emit(summary, opts["as_json"], human)
 
 
-def _attack(kind: str, model: Any, opts: dict[str, Any], targeted: bool, early: Any) -> PGD:
-    return ATTACKS[kind](model, loss=get_loss(opts["loss"]), norm=opts["norm"], eps=opts["eps"],
+def _attack(kind: str, model: Any, opts: dict[str, Any], loss: Any, targeted: bool,
+            early: Any) -> PGD:
+    return ATTACKS[kind](model, loss=loss, norm=opts["norm"], eps=opts["eps"],
                          step=opts["step"], steps=opts["steps"],
                          random_start=opts["random_start"], targeted=targeted,
                          early_stop=early if opts["early_stop"] else None,
                          batch_size=opts["batch_images"], seed=opts["seed"])
 
 
-def _classification(kind: str, opts: dict[str, Any]) -> tuple[dict[str, Any], str]:
-    device = resolve_device(opts["device"])
-    meta = read_meta(opts["model_dir"])
-    clf = load_classifier(opts["model_dir"], device)
-    targeted = bool(opts["targeted"])
-    att = _attack(kind, clf, opts, targeted, hits_target if targeted else misclassified)
-    ds = open_dataset(opts["dataset"], opts["split"], opts["data_dir"], opts["size"],
-                      opts["no_verify"], meta.get("dataset"), model_channels=clf.channels)
-    att.check_images((ds.channels, *ds.images.shape[1:3]))
-    indices = pick_indices(ds, opts["limit"])
-    targets = resolve_targets(opts["target"], ds, indices) if targeted else None
-    if targets is not None:
-        indices = [i for i in indices if i in targets]
-    info = {"dir": str(Path(opts["model_dir"]).resolve()), "model": meta.get("model"),
-            "model_kwargs": meta.get("model_kwargs", {}), "saved_at": meta.get("saved_at"),
-            "head": clf.head, "class_names": list(clf.class_names)}
-    params = {"attack": att.params(), "task": "classification", "indices": indices,
-              "targets": None if targets is None else {str(k): v for k, v in targets.items()}}
-    with Store(opts["store_path"]) as store:
-        out = run_gradient_campaign(store, clf, info, ds, att, f"attack {kind}", params, indices,
-                                    targets, batch_images=opts["batch_images"],
-                                    resume=not opts["no_resume"],
-                                    show_progress=not opts["as_json"],
-                                    executor=opts["executor"])
-    s = out.summary
-    line = (f"clean accuracy {fmt(s['clean_accuracy'])}  robust accuracy "
-            f"{fmt(s['robust_accuracy'])}  success rate {fmt(s['success_rate'])}  mean L2 "
-            f"{fmt(s['mean_l2'])}  mean Linf {fmt(s['mean_linf'])}")
-    return {"run_id": out.run_id, "resumed": out.resumed, "attacked_now": out.computed_now,
-            "store": opts["store_path"], "table": "gradient_results", **s}, line
-
-
-def _segmentation(kind: str, opts: dict[str, Any]) -> tuple[dict[str, Any], str]:
+def _masks(kind: str, task: Task, opts: dict[str, Any]) -> tuple[dict[str, Any], str]:
     if opts["target_mode"] == "none" and opts["early_stop"]:
         raise ConfigError("--early-stop needs a target (--target-mode other|erase|...)")
     seg, ds, indices, target = segmentation_inputs(opts)
-    att = _attack(kind, seg, opts, target is not None, mask_iou_at_least(opts["stop_iou"]))
+    att = _attack(kind, seg, opts, get_loss(opts["loss"]), target is not None,
+                  mask_iou_at_least(opts["stop_iou"]))
     att.check_images((ds.channels, *ds.images.shape[1:3]))
-    params = {"attack": att.params(), "task": "segmentation",
+    params = {"attack": att.params(), "task": task.name,
               "target": None if target is None else target.describe(), "indices": indices}
     with Store(opts["store_path"]) as store:
         out = run_segmentation_campaign(
@@ -225,39 +200,43 @@ def _segmentation(kind: str, opts: dict[str, Any]) -> tuple[dict[str, Any], str]
             "store": opts["store_path"], "table": "segattack_results", **s}, line
 
 
-def _task_attack(kind: str, task_name: str, opts: dict[str, Any]
-                 ) -> tuple[dict[str, Any], str]:
-    """Landmark models and detectors: the attack raises the task's training loss; each image's
-    task metric before and after lands in the store (``task_attack_results``)."""
+def _task_attack(kind: str, task: Task, opts: dict[str, Any]) -> tuple[dict[str, Any], str]:
+    """Any other task: the attack raises the task's training loss (or, targeted, lowers it
+    towards each image's target); each image's task metric before and after, and whether the
+    attack reached its goal, land in ``task_attack_results``."""
     from medrobust.campaigns.task_attack import run_task_attack_campaign
     from medrobust.models.loading import load_model
-    from medrobust.tasks import get_task
 
-    task = get_task(task_name)
     meta = read_meta(opts["model_dir"])
     model = load_model(opts["model_dir"], resolve_device(opts["device"]))
-    att = ATTACKS[kind](model, loss=task.attack_loss(model), norm=opts["norm"], eps=opts["eps"],
-                        step=opts["step"], steps=opts["steps"],
-                        random_start=opts["random_start"], batch_size=opts["batch_images"],
-                        seed=opts["seed"])
+    targeted = bool(opts["targeted"])
+    early = None if task.goals is None else task.goals.early_stop(targeted)
+    att = _attack(kind, model, opts, task.attack_loss(model), targeted, early)
     ds = open_model_dataset(meta, model, opts["dataset"], opts["split"],
                             opts["data_dir"], opts["size"], opts["no_verify"])
     att.check_images((ds.channels, *ds.images.shape[1:3]))
     indices = pick_indices(ds, opts["limit"])
+    targets = None
+    if targeted:
+        assert task.goals is not None  # check_task_options refused --targeted otherwise
+        targets = task.goals.choose(opts["target"], ds, indices)
+        indices = [i for i in indices if i in targets]
     info = {"dir": str(Path(opts["model_dir"]).resolve()), "model": meta.get("model"),
             "model_kwargs": meta.get("model_kwargs", {}), "saved_at": meta.get("saved_at"),
-            "task": task_name}
-    params = {"attack": att.params(), "task": task_name, "indices": indices}
+            "task": task.name}
+    params = {"attack": att.params(), "task": task.name, "indices": indices,
+              "targets": None if targets is None else {str(k): v for k, v in targets.items()}}
     with Store(opts["store_path"]) as store:
         out = run_task_attack_campaign(store, task, model, info, ds, att, f"attack {kind}",
                                        params, indices, batch_images=opts["batch_images"],
                                        resume=not opts["no_resume"],
                                        show_progress=not opts["as_json"],
-                                       executor=opts["executor"])
-    assert task.describe_attack is not None
+                                       executor=opts["executor"], targets=targets)
+    s = out.summary
+    line = (f"{task.describe_attack(s) if task.describe_attack else ''}  mean L2 "
+            f"{fmt(s.get('mean_l2'))}  mean Linf {fmt(s.get('mean_linf'))}")
     return {"run_id": out.run_id, "resumed": out.resumed, "attacked_now": out.computed_now,
-            "store": opts["store_path"], "table": "task_attack_results",
-            **out.summary}, task.describe_attack(out.summary)
+            "store": opts["store_path"], "table": "task_attack_results", **s}, line
 
 
 @click.command()

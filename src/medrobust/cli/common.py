@@ -21,6 +21,25 @@ from medrobust.errors import ConfigError, DataError
 DEFAULT_STORE = "medrobust.db"
 
 
+class TaskChoice(click.Choice):
+    """``--task``: the registry's tasks as the command runs, so a task registered after this
+    module was imported is a choice too (``extra``: values before them, e.g. ``auto``)."""
+
+    def __init__(self, *extra: str) -> None:
+        self.extra = extra
+        super().__init__([], case_sensitive=True)
+
+    @property  # type: ignore[override]
+    def choices(self) -> tuple[str, ...]:
+        from medrobust.tasks import TASKS
+
+        return (*self.extra, *TASKS)
+
+    @choices.setter
+    def choices(self, value: Any) -> None:  # click's __init__ sets it; the registry decides
+        pass
+
+
 def check_outputs(out: str | Path, store_path: str | Path) -> None:
     """A checkpoint folder and a store must both be writable before data is loaded or a run is
     recorded (every ``train`` path checks this first)."""

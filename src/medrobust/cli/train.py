@@ -13,6 +13,7 @@ import click
 from medrobust.campaigns.train import DataRequest, TrainRequest, train_model
 from medrobust.cli.common import (
     DEFAULT_STORE,
+    TaskChoice,
     chosen_classes,
     common_options,
     dataset_options,
@@ -36,7 +37,7 @@ def _defaults(option: str) -> str:
 
 
 @click.command()
-@click.option("--task", type=click.Choice(list(TASKS)), default=DEFAULT_TASK, show_default=True,
+@click.option("--task", type=TaskChoice(), default=DEFAULT_TASK, show_default=True,
               help="segmentation: a U-Net on image+mask data (--dataset segfolder); landmarks: "
                    "the multi-task landmark U-Net (--dataset landmarks, a landmark folder); "
                    "detection: a CenterNet detector (--dataset bccd-detection or voc).")

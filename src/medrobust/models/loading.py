@@ -77,6 +77,11 @@ LOADERS: dict[str, Callable[..., PixelModel]] = {
 }
 
 
+def register_loader(task: str, loader: Callable[..., PixelModel]) -> None:
+    """The loader of a task registered after import (``medrobust.tasks.register_task``)."""
+    LOADERS[task] = loader
+
+
 def checkpoint_task(ckpt_dir: str | Path) -> str:
     """The task a checkpoint was trained for (``classification`` when the file does not say)."""
     task = read_meta(ckpt_dir).get("task", "classification")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from medrobust.errors import ConfigError
 from medrobust.models.base import PixelModel
-from medrobust.tasks.base import CurveMetric, Task, TaskReport
+from medrobust.tasks.base import AttackGoals, CurveMetric, Task, TaskReport
 from medrobust.tasks.classification import TASK as CLASSIFICATION
 from medrobust.tasks.detection import TASK as DETECTION
 from medrobust.tasks.landmarks import TASK as LANDMARKS
@@ -24,8 +24,21 @@ def register_task(task: Task) -> Task:
     section that asks the registry then serves it. Refuses a name already taken."""
     if task.name in TASKS:
         raise ConfigError(f"a task named {task.name!r} is already registered")
+    if task.load is None:
+        raise ConfigError(f"task {task.name!r} needs a checkpoint loader (Task.load)")
+    from medrobust.models.loading import register_loader
+
     TASKS[task.name] = task
+    register_loader(task.name, task.load)
     return task
+
+
+def unregister_task(name: str) -> None:
+    """Remove a task added by ``register_task`` (tests; a plugin being unloaded)."""
+    from medrobust.models.loading import LOADERS
+
+    TASKS.pop(name, None)
+    LOADERS.pop(name, None)
 
 
 def ordered_tasks() -> list[Task]:
@@ -49,5 +62,5 @@ def task_of(model: PixelModel) -> Task:
     return get_task(model.task)
 
 
-__all__ = ["DEFAULT_TASK", "TASKS", "CurveMetric", "Task", "TaskReport", "get_task",
-           "ordered_tasks", "register_task", "task_of", "task_report"]
+__all__ = ["DEFAULT_TASK", "TASKS", "AttackGoals", "CurveMetric", "Task", "TaskReport", "get_task",
+           "ordered_tasks", "register_task", "task_of", "task_report", "unregister_task"]

@@ -71,6 +71,22 @@ class TaskReport:
 
 
 @dataclass(frozen=True)
+class AttackGoals:
+    """How a task's gradient attacks aim beyond "away from the truth": targets a user names,
+    the goal batch an attack moves towards, when an image is done (early stop), and whether
+    the attack reached its goal. Tasks without one take untargeted attacks only."""
+
+    #: (``--target`` text, dataset, indices) -> each image's target (classification: a class)
+    choose: Callable[[str, Any, list[int]], dict[int, Any]]
+    #: the targets of a batch -> the goal the attack's loss takes
+    goal: Callable[[list[Any]], Any]
+    #: targeted? -> ``fn(outputs, goal) -> (N,) bool``, the test early stop freezes an image on
+    early_stop: Callable[[bool], Callable[[torch.Tensor, Any], torch.Tensor]]
+    #: (one attack row, the image's target or None) -> the attack reached its goal
+    success: Callable[[Mapping[str, Any], Any], bool]
+
+
+@dataclass(frozen=True)
 class Task:
     """One task's recipe; see ``medrobust.tasks.TASKS`` for the registered ones."""
 
@@ -123,6 +139,14 @@ class Task:
     #: metadata (the wrapper adds what rebuilds it); None: ``Task.saved_meta``'s layout
     checkpoint_meta: Callable[[dict[str, Any], Any, dict[str, Any], dict[str, Any]],
                               dict[str, Any]] | None = None
+    #: (checkpoint folder, device, loader options) -> the wrapper, for a task registered after
+    #: import (the built-in tasks' loaders are ``models.loading.LOADERS``)
+    load: Callable[..., PixelModel] | None = None
+    #: targeted attacks, early stop and success (None: untargeted attacks only)
+    goals: AttackGoals | None = None
+    #: the model outputs masks: ``attack pgd`` runs the mask campaign (shared with ASMA), whose
+    #: targets are masks (``--target-mode``) and whose rows score against target and truth
+    mask_attacks: bool = False
 
     def model_name(self, options: Mapping[str, Any]) -> str:
         """The zoo model these options train (tasks with one network: ``default_model``)."""

@@ -8,11 +8,19 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from medrobust.attacks.criteria import hits_target, misclassified
 from medrobust.errors import ConfigError
 from medrobust.metrics.proportion import proportion
 from medrobust.models.classifier import Classifier
 from medrobust.models.registry import build_model
-from medrobust.tasks.base import CurveMetric, Task, TaskReport, config_meta, fmt_value
+from medrobust.tasks.base import (
+    AttackGoals,
+    CurveMetric,
+    Task,
+    TaskReport,
+    config_meta,
+    fmt_value,
+)
 from medrobust.tasks.robust import (
     split,
     trained_about,
@@ -104,13 +112,42 @@ def attack_rows(model: Classifier, ds: Any, idx: np.ndarray, clean: torch.Tensor
     return rows
 
 
+def resolve_targets(spec: str, ds: Any, indices: list[int]) -> dict[int, int]:
+    """``--target``: a class name, a class index, or ``next`` (label + 1 mod K); images already
+    of the target class are left out (there is nothing to attack)."""
+    names = list(ds.class_names)
+    if spec == "next":
+        return {i: (int(ds.labels[i]) + 1) % len(names) for i in indices}
+    if spec in names:
+        t = names.index(spec)
+    elif spec.isdigit() and int(spec) < len(names):
+        t = int(spec)
+    else:
+        raise ConfigError(f"--target {spec!r} is not a class of {ds.name}: {', '.join(names)}")
+    return {i: t for i in indices if int(ds.labels[i]) != t}
+
+
+def attack_success(row: Any, target: Any) -> bool:
+    """Targeted: the prediction is the target; untargeted: it is no longer the label."""
+    return row["adv_pred"] == target if target is not None else row["adv_metric"] == 0.0
+
+
+GOALS = AttackGoals(
+    choose=resolve_targets,
+    goal=lambda targets: torch.tensor([int(t) for t in targets], dtype=torch.int64),
+    early_stop=lambda targeted: hits_target if targeted else misclassified,
+    success=attack_success)
+
+
 def attack_summary(rows: list[dict[str, Any]], ds: Any) -> dict[str, Any]:
     """Clean and robust accuracy with 95 % Wilson intervals, and the success rate among the
-    images the model got right (the ones an attack can fool)."""
+    images the model got right (the ones an attack can fool; targeted: reach the target)."""
     right = [r for r in rows if r["clean_metric"] == 1.0]
     clean = proportion(int(sum(r["clean_metric"] for r in rows)), len(rows))
     robust = proportion(int(sum(r["adv_metric"] for r in rows)), len(rows))
-    fooled = proportion(sum(r["adv_metric"] == 0.0 for r in right), len(right))
+    # rows from before success was recorded are untargeted: success = fooled
+    fooled = proportion(sum(bool(r["success"]) if r.get("success") is not None
+                            else r["adv_metric"] == 0.0 for r in right), len(right))
     return {"images": len(rows), "clean_accuracy": clean.rate, "adv_accuracy": robust.rate,
             "adv_accuracy_ci95": robust.ci95, "clean_accuracy_ci95": clean.ci95,
             "attacked": len(right), "success_rate": fooled.rate}
@@ -136,7 +173,7 @@ TASK = Task(name="classification", wrapper=Classifier,
             attack_summary=attack_summary, attack_targets=attack_targets, class_logits=True,
             describe=describe, describe_attack=describe_attack, network=network,
             command_options=command_options, validate_options=validate_options,
-            checkpoint_meta=checkpoint_meta,
+            checkpoint_meta=checkpoint_meta, goals=GOALS,
             report=TaskReport(
                 0, "Classification: accuracy", "accuracy",
                 (CurveMetric("accuracy", "accuracy", (("clean_accuracy", "adv_accuracy"),

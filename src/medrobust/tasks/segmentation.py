@@ -143,7 +143,7 @@ TASK = Task(name="segmentation", wrapper=Segmenter, datasets=("segfolder",), tra
             attack_summary=attack_summary, attack_targets=attack_targets, describe=describe,
             describe_attack=describe_attack, check_data=check_data, network=network,
             command_options=command_options, validate_options=validate_options,
-            checkpoint_meta=checkpoint_meta,
+            checkpoint_meta=checkpoint_meta, mask_attacks=True,
             report=TaskReport(
                 1, "Segmentation: Dice against the true mask", "Dice",
                 (CurveMetric("dice", "Dice vs truth", (("clean_dice", "adv_dice"),
