@@ -10,10 +10,9 @@ still anneals inside the budget.
 
 from __future__ import annotations
 
-import copy
 import math
-import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -29,13 +28,15 @@ from medrobust.models.centernet import centernet
 from medrobust.models.centernet_codec import decode, encode
 from medrobust.models.detector import Detector
 from medrobust.training.detection_loss import TERMS, DetectionLoss
-from medrobust.training.loop import start_from
+from medrobust.training.loop import EpochEnd, Judgement, start_from, torch_shuffle, train_epochs
 from medrobust.training.resume import EpochState
 from medrobust.training.robust import LossSpec, RobustConfig, build_objective
-from medrobust.utils.progress import progress
 from medrobust.utils.seeding import seed_everything
 
 Boxes = list[torch.Tensor]
+#: part of the resume key: states the epoch loop of before ``loop.train_epochs`` wrote hold
+#: other entries, so they are refused as another run's rather than misread
+STATE_FORMAT = 2
 
 
 def channel_stats(images: np.ndarray) -> tuple[list[float], list[float]]:
@@ -162,6 +163,78 @@ def _lr_factor(progress_fraction: float, warmup: float) -> float:
     return 0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * min(p, 1.0)))
 
 
+def _lr_at(step: int, seconds: float, *, lr: float, warmup: float, minutes: float | None,
+           total_steps: int) -> float:
+    """The rate for step ``step`` (counted from 0) after ``seconds`` of the run: the schedule
+    follows the steps done, or the share of the time budget spent when that is further."""
+    done = step / total_steps
+    if minutes is not None:
+        done = max(done, seconds / (60.0 * minutes))
+    return lr * _lr_factor(done, warmup)
+
+
+def _check_settings(train: DetectionDataset, val: DetectionDataset, epochs: int,
+                    batch_size: int, lr: float, eval_every: int, minutes: float | None) -> None:
+    if epochs < 1 or batch_size < 1 or lr <= 0 or eval_every < 1:
+        raise ConfigError("epochs, batch_size and eval_every must be >= 1 and lr > 0")
+    if minutes is not None and minutes <= 0:
+        raise ConfigError(f"minutes must be positive, got {minutes}")
+    if train.class_names != val.class_names or train.channels != val.channels:
+        raise ConfigError("train and val must share classes and channels")
+
+
+class _Steps:
+    """The training split's batches (seeded augmentation) and their loss: CenterNet's on the
+    normalised input, or the robust ``objective``'s through the pixel-space ``wrapper``."""
+
+    def __init__(self, train: DetectionDataset, model: nn.Module, criterion: DetectionLoss,
+                 mean: Sequence[float], std: Sequence[float], device: str,
+                 generator: torch.Generator | None, wrapper: Detector | None = None,
+                 objective: Any = None) -> None:
+        self.images = torch.from_numpy(train.images).permute(0, 3, 1, 2)  # uint8 view, kept
+        self.boxes = [torch.from_numpy(b) for b in train.boxes]
+        self.labels = [torch.from_numpy(lab) for lab in train.labels]
+        self.mean = torch.tensor(mean, device=device).view(1, -1, 1, 1)
+        self.std = torch.tensor(std, device=device).view(1, -1, 1, 1)
+        self.model, self.criterion, self.num_classes = model, criterion, train.num_classes
+        self.device, self.generator = device, generator
+        self.wrapper, self.objective = wrapper, objective
+
+    def targets(self, boxes: Boxes, labels: list[torch.Tensor], size: tuple[int, ...]
+                ) -> dict[str, torch.Tensor]:
+        return _targets(boxes, labels, (size[0], size[1]), self.num_classes, self.model.stride,
+                        self.device)
+
+    def plain(self, batch_size: int) -> Iterator[tuple[torch.Tensor, dict[str, torch.Tensor]]]:
+        """(pixels, targets) in order without augmentation: the objective's calibration."""
+        for i in range(0, len(self.images), batch_size):
+            yield (self.images[i:i + batch_size].float().div(255.0).to(self.device),
+                   self.targets(self.boxes[i:i + batch_size], self.labels[i:i + batch_size],
+                                tuple(self.images.shape[-2:])))
+
+    def loss(self, idx: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The mean loss of the items ``idx`` and their per-item terms."""
+        x = self.images[idx].float().div(255.0)
+        boxes = [self.boxes[i] for i in idx.tolist()]
+        labels = [self.labels[i] for i in idx.tolist()]
+        if self.generator is not None:
+            x, boxes, keeps = augment_detection(x, boxes, self.generator)
+            labels = [lab[k] for lab, k in zip(labels, keeps, strict=True)]
+        x = x.to(self.device)
+        if self.objective is not None:
+            assert self.wrapper is not None
+            loss, terms = self.objective.loss(self.wrapper, x, self.targets(
+                boxes, labels, tuple(x.shape[-2:])), idx)
+            assert terms is not None
+        else:
+            outputs = _forward(self.model, x, self.mean, self.std)
+            terms = self.criterion(outputs, encode(
+                [b.to(self.device) for b in boxes], [lab.to(self.device) for lab in labels],
+                tuple(outputs.shape[-2:]), self.num_classes, self.model.stride))
+            loss = terms["total"].mean()
+        return loss, {key: terms[key] for key in (*TERMS, "total")}
+
+
 def train_detector(train: DetectionDataset, val: DetectionDataset, epochs: int = 60,
                    batch_size: int = 16, lr: float = 2e-3, seed: int = 0, width: int = 16,
                    device: str = "cpu", augment: bool = True, minutes: float | None = None,
@@ -173,155 +246,68 @@ def train_detector(train: DetectionDataset, val: DetectionDataset, epochs: int =
     """Train a CenterNet on ``train``; keep the weights of the best validation mAP@0.5:0.95.
 
     AdamW with linear warm-up then cosine decay over ``epochs`` (or over ``minutes`` of wall
-    clock, whichever runs out first), CenterNet's loss (heatmap + 0.1 size + offset), seeded
-    shuffling and augmentation (flips, transpose, zoom/shift with exact boxes, light colour
-    jitter). Validation every ``eval_every`` epochs and at the last one. Returns the model (in
-    eval mode, best weights) and a history with per-epoch losses and val mAP, ``mean``/``std``.
-
-    ``robust`` chooses a robust objective (``training.robust``; None: standard, whose path is
-    unchanged); its attacks and losses go through the pixel-space ``Detector`` wrapper, so the
-    noise is added to [0,1] pixels after augmentation. ``init`` starts from these network
-    weights; ``state_dir`` saves a resumable state after each epoch and continues from one
-    (with ``minutes`` the learning-rate schedule follows the wall clock, so a resumed run is
-    reproducible only without it).
+    clock, whichever runs out first; the run stops as ``loop.train_epochs`` says), CenterNet's
+    loss (heatmap + 0.1 size + offset), seeded shuffling and augmentation (flips, transpose,
+    zoom/shift with exact boxes, light colour jitter). Validation every ``eval_every`` epochs and
+    at the last one. Returns the model (in eval mode, best weights) and a history with per-epoch
+    losses and val mAP, ``mean``/``std``. ``robust`` chooses a robust objective
+    (``training.robust``), whose attacks and losses go through the pixel-space ``Detector``
+    wrapper (noise added to [0,1] pixels after augmentation). ``init`` starts from these network
+    weights; ``state_dir`` saves a resumable state after each epoch and continues from one (with
+    ``minutes`` the schedule follows the wall clock, so a resumed run is reproducible only
+    without it).
     """
-    if epochs < 1 or batch_size < 1 or lr <= 0 or eval_every < 1:
-        raise ConfigError("epochs, batch_size and eval_every must be >= 1 and lr > 0")
-    if minutes is not None and minutes <= 0:
-        raise ConfigError(f"minutes must be positive, got {minutes}")
-    if train.class_names != val.class_names or train.channels != val.channels:
-        raise ConfigError("train and val must share classes and channels")
+    _check_settings(train, val, epochs, batch_size, lr, eval_every, minutes)
     seed_everything(seed)
     generator = torch.Generator().manual_seed(seed)
     mean, std = channel_stats(train.images)
-    m = torch.tensor(mean, device=device).view(1, -1, 1, 1)
-    s = torch.tensor(std, device=device).view(1, -1, 1, 1)
     model = centernet(train.channels, train.num_classes, width=width, **(model_kwargs or {}))
     model = model.to(device).to(memory_format=torch.channels_last)
-    if init is not None:
-        start_from(model, init)
+    start_from(model, init)
     criterion = DetectionLoss(train.num_classes)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
-    images = torch.from_numpy(train.images).permute(0, 3, 1, 2)  # uint8 view, never modified
-    all_boxes = [torch.from_numpy(b) for b in train.boxes]
-    all_labels = [torch.from_numpy(lab) for lab in train.labels]
-    n = len(train)
-    steps_per_epoch = math.ceil(n / batch_size)
-    total_steps = epochs * steps_per_epoch
-    budget = None if minutes is None else 60.0 * minutes
-    start = time.monotonic()
-    history: dict[str, Any] = {"epochs": [], "mean": mean, "std": std, "best_epoch": None,
-                               "best_val_map": -1.0, "stopped_by": "epochs",
-                               "config": {"epochs": epochs, "batch_size": batch_size, "lr": lr,
-                                          "seed": seed, "width": width, "augment": augment,
-                                          "minutes": minutes, "weight_decay": weight_decay,
-                                          "model_kwargs": model_kwargs or {}}}
-    best_state = copy.deepcopy(model.state_dict())
-    step = 0
-    wrapper = None
-    objective = None
+    config = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed, "width": width,
+              "augment": augment, "minutes": minutes, "weight_decay": weight_decay,
+              "model_kwargs": model_kwargs or {}}
+    wrapper, objective = None, None
     if robust is not None and robust.active:
         # the pixel-space wrapper shares the network: normalisation stays inside it
         wrapper = Detector(model, mean=mean, std=std, class_names=train.class_names,
                            device=device)
-        objective = build_objective(robust, LossSpec(terms=criterion), n, epochs, seed)
-    settings = {**history["config"], "dataset": train.spec, "n": n, "warmup": warmup,
-                "eval_every": eval_every, "robust": None if robust is None else robust.as_dict()}
-    resume = EpochState(state_dir, settings, init)
-    saved = resume.restore(model=model, optimizer=optimizer, generators=[generator],
-                           objective=objective)
-    first = 1
-    if saved is not None:
-        best_state = saved.best_model
-        history.update(saved.info["history"])
-        step, first = saved.info["step"], saved.epoch + 1
-        start -= saved.info["elapsed"]
-    elif objective is not None and objective.needs_calibration:
-        assert wrapper is not None
-        # only for a fresh start: a resumed objective brings the xi it was calibrated with
-        objective.calibrate(wrapper, (
-            (images[i:i + batch_size].float().div(255.0).to(device),
-             _targets(all_boxes[i:i + batch_size], all_labels[i:i + batch_size],
-                      tuple(images.shape[-2:]), train.num_classes, model.stride, device))
-            for i in range(0, n, batch_size)))
-    bar = progress(total=epochs - first + 1, desc="train detector", unit="epoch")
-    for epoch in range(first, epochs + 1):
-        if history["stopped_by"] == "minutes":
-            break
-        epoch_start = time.monotonic()
-        if objective is not None:
-            objective.begin_epoch(epoch)
-        # the wrapper, not only the network: inner attacks run in eval mode and restore the
-        # wrapper's own flag, which would otherwise put the network back in eval (frozen batch
-        # norm) for every robust training step
-        (model if wrapper is None else wrapper).train()
-        order = torch.randperm(n, generator=generator)
-        sums = dict.fromkeys((*TERMS, "total"), 0.0)
-        for b0 in range(0, n, batch_size):
-            idx = order[b0:b0 + batch_size]
-            x = images[idx].float().div(255.0)
-            boxes = [all_boxes[i] for i in idx.tolist()]
-            labels = [all_labels[i] for i in idx.tolist()]
-            if augment:
-                x, boxes, keeps = augment_detection(x, boxes, generator)
-                labels = [lab[k] for lab, k in zip(labels, keeps, strict=True)]
-            x = x.to(device)
-            elapsed = time.monotonic() - start
-            frac = step / total_steps
-            if budget is not None:
-                frac = max(frac, elapsed / budget)
-            for group in optimizer.param_groups:
-                group["lr"] = lr * _lr_factor(frac, warmup)
-            if objective is not None:
-                assert wrapper is not None
-                targets = _targets(boxes, labels, tuple(x.shape[-2:]), train.num_classes,
-                                   model.stride, device)
-                loss, robust_terms = objective.loss(wrapper, x, targets, idx)
-                assert robust_terms is not None
-                terms = dict(robust_terms)
-            else:
-                outputs = _forward(model, x, m, s)
-                targets = encode([b.to(device) for b in boxes],
-                                 [lab.to(device) for lab in labels],
-                                 tuple(outputs.shape[-2:]), train.num_classes, model.stride)
-                terms = criterion(outputs, targets)
-                loss = terms["total"].mean()
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            step += 1
-            for key in sums:
-                sums[key] += float(terms[key].detach().sum())
-        record: dict[str, Any] = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"],
-                                  **{f"loss_{k}": v / n for k, v in sums.items()}}
-        if objective is not None:
-            record.update(objective.end_epoch())
-        elapsed = time.monotonic() - start
-        out_of_time = budget is not None and elapsed + (time.monotonic() - epoch_start) > budget
-        if epoch % eval_every == 0 or epoch == epochs or out_of_time:
+        objective = build_objective(robust, LossSpec(terms=criterion), len(train), epochs, seed)
+    steps = _Steps(train, model, criterion, mean, std, device, generator if augment else None,
+                   wrapper, objective)
+    calibrate = None
+    if objective is not None and objective.needs_calibration:
+        calibrate = partial(objective.calibrate, wrapper, steps.plain(batch_size))
+    settings = {**config, "dataset": train.spec, "n": len(train), "warmup": warmup,
+                "eval_every": eval_every, "state": STATE_FORMAT,
+                "robust": None if robust is None else robust.as_dict()}
+    lr_at = partial(_lr_at, lr=lr, warmup=warmup, minutes=minutes,
+                    total_steps=epochs * math.ceil(len(train) / batch_size))
+
+    def review(end: EpochEnd) -> Judgement:
+        row: dict[str, Any] = {"epoch": end.epoch, "lr": end.lr,
+                               **{f"loss_{k}": v for k, v in end.train.items()}, **end.extra}
+        key, scores = None, {}
+        if end.epoch % eval_every == 0 or end.final:
             scores = evaluate_detector(model, val, mean, std, batch_size, device)
-            record.update(val_map=scores["map"], val_map50=scores["map50"])
-            if scores["map"] > history["best_val_map"]:
-                history["best_val_map"], history["best_epoch"] = scores["map"], epoch
-                best_state = copy.deepcopy(model.state_dict())
-        record["seconds"] = time.monotonic() - epoch_start
-        history["epochs"].append(record)
-        bar.update(1)
-        bar.set_postfix(loss=f"{record['loss_total']:.3f}",
-                        val_map=f"{record.get('val_map', float('nan')):.3f}")
-        elapsed = time.monotonic() - start
-        if budget is not None and elapsed + record["seconds"] > budget:
-            history["stopped_by"] = "minutes"
-        resume.save_epoch(epoch, model=model, optimizer=optimizer, best_model=best_state,
-                          generators=[generator], objective=objective, step=step,
-                          elapsed=time.monotonic() - start,
-                          history={k: v for k, v in history.items() if k != "config"})
-        if history["stopped_by"] == "minutes":
-            break
-    bar.close()
-    model.load_state_dict(best_state)
-    model.eval()
-    history["seconds"] = time.monotonic() - start
+            row.update(val_map=scores["map"], val_map50=scores["map50"])
+            key = (scores["map"],)
+        row["seconds"] = end.epoch_seconds()
+        return Judgement(row, key, scores, {"loss": f"{row['loss_total']:.3f}",
+                                            "val_map": f"{row.get('val_map', float('nan')):.3f}"})
+
+    done = train_epochs(model if wrapper is None else wrapper, model, len(train), epochs=epochs,
+                        batch_size=batch_size, optimizer=optimizer, lr_at=lr_at, minutes=minutes,
+                        shuffle=torch_shuffle(generator), batch_loss=steps.loss, review=review,
+                        desc="train detector", objective=objective,
+                        resume=EpochState(state_dir, settings, init), generators=(generator,),
+                        calibrate=calibrate)
+    history = {"epochs": done.history, "mean": mean, "std": std, "best_epoch": done.best_epoch,
+               "best_val_map": done.best_metrics["map"],
+               "stopped_by": "epochs" if done.stopped is None else "minutes", "config": config,
+               "seconds": done.seconds}
     if objective is not None:
         history["robust"] = objective.save(state_dir) if state_dir is not None \
             else objective.describe()

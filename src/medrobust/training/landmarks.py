@@ -11,9 +11,9 @@ and augmentation); with ``minutes`` the number of epochs depends on the machine'
 
 from __future__ import annotations
 
-import copy
 import math
-import time
+from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -27,11 +27,14 @@ from medrobust.metrics.landmarks import RadialError
 from medrobust.models.landmark_codec import default_radius, encode
 from medrobust.models.landmark_unet import LandmarkModel, landmark_unet
 from medrobust.training.landmark_loss import HEATMAP_LOSSES, LandmarkLoss
-from medrobust.training.loop import start_from
+from medrobust.training.loop import EpochEnd, Judgement, start_from, torch_shuffle, train_epochs
 from medrobust.training.resume import EpochState
 from medrobust.training.robust import LossSpec, RobustConfig, build_objective
-from medrobust.utils.progress import progress
 from medrobust.utils.seeding import seed_everything
+
+#: part of the resume key: states the epoch loop of before ``loop.train_epochs`` wrote hold
+#: other entries, so they are refused as another run's rather than misread
+STATE_FORMAT = 2
 
 
 def channel_stats(ds: LandmarkDataset) -> tuple[list[float], list[float]]:
@@ -74,6 +77,57 @@ def evaluate_landmarks(model: LandmarkModel, ds: LandmarkDataset, batch_size: in
     return metric.aggregate()
 
 
+def _check_settings(train: LandmarkDataset, val: LandmarkDataset, epochs: int,
+                    batch_size: int, lr: float, weight_decay: float, heatmap_loss: str,
+                    minutes: float | None) -> None:
+    if len(train) == 0 or len(val) == 0:
+        raise ConfigError("landmark training needs non-empty train and validation splits")
+    if train.channels != val.channels or train.num_landmarks != val.num_landmarks \
+            or train.size != val.size:
+        raise ConfigError("train and validation splits differ in channels, landmarks or size")
+    if epochs < 1 or batch_size < 1 or lr <= 0 or weight_decay < 0:
+        raise ConfigError("epochs and batch_size must be >= 1, lr > 0 and weight_decay >= 0")
+    if heatmap_loss not in HEATMAP_LOSSES:
+        raise ConfigError(f"heatmap_loss must be one of {', '.join(HEATMAP_LOSSES)}")
+    if minutes is not None and minutes <= 0:
+        raise ConfigError("minutes must be positive")
+
+
+class _Steps:
+    """The training split's batches (seeded augmentation) and their loss: the landmark loss of
+    the model's output, or the robust ``objective``'s, on targets encoded per batch."""
+
+    def __init__(self, train: LandmarkDataset, model: LandmarkModel, loss_fn: LandmarkLoss,
+                 radius: float, generator: torch.Generator | None, objective: Any) -> None:
+        self.images = torch.from_numpy(train.images).permute(0, 3, 1, 2).contiguous()
+        self.points = torch.from_numpy(train.landmarks.astype(np.float32))
+        self.model, self.loss_fn, self.objective = model, loss_fn, objective
+        self.size, self.radius, self.generator = train.size, radius, generator
+
+    def plain(self, batch_size: int) -> Iterator[tuple[torch.Tensor, Any]]:
+        """(pixels, targets) in order without augmentation: the objective's calibration."""
+        device = self.model.device
+        for i in range(0, len(self.images), batch_size):
+            yield (self.images[i:i + batch_size].float().div(255).to(device),
+                   encode(self.points[i:i + batch_size].to(device), self.size, self.radius))
+
+    def loss(self, idx: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The mean loss of the items ``idx`` and their per-item terms."""
+        x, pts = self.images[idx].float() / 255.0, self.points[idx]
+        if self.generator is not None:
+            x, pts = augment_affine(x, pts, self.generator)
+        device = self.model.device
+        heat, offsets, mask = encode(pts.to(device), self.size, self.radius)
+        if self.objective is not None:
+            loss, terms = self.objective.loss(self.model, x.to(device), (heat, offsets, mask),
+                                              idx)
+            assert terms is not None
+        else:
+            terms = self.loss_fn(self.model(x.to(device)), heat, offsets, mask)
+            loss = terms["total"].mean()
+        return loss, {name: terms[name] for name in ("total", "heatmap", "offset")}
+
+
 def train_landmark_model(train: LandmarkDataset, val: LandmarkDataset, epochs: int = 60,
                          batch_size: int = 8, lr: float = 1e-3, weight_decay: float = 1e-4,
                          radius: float | None = None, heatmap_loss: str = "bce",
@@ -88,30 +142,17 @@ def train_landmark_model(train: LandmarkDataset, val: LandmarkDataset, epochs: i
     """Train a multi-task landmark U-Net; return the best-validation-MRE model and the history.
 
     ``radius=None`` is the authors' 0.05 x max(H, W) (10 px at 200x160). ``width`` scales the
-    default ``features`` of ``landmark_unet`` (both None: the default). ``minutes`` stops before an
-    epoch that would end past the budget (estimated from the epochs so far); at least one epoch runs.
-    Each history row: epoch, train loss terms, val MRE / SDR@2, lr, wall and CPU seconds.
-    ``robust`` chooses a robust objective (``training.robust``; None: standard, whose path is
-    unchanged), ``init`` starts from these network weights, ``state_dir`` saves a resumable
-    state after each epoch and continues from one (with ``minutes`` the budget counts the time
-    before the stop too).
+    default ``features`` of ``landmark_unet`` (both None: the default). ``minutes`` stops after
+    the epoch past which the next would end beyond the budget (``loop.train_epochs``); at least
+    one epoch runs. Each history row: epoch, train loss terms, val MRE / SDR@2, lr, wall and CPU
+    seconds. ``robust`` chooses a robust objective (``training.robust``; None: standard),
+    ``init`` starts from these network weights, ``state_dir`` saves a resumable state after each
+    epoch and continues from one (with ``minutes`` the budget counts the time before the stop).
     """
-    if len(train) == 0 or len(val) == 0:
-        raise ConfigError("landmark training needs non-empty train and validation splits")
-    if train.channels != val.channels or train.num_landmarks != val.num_landmarks \
-            or train.size != val.size:
-        raise ConfigError("train and validation splits differ in channels, landmarks or size")
-    if epochs < 1 or batch_size < 1 or lr <= 0 or weight_decay < 0:
-        raise ConfigError("epochs and batch_size must be >= 1, lr > 0 and weight_decay >= 0")
-    if heatmap_loss not in HEATMAP_LOSSES:
-        raise ConfigError(f"heatmap_loss must be one of {', '.join(HEATMAP_LOSSES)}")
-    if minutes is not None and minutes <= 0:
-        raise ConfigError("minutes must be positive")
-    h, w = train.size
+    _check_settings(train, val, epochs, batch_size, lr, weight_decay, heatmap_loss, minutes)
     k = train.num_landmarks
-    radius = float(radius) if radius is not None else default_radius((h, w))
+    radius = float(radius) if radius is not None else default_radius(train.size)
     seed_everything(seed)
-    device = torch.device(device)
     net_kwargs: dict[str, Any] = {}
     if features is not None:
         net_kwargs["features"] = tuple(features)
@@ -119,97 +160,43 @@ def train_landmark_model(train: LandmarkDataset, val: LandmarkDataset, epochs: i
         net_kwargs["width"] = int(width)
     mean, std = channel_stats(train)
     model = LandmarkModel(landmark_unet(train.channels, k, **net_kwargs), mean, std, k, radius,
-                          device, heatmap_loss=heatmap_loss, heatmap_weight=heatmap_weight)
-    if init is not None:
-        start_from(model.model, init)
+                          torch.device(device), heatmap_loss=heatmap_loss,
+                          heatmap_weight=heatmap_weight)
+    start_from(model.model, init)
     loss_fn = LandmarkLoss(heatmap_loss, heatmap_weight)
     opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
     steps = max(1, math.ceil(len(train) / batch_size))
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs * steps) if cosine else None
     gen = torch.Generator().manual_seed(seed)
-    x_all = torch.from_numpy(train.images).permute(0, 3, 1, 2).contiguous()
-    p_all = torch.from_numpy(train.landmarks.astype(np.float32))
-
     # targets travel as (heat, offsets, mask); the objective's terms are the loss's own terms
-    spec = LossSpec(terms=lambda out, t: loss_fn(out, *t))
-    objective = build_objective(robust, spec, len(train), epochs, seed)
+    objective = build_objective(robust, LossSpec(terms=lambda out, t: loss_fn(out, *t)),
+                                len(train), epochs, seed)
+    batches = _Steps(train, model, loss_fn, radius, gen if augment else None, objective)
     settings = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "wd": weight_decay,
                 "radius": radius, "heatmap": [heatmap_loss, heatmap_weight], "seed": seed,
                 "net": net_kwargs, "augment": augment, "cosine": cosine, "minutes": minutes,
-                "dataset": train.spec, "n": len(train),
+                "dataset": train.spec, "n": len(train), "state": STATE_FORMAT,
                 "robust": None if robust is None else robust.as_dict()}
-    resume = EpochState(state_dir, settings, init)
+    calibrate = None
+    if objective is not None and objective.needs_calibration:
+        calibrate = partial(objective.calibrate, model, batches.plain(batch_size))
 
-    history: list[dict[str, Any]] = []
-    best: tuple[float, int, dict[str, torch.Tensor]] | None = None
-    first, offset, cpu_offset = 1, 0.0, 0.0
-    saved = resume.restore(model=model.model, optimizer=opt, scheduler=sched, generators=[gen],
-                           objective=objective)
-    if saved is not None:
-        history = saved.info["history"]
-        best = (saved.info["best_mre"], saved.info["best_epoch"], saved.best_model)
-        first = saved.epoch + 1
-        offset, cpu_offset = history[-1]["seconds"], history[-1]["cpu_seconds"]
-    elif objective is not None and objective.needs_calibration:
-        # only for a fresh start: a resumed objective brings the xi it was calibrated with
-        objective.calibrate(model, ((x_all[i:i + batch_size].float().div(255).to(device),
-                                     encode(p_all[i:i + batch_size].to(device), (h, w), radius))
-                                    for i in range(0, len(train), batch_size)))
-    start, cpu_start = time.perf_counter() - offset, time.process_time() - cpu_offset
-    bar = progress(total=(epochs - first + 1) * steps, desc="train landmarks")
-    for epoch in range(first, epochs + 1):
-        elapsed = time.perf_counter() - start
-        if minutes is not None and history and elapsed + elapsed / len(history) > minutes * 60:
-            break
-        if objective is not None:
-            objective.begin_epoch(epoch)
-        model.train()
-        order = torch.randperm(len(train), generator=gen)
-        sums = {"total": 0.0, "heatmap": 0.0, "offset": 0.0}
-        for i in range(steps):
-            idx = order[i * batch_size:(i + 1) * batch_size]
-            x = x_all[idx].float() / 255.0
-            pts = p_all[idx]
-            if augment:
-                x, pts = augment_affine(x, pts, gen)
-            heat, offsets, mask = encode(pts.to(device), (h, w), radius)
-            if objective is not None:
-                loss, robust_terms = objective.loss(model, x.to(device), (heat, offsets, mask), idx)
-                assert robust_terms is not None
-                terms = dict(robust_terms)
-            else:
-                terms = loss_fn(model(x.to(device)), heat, offsets, mask)
-                loss = terms["total"].mean()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            if sched is not None:
-                sched.step()
-            for name in sums:
-                sums[name] += float(terms[name].detach().sum())
-            bar.update(1)
-        model.eval()
-        extra = objective.end_epoch() if objective is not None else {}
+    def review(end: EpochEnd) -> Judgement:
         metrics = evaluate_landmarks(model, val)
-        row = {**extra, "epoch": epoch, "train_loss": sums["total"] / len(train),
-               "train_heatmap": sums["heatmap"] / len(train), "train_offset": sums["offset"] / len(train),
-               "val_mre": metrics["mre"], "val_sdr_2": metrics["sdr"]["2.0"], "unit": metrics["unit"],
-               "lr": opt.param_groups[0]["lr"], "seconds": time.perf_counter() - start,
-               "cpu_seconds": time.process_time() - cpu_start}
-        improved = best is None or metrics["mre"] < best[0]
-        row["improved"] = improved
-        history.append(row)
-        if improved:
-            best = (metrics["mre"], epoch, copy.deepcopy(model.model.state_dict()))
-        assert best is not None
-        resume.save_epoch(epoch, model=model.model, optimizer=opt, scheduler=sched,
-                          best_model=best[2], generators=[gen], objective=objective,
-                          history=history, best_mre=best[0], best_epoch=best[1])
-        bar.set_postfix(val_mre=f"{metrics['mre']:.2f}{metrics['unit']}")
-    bar.close()
-    assert best is not None
-    model.model.load_state_dict(best[2])
-    model.eval()
+        key = (-metrics["mre"],)  # lower MRE is better
+        row = {**end.extra, "epoch": end.epoch, "train_loss": end.train["total"],
+               "train_heatmap": end.train["heatmap"], "train_offset": end.train["offset"],
+               "val_mre": metrics["mre"], "val_sdr_2": metrics["sdr"]["2.0"],
+               "unit": metrics["unit"], "lr": end.lr, "seconds": end.seconds(),
+               "cpu_seconds": end.cpu_seconds(), "improved": end.improves(key)}
+        return Judgement(row, key, metrics, {"val_mre": f"{metrics['mre']:.2f}{metrics['unit']}"})
+
+    done = train_epochs(model, model.model, len(train), epochs=epochs, batch_size=batch_size,
+                        optimizer=opt, scheduler=sched, minutes=minutes,
+                        shuffle=torch_shuffle(gen), batch_loss=batches.loss, review=review,
+                        desc="train landmarks", objective=objective,
+                        resume=EpochState(state_dir, settings, init), generators=(gen,),
+                        calibrate=calibrate)
     if objective is not None and state_dir is not None:
         objective.save(state_dir)
-    return model, history
+    return model, done.history

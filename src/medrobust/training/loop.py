@@ -1,51 +1,106 @@
-"""The epoch loop every trainer shares: AdamW with a one-cycle schedule, seeded shuffling, a
-progress bar, and keeping the weights of the best validation epoch.
+"""The epoch loop every trainer shares: seeded shuffling, a progress bar, an optional
+wall-clock budget, keeping the weights of the best validation epoch, and a resumable state
+after each epoch.
 
-Trainers differ only in how a batch becomes a loss and how an epoch is judged, so they pass
-those two callables; everything else (and its determinism) lives here once.
+Trainers differ in how a batch becomes a loss, how the learning rate moves and how an epoch is
+judged, so they pass those; everything else (and its determinism) lives here once.
+``train_epochs`` is the loop; ``fit`` is it with AdamW and a one-cycle schedule (classifier,
+segmenter, denoiser).
 """
 
 from __future__ import annotations
 
 import copy
 import json
+import math
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
 from medrobust.errors import ConfigError
 from medrobust.training.resume import EpochState, to_json
-from medrobust.utils.progress import progress
+from medrobust.utils.progress import note, progress
 from medrobust.utils.validation import check_range
+
+#: what ``batch_loss`` returns: the mean loss, or (the mean loss, per-item terms to average
+#: over the epoch, e.g. {"total": (B,), "heatmap": (B,)})
+BatchLoss = Callable[[Any], torch.Tensor | tuple[torch.Tensor, Mapping[str, torch.Tensor]]]
 
 
 @dataclass
 class Judgement:
-    """One epoch's validation: the history row, the selection key (higher is better), the
-    metrics kept for the best epoch, and what the progress bar shows."""
+    """One epoch's validation: the history row, the selection key (higher is better; None:
+    not validated this epoch, never the best), the metrics kept for the best epoch, and what
+    the progress bar shows."""
 
-    row: dict[str, float]
-    key: tuple[float, ...]
+    row: dict[str, Any]
+    key: tuple[float, ...] | None
     metrics: dict[str, Any]
     postfix: dict[str, str]
 
 
 @dataclass
 class LoopResult:
-    history: list[dict[str, float]]
+    history: list[dict[str, Any]]
     best_epoch: int
     best_metrics: dict[str, Any]
     seconds: float
     cpu_seconds: float
+    #: the one line saying the time budget ended the run early (None: all epochs ran)
+    stopped: str | None = None
 
 
-def start_from(module: nn.Module, init: dict[str, torch.Tensor] | None) -> None:
+class Clock:
+    """Wall and CPU seconds of a run, counting the time before a resume too."""
+
+    def __init__(self, offset: float = 0.0, cpu_offset: float = 0.0) -> None:
+        self.start = time.perf_counter() - offset
+        self.cpu_start = time.process_time() - cpu_offset
+
+    def wall(self) -> float:
+        return time.perf_counter() - self.start
+
+    def cpu(self) -> float:
+        return time.process_time() - self.cpu_start
+
+
+@dataclass
+class EpochEnd:
+    """What ``review`` sees of an epoch whose training steps are done."""
+
+    epoch: int
+    #: each summed term per training item (``loss`` when ``batch_loss`` returns only a loss)
+    train: dict[str, float]
+    #: the robust objective's summary of the epoch
+    extra: dict[str, Any]
+    #: the optimiser's learning rate after the epoch's last step
+    lr: float
+    #: the run's last epoch: the planned ones are done or the time budget ends it here
+    final: bool
+    best_key: tuple[float, ...] | None
+    clock: Clock
+    started: float
+
+    def improves(self, key: tuple[float, ...] | None) -> bool:
+        """Whether ``key`` becomes the best epoch (ties keep the earlier one)."""
+        return key is not None and (self.best_key is None or key > self.best_key)
+
+    def seconds(self) -> float:
+        return self.clock.wall()
+
+    def cpu_seconds(self) -> float:
+        return self.clock.cpu()
+
+    def epoch_seconds(self) -> float:
+        return self.clock.wall() - self.started
+
+
+def start_from(module: nn.Module, init: Mapping[str, torch.Tensor] | None) -> None:
     """Load the weights fine-tuning starts from (a standard checkpoint); a network of another
     shape is one clear line, not PyTorch's list of every mismatched tensor."""
     if init is None:
@@ -74,78 +129,205 @@ def torch_shuffle(generator: torch.Generator) -> Callable[[int], torch.Tensor]:
     return lambda n: torch.randperm(n, generator=generator)
 
 
+def _stop_line(epoch: int, epochs: int, minutes: float, best_epoch: int | None) -> str:
+    kept = "" if best_epoch is None else f"; the best validation epoch ({best_epoch}) is kept"
+    return (f"stopped after epoch {epoch} of {epochs}: the {minutes:g}-minute limit was "
+            f"reached{kept}")
+
+
+#: the best epoch so far: (selection key, epoch, metrics, weights)
+Best = tuple[tuple[float, ...], int, dict[str, Any], dict[str, torch.Tensor]]
+
+
+@dataclass
+class _Run:
+    """Where a run stands between epochs: what a resume state holds besides the objects."""
+
+    history: list[dict[str, Any]]
+    best: Best | None = None
+    next_epoch: int = 1
+    elapsed: float = 0.0
+    cpu_elapsed: float = 0.0
+    #: the stop line once the time budget ended the run
+    stopped: str | None = None
+
+    @classmethod
+    def resumed(cls, epoch: int, best_model: dict[str, torch.Tensor], info: dict[str, Any]
+                ) -> _Run:
+        history = info["history"]
+        best = None if info["best_key"] is None else (
+            tuple(info["best_key"]), info["best_epoch"], info["best_metrics"], best_model)
+        # states written before the clock was saved: the last row's cumulative seconds
+        return cls(history, best, epoch + 1, info.get("elapsed", history[-1].get("seconds", 0.0)),
+                   info.get("cpu_elapsed", history[-1].get("cpu_seconds", 0.0)),
+                   info.get("stopped"))
+
+    def info(self, clock: Clock) -> dict[str, Any]:
+        """The JSON entries of a resume state (``EpochState.save_epoch``'s ``info``)."""
+        best = self.best
+        return {"history": self.history, "best_key": None if best is None else list(best[0]),
+                "best_epoch": None if best is None else best[1],
+                "best_metrics": None if best is None else json.loads(to_json(best[2])),
+                "elapsed": clock.wall(), "cpu_elapsed": clock.cpu(), "stopped": self.stopped}
+
+
+class _Bar:
+    """Steps without a time budget; with one, epochs, and the total is the epochs that fit at
+    the pace so far rather than all those planned, so the bar's ETA is the budget's."""
+
+    def __init__(self, desc: str, epochs: int, first: int, steps: int,
+                 budget: float | None) -> None:
+        self.epochs, self.budget = epochs, budget
+        self.bar = progress(total=(epochs - first + 1) * steps, desc=desc) if budget is None \
+            else progress(total=epochs, initial=first - 1, desc=desc, unit="epoch")
+
+    def step(self) -> None:
+        if self.budget is None:
+            self.bar.update(1)
+
+    def epoch(self, done: int, spent: float, last: bool, postfix: dict[str, str]) -> None:
+        self.bar.set_postfix(**postfix)
+        if self.budget is not None:
+            more = 0 if last else max(1, int((self.budget - spent) * done // max(spent, 1e-9)))
+            self.bar.total = min(self.epochs, done + more)
+            self.bar.update(1)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def train_epochs(wrapper: nn.Module, model: nn.Module, n_train: int, *, epochs: int,
+                 batch_size: int, optimizer: torch.optim.Optimizer,
+                 shuffle: Callable[[int], Any], batch_loss: BatchLoss,
+                 review: Callable[[EpochEnd], Judgement], desc: str, scheduler: Any = None,
+                 lr_at: Callable[[int, float], float] | None = None,
+                 minutes: float | None = None, objective: Any = None,
+                 resume: EpochState | None = None, generators: tuple[torch.Generator, ...] = (),
+                 calibrate: Callable[[], Any] | None = None) -> LoopResult:
+    """Train ``wrapper`` (whose ``model`` holds the weights) and load the best epoch's weights.
+
+    ``shuffle(n)`` gives each epoch's order of the n training items (a seeded permutation);
+    ``batch_loss(indices)`` returns the mean loss of those items (drawing any augmentation from
+    the same seeded source), optionally with per-item terms that the loop averages over the
+    epoch; ``review(end)`` validates the model in eval mode and builds the history row.
+    The learning rate: ``scheduler`` (torch) is stepped after every optimiser step and saved
+    with the state; ``lr_at(step, seconds)`` sets it before each step from the steps done and
+    the wall-clock seconds spent (a schedule that follows a time budget).
+
+    ``minutes`` stops after the epoch past which the next one would end beyond the budget
+    (estimated from the mean epoch so far); at least one epoch runs, the last one is ``final``
+    for ``review``, and a line on stderr (with the bars) and ``LoopResult.stopped`` say so.
+    The bar counts steps without a budget and epochs with one.
+
+    ``objective`` (a robust objective that ``batch_loss`` uses) is told where each epoch
+    starts and ends; ``review`` gets its summary. With ``resume`` the state after each epoch
+    is saved (weights, optimizer, scheduler, best epoch, history, the clock, the RNG of
+    ``generators`` and torch, the objective) and a saved state is continued from (the time
+    already spent counts against ``minutes``). ``calibrate()`` (the objective's xi
+    calibration, a full pass over the training data) runs before the first epoch only when
+    nothing was resumed: a resumed objective brings its own.
+    """
+    if minutes is not None:
+        check_range("minutes", minutes, 0, low_inclusive=False)
+    budget = None if minutes is None else 60.0 * minutes
+    steps = max(1, math.ceil(n_train / batch_size))
+    resume = resume if resume is not None and resume.enabled else None
+    saved = None if resume is None else resume.restore(
+        model=model, optimizer=optimizer, scheduler=scheduler, generators=generators,
+        objective=objective)
+    run = _Run([]) if saved is None else _Run.resumed(saved.epoch, saved.best_model, saved.info)
+    if saved is None and calibrate is not None:
+        calibrate()
+    # a run the budget ended, killed before its checkpoint was written, trains no further
+    last = epochs if run.stopped is None else run.next_epoch - 1
+    clock = Clock(run.elapsed, run.cpu_elapsed)
+    bar = _Bar(desc, epochs, run.next_epoch, steps, budget)
+    for epoch in range(run.next_epoch, last + 1):
+        started = clock.wall()
+        if objective is not None:
+            objective.begin_epoch(epoch)
+        wrapper.train()
+        order = shuffle(n_train)
+        sums: dict[str, float] = {}
+        for i in range(steps):
+            idx = order[i * batch_size:(i + 1) * batch_size]
+            if lr_at is not None:
+                rate = lr_at((epoch - 1) * steps + i, clock.wall())
+                for group in optimizer.param_groups:
+                    group["lr"] = rate
+            out = batch_loss(idx)
+            loss, terms = (out, None) if isinstance(out, torch.Tensor) else out
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            if scheduler is not None:
+                scheduler.step()
+            if terms is None:
+                sums["loss"] = sums.get("loss", 0.0) + float(loss.detach()) * len(idx)
+            else:
+                for name, t in terms.items():
+                    sums[name] = sums.get(name, 0.0) + float(t.detach().sum())
+            bar.step()
+        wrapper.eval()
+        extra = objective.end_epoch() if objective is not None else {}
+        # decided before validating, so that ``review`` knows the epoch is the last: its end
+        # and the next one's, at the mean pace of the whole epochs so far (the first epoch:
+        # its training so far)
+        pace = started / len(run.history) if run.history else clock.wall() - started
+        time_up = budget is not None and epoch < epochs and started + 2 * pace > budget
+        end = EpochEnd(epoch, {k: v / n_train for k, v in sums.items()}, extra,
+                       optimizer.param_groups[0]["lr"], epoch == epochs or time_up,
+                       None if run.best is None else run.best[0], clock, started)
+        verdict = review(end)
+        run.history.append(verdict.row)
+        if end.improves(verdict.key):
+            assert verdict.key is not None
+            run.best = (verdict.key, epoch, verdict.metrics, copy.deepcopy(model.state_dict()))
+        if time_up:
+            assert minutes is not None
+            run.stopped = _stop_line(epoch, epochs, minutes,
+                                     None if run.best is None else run.best[1])
+        if resume is not None:
+            resume.save_epoch(epoch, model=model, optimizer=optimizer, scheduler=scheduler,
+                              best_model={} if run.best is None else run.best[3],
+                              generators=generators, objective=objective, **run.info(clock))
+        bar.epoch(len(run.history), clock.wall(), end.final, verdict.postfix)
+        if time_up:
+            break
+    bar.close()
+    if run.stopped is not None:
+        note(run.stopped)
+    if run.best is None:
+        raise RuntimeError(f"{desc}: no epoch was validated, so there are no best weights")
+    model.load_state_dict(run.best[3])
+    wrapper.eval()
+    return LoopResult(run.history, run.best[1], run.best[2], clock.wall(), clock.cpu(),
+                      run.stopped)
+
+
 def fit(wrapper: nn.Module, model: nn.Module, n_train: int, *, epochs: int, batch_size: int,
         lr: float, weight_decay: float, shuffle: Callable[[int], Any],
         batch_loss: Callable[[Any], torch.Tensor], judge: Callable[[], Judgement],
         desc: str, objective: Any = None, resume: EpochState | None = None,
         generators: tuple[torch.Generator, ...] = (),
         calibrate: Callable[[], Any] | None = None) -> LoopResult:
-    """Train ``wrapper`` (whose ``model`` holds the weights) and load the best epoch's weights.
-
-    ``shuffle(n)`` gives each epoch's order of the n training items (a seeded permutation);
-    ``batch_loss(indices)`` returns the mean loss of those items (drawing any augmentation from
-    the same seeded source); ``judge()`` validates the model in eval mode. Ties on the key keep
-    the earlier epoch. ``objective`` (a robust objective that ``batch_loss`` uses) is told where
-    each epoch starts and ends; its summary joins the history row. With ``resume`` the state
-    after each epoch is saved (weights, optimizer, scheduler, best epoch, history, the RNG of
-    ``generators`` and torch, the objective) and a saved state is continued from.
-    ``calibrate()`` (the objective's xi calibration, a full pass over the training data) runs
-    before the first epoch only when nothing was resumed: a resumed objective brings its own.
-    """
+    """``train_epochs`` with AdamW and a one-cycle schedule over all steps; ``judge()``
+    validates the model and its ``row`` joins the history row between the training loss and
+    the objective's summary, timings last. Other arguments as in ``train_epochs``."""
     opt = torch.optim.AdamW(wrapper.parameters(), lr=lr, weight_decay=weight_decay)
-    steps = max(1, int(np.ceil(n_train / batch_size)))
+    steps = max(1, math.ceil(n_train / batch_size))
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * steps)
-    history: list[dict[str, Any]] = []
-    best: tuple[tuple[float, ...], int, dict[str, Any], dict[str, torch.Tensor]] | None = None
-    first, offset, cpu_offset = 1, 0.0, 0.0
-    saved = None if resume is None else resume.restore(
-        model=model, optimizer=opt, scheduler=sched, generators=generators, objective=objective)
-    if saved is not None:
-        info = saved.info
-        history = info["history"]
-        best = (tuple(info["best_key"]), info["best_epoch"], info["best_metrics"],
-                saved.best_model)
-        first = saved.epoch + 1
-        offset, cpu_offset = history[-1]["seconds"], history[-1]["cpu_seconds"]
-    elif calibrate is not None:
-        calibrate()
-    start, cpu_start = time.perf_counter() - offset, time.process_time() - cpu_offset
-    bar = progress(total=(epochs - first + 1) * steps, desc=desc)
-    for epoch in range(first, epochs + 1):
-        if objective is not None:
-            objective.begin_epoch(epoch)
-        wrapper.train()
-        order = shuffle(n_train)
-        total = 0.0
-        for i in range(steps):
-            idx = order[i * batch_size:(i + 1) * batch_size]
-            loss = batch_loss(idx)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            total += float(loss.detach()) * len(idx)
-            bar.update(1)
-        wrapper.eval()
-        extra = objective.end_epoch() if objective is not None else {}
+
+    def review(end: EpochEnd) -> Judgement:
         verdict = judge()
-        history.append({"epoch": epoch, "train_loss": total / n_train, **verdict.row, **extra,
-                        "seconds": time.perf_counter() - start,
-                        "cpu_seconds": time.process_time() - cpu_start})
-        bar.set_postfix(**verdict.postfix)
-        if best is None or verdict.key > best[0]:
-            best = (verdict.key, epoch, verdict.metrics, copy.deepcopy(model.state_dict()))
-        if resume is not None:
-            resume.save_epoch(epoch, model=model, optimizer=opt, scheduler=sched,
-                              best_model=best[3], generators=generators, objective=objective,
-                              history=history, best_key=list(best[0]), best_epoch=best[1],
-                              best_metrics=json.loads(to_json(best[2])))
-    bar.close()
-    assert best is not None
-    model.load_state_dict(best[3])
-    wrapper.eval()
-    return LoopResult(history, best[1], best[2], time.perf_counter() - start,
-                      time.process_time() - cpu_start)
+        return replace(verdict, row={"epoch": end.epoch, "train_loss": end.train["loss"],
+                                     **verdict.row, **end.extra, "seconds": end.seconds(),
+                                     "cpu_seconds": end.cpu_seconds()})
+
+    return train_epochs(wrapper, model, n_train, epochs=epochs, batch_size=batch_size,
+                        optimizer=opt, scheduler=sched, shuffle=shuffle, batch_loss=batch_loss,
+                        review=review, desc=desc, objective=objective, resume=resume,
+                        generators=generators, calibrate=calibrate)
 
 
 def fit_config(wrapper: nn.Module, config: Any, train: Any, *, gen: torch.Generator,

@@ -26,3 +26,9 @@ def progress(iterable: Iterable[T] | None = None, **kwargs) -> Iterator[T] | tqd
     if not sys.stderr.isatty():
         kwargs.setdefault("mininterval", 5.0)  # logs, not terminals: a line every few seconds
     return tqdm(iterable, **kwargs)
+
+
+def note(line: str) -> None:
+    """One line on stderr beside the bars (tqdm keeps an open bar intact), off with them."""
+    if progress_enabled():
+        tqdm.write(line, file=sys.stderr)
