@@ -221,10 +221,10 @@ def test_the_report_shows_a_registered_task_from_its_task_report(tmp_path):
     import dataclasses
 
     from medrobust.errors import ConfigError
+    from medrobust.models.loading import LOADERS
     from medrobust.report.context import ReportContext
     from medrobust.report.task_section import budget_curves, budget_section
     from medrobust.store import Store
-    from medrobust.models.loading import LOADERS
     from medrobust.tasks import CurveMetric, TaskReport, get_task, register_task, unregister_task
 
     toy = dataclasses.replace(get_task("landmarks"), name="toy-regression", report=TaskReport(

@@ -33,6 +33,10 @@ class DataRequest:
     verify: bool = True
     #: classes to keep, in label order (datasets that can pick them, e.g. BCCD)
     classes: tuple[str, ...] | None = None
+    #: files with intensities beyond 8 bits (DICOM, NIfTI): the window "centre,width" mapped
+    #: to 0..255, and the axis 3D volumes are sliced along (None: the loader's defaults)
+    window: str | None = None
+    axis: str | None = None
 
     def open(self, task: Task, split: str) -> Any:
         name = self.name or task.datasets[0]
@@ -48,6 +52,9 @@ class DataRequest:
                 raise ConfigError("--classes applies to datasets whose classes can be chosen "
                                   f"(such as bccd), not {name}")
             options["classes"] = tuple(self.classes)
+        for key in ("window", "axis"):
+            if getattr(self, key) is not None:
+                options[key] = getattr(self, key)
         return load_dataset(name, split, data_dir=self.data_dir, **options)
 
 

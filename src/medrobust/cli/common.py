@@ -91,6 +91,7 @@ def dataset_options(required: bool = False) -> Callable[[Callable[..., Any]], Ca
 
     def deco(fn: Callable[..., Any]) -> Callable[..., Any]:
         fn = classes_option(fn)
+        fn = image_file_options(fn)
         fn = click.option("--no-verify", is_flag=True,
                           help="Skip the MedMNIST MD5 check.")(fn)
         fn = click.option("--size", type=int, default=None,
@@ -122,6 +123,34 @@ def classes_option(fn: Callable[..., Any]) -> Callable[..., Any]:
                              "WBC-vs-RBC model); default: the dataset's, or the model's.")(fn)
 
 
+def _keep_image_option(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+    if value is not None:
+        ctx.meta.setdefault("medrobust.image", {})[str(param.name)] = value
+
+
+def image_file_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``--window`` and ``--axis`` for data read from DICOM, NIfTI and 16-bit files; kept on the
+    click context like ``--classes``, so every command that opens data honours them. The
+    loader parses and checks them (and refuses them for datasets not read from files)."""
+    fn = click.option("--axis", type=click.Choice(["x", "y", "z"]), default=None,
+                      expose_value=False, callback=_keep_image_option,
+                      help="Folder datasets: the axis 3D DICOM/NIfTI volumes are sliced along, "
+                           "one image per slice named file#z=12 [default: z].")(fn)
+    return click.option("--window", default=None, metavar="CENTRE,WIDTH", expose_value=False,
+                        callback=_keep_image_option,
+                        help="Folder datasets (folder, segfolder, landmarks): intensity window "
+                             "of DICOM, NIfTI and 16-bit/float images, mapped to 0..255, e.g. "
+                             "40,400 (CT soft tissue) or -600,1500 (lung). Default: each file's "
+                             "own WindowCenter/WindowWidth (NIfTI cal_min/cal_max), else its "
+                             "0.5-99.5 percentile range.")(fn)
+
+
+def chosen_image_options() -> dict[str, str]:
+    """The ``--window`` / ``--axis`` of the running command (empty when not given)."""
+    ctx = click.get_current_context(silent=True)
+    return {} if ctx is None else dict(ctx.meta.get("medrobust.image", {}))
+
+
 def chosen_classes() -> tuple[str, ...] | None:
     """The ``--classes`` of the running command (None when not given or outside click)."""
     ctx = click.get_current_context(silent=True)
@@ -147,6 +176,7 @@ def open_dataset(name: str | None, split: str, data_dir: str | None, size: int |
             spec["size"] = size
         if classes is not None:
             spec["classes"] = list(classes)
+        spec.update(chosen_image_options())
         check_classes_apply(str(spec.get("dataset")), classes)
         ds = load_from_spec(spec, split)
     else:
@@ -158,7 +188,7 @@ def open_dataset(name: str | None, split: str, data_dir: str | None, size: int |
         check_classes_apply(name, classes)
         if classes is not None:
             options["classes"] = tuple(classes)
-        ds = load_dataset(name, split, data_dir=data_dir, **options)
+        ds = load_dataset(name, split, data_dir=data_dir, **options, **chosen_image_options())
     if model_channels is not None and ds.channels != model_channels:
         kind = "greyscale model on colour" if model_channels == 1 else "colour model on greyscale"
         raise DataError(f"the model takes {model_channels}-channel images but {ds.name} {split} "

@@ -15,6 +15,7 @@ from medrobust.cli.common import (
     DEFAULT_STORE,
     TaskChoice,
     chosen_classes,
+    chosen_image_options,
     common_options,
     dataset_options,
     emit,
@@ -101,8 +102,10 @@ def train(task: str, dataset: str | None, data_dir: str | None, size: int | None
     margins). Killed runs resume from the last finished epoch when run again."""
     given = {TRAIN_OPTIONS[k]: v for k, v in options.items() if k in TRAIN_OPTIONS}
     given.update({k: v for k, v in robust_options(options).items() if v is not None})
+    image = chosen_image_options()
     request = TrainRequest(task, DataRequest(dataset, data_dir, size, not no_verify,
-                                             chosen_classes()),
+                                             chosen_classes(), image.get("window"),
+                                             image.get("axis")),
                            out, store_path, {**given, "seed": seed}, device)
     summary = train_model(request)
 

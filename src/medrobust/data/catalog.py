@@ -15,6 +15,12 @@ _REGISTRY: dict[str, Loader] = {}
 
 SPLITS = ("train", "val", "test")
 
+#: Options of the datasets read from image files (folder, segfolder, landmarks) for DICOM and
+#: NIfTI: ``window`` (centre, width, or "centre,width") maps intensities to 0..255, ``axis``
+#: ("x", "y" or "z") is the axis 3D volumes are sliced along. Their loaders take them as
+#: keyword options and record them in ``spec``; ``load_dataset`` refuses them for the others.
+IMAGE_FILE_OPTIONS = ("window", "axis")
+
 
 def register_dataset(name: str) -> Callable[[Loader], Loader]:
     """Decorator: register ``fn(split, data_dir, **options) -> ImageDataset`` under ``name``."""

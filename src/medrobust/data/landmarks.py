@@ -15,6 +15,12 @@ on the same image content even when the aspect ratio changes (anisotropic scale)
 scales and original sizes are kept: ``to_original`` maps predictions back to original pixels, and
 distances divide by (sx, sy) per axis, so errors in original pixels (and mm) do not depend on the
 pixel-centre convention.
+
+DICOM and NIfTI images are read too (``base.open_image``; ``window`` sets their intensities). Their
+header's pixel spacing (DICOM PixelSpacing, else ImagerPixelSpacing; NIfTI zooms) gives the mm scale
+when ``metadata.csv`` has no ``pixel_size_mm``. A 3D volume is sliced along ``axis``; its slices are
+the ids ``<stem>#z=12`` in ``landmarks.csv`` (slices without a row are skipped), and the seeded split
+is over files, so the slices of one scan stay in one split.
 """
 
 from __future__ import annotations
@@ -28,13 +34,16 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from medrobust.data.base import WIDE_MODES, PixelArrays, is_colour, open_image, wide_to_8bit
+from medrobust.data.base import ImageReader, ImageRef, PixelArrays, open_image
 from medrobust.data.catalog import register_dataset
+from medrobust.data.medical import MEDICAL_SUFFIXES, file_stem, suffix_of
 from medrobust.errors import DataError
 from medrobust.utils.seeding import numpy_rng
 from medrobust.utils.validation import check_split_fractions
 
-SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", *MEDICAL_SUFFIXES)
+#: Pixels whose row and column spacing differ by more than this are not square (one mm scale).
+SQUARE_TOLERANCE = 1e-3
 SEEDED_SPLITS = ("train", "val", "test")
 #: The paper's input size (H, W) for ISBI 2015 cephalograms.
 DEFAULT_SIZE = (200, 160)
@@ -176,31 +185,58 @@ def _image_files(folder: Path) -> dict[str, Path]:
         raise DataError(f"landmark folder has no images/ folder: {folder} does not exist")
     files: dict[str, Path] = {}
     for p in sorted(folder.iterdir()):
-        if p.is_file() and p.suffix.lower() in SUFFIXES and not p.name.startswith("."):
-            if p.stem in files:
-                raise DataError(f"two images in {folder} share the id {p.stem!r} "
-                                f"({files[p.stem].name}, {p.name})")
-            files[p.stem] = p
+        if p.is_file() and suffix_of(p) in SUFFIXES and not p.name.startswith("."):
+            stem = file_stem(p)
+            if stem in files:
+                raise DataError(f"two images in {folder} share the id {stem!r} "
+                                f"({files[stem].name}, {p.name})")
+            files[stem] = p
     if not files:
-        raise DataError(f"no images in {folder} (PNG, JPEG, TIFF or BMP)")
+        raise DataError(f"no images in {folder} (PNG, JPEG, TIFF, BMP, DICOM or NIfTI)")
     return files
 
 
+def _header_pixel_sizes(ids: list[str], refs: dict[str, ImageRef], reader: ImageReader,
+                        folder: Path) -> tuple[dict[str, float], str] | None:
+    """id -> mm per pixel from the image headers, and the fields read; None when no header
+    has a spacing. Some images with a spacing and some without (mm and pixels cannot be mixed),
+    or pixels that are not square (one scale per image), are one DataError line."""
+    found = {i: reader.spacing(refs[i]) for i in ids}
+    have = [i for i in ids if found[i] is not None]
+    if not have:
+        return None
+    if len(have) < len(ids):
+        lacking = next(i for i in ids if found[i] is None)
+        raise DataError(f"{len(have)} of the {len(ids)} images in {folder} give a pixel spacing "
+                        f"in their header but {refs[lacking].name} does not: give pixel_size_mm "
+                        "for every id in metadata.csv (errors cannot mix mm and pixels)")
+    sizes, fields = {}, set()
+    for i in have:
+        row, col, source = found[i]  # type: ignore[misc]
+        if not math.isclose(row, col, rel_tol=SQUARE_TOLERANCE):
+            raise DataError(f"{refs[i].name}: its header ({source}) gives {row:g} mm between rows "
+                            f"but {col:g} mm between columns; landmark errors take one mm scale per "
+                            "image: give pixel_size_mm in metadata.csv or resample it to square "
+                            "pixels")
+        sizes[i] = (row + col) / 2.0
+        fields.add(source)
+    return sizes, "header: " + ", ".join(sorted(fields))
 
-def _read_resized(path: Path, channels: int, size: tuple[int, int]) -> tuple[np.ndarray, tuple[int, int]]:
+
+def _read_resized(ref: ImageRef, channels: int, size: tuple[int, int], reader: ImageReader
+                  ) -> tuple[np.ndarray, tuple[int, int]]:
     """uint8 (H, W, C) resized with Lanczos, and the file's (H, W)."""
     h, w = size
     try:
-        with open_image(path) as img:
-            if img.mode in WIDE_MODES:  # 16-bit/float greyscale: its own range -> 0..255
-                img = wide_to_8bit(img, path)
+        # 16-bit/float greyscale, DICOM and NIfTI come back as 8-bit through the reader's window
+        with open_image(ref, reader=reader) as img:
             img = img.convert("RGB" if channels == 3 else "L")
             orig = (img.height, img.width)
             if orig != (h, w):
                 img = img.resize((w, h), Image.Resampling.LANCZOS)
             arr = np.asarray(img, dtype=np.uint8)
     except (OSError, ValueError) as exc:  # decoding a damaged file
-        raise DataError(f"cannot read image {path}: {exc}") from None
+        raise DataError(f"cannot read image {ref}: {exc}") from None
     return arr.reshape(h, w, channels), orig
 
 
@@ -220,13 +256,17 @@ def seeded_split(n: int, val_fraction: float, test_fraction: float, seed: int) -
 
 def load_landmarks(data_dir: str | Path, split: str = "train",
                    size: tuple[int, int] | list[int] | int = DEFAULT_SIZE, channels: int | None = None,
-                   val_fraction: float = 0.15, test_fraction: float = 0.15, seed: int = 0
+                   val_fraction: float = 0.15, test_fraction: float = 0.15, seed: int = 0,
+                   window: tuple[float, float] | str | None = None, axis: str = "z"
                    ) -> LandmarkDataset:
     """One split of the landmark folder ``data_dir`` resized to ``size`` = (H, W) (an int: square).
 
     ``splits.csv``, when present, decides the splits (any names, e.g. ISBI's ``test2``); otherwise a
-    seeded split into train/val/test with the given fractions (the same seed, the same split).
-    ``channels=None`` gives 3 if any image of the folder is colour, else 1.
+    seeded split of the image files into train/val/test with the given fractions (the same seed, the
+    same split). ``channels=None`` gives 3 if any image of the folder is colour, else 1. ``window``
+    (centre, width) maps 16-bit/float, DICOM and NIfTI intensities to 0..255 (None: the file's own,
+    else the default); 3D volumes are sliced along ``axis``. The mm scale is ``metadata.csv``'s
+    ``pixel_size_mm``, else the image headers' pixel spacing, else unknown (errors in pixels).
     """
     root = Path(data_dir).expanduser()
     if not root.is_dir():
@@ -239,17 +279,21 @@ def load_landmarks(data_dir: str | Path, split: str = "train",
     if channels is not None and channels not in (1, 3):
         raise DataError(f"channels must be 1, 3 or None, got {channels!r}")
     check_split_fractions(val_fraction, test_fraction)
+    reader = ImageReader(window, axis)
 
     table = root / "landmarks.csv"
     if not table.is_file():
         raise DataError(f"landmark folder {root} has no landmarks.csv")
     marks, k = read_landmarks_csv(table)
     files = _image_files(root / "images")
-    missing = [i for i in marks if i not in files]
+    # id -> image: a file's stem, or ``stem#z=12`` for each slice of a volume
+    refs = {ref.stem: ref for path in files.values() for ref in reader.images(path)}
+    missing = [i for i in marks if i not in refs]
     if missing:
         raise DataError(f"{len(missing)} id(s) of {table} have no image in {root / 'images'} "
                         f"(first: {missing[0]!r})")
-    unlabelled = [i for i in files if i not in marks]
+    labelled = {refs[i].path for i in marks}
+    unlabelled = [stem for stem, path in files.items() if path not in labelled]
     if unlabelled:
         raise DataError(f"{len(unlabelled)} image(s) in {root / 'images'} are missing in {table} "
                         f"(first: {files[unlabelled[0]].name})")
@@ -266,12 +310,16 @@ def load_landmarks(data_dir: str | Path, split: str = "train",
         if split not in SEEDED_SPLITS:
             raise DataError(f"unknown split {split!r}: without splits.csv the splits are "
                             f"{', '.join(SEEDED_SPLITS)}")
-        index = seeded_split(len(ids), val_fraction, test_fraction, seed)[split]
-        chosen = [ids[i] for i in index]
+        # Over files, not ids: the slices of one volume stay in one split. (For 2D files the
+        # stems are the ids, so this is the split over ids it has always been.)
+        stems = sorted(files)
+        index = seeded_split(len(stems), val_fraction, test_fraction, seed)[split]
+        picked = {files[stems[j]] for j in index}
+        chosen = [i for i in ids if refs[i].path in picked]
     if not chosen:
         raise DataError(f"split {split!r} of {root} is empty")
 
-    pixel_size = None
+    pixel_size, size_source = None, None
     meta_csv = root / "metadata.csv"
     if meta_csv.is_file():
         header, _ = _read_csv(meta_csv)
@@ -291,41 +339,49 @@ def load_landmarks(data_dir: str | Path, split: str = "train",
                     raise DataError(f"{meta_csv}: pixel_size_mm of id {i!r} must be a positive "
                                     f"number, got {sizes[i]!r}")
                 vals.append(v)
-            pixel_size = np.asarray(vals, dtype=np.float64)
+            pixel_size, size_source = np.asarray(vals, dtype=np.float64), "metadata.csv"
+    if pixel_size is None:
+        from_headers = _header_pixel_sizes(ids, refs, reader, root / "images")
+        if from_headers is not None:
+            sizes_mm, size_source = from_headers
+            pixel_size = np.asarray([sizes_mm[i] for i in chosen], dtype=np.float64)
 
     if channels is None:
-        channels = 3 if any(is_colour(files[i]) for i in ids) else 1
+        channels = 3 if any(reader.is_colour(p) for p in files.values()) else 1
     images = np.empty((len(chosen), hw[0], hw[1], channels), dtype=np.uint8)
     points = np.empty((len(chosen), k, 2), dtype=np.float32)
     orig = np.empty((len(chosen), 2), dtype=np.int64)
     scales = np.empty((len(chosen), 2), dtype=np.float64)
     for n, i in enumerate(chosen):
-        images[n], (oh, ow) = _read_resized(files[i], channels, hw)
+        images[n], (oh, ow) = _read_resized(refs[i], channels, hw, reader)
         p = marks[i]
         outside = (p[:, 0] < -0.5) | (p[:, 0] > ow) | (p[:, 1] < -0.5) | (p[:, 1] > oh)
         if outside.any():
             j = int(np.flatnonzero(outside)[0])
             raise DataError(f"{table}: landmark {j + 1} of id {i!r} at ({p[j, 0]:g}, {p[j, 1]:g}) is "
-                            f"outside its {ow}x{oh} (W x H) image {files[i].name}")
+                            f"outside its {ow}x{oh} (W x H) image {refs[i].name}")
         orig[n] = (oh, ow)
         scales[n] = (hw[1] / ow, hw[0] / oh)
         points[n] = to_resized(p, scales[n]).astype(np.float32)
     spec = {"dataset": "landmarks", "data_dir": str(root), "size": list(hw), "channels": channels,
             "val_fraction": val_fraction, "test_fraction": test_fraction, "seed": seed,
-            "splits_csv": splits_csv.is_file(), "num_landmarks": k}
+            "splits_csv": splits_csv.is_file(), "num_landmarks": k,
+            "pixel_size_source": size_source, **reader.spec()}
     return LandmarkDataset(images, points, tuple(chosen), orig, scales, pixel_size, split,
                            root.name, spec)
 
 
 def load_from_spec(spec: dict[str, Any], split: str) -> LandmarkDataset:
     """The ``split`` of the dataset a ``spec`` (e.g. from a checkpoint) describes."""
-    keys = ("data_dir", "size", "channels", "val_fraction", "test_fraction", "seed")
+    keys = ("data_dir", "size", "channels", "val_fraction", "test_fraction", "seed", "window", "axis")
     return load_landmarks(split=split, **{k: spec[k] for k in keys if k in spec})
 
 
 @register_dataset("landmarks")
 def _registered(split: str, data_dir: Path, size: tuple[int, int] | list[int] | int = DEFAULT_SIZE,
                 channels: int | None = None, val_fraction: float = 0.15,
-                test_fraction: float = 0.15, seed: int = 0) -> LandmarkDataset:
+                test_fraction: float = 0.15, seed: int = 0,
+                window: tuple[float, float] | str | None = None, axis: str = "z") -> LandmarkDataset:
     """The registry's face of ``load_landmarks``: ``--data-dir`` is the landmark folder."""
-    return load_landmarks(data_dir, split, size, channels, val_fraction, test_fraction, seed)
+    return load_landmarks(data_dir, split, size, channels, val_fraction, test_fraction, seed,
+                          window, axis)

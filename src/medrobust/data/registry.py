@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from medrobust.data.base import ImageDataset
-from medrobust.data.catalog import _REGISTRY, SPLITS
-from medrobust.errors import DataError
+from medrobust.data.catalog import _REGISTRY, IMAGE_FILE_OPTIONS, SPLITS
+from medrobust.errors import ConfigError, DataError
 
 
 def available_datasets() -> list[str]:
@@ -33,7 +33,9 @@ def load_dataset(name: str, split: str = "train", data_dir: str | Path | None = 
 
     ``name`` is a registered dataset (``medmnist`` takes ``flag=``; the shorthand
     ``pneumoniamnist`` etc. is the same as ``medmnist`` with that flag). Options are passed to
-    the loader; ``None`` values are dropped so CLI defaults stay the loader's.
+    the loader; ``None`` values are dropped so CLI defaults stay the loader's. ``window`` and
+    ``axis`` (DICOM/NIfTI, ``catalog.IMAGE_FILE_OPTIONS``) given to a dataset whose loader does
+    not take them are one ConfigError line, not ignored.
     """
     _ensure_loaded()
     if split not in SPLITS:
@@ -51,12 +53,25 @@ def load_dataset(name: str, split: str = "train", data_dir: str | Path | None = 
                 f"unknown dataset {name!r}: choose from {', '.join(available_datasets())} "
                 f"or a MedMNIST flag such as pneumoniamnist"
             )
+    params = inspect.signature(_REGISTRY[key]).parameters
+    for option in IMAGE_FILE_OPTIONS:
+        if option in options and option not in params:
+            raise ConfigError(f"{option} applies to datasets read from image files "
+                              f"({', '.join(datasets_taking(option))}), not {name}")
     root = Path(data_dir).expanduser() if data_dir is not None else default_data_dir()
     return _REGISTRY[key](split=split, data_dir=root.resolve(), **options)
 
 
-# Keys of ``ImageDataset.spec`` that describe a loaded split rather than loader options.
-_NOT_OPTIONS = {"dataset", "data_dir", "task", "indices", "split", "layout"}
+def datasets_taking(option: str) -> list[str]:
+    """The registered datasets whose loader takes ``option`` (e.g. ``window``)."""
+    _ensure_loaded()
+    return sorted(n for n, fn in _REGISTRY.items() if option in inspect.signature(fn).parameters)
+
+
+# Keys of ``ImageDataset.spec`` that describe a loaded split rather than loader options
+# (``windowing``: the windows DICOM/NIfTI files got; ``pixel_size_source``: where mm came from).
+_NOT_OPTIONS = {"dataset", "data_dir", "task", "indices", "split", "layout", "windowing",
+                "pixel_size_source"}
 
 
 def load_from_spec(spec: dict[str, Any], split: str | None = None) -> ImageDataset:
@@ -92,7 +107,10 @@ def _loader_options(name: str, options: dict[str, Any]) -> dict[str, Any]:
     params = inspect.signature(loader).parameters
     if any(p.kind is p.VAR_KEYWORD for p in params.values()):
         return options
-    return {k: v for k, v in options.items() if k in params}
+    # Only the folder loaders record window/axis, so one in a spec of another dataset was put
+    # there by the caller (e.g. --window on a model's own data): kept, so load_dataset refuses it.
+    return {k: v for k, v in options.items()
+            if k in params or (k in IMAGE_FILE_OPTIONS and v is not None)}
 
 
 def _ensure_loaded() -> None:

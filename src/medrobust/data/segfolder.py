@@ -7,6 +7,10 @@ The layout of ../shared/data/dsb2018_nuclei and of most public sets (Kvasir-SEG,
 or colour, are resized (PIL bilinear; masks nearest so classes never blend) or cut into tiles of
 a fixed size. Without split folders a seeded split over the file names is made, so the same seed
 gives the same split and tiles of one image never land in two splits.
+
+DICOM and NIfTI images and masks are read too (``base.open_image``): a 3D image volume and its
+mask volume are sliced along the same axis and paired slice by slice (``scan#z=12``); the split
+is over files, so the slices of one scan stay in one split.
 """
 
 from __future__ import annotations
@@ -16,15 +20,16 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from medrobust.data.base import WIDE_MODES, check_finite, is_colour, open_image, wide_to_8bit
+from medrobust.data.base import WIDE_MODES, ImageReader, ImageRef, check_finite, open_image
 from medrobust.data.catalog import SPLITS, register_dataset
+from medrobust.data.medical import MEDICAL_SUFFIXES, file_stem, suffix_of
 from medrobust.data.segmentation import SegmentationDataset
 from medrobust.errors import DataError
 from medrobust.utils.progress import progress
 from medrobust.utils.seeding import numpy_rng
 from medrobust.utils.validation import check_choice, check_range, check_split_fractions
 
-SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", *MEDICAL_SUFFIXES)
 LOSSY = (".jpg", ".jpeg")
 MODES = ("resize", "tile")
 MASK_MODES = ("auto", "binary", "index")
@@ -37,15 +42,15 @@ def _files(folder: Path) -> dict[str, Path]:
     """Stem -> file for the image files of a folder (hidden files skipped)."""
     if not folder.is_dir():
         return {}
-    return {p.stem: p for p in sorted(folder.iterdir())
-            if p.is_file() and p.suffix.lower() in SUFFIXES and not p.name.startswith(".")}
+    return {file_stem(p): p for p in sorted(folder.iterdir())
+            if p.is_file() and suffix_of(p) in SUFFIXES and not p.name.startswith(".")}
 
 
 def _pairs(root: Path) -> list[tuple[str, Path, Path]]:
     """(name, image, mask) for every image of ``root/images`` with a mask in ``root/masks``."""
     images, masks = _files(root / "images"), _files(root / "masks")
     if not images:
-        raise DataError(f"no images in {root / 'images'} (PNG, JPEG, TIFF or BMP)")
+        raise DataError(f"no images in {root / 'images'} (PNG, JPEG, TIFF, BMP, DICOM or NIfTI)")
     out, missing = [], []
     for stem, path in images.items():
         mask = next((masks[stem + tail] for tail in MASK_TAILS if stem + tail in masks), None)
@@ -74,31 +79,32 @@ def seeded_split(n: int, val_fraction: float, test_fraction: float, seed: int
             "train": np.sort(order[n_test + n_val:])}
 
 
-
-def read_image(path: Path, channels: int) -> np.ndarray:
-    """uint8 (H,W,C) at native size; 16-bit greyscale is scaled to 0..255 by its own range."""
+def read_image(path: Path | ImageRef, channels: int, reader: ImageReader | None = None
+               ) -> np.ndarray:
+    """uint8 (H,W,C) at native size; 16-bit/float greyscale, DICOM and NIfTI go through the
+    reader's window (its default: the file's own range, see ``medical``)."""
     try:
-        with open_image(path) as img:
-            if img.mode in WIDE_MODES:
-                img = wide_to_8bit(img, path)
+        with open_image(path, reader=reader or ImageReader()) as img:
             arr = np.asarray(img.convert("RGB" if channels == 3 else "L"), dtype=np.uint8)
     except (OSError, ValueError) as exc:  # decoding a damaged file
         raise DataError(f"cannot read image {path}: {exc}") from None
     return arr.reshape(arr.shape[0], arr.shape[1], channels)
 
 
-def read_mask(path: str | Path, mask_mode: str = "auto") -> np.ndarray:
+def read_mask(path: str | Path | ImageRef, mask_mode: str = "auto",
+              reader: ImageReader | None = None) -> np.ndarray:
     """int64 (H,W) class indices at native size.
 
     ``binary``: foreground is any value > 0 (> 127 for JPEG, whose compression smears 0/255).
     ``index``: the values are class indices. ``auto``: 16/32-bit files (instance labels) are
     binary > 0; 8-bit values 0/1 are kept; other 8-bit PNGs with values below 32 are class
-    indices; anything else (0/255 masks, JPEG masks) is binary > 127.
+    indices; anything else (0/255 masks, JPEG masks) is binary > 127. DICOM/NIfTI masks give
+    their stored values, as 8-bit when they fit 0..255 (so label maps keep their indices).
     """
-    path = Path(path)
-    lossy = path.suffix.lower() in LOSSY
+    path = path if isinstance(path, ImageRef) else ImageRef(Path(path))
+    lossy = suffix_of(path.path) in LOSSY
     try:
-        with open_image(path, "mask") as img:
+        with open_image(path, "mask", reader=reader, labels=True) as img:
             wide = img.mode in WIDE_MODES
             a = np.asarray(img if img.mode in ("P", "L") or wide else img.convert("L"))
     except (OSError, ValueError) as exc:  # decoding a damaged file
@@ -157,6 +163,19 @@ def _tiles(image: np.ndarray, mask: np.ndarray, tile: int
             for y in _tile_origins(h, tile) for x in _tile_origins(w, tile)]
 
 
+def _slice_pairs(items: list[tuple[str, Path, Path]], reader: ImageReader
+                 ) -> list[tuple[ImageRef, ImageRef]]:
+    """(image, mask) per image of the split: a 3D image and its 3D mask slice by slice."""
+    out = []
+    for _, ipath, mpath in items:
+        irefs, mrefs = reader.images(ipath), reader.images(mpath, "mask")
+        if len(irefs) != len(mrefs):
+            raise DataError(f"{ipath.name} has {len(irefs)} slice(s) along {reader.axis} but its "
+                            f"mask {mpath.name} has {len(mrefs)}")
+        out.extend(zip(irefs, mrefs, strict=True))
+    return out
+
+
 def class_names_for(num_classes: int) -> tuple[str, ...]:
     if num_classes <= 2:
         return ("background", "foreground")
@@ -167,11 +186,15 @@ def class_names_for(num_classes: int) -> tuple[str, ...]:
 def load_segfolder(split: str, data_dir: str | Path, size: int = 128, mode: str = "resize",
                    channels: int | None = None, mask_mode: str = "auto",
                    num_classes: int | None = None, val_fraction: float = 0.15,
-                   test_fraction: float = 0.15, seed: int = 0) -> SegmentationDataset:
+                   test_fraction: float = 0.15, seed: int = 0,
+                   window: tuple[float, float] | str | None = None, axis: str = "z"
+                   ) -> SegmentationDataset:
     """Images and masks under ``data_dir`` at ``size`` x ``size`` (resized, or tiles).
 
     ``channels=None`` gives 3 if any image of the dataset has a colour mode, else 1.
     ``num_classes=None`` is 2 for binary masks, else the largest index of the split + 1.
+    ``window`` (centre, width) maps 16-bit/float, DICOM and NIfTI images to 0..255 (None: the
+    file's own, else the default); 3D volumes are sliced along ``axis`` (``name#z=12``).
     """
     if split not in SPLITS:
         raise DataError(f"unknown split {split!r}: use one of {', '.join(SPLITS)}")
@@ -181,6 +204,7 @@ def load_segfolder(split: str, data_dir: str | Path, size: int = 128, mode: str 
     if channels is not None:
         channels = int(check_choice("channels", channels, (1, 3)))
     check_split_fractions(val_fraction, test_fraction)
+    reader = ImageReader(window, axis)
     root = Path(data_dir).expanduser()
     if not root.is_dir():
         raise DataError(f"segmentation folder {root} does not exist")
@@ -197,14 +221,16 @@ def load_segfolder(split: str, data_dir: str | Path, size: int = 128, mode: str 
         items = [pairs[i] for i in seeded_split(len(pairs), val_fraction, test_fraction,
                                                 seed)[split]]
     if channels is None:
-        channels = 3 if any(is_colour(p) for p in everything) else 1
+        channels = 3 if any(reader.is_colour(p) for p in everything) else 1
 
     names, images, masks = [], [], []
-    for stem, ipath, mpath in progress(items, desc=f"{root.name} {split}", unit="img"):
-        image, mask = read_image(ipath, channels), read_mask(mpath, mask_mode)
+    for iref, mref in progress(_slice_pairs(items, reader), desc=f"{root.name} {split}",
+                               unit="img"):
+        image, mask = read_image(iref, channels, reader), read_mask(mref, mask_mode, reader)
         if image.shape[:2] != mask.shape:
-            raise DataError(f"{ipath.name} is {image.shape[1]}x{image.shape[0]} but its mask "
-                            f"{mpath.name} is {mask.shape[1]}x{mask.shape[0]}")
+            raise DataError(f"{iref.name} is {image.shape[1]}x{image.shape[0]} but its mask "
+                            f"{mref.name} is {mask.shape[1]}x{mask.shape[0]}")
+        stem = iref.stem
         if mode == "resize":
             names.append(stem)
             images.append(_resize(image, (size, size), False))
@@ -223,6 +249,6 @@ def load_segfolder(split: str, data_dir: str | Path, size: int = 128, mode: str 
     spec = {"dataset": "segfolder", "data_dir": str(root.resolve()), "size": size, "mode": mode,
             "channels": channels, "mask_mode": mask_mode, "num_classes": num_classes,
             "val_fraction": val_fraction, "test_fraction": test_fraction,
-            "seed": seed}
+            "seed": seed, **reader.spec()}
     return SegmentationDataset(img_arr, mask_arr, tuple(names), class_names_for(k),
                                root.name or "segfolder", split, spec)
