@@ -28,7 +28,8 @@ from medrobust.training.robust import METHODS, XI_RULES
 #: command-line parameter -> the task option it sets (each task refuses those it does not take)
 TRAIN_OPTIONS = {"model_name": "model", "padding": "padding", "width": "width",
                  "epochs": "epochs", "batch_size": "batch_size", "lr": "lr",
-                 "augment": "augment", "minutes": "minutes", "heatmap_loss": "heatmap_loss"}
+                 "augment": "augment", "minutes": "minutes", "heatmap_loss": "heatmap_loss",
+                 "noise_sd": "noise_sd"}
 
 
 def _defaults(option: str) -> str:
@@ -59,6 +60,9 @@ def _defaults(option: str) -> str:
 @click.option("--augment", type=click.Choice(["auto", "flips", "shift", "none"]), default=None,
               help="classification: auto (the dataset's policy), flips, shift or none; "
                    "segmentation: flips (default) or none.")
+@click.option("--noise-sd", type=click.FloatRange(0), default=None,
+              help="classification: Gaussian noise (std on the [0,1] scale) on every training "
+                   "image, the base model of randomized smoothing (certify --sigma the same).")
 @click.option("--minutes", type=click.FloatRange(0, min_open=True), default=None,
               help="landmarks / detection: wall-clock training budget (the best validation "
                    "epoch so far is kept).")

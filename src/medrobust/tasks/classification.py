@@ -32,7 +32,7 @@ from medrobust.training.trainer import TrainConfig, train_classifier
 
 OPTIONS: dict[str, Any] = with_robust({"model": "smallcnn", "model_kwargs": {}, "epochs": 15,
                                        "batch_size": 128, "lr": 3e-3, "weight_decay": 5e-4,
-                                       "augment": "auto", "seed": 0})
+                                       "augment": "auto", "noise_sd": 0.0, "seed": 0})
 #: zoo models whose first stage's width can be chosen (``--width``)
 WIDTH_MODELS = ("smallcnn", "mitosisnet")
 

@@ -39,6 +39,9 @@ class TrainConfig:
     select_metric: str = "auc"
     class_weighted: bool = True
     label_smoothing: float = 0.0
+    #: Gaussian noise (std on the [0,1] scale) added to every training image: the base model
+    #: randomized smoothing needs (Cohen et al. 2019); validation then scores noisy images too
+    noise_sd: float = 0.0
     seed: int = 0
 
     def validate(self) -> None:
@@ -46,6 +49,7 @@ class TrainConfig:
         resolve_factory(self.model)
         check_fit_settings(self.epochs, self.batch_size, self.lr, self.weight_decay)
         check_range("label_smoothing", self.label_smoothing, 0, 0.5)
+        check_range("noise_sd", self.noise_sd, 0)
         check_choice("augment", self.augment, ("auto", *POLICIES))
         check_choice("select_metric", self.select_metric, ("auc", "accuracy", "loss"))
 
@@ -161,14 +165,21 @@ def train_classifier(train: ImageDataset, val: ImageDataset, config: TrainConfig
                             ((x_train[i:i + 256].float().div(255).to(device),
                               y_train[i:i + 256].to(device)) for i in range(0, len(train), 256)))
 
+    noisy_val = _noisy(val, config)
+
     def batch_loss(idx: torch.Tensor) -> torch.Tensor:
-        xb = augment_batch(x_train[idx].float() / 255.0, policy, gen).to(device)
+        xb = augment_batch(x_train[idx].float() / 255.0, policy, gen)
+        if config.noise_sd > 0:  # drawn only then, so noise-free training keeps its stream
+            xb = xb + config.noise_sd * torch.randn(xb.shape, generator=gen)
+        xb = xb.to(device)
         if objective is not None:
             return objective.loss(clf, xb, y_train[idx].to(device), idx)[0]
         return _loss(clf, clf(xb), y_train[idx].to(device), weights, config.label_smoothing)
 
     def judge() -> Judgement:
-        probs = clf.probabilities(val.images)
+        probs = clf.probabilities(val.images) if noisy_val is None else np.concatenate(
+            [p.cpu().numpy() for p in clf.batched(
+                lambda b: clf.logits_to_probabilities(clf(b)), noisy_val, 256)])
         metrics = classification_metrics(probs, val.labels, val.class_names)
         val_loss = float(F.nll_loss(torch.log(torch.from_numpy(probs).clamp_min(1e-12)),
                                     torch.from_numpy(val.labels)))
@@ -184,6 +195,16 @@ def train_classifier(train: ImageDataset, val: ImageDataset, config: TrainConfig
                       calibrate=calibrate)
     return TrainResult(clf, done.history, done.best_epoch, done.best_metrics, done.seconds,
                        objective)
+
+
+def _noisy(val: ImageDataset, config: TrainConfig) -> torch.Tensor | None:
+    """The validation images under one fixed draw of the training noise (None: no noise), so
+    epochs are compared on the same noisy images and selection favours the smoothed model."""
+    if config.noise_sd <= 0:
+        return None
+    x = torch.from_numpy(val.images).permute(0, 3, 1, 2).float() / 255.0
+    gen = torch.Generator().manual_seed(config.seed + 1)
+    return x + config.noise_sd * torch.randn(x.shape, generator=gen)
 
 
 def save_trained(result: TrainResult, config: TrainConfig, train: ImageDataset,

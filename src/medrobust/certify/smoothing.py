@@ -1,0 +1,121 @@
+"""Randomized smoothing of a classifier (Cohen, Rosenfeld & Kolter, ICML 2019).
+
+The smoothed classifier ``g(x) = argmax_c P(f(x + d) = c)``, ``d ~ N(0, sigma^2 I)`` on the [0,1]
+pixel scale, is certified at ``x`` with radius ``sigma * Phi^-1(pA)`` in L2 (the same scale as
+the attacks' L2 budgets), where ``pA`` is a lower confidence bound on the top class's
+probability: no perturbation of smaller L2 norm changes ``g(x)``, with probability of error at
+most ``alpha`` over the noise. CERTIFY picks the class on ``n0`` samples and bounds it on ``n``
+fresh ones (never the same samples: selecting and bounding on one draw would void the bound);
+it abstains when ``pA <= 1/2``.
+
+Noise comes from one generator per image and phase (``seed``, the image's key), drawn in chunks
+of ``batch_size`` samples of that image alone, so an image's counts are the same whichever
+images share its campaign batch, after a resume and on another worker of the same device.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from scipy.stats import norm
+from torch import nn
+
+from medrobust.attacks.base import model_device
+from medrobust.attacks.criteria import predictions
+from medrobust.certify.bounds import binomial_p_value, clopper_pearson_lower
+from medrobust.errors import ConfigError
+from medrobust.utils.validation import check_range
+
+#: the prediction of an image the smoothed classifier cannot decide (or certify)
+ABSTAIN = -1
+#: noise streams: CERTIFY's selection and estimation draws, and PREDICT's
+SELECT, ESTIMATE, PREDICT = 0, 1, 2
+
+
+@dataclass(frozen=True)
+class Certificate:
+    """CERTIFY's answer for one image: the class (``ABSTAIN``: none), its certified L2 radius
+    (0 when abstaining), the lower bound ``pA`` and the counts behind it."""
+
+    prediction: int
+    radius: float
+    p_lower: float
+    #: per-class counts of the ``n`` estimation samples, and of the ``n0`` selection samples
+    counts: np.ndarray
+    selection_counts: np.ndarray
+
+    @property
+    def abstained(self) -> bool:
+        return self.prediction == ABSTAIN
+
+    def certifies(self, label: int, radius: float) -> bool:
+        """Correct and certified at ``radius``: the image counts for certified accuracy there."""
+        return self.prediction == int(label) and self.radius >= radius
+
+
+def stream_seed(seed: int, key: int, phase: int) -> int:
+    """The torch seed of one image's noise stream in one phase."""
+    state = np.random.SeedSequence(entropy=int(seed), spawn_key=(int(key), int(phase)))
+    return int(state.generate_state(1, dtype=np.uint64)[0] >> np.uint64(1))
+
+
+class SmoothedClassifier:
+    """A classifier (``Classifier`` or any module mapping [0,1] images to logits) under
+    Gaussian noise of standard deviation ``sigma`` on the [0,1] pixel scale."""
+
+    def __init__(self, model: nn.Module, sigma: float, num_classes: int, *,
+                 batch_size: int = 1000, seed: int = 0) -> None:
+        self.model = model
+        self.sigma = float(check_range("sigma", sigma, 0, low_inclusive=False))
+        self.num_classes = int(check_range("num_classes", num_classes, 2))
+        self.batch_size = int(check_range("batch_size", batch_size, 1))
+        self.seed = int(seed)
+
+    def params(self) -> dict[str, Any]:
+        """What decides the counts (the run store's fingerprint holds these)."""
+        return {"sigma": self.sigma, "batch_size": self.batch_size, "seed": self.seed}
+
+    @torch.inference_mode()
+    def counts(self, x: torch.Tensor, n: int, key: int, phase: int) -> np.ndarray:
+        """How often each class wins on ``n`` noisy copies of one image ``x`` (C,H,W)."""
+        check_range("n", n, 1)
+        if x.ndim != 3:
+            raise ConfigError(f"one image (C,H,W) at a time, got shape {tuple(x.shape)}")
+        device = model_device(self.model)
+        x = x.to(device=device, dtype=torch.float32)
+        gen = torch.Generator(device=device)
+        gen.manual_seed(stream_seed(self.seed, key, phase))
+        was = self.model.training
+        self.model.eval()
+        total = torch.zeros(self.num_classes, dtype=torch.int64, device=device)
+        try:
+            for start in range(0, n, self.batch_size):
+                b = min(self.batch_size, n - start)
+                noise = torch.randn((b, *x.shape), generator=gen, device=device)
+                pred = predictions(self.model(x.unsqueeze(0) + self.sigma * noise))
+                total += torch.bincount(pred.reshape(-1), minlength=self.num_classes)
+        finally:
+            self.model.train(was)
+        return total.cpu().numpy()
+
+    def certify(self, x: torch.Tensor, n0: int, n: int, alpha: float, key: int) -> Certificate:
+        """Cohen et al.'s CERTIFY: select on ``n0`` samples, bound on ``n`` others."""
+        selection = self.counts(x, n0, key, SELECT)
+        top = int(np.argmax(selection))
+        counts = self.counts(x, n, key, ESTIMATE)
+        p_lower = clopper_pearson_lower(int(counts[top]), n, alpha)
+        if p_lower <= 0.5:
+            return Certificate(ABSTAIN, 0.0, p_lower, counts, selection)
+        return Certificate(top, float(self.sigma * norm.ppf(p_lower)), p_lower, counts,
+                           selection)
+
+    def predict(self, x: torch.Tensor, n: int, alpha: float, key: int) -> int:
+        """Cohen et al.'s PREDICT: the top class, or ``ABSTAIN`` unless a binomial test says it
+        beats the runner-up at level ``alpha`` (a wrong answer has probability <= alpha)."""
+        counts = self.counts(x, n, key, PREDICT)
+        order = np.argsort(-counts, kind="stable")
+        top, second = int(counts[order[0]]), int(counts[order[1]])
+        return int(order[0]) if binomial_p_value(top, second) <= alpha else ABSTAIN

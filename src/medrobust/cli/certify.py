@@ -1,0 +1,119 @@
+"""``medrobust certify``: certified L2 robustness of a classifier by randomized smoothing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+from medrobust.campaigns.certify import CertifySettings, run_certify_campaign
+from medrobust.cli.common import (
+    DEFAULT_STORE,
+    budget_levels,
+    check_model_size,
+    check_store,
+    common_options,
+    dataset_options,
+    emit,
+    executor_options,
+    fmt,
+    open_model_dataset,
+)
+from medrobust.errors import ConfigError
+from medrobust.models import read_meta
+from medrobust.models.loading import checkpoint_task, load_model
+from medrobust.store import Store
+from medrobust.tasks import get_task
+from medrobust.utils.device import resolve_device
+
+
+@click.command()
+@click.option("--model", "model_dir", required=True, type=click.Path(), help="Checkpoint folder.")
+@dataset_options()
+@click.option("--split", type=click.Choice(["train", "val", "test"]), default="test",
+              show_default=True)
+@click.option("--sigma", type=float, default=0.25, show_default=True,
+              help="Noise standard deviation on the [0,1] pixel scale (the model should have "
+                   "been trained with this noise: train --noise-sd).")
+@click.option("--n0", type=click.IntRange(1), default=100, show_default=True,
+              help="Noise samples that choose the class.")
+@click.option("--n", "n", type=click.IntRange(1), default=10_000, show_default=True,
+              help="Noise samples that bound its probability (the largest certifiable radius "
+                   "grows with n).")
+@click.option("--alpha", type=float, default=0.001, show_default=True,
+              help="Probability that a certificate is wrong.")
+@click.option("--radii", default="0,0.25,0.5,1", show_default=True,
+              help="L2 radii (on the [0,1] scale) to report certified accuracy at.")
+@click.option("--denoiser", default=None,
+              help="Denoised smoothing (Salman et al. 2020): this denoiser (a filter name or a "
+                   "trained denoiser folder) in front of the unchanged classifier.")
+@click.option("--limit", type=click.IntRange(1), default=None, help="Certify the first N images.")
+@click.option("--batch-size", type=click.IntRange(1), default=1000, show_default=True,
+              help="Noisy copies per forward pass.")
+@click.option("--store", "store_path", default=DEFAULT_STORE, show_default=True)
+@click.option("--no-resume", is_flag=True, help="Start a new run even if one matches.")
+@common_options
+@executor_options
+def certify(model_dir: str, dataset: str | None, data_dir: str | None, size: int | None,
+            no_verify: bool, split: str, sigma: float, n0: int, n: int, alpha: float,
+            radii: str, denoiser: str | None, limit: int | None, batch_size: int,
+            store_path: str, no_resume: bool, as_json: bool, seed: int, device: str,
+            executor: object = None) -> None:
+    """Certify a classifier by randomized smoothing (Cohen et al. 2019): per image the smoothed
+    prediction and the L2 radius within which no perturbation changes it (or abstain), and
+    certified accuracy at --radii. Resumes from the store after a kill."""
+    settings = CertifySettings(sigma=sigma, n0=n0, n=n, alpha=alpha, radii=_radii(radii),
+                               batch_size=batch_size, seed=seed).validate()
+    check_store(store_path)
+    meta = read_meta(model_dir)
+    check_model_size(size, meta)
+    task = checkpoint_task(model_dir)
+    if not get_task(task).class_logits:
+        raise ConfigError(f"{model_dir} holds a {task} model: certify smooths models with class "
+                          "logits (classifiers); certificates for other tasks are not built yet")
+    if denoiser is not None and executor is not None:
+        raise ConfigError("--denoiser runs in this process: leave out --executor ray")
+    model = load_model(model_dir, resolve_device(device))
+    ds = open_model_dataset(meta, model, dataset, split, data_dir, size, no_verify)
+    info: dict[str, Any] = {"dir": str(Path(model_dir).resolve()), "model": meta.get("model"),
+                            "saved_at": meta.get("saved_at"), "task": task}
+    if denoiser is not None:
+        from medrobust.defences.composed import DefendedClassifier
+        from medrobust.defences.registry import make_denoiser
+
+        model = DefendedClassifier(model, make_denoiser(denoiser, model.device))
+        info["denoiser"] = str(Path(denoiser).resolve()) if Path(denoiser).is_dir() else denoiser
+    indices = list(range(len(ds) if limit is None else min(limit, len(ds))))
+    with Store(store_path) as store:
+        out = run_certify_campaign(store, model, info, ds, settings, indices,
+                                   resume=not no_resume, show_progress=not as_json,
+                                   executor=executor)
+    trained_sd = (meta.get("train_config") or {}).get("noise_sd")
+    summary = {"run_id": out.run_id, "resumed": out.resumed, "certified_now": out.computed_now,
+               "store": store_path, "trained_noise_sd": trained_sd, **out.summary}
+
+    def human() -> None:
+        s = summary
+        click.echo(f"{'resumed' if s['resumed'] else 'ran'} run {s['run_id']}: {s['images']} "
+                   f"images, sigma {s['sigma']:g}, n {s['n']}, alpha {s['alpha']:g}; abstained "
+                   f"{fmt(s['abstain_rate'])}")
+        if not trained_sd:
+            click.echo(f"  note: the model was trained without noise; smoothing works on "
+                       f"models trained with it (train --noise-sd {s['sigma']:g})")
+        for c in s["certified_accuracy"]:
+            lo, hi = c["ci95"] or (None, None)
+            click.echo(f"  certified accuracy at L2 {c['radius']:g}: {fmt(c['accuracy'])} "
+                       f"({c['certified']}/{c['images']}, 95 % CI {fmt(lo)}-{fmt(hi)})")
+
+    emit(summary, as_json, human)
+
+
+def _radii(text: str) -> tuple[float, ...]:
+    """'0,0.25,1/2' -> (0.0, 0.25, 0.5): like the attacks' budgets, but 0 (the smoothed
+    classifier's clean accuracy) is a radius too."""
+    if text.strip() in ("0", "0.0"):
+        return (0.0,)
+    zero = any(part.strip() in ("0", "0.0") for part in text.split(","))
+    rest = ",".join(p for p in text.split(",") if p.strip() not in ("0", "0.0"))
+    return ((0.0,) if zero else ()) + budget_levels("--radii", rest)
