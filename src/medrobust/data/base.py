@@ -22,6 +22,7 @@ from medrobust.data.medical import (
     Volume,
     apply_window,
     check_axis,
+    check_finite,
     check_window,
     file_stem,
     medical_format,
@@ -380,15 +381,6 @@ def wide_to_8bit(img: PILImage.Image, path: Path, what: str = "image") -> PILIma
     lo, hi = (float(a.min()), float(a.max())) if a.size else (0.0, 0.0)
     a = np.zeros_like(a) if hi <= lo else (a - lo) / (hi - lo) * 255.0
     return Image.fromarray(np.round(a).astype(np.uint8))
-
-
-def check_finite(a: np.ndarray, path: Path, what: str, fix: str) -> None:
-    """Refuse a float image or mask with NaN or infinite pixels, naming how many (scaling or
-    casting would silently turn the whole image into zeros)."""
-    bad = int(np.count_nonzero(~np.isfinite(a)))
-    if bad:
-        raise DataError(f"{what} {path} has {bad} non-finite pixel value(s) (NaN or infinity) "
-                        f"of {a.size}: replace them with {fix} before loading it")
 
 
 def is_colour(path: Path, reader: ImageReader | None = None) -> bool:

@@ -36,6 +36,15 @@ import numpy as np
 
 from medrobust.errors import ConfigError, DataError
 
+
+def check_finite(a: np.ndarray, path: Path, what: str, fix: str) -> None:
+    """Refuse a float image or mask with NaN or infinite pixels, naming how many (scaling or
+    casting would silently turn the whole image into zeros)."""
+    bad = int(np.count_nonzero(~np.isfinite(a)))
+    if bad:
+        raise DataError(f"{what} {path} has {bad} non-finite pixel value(s) (NaN or infinity) "
+                        f"of {a.size}: replace them with {fix} before loading it")
+
 DICOM_SUFFIXES = (".dcm", ".dicom")
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 MEDICAL_SUFFIXES = DICOM_SUFFIXES + NIFTI_SUFFIXES
@@ -388,7 +397,6 @@ def _dicom_volume(path: Path, window: tuple[float, float] | None, labels: bool, 
 def _modality(ds: Any, arr: np.ndarray, frames: int, path: Path, what: str) -> np.ndarray:
     """Stored values -> modality values (e.g. Hounsfield units): the Modality LUT, else
     RescaleSlope/RescaleIntercept per frame. Integer data without a rescale stays as stored."""
-    from medrobust.data.base import check_finite
 
     if arr.dtype.kind == "f":
         check_finite(arr, path, what, "numbers")
@@ -466,7 +474,6 @@ def _nifti_header(path: Path, what: str) -> Header:
 
 def _nifti_volume(path: Path, window: tuple[float, float] | None, labels: bool, what: str
                   ) -> Volume:
-    from medrobust.data.base import check_finite
 
     img = _nib_load(path, what)
     z, y, x = _nifti_shape(img, path, what)
