@@ -204,3 +204,30 @@ def test_noise_training_gives_the_smoothed_model_its_accuracy(tmp_path, capsys):
     code, _, err = run_cli(capsys, "train", "--task", "segmentation", "--dataset", "segfolder",
                            "--noise-sd", "0.1", "--out", str(tmp_path / "s"), "--store", db)
     assert code == 2 and "--noise-sd" in err
+
+
+def test_the_crosscheck_holds_for_real_certificates_and_catches_false_ones(
+        tmp_path, tiny_classifier, tiny_synthetic):
+    """Certified accuracy never exceeds what PGD on the smoothed model leaves; certificates
+    inflated by a bug (every image 'certified' at radius 10) are caught as violations."""
+    from medrobust.campaigns.certify import CheckSettings, run_crosscheck_campaign
+
+    ds = tiny_synthetic[2]
+    settings = CertifySettings(sigma=0.25, n0=20, n=300, alpha=0.01, radii=(0.0, 0.25, 1.0),
+                               batch_size=150, seed=0)
+    check = CheckSettings(steps=10, samples=8)
+    info = {"dir": "", "model": "smallcnn"}
+    with Store(tmp_path / "c.db") as store:
+        cert = _run(store, tiny_classifier, ds, settings, list(range(8)))
+        rows = store.rows(CERTIFY_TABLE, run_id=cert.run_id)
+        real = run_crosscheck_campaign(store, tiny_classifier, info, ds, settings, check, rows,
+                                       show_progress=False)
+        assert real.summary["consistent"] and real.summary["violations"] == 0
+        for c in real.summary["radii"]:
+            assert c["certified_accuracy"] <= c["empirical_accuracy"]
+        inflated = [{**r, "correct": 1, "radius": 10.0} for r in rows]
+        fake = run_crosscheck_campaign(store, tiny_classifier, info, ds, settings, check,
+                                       inflated, show_progress=False)
+    assert not fake.summary["consistent"] and fake.summary["violations"] > 0
+    at_one = fake.summary["radii"][-1]
+    assert at_one["certified_accuracy"] == 1.0 > at_one["empirical_accuracy"]

@@ -9,12 +9,15 @@ its Wilson interval, and the abstention rate.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
+import torch
 
 from medrobust.campaigns.base import CampaignOutcome, batch_run
 from medrobust.campaigns.executor import Executor, Work, check_remote, is_remote
@@ -162,3 +165,108 @@ def summarise_certify(rows: list[dict[str, Any]], settings: CertifySettings) -> 
             "abstain_rate": abstained.rate, "abstain_ci95": abstained.ci95,
             "mean_radius_correct": float(np.mean(correct)) if correct else None,
             "median_radius_correct": float(np.median(correct)) if correct else None}
+
+
+# -- the cross-check: an attack on the smoothed classifier at each certified radius ---------------
+
+CHECK_TABLE = ResultTable(
+    "certify_check_results",
+    {
+        "dataset_index": "INTEGER",
+        "radius": "REAL",
+        "label": "INTEGER",
+        "adv_prediction": "INTEGER",
+        "robust": "INTEGER",
+        "certified": "INTEGER",
+        "violation": "INTEGER",
+        "l2": "REAL",
+        "seconds": "REAL",
+    },
+)
+CHECK_COMMAND = "certify check"
+
+
+@dataclass(frozen=True)
+class CheckSettings:
+    """PGD (L2, on the smoothed classifier's EOT loss) at each positive radius, judged by
+    PREDICT on ``n`` fresh noise samples at the same ``alpha``."""
+
+    steps: int = 20
+    samples: int = 16
+
+    def validate(self) -> CheckSettings:
+        check_range("steps", self.steps, 1)
+        check_range("samples", self.samples, 1)
+        return self
+
+
+def check_item(radius: float, index: int) -> str:
+    return f"{radius:g}/{index}"
+
+
+def run_crosscheck_campaign(store: Store, classifier: Classifier, model_info: dict[str, Any],
+                            dataset: Any, settings: CertifySettings, check: CheckSettings,
+                            certify_rows: list[dict[str, Any]], resume: bool = True,
+                            show_progress: bool = True) -> CampaignOutcome:
+    """Attack the smoothed classifier at every positive radius on the certified images;
+    a *violation* is an image certified at that radius whose attacked image PREDICT assigns
+    to another class (abstentions are not violations, but do not count as robust)."""
+    from medrobust.attacks.pgd import PGD
+    from medrobust.certify.attack import SmoothedLogits
+    from medrobust.certify.smoothing import ABSTAIN
+
+    settings.validate()
+    check.validate()
+    certified = {int(r["dataset_index"]): r for r in certify_rows}
+    radii = [r for r in settings.radii if r > 0]
+    items = [check_item(r, i) for r in radii for i in sorted(certified)]
+    # the certificates checked are part of what the run is: other certificates, another run
+    digest = hashlib.sha256(json.dumps(
+        [[i, certified[i]["prediction"], certified[i]["radius"], certified[i]["correct"]]
+         for i in sorted(certified)]).encode()).hexdigest()
+    params = {"smoothing": settings.params(), "check": asdict(check),
+              "indices": sorted(certified), "certificates": digest}
+    smooth = _smoothed(classifier, settings)
+    eot = SmoothedLogits(classifier, settings.sigma, check.samples)
+    start = time.perf_counter()
+    with batch_run(store, CHECK_TABLE, CHECK_COMMAND, params, model=model_info,
+                   dataset={**dataset.spec, "split": dataset.split}, items=items, size=1,
+                   desc="certify check", resume=resume, show_progress=show_progress) as run:
+        for (item,) in run.chunks():
+            t0 = time.perf_counter()
+            r_text, i_text = item.split("/")
+            radius, i = float(r_text), int(i_text)
+            label = int(dataset.labels[i])
+            x = classifier.to_tensor(dataset.images[i:i + 1])
+            eot.reseed(settings.seed * 1_000_003 + i)
+            attack = PGD(eot, norm="l2", eps=radius, steps=check.steps, random_start=True,
+                         seed=settings.seed)
+            adv = attack(x, torch.tensor([label]), keys=[i]).adversarial
+            pred = smooth.predict(adv[0], settings.n, settings.alpha, key=i)
+            row = certified[i]
+            is_certified = bool(row["correct"]) and row["radius"] >= radius
+            run.record(item, {
+                "dataset_index": i, "radius": radius, "label": label, "adv_prediction": pred,
+                "robust": int(pred == label), "certified": int(is_certified),
+                "violation": int(is_certified and pred not in (label, ABSTAIN)),
+                "l2": float((adv - x).flatten().norm()), "seconds": time.perf_counter() - t0})
+            run.advance()
+    seconds = time.perf_counter() - start
+    summary = summarise_check(store.rows(CHECK_TABLE, run_id=run.run_id), radii)
+    summary["seconds_this_session"] = seconds
+    store.finish_run(run.run_id, "completed", summary)
+    return CampaignOutcome(run.run_id, run.resumed, len(run.todo), seconds, summary)
+
+
+def summarise_check(rows: list[dict[str, Any]], radii: Sequence[float]) -> dict[str, Any]:
+    """Per radius: the attack's robust accuracy beside certified accuracy, and violations."""
+    out = []
+    for r in radii:
+        at = [x for x in rows if abs(x["radius"] - r) < 1e-12]
+        robust = proportion(sum(x["robust"] for x in at), len(at))
+        cert = proportion(sum(x["certified"] for x in at), len(at))
+        out.append({"radius": r, "images": len(at), "empirical_accuracy": robust.rate,
+                    "empirical_ci95": robust.ci95, "certified_accuracy": cert.rate,
+                    "violations": sum(x["violation"] for x in at)})
+    return {"radii": out, "violations": sum(c["violations"] for c in out),
+            "consistent": all(c["violations"] == 0 for c in out)}

@@ -7,7 +7,13 @@ from typing import Any
 
 import click
 
-from medrobust.campaigns.certify import CertifySettings, run_certify_campaign
+from medrobust.campaigns.certify import (
+    CERTIFY_TABLE,
+    CertifySettings,
+    CheckSettings,
+    run_certify_campaign,
+    run_crosscheck_campaign,
+)
 from medrobust.cli.common import (
     DEFAULT_STORE,
     budget_levels,
@@ -48,6 +54,13 @@ from medrobust.utils.device import resolve_device
 @click.option("--denoiser", default=None,
               help="Denoised smoothing (Salman et al. 2020): this denoiser (a filter name or a "
                    "trained denoiser folder) in front of the unchanged classifier.")
+@click.option("--check/--no-check", default=False, show_default=True,
+              help="Cross-check: attack the smoothed classifier (PGD on its noise-averaged "
+                   "loss) at each positive radius; certified accuracy must not exceed what the "
+                   "attack leaves, and an image certified but broken is reported as a bug.")
+@click.option("--check-steps", type=click.IntRange(1), default=20, show_default=True)
+@click.option("--check-samples", type=click.IntRange(1), default=16, show_default=True,
+              help="Noise samples per PGD step of the cross-check.")
 @click.option("--limit", type=click.IntRange(1), default=None, help="Certify the first N images.")
 @click.option("--batch-size", type=click.IntRange(1), default=1000, show_default=True,
               help="Noisy copies per forward pass.")
@@ -57,7 +70,8 @@ from medrobust.utils.device import resolve_device
 @executor_options
 def certify(model_dir: str, dataset: str | None, data_dir: str | None, size: int | None,
             no_verify: bool, split: str, sigma: float, n0: int, n: int, alpha: float,
-            radii: str, denoiser: str | None, limit: int | None, batch_size: int,
+            radii: str, denoiser: str | None, check: bool, check_steps: int,
+            check_samples: int, limit: int | None, batch_size: int,
             store_path: str, no_resume: bool, as_json: bool, seed: int, device: str,
             executor: object = None) -> None:
     """Certify a classifier by randomized smoothing (Cohen et al. 2019): per image the smoothed
@@ -85,13 +99,20 @@ def certify(model_dir: str, dataset: str | None, data_dir: str | None, size: int
         model = DefendedClassifier(model, make_denoiser(denoiser, model.device))
         info["denoiser"] = str(Path(denoiser).resolve()) if Path(denoiser).is_dir() else denoiser
     indices = list(range(len(ds) if limit is None else min(limit, len(ds))))
+    checking = CheckSettings(check_steps, check_samples).validate() if check else None
     with Store(store_path) as store:
         out = run_certify_campaign(store, model, info, ds, settings, indices,
                                    resume=not no_resume, show_progress=not as_json,
                                    executor=executor)
+        crosscheck = None if checking is None else run_crosscheck_campaign(
+            store, model, info, ds, settings, checking,
+            store.rows(CERTIFY_TABLE, run_id=out.run_id), resume=not no_resume,
+            show_progress=not as_json)
     trained_sd = (meta.get("train_config") or {}).get("noise_sd")
     summary = {"run_id": out.run_id, "resumed": out.resumed, "certified_now": out.computed_now,
-               "store": store_path, "trained_noise_sd": trained_sd, **out.summary}
+               "store": store_path, "trained_noise_sd": trained_sd, **out.summary,
+               **({} if crosscheck is None else {"check": {"run_id": crosscheck.run_id,
+                                                            **crosscheck.summary}})}
 
     def human() -> None:
         s = summary
@@ -105,6 +126,13 @@ def certify(model_dir: str, dataset: str | None, data_dir: str | None, size: int
             lo, hi = c["ci95"] or (None, None)
             click.echo(f"  certified accuracy at L2 {c['radius']:g}: {fmt(c['accuracy'])} "
                        f"({c['certified']}/{c['images']}, 95 % CI {fmt(lo)}-{fmt(hi)})")
+        for c in (s.get("check") or {}).get("radii", []):
+            click.echo(f"  attacked (PGD-{check_steps} on the smoothed model) at L2 "
+                       f"{c['radius']:g}: accuracy {fmt(c['empirical_accuracy'])} >= certified "
+                       f"{fmt(c['certified_accuracy'])}; violations {c['violations']}")
+        if s.get("check") and not s["check"]["consistent"]:
+            click.echo(f"  EVALUATION BUG: {s['check']['violations']} image(s) certified at a "
+                       "radius were moved to another class within it; see certify_check_results")
 
     emit(summary, as_json, human)
 

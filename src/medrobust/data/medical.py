@@ -45,6 +45,7 @@ def check_finite(a: np.ndarray, path: Path, what: str, fix: str) -> None:
         raise DataError(f"{what} {path} has {bad} non-finite pixel value(s) (NaN or infinity) "
                         f"of {a.size}: replace them with {fix} before loading it")
 
+
 DICOM_SUFFIXES = (".dcm", ".dicom")
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 MEDICAL_SUFFIXES = DICOM_SUFFIXES + NIFTI_SUFFIXES

@@ -1,0 +1,46 @@
+"""An attack on the smoothed classifier itself, to check its certificates from above.
+
+A certificate is a lower bound and an attack an upper bound, so at every radius certified
+accuracy must not exceed the accuracy the strongest attack leaves (Cohen et al.'s guarantee,
+up to its probability ``alpha`` of error). ``SmoothedLogits`` makes the smoothed classifier
+differentiable the way SmoothAdv does (Salman et al., NeurIPS 2019): the log of the mean
+softmax over ``samples`` noisy copies, with fresh seeded noise at every call (expectation over
+transformation), so PGD climbs the smoothed classifier's own loss rather than the base model's.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from medrobust.attacks.base import model_device
+from medrobust.utils.validation import check_range
+
+
+class SmoothedLogits(nn.Module):
+    """``log E[softmax(f(x + d))]``, ``d ~ N(0, sigma^2 I)``, estimated on ``samples`` draws;
+    the cross-entropy of these log-probabilities is the smoothed classifier's loss."""
+
+    def __init__(self, model: nn.Module, sigma: float, samples: int = 16, seed: int = 0) -> None:
+        super().__init__()
+        self.model = model
+        self.sigma = float(check_range("sigma", sigma, 0, low_inclusive=False))
+        self.samples = int(check_range("samples", samples, 1))
+        self.generator = torch.Generator(device=model_device(model))
+        self.reseed(seed)
+
+    def reseed(self, seed: int) -> None:
+        """Restart the noise stream (per image, so an image's attack does not depend on which
+        images share its batch, nor on a resume)."""
+        self.generator.manual_seed(int(seed))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n = x.shape[0]
+        noise = torch.randn((self.samples, *x.shape), generator=self.generator,
+                            device=x.device, dtype=x.dtype)
+        noisy = (x.unsqueeze(0) + self.sigma * noise).reshape(n * self.samples, *x.shape[1:])
+        logits = self.model(noisy)
+        if logits.shape[1] == 1:  # a sigmoid head: its two classes' logits
+            logits = torch.cat([torch.zeros_like(logits), logits], dim=1)
+        probs = torch.softmax(logits, dim=1).reshape(self.samples, n, -1).mean(dim=0)
+        return torch.log(probs.clamp_min(1e-12))
