@@ -252,3 +252,30 @@ def test_the_report_shows_a_registered_task_from_its_task_report(tmp_path):
             assert [s.title for s in section.subsections] == ["Toy regression: absolute error"]
     finally:
         unregister_task("toy-regression")
+
+
+def test_the_report_says_when_an_attack_did_not_hurt(tmp_path):
+    """An attack that left the MRE lower than without it is flagged as a failed attack, and a
+    curve whose attacks all hurt is not (issue 24, item 7)."""
+    from medrobust.report.blocks import Note
+    from medrobust.report.context import ReportContext
+    from medrobust.report.task_section import budget_section
+    from medrobust.store import Store
+
+    def section(adv: tuple[float, float]):
+        with Store(tmp_path / f"s{adv[0]}.db") as store:
+            for eps, value in zip((0.5, 1.0), adv, strict=True):
+                rid, _ = store.start_run("attack pgd", {"task": "landmarks", "attack": {
+                    "attack": "pgd", "norm": "l2", "eps": eps, "steps": 10}},
+                    model={"dir": str(tmp_path / "m")})
+                store.finish_run(rid, "completed", {"images": 4, "unit": "mm",
+                                                    "clean_mre": 78.9, "adv_mre": value,
+                                                    "clean_sdr_2": 0.0, "adv_sdr_2": 0.0})
+            ctx = ReportContext(store=store, out_dir=tmp_path, runs=store.runs())
+            (sub,) = budget_section(ctx).subsections
+            return [b for b in sub.blocks if isinstance(b, Note)]
+
+    (note,) = section((69.9, 80.0))
+    assert note.level == "warning" and "did not hurt in 1 run(s)" in note.text
+    assert "run 1 (" in note.text and "without attack" in note.text and "run 2" not in note.text
+    assert section((80.0, 90.0)) == []

@@ -338,11 +338,39 @@ def budget_section(ctx: ReportContext) -> Section | None:
                        f"{title} against the attack budget, one line per attack "
                        "and norm.", alt=budget_alt(mine, what)))
         sub.add(budget_table(mine, formats))
+        harmless = did_not_hurt(mine, task.lower_is_better, formats)
+        if harmless:
+            sub.add(Note(harmless, "warning"))
         for c in mine:
             for p in c.points:
                 ctx.cite(p.run_id, sub.anchor, sub.title)
         section.subsections.append(sub)
     return section
+
+
+def did_not_hurt(curves: list[Any], lower_is_better: bool,
+                 formats: dict[str, Callable[[Any], str]]) -> str | None:
+    """A warning naming the runs whose attack left the headline metric better than without it
+    (an MRE that fell, a Dice that rose): that is not robustness. On a barely trained model the
+    loss the attack raises and the metric can disagree, or the attack is too weak to move it."""
+    bad = []
+    for c in curves:
+        if c.metric != curves[0].metric:  # the headline metric only (SDR follows MRE)
+            continue
+        for p in c.points:
+            if p.clean is None:
+                continue
+            better = p.value < p.clean if lower_is_better else p.value > p.clean
+            if better:
+                show = formats.get(c.metric, num)
+                bad.append(f"run {p.run_id} ({c.label}, {budget_label(c.norm, p.eps)}: "
+                           f"{show(p.clean)} without attack, {show(p.value)} with it)")
+    if not bad:
+        return None
+    return (f"The attack did not hurt in {len(bad)} run(s): {'; '.join(bad)}. Read this as a "
+            "failed attack, not as robustness: on a barely trained model the loss the attack "
+            "raises and the metric disagree, or the attack is too weak (more steps, restarts, "
+            "evaluate --attack ensemble).")
 
 
 # -- landmark and detection runs ------------------------------------------------------------------
