@@ -49,8 +49,11 @@ def check_target_options(targeted: bool) -> None:
 @click.option("--target", default="next", show_default=True,
               help="Targeted: class name, index, or 'next' (label + 1).")
 @click.option("--pixels", type=int, default=1, show_default=True, help="Pixels changed (k).")
-@click.option("--population", type=int, default=400, show_default=True)
-@click.option("--generations", type=int, default=100, show_default=True)
+@click.option("--population", type=int, default=400, show_default=True,
+              help="Candidate pixels (x, y, colour) per image that differential evolution "
+                   "evolves (the paper: 400).")
+@click.option("--generations", type=int, default=100, show_default=True,
+              help="Evolution rounds; each scores the whole population once (the paper: 100).")
 @click.option("--f", "f_", type=float, default=0.5, show_default=True, help="DE mutation factor.")
 @click.option("--crossover", type=float, default=None, help="Crossover rate (default: none).")
 @click.option("--strategy", type=click.Choice(["rand1", "best1"]), default="rand1",

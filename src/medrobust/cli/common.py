@@ -98,7 +98,10 @@ def dataset_options(required: bool = False) -> Callable[[Callable[..., Any]], Ca
                           help="Image size, for datasets that take one.")(fn)
         fn = click.option("--data-dir", type=click.Path(file_okay=False), default=None,
                           help="Folder holding the data (default $MEDROBUST_DATA_DIR).")(fn)
-        help_text = "Dataset: synthetic, bccd, folder, medmnist or a MedMNIST flag."
+        from medrobust.data.registry import available_datasets
+
+        help_text = (f"Dataset: {', '.join(available_datasets())}, or a MedMNIST flag such "
+                     "as pneumoniamnist.")
         if not required:
             help_text += " Default: the dataset the model was trained on."
         return click.option("--dataset", required=required, default=None, help=help_text)(fn)

@@ -29,8 +29,9 @@ from medrobust.utils.validation import check_range
 @click.option("--index", "indices", type=int, multiple=True,
               help="Image index in the split (repeatable).")
 @click.option("--limit", type=int, default=None, help="Map the first N images instead.")
-@click.option("--step", type=int, default=5, show_default=True,
-              help="Colour grid step per channel (5 = the paper's 52 levels; 255 is included).")
+@click.option("--colour-step", "--step", "step", type=int, default=5, show_default=True,
+              help="Colour grid step per channel (5 = the paper's 52 levels; 255 is included). "
+                   "--step, its old name, still works; attack's --step is PGD's step size.")
 @click.option("--engine", type=click.Choice(["fast", "reference"]), default="fast",
               show_default=True, help="fast = exact receptive-field cone engine.")
 @click.option("--score-class", type=int, default=None,
