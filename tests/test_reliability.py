@@ -268,7 +268,7 @@ def test_version_1_store_is_upgraded_in_place(tmp_path):
     conn.commit()
     conn.close()
     with Store(db) as store:
-        assert store.schema_version == SCHEMA_VERSION == 2
+        assert store.schema_version == SCHEMA_VERSION == 3
         assert store.rows("t") == [{"run_id": 1, "item": "0", "v": 0.5, "recorded_at": "then"}]
         assert store.get_run(1)["status"] == "running"
         assert store.start_run("campaign", {"n": 1}) == (1, True)  # no owner recorded: free

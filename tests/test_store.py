@@ -42,7 +42,7 @@ def test_store_creates_parent_dirs_and_schema(tmp_path: Path) -> None:
     path = tmp_path / "a" / "b" / "medrobust.db"
     with Store(path) as s:
         assert path.exists()
-        assert s.schema_version == SCHEMA_VERSION == 2
+        assert s.schema_version == SCHEMA_VERSION == 3
         assert s.tables() == []
         assert s.runs() == []
         assert s.latest_run() is None

@@ -29,13 +29,13 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
-from medrobust.attacks.base import Attack, output_device
+from medrobust.attacks.base import Attack, AttackProgress, output_device
 from medrobust.attacks.criteria import misclassified
 from medrobust.attacks.losses import cross_entropy
 from medrobust.attacks.projection import (
@@ -128,6 +128,7 @@ class APGD(Attack):
     dlr_fallback: on heads with fewer than 3 classes, ``margin`` replaces DLR by the margin loss
         (with a warning) and ``error`` raises ``ConfigError``.
     batch_size: images attacked together.
+    progress: show a bar on stderr that moves every step (``Attack``).
     """
 
     name = "apgd"
@@ -135,8 +136,8 @@ class APGD(Attack):
     def __init__(self, model: nn.Module, norm: str = "linf", eps: Budget = 8 / 255,
                  steps: int = 100, restarts: int = 1, loss: str = "ce", rho: float = 0.75,
                  momentum: float = 0.75, dlr_fallback: str = "margin", batch_size: int = 64,
-                 seed: int = 0) -> None:
-        super().__init__(model, seed)
+                 seed: int = 0, progress: bool = False) -> None:
+        super().__init__(model, seed, progress)
         self.norm = check_choice("norm", norm, NORMS)
         self.eps = budget_param("eps", eps, self.norm)
         self.steps = int(check_range("steps", steps, 1))
@@ -199,14 +200,17 @@ class APGD(Attack):
         success = torch.zeros(n, dtype=torch.bool)
         steps = torch.zeros(n, dtype=torch.long)
         used = self.loss
-        for s in range(0, n, self.batch_size):
-            e = min(s + self.batch_size, n)
-            adv, ok, taken, used = self._attack(x[s:e], y[s:e], eps[s:e], keys[s:e])
-            out[s:e], success[s:e], steps[s:e] = adv, ok.cpu(), taken
+        with self.progress_bar(n) as bar:
+            for s in range(0, n, self.batch_size):
+                e = min(s + self.batch_size, n)
+                adv, ok, taken, used = self._attack(x[s:e], y[s:e], eps[s:e], keys[s:e], bar)
+                out[s:e], success[s:e], steps[s:e] = adv, ok.cpu(), taken
+                bar.settle(e - s)
         return AttackResult(out.to(output_device(images, device)), success=success, steps=steps,
                             extras={"loss_used": [used] * n})
 
-    def _attack(self, x0: torch.Tensor, y: torch.Tensor, eps: torch.Tensor, keys: list[int]
+    def _attack(self, x0: torch.Tensor, y: torch.Tensor, eps: torch.Tensor, keys: list[int],
+                bar: AttackProgress | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, str]:
         n = x0.shape[0]
         with torch.no_grad():
@@ -227,14 +231,19 @@ class APGD(Attack):
         taken = torch.zeros(n, dtype=torch.long)
         closest = torch.full((n,), float("-inf"), device=x0.device)
         todo = ~fooled & (eps > 0)
-        for t_index, target in enumerate(self._targets(clean, y)):
+        targets = self._targets(clean, y)
+        # one step of one image is this share of the bar: every image may run every step of
+        # every restart and target; images that stop early are settled when the batch ends
+        share = 1.0 / (self.steps * self.restarts * len(targets))
+        for t_index, target in enumerate(targets):
             for r in range(self.restarts):
                 idx = todo.nonzero().squeeze(1)
                 if idx.numel() == 0:
                     break
                 a, f, st = self._single_run(
                     x0[idx], y[idx], eps[idx], [keys[i] for i in idx.tolist()],
-                    (t_index, r), None if target is None else target[idx], used)
+                    (t_index, r), None if target is None else target[idx], used,
+                    None if bar is None else (lambda m: bar.advance(m * share)))
                 taken[idx.cpu()] += st
                 # a robust image keeps the point closest to a wrong class over all runs (the
                 # margin compares runs with different losses and targets on one scale)
@@ -281,12 +290,14 @@ class APGD(Attack):
         return loss.detach(), grad, misclassified(outputs.detach(), y)
 
     def _single_run(self, x0: torch.Tensor, y: torch.Tensor, eps: torch.Tensor, keys: list[int],
-                    stream: tuple[int, int], target: torch.Tensor | None, used: str
+                    stream: tuple[int, int], target: torch.Tensor | None, used: str,
+                    stepped: Callable[[int], None] | None = None
                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """One APGD run from a random start: (adversarial, misclassified, steps) per image.
 
         An image stops at its first misclassified iterate, which is returned; the others
-        return the point of highest loss (which later restarts do not reuse)."""
+        return the point of highest loss (which later restarts do not reuse).
+        ``stepped(m)`` hears of each step that moved m images (the progress bar)."""
         n = x0.shape[0]
         view = (-1, *([1] * (x0.ndim - 1)))
         x = self._start(x0, eps, keys, stream)
@@ -316,6 +327,8 @@ class APGD(Attack):
                                                  else target[idx], used)
             x_prev[idx], x[idx], grad[idx] = xa, new, g_new
             taken[idx.cpu()] += 1
+            if stepped is not None:
+                stepped(int(idx.numel()))
             rises[idx] += (l_new > loss_prev[idx]).float()
             loss_prev[idx] = l_new
             better = l_new > loss_best[idx]
@@ -359,10 +372,11 @@ class APGDT(APGD):
     def __init__(self, model: nn.Module, norm: str = "linf", eps: Budget = 8 / 255,
                  steps: int = 100, restarts: int = 1, loss: str = "dlr",
                  n_target_classes: int = 9, rho: float = 0.75, momentum: float = 0.75,
-                 dlr_fallback: str = "margin", batch_size: int = 64, seed: int = 0) -> None:
+                 dlr_fallback: str = "margin", batch_size: int = 64, seed: int = 0,
+                 progress: bool = False) -> None:
         super().__init__(model, norm=norm, eps=eps, steps=steps, restarts=restarts, loss=loss,
                          rho=rho, momentum=momentum, dlr_fallback=dlr_fallback,
-                         batch_size=batch_size, seed=seed)
+                         batch_size=batch_size, seed=seed, progress=progress)
         self.n_target_classes = int(check_range("n_target_classes", n_target_classes, 1))
 
     def params(self) -> dict[str, Any]:

@@ -32,7 +32,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from medrobust.attacks.base import Attack, as_image_batch, model_device, output_device
+from medrobust.attacks.base import (
+    Attack,
+    AttackProgress,
+    as_image_batch,
+    model_device,
+    output_device,
+)
 from medrobust.attacks.criteria import foreground_iou
 from medrobust.attacks.projection import (
     Budget,
@@ -46,7 +52,6 @@ from medrobust.attacks.projection import (
 )
 from medrobust.attacks.result import AttackResult
 from medrobust.errors import ConfigError
-from medrobust.utils.progress import progress
 from medrobust.utils.validation import check_choice, check_range
 
 MASKS = ("adaptive", "static")
@@ -110,6 +115,8 @@ class ASMA(Attack):
     stop_iou: freeze an image once its target IoU reaches this (None: run every step, which
         lets D shrink the perturbation of images that are already done).
     batch_size: images per forward/backward pass.
+    progress: show a bar on stderr that moves every iteration (``Attack``; ``run``'s
+        ``show_progress`` does it for one call).
 
     Defaults (``normalize="linf"``, tau = 2e-3, beta = 1e-2, distance weight 0.1, 200
     iterations, eps = 0.1): chosen on DSB2018 at 128x128 (benchmarks/segmentation_asma.py),
@@ -126,8 +133,9 @@ class ASMA(Attack):
                  beta: float = 1e-2, mask: str = "adaptive", dynamic: bool = True,
                  distance_weight: float | None = None, normalize: str | None = "linf",
                  eps: Budget | None = 0.1, eps_l2: Budget | None = None,
-                 stop_iou: float | None = None, batch_size: int = 16, seed: int = 0) -> None:
-        super().__init__(model, seed)
+                 stop_iou: float | None = None, batch_size: int = 16, seed: int = 0,
+                 progress: bool = False) -> None:
+        super().__init__(model, seed, progress)
         self.iterations = int(check_range("iterations", iterations, 1))
         self.tau = float(check_range("tau", tau, 0.0))
         self.beta = float(check_range("beta", beta, 0.0))
@@ -174,12 +182,12 @@ class ASMA(Attack):
         eps = inf if self.eps is None else per_sample(self.eps, n, device, "eps")
         eps_l2 = inf if self.eps_l2 is None else per_sample(self.eps_l2, n, device, "eps_l2")
         parts = []
-        bar = progress(total=n * self.iterations, desc="ASMA", unit="step",
-                       disable=not show_progress)
-        for s in range(0, n, self.batch_size):
-            e = min(s + self.batch_size, n)
-            parts.append(self._attack(x[s:e], target[s:e], eps[s:e], eps_l2[s:e], history, bar))
-        bar.close()
+        with self.progress_bar(n, "ASMA", show=show_progress) as bar:
+            for s in range(0, n, self.batch_size):
+                e = min(s + self.batch_size, n)
+                parts.append(self._attack(x[s:e], target[s:e], eps[s:e], eps_l2[s:e], history,
+                                          bar))
+                bar.settle(e - s)
         out = {k: torch.cat([p[k] for p in parts]) for k in parts[0] if k != "history"}
         hist = {}
         if history:
@@ -240,7 +248,7 @@ class ASMA(Attack):
         return x.clamp(0.0, 1.0)
 
     def _attack(self, x0: torch.Tensor, target: torch.Tensor, eps: torch.Tensor,
-                eps_l2: torch.Tensor, history: bool, bar: Any) -> dict[str, Any]:
+                eps_l2: torch.Tensor, history: bool, bar: AttackProgress) -> dict[str, Any]:
         n = x0.shape[0]
         view = (-1, *([1] * (x0.ndim - 1)))
         x = x0.clone()
@@ -284,7 +292,7 @@ class ASMA(Attack):
             stepped = self._project(x0, x + m.view(view) * direction, eps, eps_l2)
             x = torch.where(active.view(view), stepped, x).detach()
             taken += active.long()
-            bar.update(n)
+            bar.advance(n / self.iterations)
         adv = self._finish(x0, best_x, eps, eps_l2)
         d = adv - x0
         out: dict[str, Any] = {

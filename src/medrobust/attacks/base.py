@@ -14,6 +14,8 @@ from torch import nn
 from medrobust.attacks.result import AttackResult
 from medrobust.errors import ConfigError
 from medrobust.models.pixels import pixel_tensor
+from medrobust.utils.progress import progress as progress_bar_on_stderr
+from medrobust.utils.progress import progress_enabled
 
 
 def model_device(model: nn.Module) -> torch.device:
@@ -55,6 +57,53 @@ class LabelledBatch:
     eps: torch.Tensor
 
 
+class AttackProgress:
+    """A progress bar counted in images, advanced in fractions of an image as an attack's
+    iterations run (a bar that moves every step has a steady ETA; one per image does not).
+
+    Each batch ``settle``s to its full share when it ends, so images that stop early (early
+    stop, success, a restart that is not needed) still bring the bar to 100 %. When the bar is
+    off every call is a no-op; it is a context manager and closes itself.
+    """
+
+    def __init__(self, bar: Any) -> None:
+        self.bar = bar
+        self._shown = 0.0  # what the bar shows (tqdm does not count while disabled)
+        self._owed = 0.0  # the shares of the batches finished so far
+
+    def advance(self, images: float) -> None:
+        """Count ``images`` (a fraction: the share of one iteration) as done; a negative
+        count takes shares back (the one-pixel attack swaps an image's generation shares for
+        one whole image when it finishes)."""
+        if images:
+            self._shown += images
+            self.bar.update(images)
+
+    def settle(self, images: float) -> None:
+        """The batch that just ended held ``images`` images: show all of them as done."""
+        self._owed += images
+        rest = self._owed - self._shown
+        if rest > 1e-9:
+            self.advance(rest)
+
+    def close(self) -> None:
+        self.bar.close()
+
+    def __enter__(self) -> AttackProgress:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+def check_flag(name: str, value: Any) -> bool:
+    """``value`` if it is a bool (NumPy's included), else ConfigError: a string such as
+    "false" is truthy, so it is refused rather than read as True."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise ConfigError(f"{name} must be True or False, got {value!r}")
+    return bool(value)
+
+
 class Attack(ABC):
     """An attack on a model in pixel space (a ``Classifier``, or any network mapping float [0,1]
     (N,C,H,W) images to outputs, such as a segmentation net).
@@ -63,21 +112,39 @@ class Attack(ABC):
     ``AttackResult``. Subclasses validate their parameters in ``__init__`` (so a bad value fails
     before any work), expose them through ``params()`` for provenance, and never mutate the
     images they are given.
+
+    ``progress=True`` shows a tqdm bar on stderr while ``run`` works (counted in images,
+    advanced every iteration or generation); the default is off, so scripts and campaigns
+    (which draw their own bars) stay quiet, and ``MEDROBUST_QUIET`` silences it as it silences
+    the CLI's bars. It changes nothing else, so it is not among ``params()`` (what the store
+    records and a run's fingerprint hashes), only among ``get_params()``.
     """
 
     name: str = "attack"
+    #: class default, for subclasses that do not call ``Attack.__init__``
+    progress: bool = False
 
-    def __init__(self, model: nn.Module, seed: int = 0) -> None:
+    def __init__(self, model: nn.Module, seed: int = 0, progress: bool = False) -> None:
         self.model = model
         self.seed = int(seed)
+        self.progress = check_flag("progress", progress)
 
     @abstractmethod
     def params(self) -> dict[str, Any]:
         """The attack's settings, JSON-able, as recorded in the store."""
 
     def get_params(self) -> dict[str, Any]:
-        """scikit-learn's name for ``params()``."""
-        return self.params()
+        """scikit-learn's name for ``params()``, plus the display-only ``progress``."""
+        return {**self.params(), "progress": self.progress}
+
+    def progress_bar(self, images: int, desc: str | None = None, *,
+                     show: bool = False) -> AttackProgress:
+        """A bar over ``images`` images, on stderr when ``progress`` (or ``show``, a ``run``
+        option of some attacks) is set and progress is not silenced; else a silent one."""
+        on = (self.progress or show) and progress_enabled()
+        label = desc or getattr(self, "label", None) or self.name
+        return AttackProgress(progress_bar_on_stderr(
+            total=images, desc=str(label), unit="img", unit_scale=True, disable=not on))
 
     @abstractmethod
     def run(self, images: Any, labels: Any, **kwargs: Any) -> AttackResult:

@@ -40,15 +40,17 @@ Member = Attack | Callable[..., Any]
 
 def standard_attacks(model: nn.Module, norm: str = "linf", eps: Budget = 8 / 255,
                      steps: int = 100, max_queries: int = 5000, n_target_classes: int = 9,
-                     batch_size: int = 64, seed: int = 0) -> list[Attack]:
+                     batch_size: int = 64, seed: int = 0, progress: bool = False
+                     ) -> list[Attack]:
     """AutoAttack's standard list: APGD-CE, APGD-T (targeted DLR over the top-k other
-    classes; the margin loss on 2-class heads) and Square."""
+    classes; the margin loss on 2-class heads) and Square; ``progress`` gives each its bar."""
     return [APGD(model, norm=norm, eps=eps, steps=steps, loss="ce", batch_size=batch_size,
-                 seed=seed),
+                 seed=seed, progress=progress),
             APGDT(model, norm=norm, eps=eps, steps=steps, loss="dlr",
-                  n_target_classes=n_target_classes, batch_size=batch_size, seed=seed),
+                  n_target_classes=n_target_classes, batch_size=batch_size, seed=seed,
+                  progress=progress),
             Square(model, norm=norm, eps=eps, max_queries=max_queries, batch_size=batch_size,
-                   seed=seed)]
+                   seed=seed, progress=progress)]
 
 
 def _member_name(member: Member) -> str:
@@ -85,6 +87,9 @@ class AttackEnsemble(Attack):
     norm, eps: the threat model every member's images are checked against (eps a number or
         one per image).
     steps, max_queries, n_target_classes, batch_size: settings of the default members.
+    progress: the default members show their bars on stderr, one after the other (members
+        given in ``attacks`` or ``extra`` keep their own ``progress``); the ensemble's own work
+        (judging each member's images) is a forward pass and draws no bar.
     """
 
     name = "ensemble"
@@ -92,14 +97,14 @@ class AttackEnsemble(Attack):
     def __init__(self, model: nn.Module, attacks: Sequence[Member] | None = None, *,
                  extra: Sequence[Member] = (), norm: str = "linf", eps: Budget = 8 / 255,
                  steps: int = 100, max_queries: int = 5000, n_target_classes: int = 9,
-                 batch_size: int = 64, seed: int = 0) -> None:
-        super().__init__(model, seed)
+                 batch_size: int = 64, seed: int = 0, progress: bool = False) -> None:
+        super().__init__(model, seed, progress)
         self.norm = check_choice("norm", norm, NORMS)
         self.eps = budget_param("eps", eps, self.norm)
         check_range("batch_size", batch_size, 1)
         self.batch_size = int(batch_size)
         members = list(standard_attacks(model, self.norm, eps, steps, max_queries,
-                                        n_target_classes, batch_size, seed)
+                                        n_target_classes, batch_size, seed, self.progress)
                        if attacks is None else attacks) + list(extra)
         if not members:
             raise ConfigError("an attack ensemble needs at least one attack")

@@ -27,7 +27,6 @@ from medrobust.attacks.result import AttackResult
 from medrobust.errors import ConfigError
 from medrobust.models.classifier import Classifier
 from medrobust.models.engines import ENGINES, make_engine
-from medrobust.utils.progress import progress
 from medrobust.utils.seeding import numpy_rng
 from medrobust.utils.validation import check_choice, check_range
 
@@ -87,6 +86,7 @@ class OnePixel(Attack):
         success is (0.9, 0.1).
     engine: candidate scorer: ``fast`` (the exact receptive-field cone engine; k > 1 and models
         it cannot trace use the reference) or ``reference`` (dense forward passes).
+    progress: show a bar on stderr that moves every generation (``Attack``).
     """
 
     name = "onepixel"
@@ -95,8 +95,8 @@ class OnePixel(Attack):
                  generations: int = 100, f: float = 0.5, crossover: float | None = None,
                  strategy: str = "rand1", init: str = "normal", direction: str = "auto",
                  threshold: float | tuple[float, float] = 0.5, engine: str = "fast",
-                 max_batch_images: int = 64, seed: int = 0) -> None:
-        super().__init__(classifier, seed)
+                 max_batch_images: int = 64, seed: int = 0, progress: bool = False) -> None:
+        super().__init__(classifier, seed, progress)
         self.classifier = classifier
         self.pixels = int(check_range("pixels", pixels, 1))
         self.population = int(check_range("population", population, 4))
@@ -159,6 +159,8 @@ class OnePixel(Attack):
         generations run (1/(G+1) of an image per image-generation; when an image finishes early
         its ticks are taken back, so the caller that counts the finished image as 1 stays exact):
         a bar that moves every generation has a steady ETA, one that moves per image does not.
+        ``show_progress`` shows that bar on stderr for this call, as ``progress=True`` does for
+        every call.
         """
         clf = self.classifier
         x = clf.to_tensor(images)
@@ -178,24 +180,22 @@ class OnePixel(Attack):
         objectives = build_objectives(clf.head, labels_np, targets_np, self.direction,
                                       self.thresholds)
         results: list[OnePixelResult] = []
-        bar = progress(total=x.shape[0], desc="one-pixel", unit="img",
-                       disable=not show_progress)
+        with self.progress_bar(x.shape[0], "one-pixel", show=show_progress) as bar:
 
-        def tick(images: float) -> None:
-            bar.update(images)
-            if on_progress is not None:
-                on_progress(images)
+            def tick(images: float) -> None:
+                bar.advance(images)
+                if on_progress is not None:
+                    on_progress(images)
 
-        def done(position: int, result: OnePixelResult) -> None:
-            bar.update(1)
-            if on_result is not None:
-                on_result(position, result)
+            def done(position: int, result: OnePixelResult) -> None:
+                bar.advance(1)
+                if on_result is not None:
+                    on_result(position, result)
 
-        for s in range(0, x.shape[0], self.max_batch_images):
-            sl = slice(s, s + self.max_batch_images)
-            results.extend(self._run_batch(x[sl], objectives[sl], list(keys[sl]), done, s,
-                                           tick))
-        bar.close()
+            for s in range(0, x.shape[0], self.max_batch_images):
+                sl = slice(s, s + self.max_batch_images)
+                results.extend(self._run_batch(x[sl], objectives[sl], list(keys[sl]), done, s,
+                                               tick))
         return self._result(x, results, images)
 
     @staticmethod

@@ -15,7 +15,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from medrobust.attacks.base import Attack, as_image_batch, model_device, output_device
+from medrobust.attacks.base import (
+    Attack,
+    AttackProgress,
+    as_image_batch,
+    model_device,
+    output_device,
+)
 from medrobust.attacks.criteria import Criterion
 from medrobust.attacks.losses import LossFn, cross_entropy, loss_name
 from medrobust.attacks.projection import (
@@ -51,6 +57,7 @@ class PGD(Attack):
     early_stop: ``fn(outputs, target) -> (N,) bool``; an image is frozen once it is True, and
         the result's ``success`` is this test on the returned images.
     batch_size: images per forward/backward pass.
+    progress: show a bar on stderr that moves every step (``Attack``).
     """
 
     name = "pgd"
@@ -60,8 +67,8 @@ class PGD(Attack):
                  eps: Budget = 8 / 255, step: Budget | None = None, steps: int = 10,
                  random_start: bool | None = None, targeted: bool = False,
                  early_stop: Criterion | None = None, batch_size: int = 64,
-                 seed: int = 0) -> None:
-        super().__init__(model, seed)
+                 seed: int = 0, progress: bool = False) -> None:
+        super().__init__(model, seed, progress)
         if not callable(loss):
             raise ConfigError("loss must be a callable loss(outputs, target) -> (N,)")
         self.loss = loss
@@ -114,17 +121,20 @@ class PGD(Attack):
         out = x.clone()
         taken = torch.zeros(n, dtype=torch.long)
         success = None if self.early_stop is None else torch.zeros(n, dtype=torch.bool)
-        for s in range(0, n, self.batch_size):
-            e = min(s + self.batch_size, n)
-            out[s:e], taken[s:e] = self._attack(x[s:e], target[s:e], eps[s:e], step[s:e],
-                                                keys[s:e])
-            if success is not None:
-                with torch.no_grad():
-                    success[s:e] = self.early_stop(self.model(out[s:e]), target[s:e]).cpu()
+        with self.progress_bar(n) as bar:
+            for s in range(0, n, self.batch_size):
+                e = min(s + self.batch_size, n)
+                out[s:e], taken[s:e] = self._attack(x[s:e], target[s:e], eps[s:e], step[s:e],
+                                                    keys[s:e], bar)
+                if success is not None:
+                    with torch.no_grad():
+                        success[s:e] = self.early_stop(self.model(out[s:e]), target[s:e]).cpu()
+                bar.settle(e - s)
         return AttackResult(out.to(output_device(images, device)), success=success, steps=taken)
 
     def _attack(self, x0: torch.Tensor, target: torch.Tensor, eps: torch.Tensor,
-                step: torch.Tensor, keys: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+                step: torch.Tensor, keys: list[int], bar: AttackProgress | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
         n = x0.shape[0]
         taken = torch.zeros(n, dtype=torch.long)
         if bool((eps == 0).all()) or self.steps == 0:
@@ -154,6 +164,8 @@ class PGD(Attack):
             new = clip_box(x0, project(new, eps, self.norm))
             delta = torch.where(active.view(view), new, delta)
             taken += active.cpu().long()
+            if bar is not None:
+                bar.advance(n / self.steps)  # the batch's share of one step
         return enforce_budget(x0, x0 + delta, eps, self.norm), taken
 
 

@@ -27,13 +27,16 @@ class Restarts(Attack):
     ``loss`` is the per-sample loss the attack maximises (a task's ``attack_loss``). Restart r
     uses seed ``attack.seed + r``, and each image keeps its own key within it, so results stay
     the same alone or in a batch. Steps and queries add up over the restarts.
+    ``progress`` shows a bar over the restarts; each restart shows its own bar too when the
+    wrapped attack has ``progress=True``.
     """
 
     def __init__(self, attack: Attack, restarts: int = 5,
-                 loss: Callable[[torch.Tensor, Any], torch.Tensor] | None = None) -> None:
+                 loss: Callable[[torch.Tensor, Any], torch.Tensor] | None = None,
+                 progress: bool = False) -> None:
         if not isinstance(attack, Attack):
             raise ConfigError("Restarts wraps a medrobust attack")
-        super().__init__(attack.model, attack.seed)
+        super().__init__(attack.model, attack.seed, progress)
         self.attack = attack
         self.restarts = int(check_range("restarts", restarts, 1))
         self.loss = loss if loss is not None else getattr(attack, "loss", None)
@@ -56,28 +59,30 @@ class Restarts(Attack):
         best: AttackResult | None = None
         best_loss = torch.full((x.shape[0],), float("-inf"), device=device)
         steps = queries = None
-        for r in range(self.restarts):
-            attack = copy.copy(self.attack)
-            attack.seed = self.attack.seed + r
-            result = attack(x, labels, keys=keys, **kwargs)
-            with torch.no_grad():
-                value = self.loss(self.model(result.adversarial.to(device)),
-                                  _on(labels, device)).detach()
-            if best is None:
-                best, best_loss = result, value
-            else:
-                better = value > best_loss
-                view = (-1, *([1] * (x.ndim - 1)))
-                adv = torch.where(better.view(view).to(result.adversarial.device),
-                                  result.adversarial, best.adversarial)
-                success = None if result.success is None or best.success is None else \
-                    torch.where(better.cpu(), result.success, best.success)
-                best = AttackResult(adv, success=success,
-                                    extras=_pick_extras(better.cpu(), result.extras,
-                                                        best.extras))
-                best_loss = torch.where(better, value, best_loss)
-            steps = _add(steps, result.steps)
-            queries = _add(queries, result.queries)
+        with self.progress_bar(x.shape[0]) as bar:
+            for r in range(self.restarts):
+                attack = copy.copy(self.attack)
+                attack.seed = self.attack.seed + r
+                result = attack(x, labels, keys=keys, **kwargs)
+                with torch.no_grad():
+                    value = self.loss(self.model(result.adversarial.to(device)),
+                                      _on(labels, device)).detach()
+                if best is None:
+                    best, best_loss = result, value
+                else:
+                    better = value > best_loss
+                    view = (-1, *([1] * (x.ndim - 1)))
+                    adv = torch.where(better.view(view).to(result.adversarial.device),
+                                      result.adversarial, best.adversarial)
+                    success = None if result.success is None or best.success is None else \
+                        torch.where(better.cpu(), result.success, best.success)
+                    best = AttackResult(adv, success=success,
+                                        extras=_pick_extras(better.cpu(), result.extras,
+                                                            best.extras))
+                    best_loss = torch.where(better, value, best_loss)
+                steps = _add(steps, result.steps)
+                queries = _add(queries, result.queries)
+                bar.advance(x.shape[0] / self.restarts)
         assert best is not None
         best.steps, best.queries = steps, queries
         best.extras = {**best.extras, "restart_loss": best_loss.cpu()}

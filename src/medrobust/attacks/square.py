@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 from medrobust.attacks.apgd import margin_loss
-from medrobust.attacks.base import Attack, output_device
+from medrobust.attacks.base import Attack, AttackProgress, output_device
 from medrobust.attacks.criteria import misclassified
 from medrobust.attacks.projection import (
     NORMS,
@@ -140,14 +140,15 @@ class Square(Attack):
     p_init: the first window share of the image (AutoAttack uses 0.8 for both norms; the paper
         0.05 for Linf on ImageNet, 0.1 for L2).
     batch_size: images attacked together (all queried at once, each query).
+    progress: show a bar on stderr that moves every query (``Attack``).
     """
 
     name = "square"
 
     def __init__(self, model: nn.Module, norm: str = "linf", eps: Budget = 8 / 255,
                  max_queries: int = 5000, p_init: float = 0.8, batch_size: int = 256,
-                 seed: int = 0) -> None:
-        super().__init__(model, seed)
+                 seed: int = 0, progress: bool = False) -> None:
+        super().__init__(model, seed, progress)
         self.norm = check_choice("norm", norm, NORMS)
         self.eps = budget_param("eps", eps, self.norm)
         self.max_queries = int(check_range("max_queries", max_queries, 1))
@@ -174,16 +175,19 @@ class Square(Attack):
         out = x.clone()
         success = torch.zeros(n, dtype=torch.bool)
         queries = torch.zeros(n, dtype=torch.long)
-        for s in range(0, n, self.batch_size):
-            e = min(s + self.batch_size, n)
-            out[s:e], success[s:e], queries[s:e] = self._attack(x[s:e], y[s:e], eps[s:e],
-                                                                keys[s:e])
+        with self.progress_bar(n) as bar:
+            for s in range(0, n, self.batch_size):
+                e = min(s + self.batch_size, n)
+                out[s:e], success[s:e], queries[s:e] = self._attack(x[s:e], y[s:e], eps[s:e],
+                                                                    keys[s:e], bar)
+                bar.settle(e - s)
         return AttackResult(out.to(output_device(images, device)), success=success,
                             queries=queries)
 
     # --- one batch ----------------------------------------------------------------------------
     @torch.no_grad()
-    def _attack(self, x0: torch.Tensor, y: torch.Tensor, eps: torch.Tensor, keys: list[int]
+    def _attack(self, x0: torch.Tensor, y: torch.Tensor, eps: torch.Tensor, keys: list[int],
+                bar: AttackProgress | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         n = x0.shape[0]
         bases = np.array([numpy_rng(self.seed, k).integers(2**63, dtype=np.uint64)
@@ -222,6 +226,8 @@ class Square(Attack):
             best[ki], loss[ki] = cand[keep], new_loss[keep]
             done[idx[fooled]] = True
             todo[idx[fooled]] = False
+            if bar is not None:  # each query is 1/max_queries of an image's budget
+                bar.advance(idx.numel() / self.max_queries)
         return best, done.cpu(), queries
 
     # --- Linf -----------------------------------------------------------------------------------

@@ -72,6 +72,61 @@ def _duration_text(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
+def _number(value: Any) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) \
+        else None
+
+
+def run_duration(run: dict[str, Any]) -> str:
+    """How long a run computed: the time its attempts actually ran (the store adds each
+    attempt's seconds when it ends), not the wall clock from its first start to its last end,
+    which counts the hours between a run and a rerun. Training runs report their training
+    time; stores from before the store recorded attempts fall back to the wall clock, which is
+    exact only for a run never resumed, and say so otherwise."""
+    trained = _number((run.get("summary") or {}).get("train_seconds"))
+    if trained is not None:
+        # 'train' records its run after training; the summary has the training time.
+        return f"{_duration_text(trained)} training"
+    active = _number(run.get("active_seconds"))
+    if active is not None:
+        if run["status"] != "running":
+            return _duration_text(active)
+        return f"{_duration_text(active)} before this attempt" if active > 0 else "-"
+    span = _duration(run["started_at"], run["ended_at"])
+    if span != "-" and run.get("resumed_count"):
+        return f"{span} from first start to last end (time per attempt not recorded)"
+    return span
+
+
+def run_rate(run: dict[str, Any]) -> float | None:
+    """Items (images) per second the run's attempts computed: the items they recorded over the
+    seconds they ran, so a rerun that had nothing left to do neither zeroes nor dilutes it.
+    None while the run is open (its current attempt's seconds are not added yet) or where the
+    store did not record it."""
+    items, seconds = _number(run.get("computed_items")), _number(run.get("active_seconds"))
+    if run["status"] == "running" or not items or not seconds:
+        return None
+    return items / seconds
+
+
+def resumed_text(run: dict[str, Any]) -> str:
+    """How often a run was resumed, counting only the resumes that computed something; a
+    rerun that found every item recorded is named as such, not as a resume. Runs that record
+    no items (training, evaluation) and runs from stores that did not record attempts count
+    every reopening."""
+    count = int(run.get("resumed_count") or 0)
+    if not count:
+        return "no"
+    work = run.get("work_resumes")
+    if not isinstance(work, int) or not run.get("computed_items"):
+        return f"{count} time(s)"
+    idle = count - work
+    text = f"{work} time(s)" if work else "no"
+    if idle > 0:
+        text += f"; rerun {idle} time(s) with nothing left to compute"
+    return text
+
+
 def model_label(run: dict[str, Any]) -> str:
     """'name (folder)' of the model a run used, from what the run recorded."""
     model = run.get("model") or {}
@@ -115,18 +170,15 @@ def provenance_section(ctx: ReportContext) -> Section:
         "Each row is one recorded run. 'Code version' is the medrobust version (with the git "
         "commit when known) that produced it; 'Dataset' is what is needed to reload exactly the "
         "same images. A run that is not 'completed' was interrupted or is still running, and "
-        "its numbers cover only what had finished. 'Shown in' lists the sections above that "
-        "use the run.",
+        "its numbers cover only what had finished. 'Duration' is the time the run computed, "
+        "summed over its attempts when it was stopped and resumed; 'Resumed' counts the "
+        "resumes that computed something. 'Shown in' lists the sections above that use the "
+        "run.",
     ]))
     rows = []
     for run in ctx.runs:
-        duration = _duration(run["started_at"], run["ended_at"])
-        seconds = (run.get("summary") or {}).get("train_seconds")
-        if isinstance(seconds, (int, float)):
-            # 'train' records its run after training; the summary has the training time.
-            duration = f"{_duration_text(float(seconds))} training"
         rows.append([str(run["id"]), run["command"], run["status"], _time(run["started_at"]),
-                     duration, str(run.get("code_version") or "-")])
+                     run_duration(run), str(run.get("code_version") or "-")])
     section.add(Table(["Run", "Command", "Status", "Started", "Duration", "Code version"],
                       rows, caption="Runs"))
     where = []
@@ -142,9 +194,8 @@ def provenance_section(ctx: ReportContext) -> Section:
     for run in ctx.runs:
         params = "; ".join(f"{k} = {v}" for k, v in flatten_params(
             _budgets_in_units(run.get("params"))))
-        resumed = run.get("resumed_count") or 0
-        detail.append([str(run["id"]), str(run.get("host") or "-"),
-                       f"{resumed} time(s)" if resumed else "no", params or "-"])
+        detail.append([str(run["id"]), str(run.get("host") or "-"), resumed_text(run),
+                       params or "-"])
     section.add(Table(["Run", "Host", "Resumed", "Settings"], detail,
                       caption="Settings of each run (long lists abbreviated)"))
     return section
@@ -307,6 +358,13 @@ def summarise_thresholds(thr: Any) -> str:
     return str(thr)
 
 
+def _images_per_second(run: dict[str, Any], summary: dict[str, Any]) -> float | None:
+    """The store's images per second over every attempt of the run (a rerun with nothing to
+    compute writes None into the campaign's summary); the summary's own figure otherwise."""
+    rate = run_rate(run)
+    return rate if rate is not None else _number(summary.get("images_per_second"))
+
+
 def attack_summary_section(ctx: ReportContext) -> Section | None:
     """Success rate overall, per direction and per true class, per one-pixel run."""
     runs = ctx.onepixel_runs
@@ -344,7 +402,7 @@ def attack_summary_section(ctx: ReportContext) -> Section | None:
             [[num(summary.get("images")), num(summary.get("skipped")),
               num(summary.get("attacked")), num(summary.get("successes")),
               pct(summary.get("success_rate")), num(summary.get("mean_queries"), 0),
-              num(summary.get("images_per_second"), 2)]],
+              num(_images_per_second(run, summary), 2)]],
             caption="Overall"))
         sub.add(Table(
             ["Direction", "Attacked", "Fooled", "Success rate", "Mean queries"],

@@ -30,6 +30,7 @@ from medrobust.store.codec import (
 from medrobust.store.errors import StoreError
 from medrobust.store.files import SCHEMA_VERSION, check_store_file, open_error
 from medrobust.store.provenance import code_version, host_name, utc_now
+from medrobust.store.schema import OPEN_ATTEMPT_SECONDS, migrate
 from medrobust.store.tables import ResultTable
 
 if TYPE_CHECKING:
@@ -49,6 +50,7 @@ RUN_JSON_COLUMNS: tuple[str, ...] = ("params", "model", "dataset", "summary")
 RUN_COLUMNS: tuple[str, ...] = (
     "id", "command", "params", "fingerprint", "code_version", "model", "dataset", "started_at",
     "ended_at", "status", "summary", "host", "resumed_count", "last_resumed_at",
+    "active_seconds", "computed_items", "work_resumes",
 )
 
 # JSON columns are declared TEXT: a "JSON" declared type has NUMERIC affinity in SQLite.
@@ -71,7 +73,12 @@ _SCHEMA = (
         last_resumed_at TEXT,
         owner_host TEXT,
         owner_pid INTEGER,
-        heartbeat REAL
+        heartbeat REAL,
+        attempt_started REAL,
+        active_seconds REAL,
+        attempt_items INTEGER,
+        computed_items INTEGER,
+        work_resumes INTEGER
     )
     """,
     "CREATE INDEX IF NOT EXISTS runs_by_fingerprint ON runs (fingerprint, id)",
@@ -86,13 +93,6 @@ _SCHEMA = (
     """,
     "CREATE TABLE IF NOT EXISTS store_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
 )
-
-#: Columns added to ``runs`` after version 1, with their SQL types: a version-1 file gets them by
-#: ``ALTER TABLE ... ADD COLUMN`` (old runs read them as NULL: owner unknown, so resumable).
-_OWNER_COLUMNS: tuple[tuple[str, str], ...] = (
-    ("owner_host", "TEXT"), ("owner_pid", "INTEGER"), ("heartbeat", "REAL"),
-)
-
 
 def _pid_exists(pid: int) -> bool:
     """True when a process with ``pid`` exists on this host (signal 0 only checks)."""
@@ -272,10 +272,7 @@ class Store:
     @staticmethod
     def _migrate(conn: sqlite3.Connection) -> None:
         """Upgrade an older file in place, inside the caller's transaction (all or nothing)."""
-        have = {info[1] for info in conn.execute("PRAGMA table_info(runs)")}
-        for column, kind in _OWNER_COLUMNS:
-            if column not in have:
-                conn.execute(f"ALTER TABLE runs ADD COLUMN {column} {kind}")
+        migrate(conn)
         conn.execute(
             "UPDATE store_meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),)
         )
@@ -318,7 +315,7 @@ class Store:
         model_text = _json_or_none("model", model)
         dataset_text = _json_or_none("dataset", dataset)
         fingerprint = run_fingerprint(command, params, model, dataset)
-        now = utc_now()
+        now, clock = utc_now(), time.time()
         host, pid = host_name(), os.getpid()
         resumed = False
         with self._write() as conn:
@@ -332,20 +329,26 @@ class Store:
                     run_id, status, owner_host, owner_pid, heartbeat = row
                     if status == "running":
                         self._refuse_if_owned(run_id, command, owner_host, owner_pid, heartbeat)
+                    # an attempt left 'running' (a hard kill) ran until its last heartbeat
                     conn.execute(
                         "UPDATE runs SET status = 'running', ended_at = NULL, "
+                        "active_seconds = active_seconds + "
+                        f"{OPEN_ATTEMPT_SECONDS.replace('?', 'heartbeat')}, "
+                        "attempt_started = ?, attempt_items = 0, "
                         "resumed_count = resumed_count + 1, last_resumed_at = ?, "
                         "owner_host = ?, owner_pid = ?, heartbeat = ? WHERE id = ?",
-                        (now, host, pid, time.time(), run_id),
+                        (clock, now, host, pid, clock, run_id),
                     )
                     resumed = True
             if not resumed:
                 cursor = conn.execute(
                     "INSERT INTO runs (command, params, fingerprint, code_version, model, "
-                    "dataset, started_at, status, host, owner_host, owner_pid, heartbeat) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, 'running', ?, ?, ?, ?)",
+                    "dataset, started_at, status, host, owner_host, owner_pid, heartbeat, "
+                    "attempt_started, active_seconds, attempt_items, computed_items, "
+                    "work_resumes) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, 'running', ?, ?, ?, ?, ?, 0.0, 0, 0, 0)",
                     (command, params_text, fingerprint, code_version(), model_text, dataset_text,
-                     now, host, host, pid, time.time()),
+                     now, host, host, pid, clock, clock),
                 )
                 run_id, resumed = cursor.lastrowid, False
         self._start_heartbeat(int(run_id))
@@ -414,7 +417,10 @@ class Store:
     def finish_run(
         self, run_id: int, status: str = "completed", summary: Mapping[str, Any] | None = None
     ) -> None:
-        """Mark a run completed/failed/interrupted; ``summary`` (if given) replaces the old one."""
+        """Mark a run completed/failed/interrupted; ``summary`` (if given) replaces the old one.
+
+        The attempt that ends here adds the seconds it ran to the run's ``active_seconds``
+        (once: finishing a finished run again adds nothing)."""
         if status not in FINISHED_STATUSES:
             raise StoreError(
                 f"run status must be one of {', '.join(FINISHED_STATUSES)}; got {status!r}"
@@ -424,9 +430,9 @@ class Store:
         self._stop_heartbeat(rid)
         with self._write() as conn:
             cursor = conn.execute(
-                "UPDATE runs SET status = ?, ended_at = ?, summary = COALESCE(?, summary) "
-                "WHERE id = ?",
-                (status, utc_now(), summary_text, rid),
+                "UPDATE runs SET status = ?, ended_at = ?, summary = COALESCE(?, summary), "
+                f"active_seconds = active_seconds + {OPEN_ATTEMPT_SECONDS} WHERE id = ?",
+                (status, utc_now(), summary_text, time.time(), rid),
             )
             if cursor.rowcount == 0:
                 raise StoreError(f"no run with id {run_id} in {self.path}")
@@ -664,6 +670,12 @@ class Store:
                 # recording an item is a sign of life (cheap: same transaction)
                 conn.execute("UPDATE runs SET heartbeat = ? WHERE id = ? AND owner_pid = ?",
                              (time.time(), run_id, os.getpid()))
+                # what this attempt computed; its first item makes a resume one that did work
+                conn.execute(
+                    "UPDATE runs SET work_resumes = work_resumes + (CASE WHEN attempt_items = 0 "
+                    "AND resumed_count > 0 THEN 1 ELSE 0 END), attempt_items = attempt_items + "
+                    "?, computed_items = computed_items + ? WHERE id = ?",
+                    (len(writes), len(writes), run_id))
         except sqlite3.IntegrityError as exc:
             if "FOREIGN KEY" in str(exc).upper():
                 raise StoreError(

@@ -16,7 +16,8 @@ from medrobust.store.errors import StoreError
 
 #: Bumped when the store's own tables change shape; a newer file is refused, not misread, and an
 #: older one is upgraded in place (``_migrate``). 2: run ownership (owner host/pid, heartbeat).
-SCHEMA_VERSION = 2
+#: 3: each run's active time and computed items over its attempts (``database._TIMING_COLUMNS``).
+SCHEMA_VERSION = 3
 
 def _header_problem(path: Path) -> str | None:
     """Why an existing file cannot be an intact SQLite database, from its 100-byte header: not
