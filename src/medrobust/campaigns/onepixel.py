@@ -172,7 +172,9 @@ def run_onepixel_campaign(store: Store, classifier: Classifier, model_dir: str |
     before = (store.get_run(run_id).get("summary") or {}) if resumed else {}
     summary["engines_used"] = sorted(engines | set(before.get("engines_used", [])))
     summary["seconds_this_session"] = seconds
-    summary["images_per_second"] = len(todo) / seconds if seconds > 0 and todo else None
+    # a rerun with nothing left keeps the rate of the session that did the work
+    summary["images_per_second"] = len(todo) / seconds if seconds > 0 and todo \
+        else before.get("images_per_second")
     store.finish_run(run_id, "completed", summary)
     return CampaignOutcome(run_id, resumed, len(todo), seconds, summary)
 
