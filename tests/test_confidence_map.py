@@ -145,9 +145,12 @@ def test_map_verdict_agrees_with_exhaustive_search(bright_pixel_classifier):
     # any pixel turned bright red makes the image positive: every pixel is a successful attack
     assert not cmap.robust and cmap.success.all()
     assert cmap.best_attack()["colour"][0] == 255
+    assert "36 of 36 pixels can fool it" in repr(cmap) and "array" not in repr(cmap)
     bright = dark.copy()
     bright[1:5, 1:5, 0] = 255
-    assert confidence_map(clf, bright, 1, step=51).robust
+    robust = confidence_map(clf, bright, 1, step=51)
+    assert robust.robust and robust.best_attack() is None
+    assert not robust.strongest_change()["success"] and "robust on this grid" in repr(robust)
 
 
 def test_partial_map_resumes_from_checkpoint(tmp_path, monkeypatch):

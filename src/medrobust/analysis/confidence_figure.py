@@ -32,7 +32,7 @@ def confidence_figure(cmap: ConfidenceMap, image: np.ndarray, title: str = "",
     shown = image[:, :, 0] if image.shape[2] == 1 else image
     axes[0].imshow(shown, cmap="gray" if image.shape[2] == 1 else None, vmin=0, vmax=255)
     axes[0].set_title(f"image ({cmap.score_name} = {cmap.clean_score:.4f})", fontsize=9)
-    best = cmap.best_attack()
+    best = cmap.strongest_change()
     n = len(_levels(cmap.step))
     c = cmap.argmin_colour.shape[2]
     im = None

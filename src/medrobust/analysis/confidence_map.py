@@ -75,8 +75,15 @@ class ConfidenceMap:
         """True when no pixel and grid colour reaches the attack's goal."""
         return not bool(self.success.any())
 
-    def best_attack(self) -> dict[str, Any]:
-        """The pixel and colour that move the score furthest in the attack's direction."""
+    def best_attack(self) -> dict[str, Any] | None:
+        """The pixel and colour that fool the model, moving the score furthest (None when the
+        map says robust: no pixel and colour of the grid reaches the goal)."""
+        best = self.strongest_change()
+        return best if best["success"] else None
+
+    def strongest_change(self) -> dict[str, Any]:
+        """The pixel and colour that move the score furthest in the attack's direction, whether
+        or not that reaches the goal (how close a robust image comes)."""
         raise_score = self.objective in ("neg2pos", "targeted")
         grid = self.max if raise_score else self.min
         y, x = np.unravel_index(int(np.argmax(grid) if raise_score else np.argmin(grid)),
@@ -84,6 +91,15 @@ class ConfidenceMap:
         colour = (self.argmax_colour if raise_score else self.argmin_colour)[y, x]
         return {"x": int(x), "y": int(y), "colour": colour.tolist(), "score": float(grid[y, x]),
                 "success": bool(self.success[y, x]), "successful_pixels": int(self.success.sum())}
+
+    def __repr__(self) -> str:
+        h, w = self.min.shape
+        verdict = "robust on this grid" if self.robust else (
+            f"{int(self.success.sum())} of {h * w} pixels can fool it")
+        return (f"ConfidenceMap({h}x{w}, step {self.step}, {self.score_name} clean "
+                f"{self.clean_score:.4f}, min {np.nanmin(self.min):.4f}, max "
+                f"{np.nanmax(self.max):.4f}: {verdict}; {self.engine} engine, "
+                f"{self.seconds:.1f} s)")
 
     def save(self, path: str | Path) -> Path:
         """Write the maps and metadata to one .npz (no pickles)."""

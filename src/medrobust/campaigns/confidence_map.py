@@ -167,7 +167,7 @@ def run_map_campaign(store: Store, classifier: Classifier, model_dir: str | Path
             (out / f"map_{i}.partial.npz").unlink(missing_ok=True)
             fig = save_confidence_figure(cmap, image, out / f"map_{i}.png",
                                          title=f"{dataset.name} {dataset.split} #{i}")
-            best = cmap.best_attack()
+            best = cmap.strongest_change()
             run.record(i, {
                 "dataset_index": i, "label": label, "score_name": cmap.score_name,
                 "clean_score": cmap.clean_score, "min_score": float(cmap.min.min()),
