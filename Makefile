@@ -11,9 +11,13 @@ $(BIN)/python:
 
 # torch is pinned first so the CPU build from the local file is used, never the CUDA wheels.
 $(STAMP): $(BIN)/python pyproject.toml
+	@echo "[install 1/3] pip into $(VENV)"
 	$(BIN)/python -m pip install -q --upgrade pip
+	@echo "[install 2/3] torch 2.13.0, CPU build (the largest download: a minute or more)"
 	$(BIN)/python -m pip install -q torch==2.13.0
+	@echo "[install 3/3] medrobust and its dependencies (MONAI, SciPy, scikit-image, ...)"
 	$(BIN)/python -m pip install -q -e ".[dev]"
+	@echo "[install] done: activate with 'source $(VENV)/bin/activate'"
 	touch $(STAMP)
 
 install: $(STAMP)
