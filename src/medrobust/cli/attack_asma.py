@@ -26,6 +26,8 @@ from medrobust.cli.common import (
 )
 from medrobust.cli.seg_common import (
     Budget,
+    DataChoice,
+    MaskTarget,
     check_campaign_options,
     model_info,
     segmentation_inputs,
@@ -84,13 +86,15 @@ from medrobust.utils.validation import check_writable
 @executor_options
 def asma(**opts: Any) -> None:
     """Adaptive segmentation mask attack (ASMA): make a segmentation model draw a chosen mask."""
-    check_campaign_options(opts)
+    check_campaign_options(opts["store_path"], opts["examples"], opts["limit"])
     check_model_size(opts["size"], read_meta(opts["model_dir"]))
     if opts["out_dir"] is not None:
         if not opts["ablation"]:
             raise ConfigError("--out applies with --ablation (the folder for its tables)")
         check_writable("--out", opts["out_dir"], folder=True)
-    seg, ds, indices, target = segmentation_inputs(opts)
+    seg, ds, indices, target = segmentation_inputs(
+        opts["model_dir"], DataChoice.from_options(opts), MaskTarget.from_options(opts),
+        opts["seed"], opts["device"], opts["batch_images"])
     assert target is not None
     att = ASMA(seg, iterations=opts["iterations"], tau=opts["tau"], beta=opts["beta"],
                mask=opts["mask"], dynamic=opts["multiplier"],

@@ -74,9 +74,10 @@ def certify(model_dir: str, dataset: str | None, data_dir: str | None, size: int
             check_samples: int, limit: int | None, batch_size: int,
             store_path: str, no_resume: bool, as_json: bool, seed: int, device: str,
             executor: object = None) -> None:
-    """Certify a classifier by randomized smoothing (Cohen et al. 2019): per image the smoothed
-    prediction and the L2 radius within which no perturbation changes it (or abstain), and
-    certified accuracy at --radii. Resumes from the store after a kill."""
+    """Certify a classifier by randomized smoothing: per image the smoothed prediction and the
+    L2 radius no perturbation within can change (or abstain), and certified accuracy at --radii.
+
+    Cohen, Rosenfeld & Kolter 2019. Resumes from the store after a kill."""
     settings = CertifySettings(sigma=sigma, n0=n0, n=n, alpha=alpha, radii=_radii(radii),
                                batch_size=batch_size, seed=seed).validate()
     check_store(store_path)

@@ -26,9 +26,9 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
                 "heatmaps and even/odd periodicity."),
     "attack": ("attack", "attack", "Attack a model over a dataset split (results land in the store "
                "and resume after a kill)."),
-    "certify": ("certify", "certify", "Certify a classifier by randomized smoothing (Cohen et al. "
-                "2019): per image the smoothed prediction and the L2 radius within which no "
-                "perturbation changes it (or abstain), and certified accuracy at --radii."),
+    "certify": ("certify", "certify", "Certify a classifier by randomized smoothing: per image "
+                "the smoothed prediction and the L2 radius no perturbation within can change "
+                "(or abstain), and certified accuracy at --radii."),
     "datasets": ("datasets", "datasets", "List the registered datasets and MedMNIST flags."),
     "defend": ("defend", "defend", "Evaluate denoising defences against the one-pixel attacks "
                "recorded in the store."),

@@ -1,10 +1,11 @@
 """Options and helpers the segmentation commands share (``attack asma|pgd|ifgsm --task
-segmentation``): budgets written as ``8/255``, target-mask options, and loading a segmentation
-split with the channels the model expects."""
+segmentation``): budgets written as ``8/255``, target-mask options, the attacked split
+(``DataChoice``) and loading a segmentation split with the channels the model expects."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -12,13 +13,13 @@ from typing import Any
 import click
 
 from medrobust.attacks.seg_targets import TARGET_MODES, TargetSpec
-from medrobust.cli.common import check_store
 from medrobust.data import load_dataset, load_from_spec
 from medrobust.data.segmentation import SegmentationDataset
 from medrobust.errors import ConfigError, DataError
 from medrobust.models.checkpoint import read_meta
 from medrobust.models.segmenter import Segmenter
-from medrobust.utils.validation import check_range
+from medrobust.store import check_store_file
+from medrobust.utils.validation import check_range, check_writable
 
 
 class Budget(click.ParamType):
@@ -68,16 +69,50 @@ def target_options(default_mode: str, allow_none: bool) -> Callable[[Callable[..
     return deco
 
 
-def make_target(mode: str, shift: str, radius: int, target_file: str | None, seed: int
-                ) -> TargetSpec | None:
-    """The TargetSpec for the CLI options (None for untargeted)."""
-    if mode == "none":
-        return None
-    try:
-        dx, dy = (int(v) for v in shift.split(","))
-    except ValueError:
-        raise ConfigError(f"--shift must be DX,DY integers, got {shift!r}") from None
-    return TargetSpec(mode=mode, seed=seed, dx=dx, dy=dy, radius=radius, file=target_file)
+@dataclass(frozen=True)
+class DataChoice:
+    """The split an attack command attacks: a dataset (None: the model's own), its folder, the
+    image size (None: the model's), the split and how many of its first items (None: all)."""
+
+    dataset: str | None = None
+    data_dir: str | None = None
+    size: int | None = None
+    no_verify: bool = False
+    split: str = "test"
+    limit: int | None = None
+
+    @classmethod
+    def from_options(cls, opts: Mapping[str, Any]) -> DataChoice:
+        """From a command's click parameters (``--no-verify`` where it has one)."""
+        return cls(opts["dataset"], opts["data_dir"], opts["size"],
+                   bool(opts.get("no_verify", False)), opts["split"], opts["limit"])
+
+
+@dataclass(frozen=True)
+class MaskTarget:
+    """``--target-mode`` and its parameters: the recipe of the target masks."""
+
+    mode: str = "none"
+    #: "DX,DY" as written, parsed by ``spec`` (its error names --shift)
+    shift: str = "16,0"
+    radius: int = 3
+    file: str | None = None
+
+    @classmethod
+    def from_options(cls, opts: Mapping[str, Any]) -> MaskTarget:
+        """From a command's click parameters (``target_options``)."""
+        return cls(opts["target_mode"], opts["shift"], opts["radius"], opts["target_file"])
+
+    def spec(self, seed: int) -> TargetSpec | None:
+        """The TargetSpec of these options (None for untargeted)."""
+        if self.mode == "none":
+            return None
+        try:
+            dx, dy = (int(v) for v in self.shift.split(","))
+        except ValueError:
+            raise ConfigError(f"--shift must be DX,DY integers, got {self.shift!r}") from None
+        return TargetSpec(mode=self.mode, seed=seed, dx=dx, dy=dy, radius=self.radius,
+                          file=self.file)
 
 
 def open_seg_dataset(name: str | None, split: str, data_dir: str | None, size: int | None,
@@ -118,11 +153,13 @@ def open_seg_dataset(name: str | None, split: str, data_dir: str | None, size: i
     return ds
 
 
-def check_campaign_options(opts: dict[str, Any]) -> None:
-    """Options every attack campaign command shares, checked before anything is loaded."""
-    check_store(opts["store_path"])
-    check_range("--examples", opts["examples"], 0)
-    if opts["limit"] is not None and opts["limit"] < 1:
+def check_campaign_options(store_path: str | Path, examples: int, limit: int | None) -> None:
+    """Options every attack campaign command shares, checked before anything is loaded: a store
+    the command may write (a medrobust one or none yet), the example count, the limit."""
+    check_writable("--store", store_path, folder=False)
+    check_store_file(store_path)
+    check_range("--examples", examples, 0)
+    if limit is not None and limit < 1:
         raise ConfigError("--limit must be at least 1")
 
 
@@ -138,17 +175,15 @@ def model_info(model_dir: str | Path, segmenter: Segmenter) -> dict[str, Any]:
             "task": "segmentation", "class_names": list(segmenter.class_names)}
 
 
-def segmentation_inputs(opts: dict[str, Any]
+def segmentation_inputs(model_dir: str | Path, data: DataChoice, target: MaskTarget, seed: int,
+                        device: str, batch_images: int
                         ) -> tuple[Segmenter, SegmentationDataset, list[int], TargetSpec | None]:
     """What every segmentation attack command starts from: the model on its device, the split,
     the chosen item indices and the target-mask recipe (None for untargeted)."""
     from medrobust.models.segmenter import load_segmenter
     from medrobust.utils.device import resolve_device
 
-    target = make_target(opts["target_mode"], opts["shift"], opts["radius"],
-                         opts["target_file"], opts["seed"])
-    seg = load_segmenter(opts["model_dir"], resolve_device(opts["device"]),
-                         batch_size=opts["batch_images"])
-    ds = open_seg_dataset(opts["dataset"], opts["split"], opts["data_dir"], opts["size"],
-                          opts["model_dir"], seg)
-    return seg, ds, pick_indices(ds, opts["limit"]), target
+    spec = target.spec(seed)
+    seg = load_segmenter(model_dir, resolve_device(device), batch_size=batch_images)
+    ds = open_seg_dataset(data.dataset, data.split, data.data_dir, data.size, model_dir, seg)
+    return seg, ds, pick_indices(ds, data.limit), spec

@@ -1,51 +1,21 @@
-"""``medrobust train-denoiser``: train the impulse autoencoder on a dataset and save it."""
+"""``medrobust train-denoiser``: train the impulse autoencoder on a dataset and save it
+(``campaigns.defend`` does the work)."""
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any
-
 import click
 
+from medrobust.campaigns.defend import DenoiserRequest, train_denoiser_and_save
+from medrobust.campaigns.train import DataRequest
 from medrobust.cli.common import (
     DEFAULT_STORE,
-    check_outputs,
+    chosen_classes,
     common_options,
     dataset_options,
     emit,
     fmt,
-    open_dataset,
 )
-from medrobust.defences.storage import save_denoiser
-from medrobust.defences.training import DenoiserTrainConfig, config_dict, train_denoiser
-from medrobust.store import Store
-from medrobust.utils.device import resolve_device
-
-TRAIN_DENOISER_COMMAND = "train-denoiser"
-
-
-def train_denoiser_and_save(dataset: str | None, data_dir: str | None, size: int | None,
-                            no_verify: bool, config: DenoiserTrainConfig, out: str | Path,
-                            device: str, store_path: str | Path) -> dict[str, Any]:
-    """The body of ``train-denoiser``; also used by ``demo``. Returns the JSON summary."""
-    check_outputs(out, store_path)
-    config.validate()
-    train_ds = open_dataset(dataset, "train", data_dir, size, no_verify)
-    val_ds = open_dataset(dataset, "val", data_dir, size, no_verify)
-    folder = str(Path(out).resolve())
-    with Store(store_path) as store, store.tracked_run(
-            TRAIN_DENOISER_COMMAND, config_dict(config), model={"dir": folder, "model": "denoiser"},
-            dataset=train_ds.spec, resume="unfinished") as (run_id, _):
-        result = train_denoiser(train_ds, val_ds, config, resolve_device(device))
-        meta = {"dataset": train_ds.spec, "train_config": config_dict(config),
-                "history": result.history, "best_epoch": result.best_epoch,
-                "metrics": {"val": result.val_metrics}, "train_seconds": result.seconds}
-        save_denoiser(result.model, folder, meta)
-        summary = {"denoiser": folder, "dataset": train_ds.spec, "train_seconds": result.seconds,
-                   "best_epoch": result.best_epoch, "val": result.val_metrics}
-        store.finish_run(run_id, "completed", summary)
-    summary["run_id"] = run_id
-    return summary
+from medrobust.defences.training import DenoiserTrainConfig
 
 
 @click.command("train-denoiser")
@@ -79,8 +49,9 @@ def train_denoiser_cmd(dataset: str, data_dir: str | None, size: int | None, no_
                                  densities=(density_min, density_max), channel_share=channel_share,
                                  clean_share=clean_share, patch=patch or None, max_train=max_train,
                                  seed=seed)
-    summary = train_denoiser_and_save(dataset, data_dir, size, no_verify, config, out, device,
-                                      store_path)
+    request = DenoiserRequest(DataRequest(dataset, data_dir, size, not no_verify,
+                                          chosen_classes()), config, out, store_path, device)
+    summary = train_denoiser_and_save(request)
 
     def human() -> None:
         v = summary["val"]
