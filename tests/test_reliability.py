@@ -301,10 +301,10 @@ def test_failed_map_run_is_marked_failed(ckpt, tmp_path, capsys):
     (("--index", "400", "--step", "255"), "error: --index 400 is outside the 400 images of synthetic test "
                          "(valid: 0..399)"),
     (("--index", "-1", "--step", "255"), "error: --index -1 is outside the 400 images"),
-    (("--index", "0", "--step", "0"), "error: --step must lie in [1, 255], got 0"),
-    (("--index", "0", "--step", "300"), "error: --step must lie in [1, 255], got 300"),
+    (("--index", "0", "--colour-step", "0"), "error: --colour-step must lie in [1, 255], got 0"),
+    (("--index", "0", "--step", "300"), "error: --colour-step must lie in [1, 255], got 300"),
     (("--index", "0", "--score-class", "5"), "error: --score-class must lie in 0..1, got 5"),
-    (("--index", "0", "--step", "x"), "error: Invalid value for '--step'"),
+    (("--index", "0", "--step", "x"), "error: Invalid value for '--colour-step' / '--step'"),
 ])
 def test_bad_map_options_give_one_line_and_record_nothing(ckpt, tmp_path, capsys, args, needle):
     from medrobust.cli.main import main

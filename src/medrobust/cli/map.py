@@ -59,7 +59,7 @@ def map_command(model_dir: str, dataset: str | None, data_dir: str | None, size:
         raise ConfigError(f"--limit must be at least 1, got {limit}")
     if tile_pixels is not None and executor is None:
         raise ConfigError("--tile-pixels splits maps across Ray workers: add --executor ray")
-    check_range("--step", step, 1, 255)
+    check_range("--colour-step", step, 1, 255)
     meta = read_meta(model_dir)
     clf = load_classifier(model_dir, resolve_device(device))
     if score_class is not None and clf.head == "softmax" and not (
