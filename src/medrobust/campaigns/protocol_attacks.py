@@ -20,6 +20,7 @@ from medrobust.attacks.ifgsm import IFGSM
 from medrobust.attacks.pgd import PGD
 from medrobust.attacks.restarts import Restarts
 from medrobust.attacks.square import Square
+from medrobust.attacks.worst_case import WorstCase
 from medrobust.errors import ConfigError
 from medrobust.models.base import PixelModel
 from medrobust.tasks import Task
@@ -31,7 +32,7 @@ CLASSIFIER_ATTACKS = ("apgd-ce", "apgd-t", "square", "ensemble")
 #: the settings only some attacks read (see ``build_attack``), and those attacks
 SETTING_USERS: dict[str, tuple[str, ...]] = {
     "pgd_steps": ("pgd", "pgd-restarts", "apgd-ce", "apgd-t", "ensemble"),
-    "ifgsm_steps": ("ifgsm",),
+    "ifgsm_steps": ("ifgsm", "ensemble"),  # the ensemble of tasks without class logits
     "restarts": ("pgd-restarts",),
     "square_queries": ("square", "ensemble"),
 }
@@ -56,7 +57,8 @@ class ProtocolSettings:
     batch_images: int = 16
 
     def validate(self, task: Task) -> None:
-        allowed = TASK_ATTACKS + (CLASSIFIER_ATTACKS if task.class_logits else ())
+        allowed = TASK_ATTACKS + (CLASSIFIER_ATTACKS if task.class_logits else
+                                  ("ensemble",) if task.image_damage is not None else ())
         for name in self.attacks:
             if name not in allowed:
                 extra = "" if task.class_logits or name not in CLASSIFIER_ATTACKS \
@@ -103,6 +105,8 @@ def build_attack(name: str, task: Task, model: PixelModel, norm: str, eps: float
     if name == "square":
         return Square(model, norm=norm, eps=eps, max_queries=settings.square_queries,
                       batch_size=b, seed=seed)
+    if name == "ensemble" and not task.class_logits:
+        return worst_case(task, model, norm, eps, settings)
     if name == "ensemble":
         # AutoAttack's members, plus the protocol's own PGD: an image counts as robust only if
         # it survives all of them
@@ -113,6 +117,31 @@ def build_attack(name: str, task: Task, model: PixelModel, norm: str, eps: float
                                                       batch_size=b, seed=seed),
                               extra=[pgd], norm=norm, eps=eps, batch_size=b, seed=seed)
     raise ConfigError(f"unknown attack {name!r}")
+
+
+def worst_case(task: Task, model: PixelModel, norm: str, eps: float,
+               settings: ProtocolSettings) -> WorstCase:
+    """The ensemble of a task without class logits: per image the worst, by the task's metric,
+    of the protocol's PGD on the training loss (so it is never weaker than that PGD on any
+    image), IFGSM, and PGD on each of the task's other attack losses (segmentation: SEA's and
+    CosPGD's), which share twice PGD's steps: about 3x PGD's cost in all."""
+    if task.image_damage is None:
+        raise ConfigError(f"{task.name} defines no per-image damage: no worst-case ensemble")
+    b, seed, steps = settings.batch_images, settings.seed, settings.pgd_steps
+    members: list[Attack] = [
+        PGD(model, loss=task.attack_loss(model), norm=norm, eps=eps, step=5 * eps / steps,
+            steps=steps, batch_size=b, seed=seed),
+        IFGSM(model, loss=task.attack_loss(model), norm=norm, eps=eps,
+              step=2 * eps / settings.ifgsm_steps, steps=settings.ifgsm_steps, batch_size=b,
+              seed=seed)]
+    labels = ["pgd", "ifgsm"]
+    extra = task.ensemble_losses
+    each = max(1, round(2 * steps / len(extra))) if extra else 0
+    for loss_name, build in extra.items():
+        members.append(PGD(model, loss=build(model), norm=norm, eps=eps, step=5 * eps / each,
+                           steps=each, batch_size=b, seed=seed))
+        labels.append(f"pgd-{loss_name}")
+    return WorstCase(model, members, task.image_damage, labels=labels, seed=seed)
 
 
 def protocol_recipe(name: str, task: Task, norm: str, eps: float, settings: ProtocolSettings

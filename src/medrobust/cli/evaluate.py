@@ -39,9 +39,11 @@ from medrobust.utils.device import resolve_device
               show_default=True)
 @click.option("--store", "store_path", default=DEFAULT_STORE, show_default=True)
 @click.option("--attack", "attacks", default=None,
-              help="Comma-separated attacks for the protocol: pgd, ifgsm, pgd-restarts (every "
-                   "task); apgd-ce, apgd-t, square and ensemble (AutoAttack style: robust only "
-                   "if it survives every member; classifiers).")
+              help="Comma-separated attacks for the protocol: pgd, ifgsm, pgd-restarts and "
+                   "ensemble (every task); apgd-ce, apgd-t and square (classifiers). The "
+                   "ensemble: on classifiers AutoAttack's (robust only if it survives every "
+                   "member); on other tasks the worst case per image, by the task's metric, of "
+                   "PGD, IFGSM and PGD on the task's other losses (segmentation: SEA's, CosPGD's).")
 @click.option("--l2", "l2_levels", default=None,
               help="L2 budgets on the [0,1] scale, comma-separated (default 0.5,1,2).")
 @click.option("--linf", "linf_levels", default=None,

@@ -142,6 +142,15 @@ class Task:
     #: (checkpoint folder, device, loader options) -> the wrapper, for a task registered after
     #: import (the built-in tasks' loaders are ``models.loading.LOADERS``)
     load: Callable[..., PixelModel] | None = None
+    #: (model, images, targets) -> (N,) how much the task metric suffered, higher worse (1 -
+    #: Dice, radial error, 1 - image mAP): the worst-case ensemble keeps, per image, the member
+    #: that hurt most (None: the task has no such ensemble)
+    image_damage: Callable[[PixelModel, torch.Tensor, Any], torch.Tensor] | None = None
+    #: losses besides the training loss that the worst-case ensemble runs PGD on, by name:
+    #: name -> (model -> loss(outputs, targets) -> (N,))
+    ensemble_losses: dict[str, Callable[[PixelModel], Callable[[torch.Tensor, Any],
+                                                                torch.Tensor]]] = \
+        field(default_factory=dict)
     #: targeted attacks, early stop and success (None: untargeted attacks only)
     goals: AttackGoals | None = None
     #: the model outputs masks: ``attack pgd`` runs the mask campaign (shared with ASMA), whose

@@ -101,6 +101,20 @@ def _image_map(dets: tuple[np.ndarray, np.ndarray, np.ndarray], ds: DetectionDat
     return float(metric.aggregate()["map"])
 
 
+def image_damage(model: Detector, x: torch.Tensor, targets: Any) -> torch.Tensor:
+    """1 - COCO mAP@0.5:0.95 of each image against its true (boxes, labels)."""
+    dets = model.predict_tensor(x.to(model.device))
+    out = []
+    for (boxes, scores, labels), (true_boxes, true_labels) in zip(dets, targets, strict=True):
+        metric = MeanAveragePrecision(model.class_names)
+        tb = np.asarray(torch.as_tensor(true_boxes).cpu(), dtype=np.float64).reshape(-1, 4)
+        metric.update([boxes], [scores], [labels], [tb],
+                      [np.asarray(torch.as_tensor(true_labels).cpu(), dtype=np.int64)],
+                      [np.zeros(len(tb), dtype=bool)])
+        out.append(1.0 - float(metric.aggregate()["map"]))
+    return torch.tensor(out, dtype=torch.float64)
+
+
 def _plain(dets: tuple[np.ndarray, np.ndarray, np.ndarray]) -> list[list[float]]:
     """Detections as rows (x0, y0, x1, y1, score, label), rounded for the store."""
     boxes, scores, labels = dets
@@ -163,6 +177,7 @@ TASK = Task(name="detection", wrapper=Detector, datasets=("bccd-detection", "voc
             attack_targets=attack_targets, describe=describe, describe_attack=describe_attack,
             check_data=check_data, network=network,
             command_options=width_only("detection"), validate_options=validate_options,
+            image_damage=image_damage,
             report=TaskReport(
                 3, "Detection: mAP", "mAP@0.5:0.95",
                 (CurveMetric("map", "mAP@0.5:0.95", (("clean_map", "adv_map"),)),

@@ -101,6 +101,14 @@ def _errors(model: LandmarkModel, ds: LandmarkDataset, idx: np.ndarray, x: torch
     return pred, err * np.asarray(ds.pixel_size_mm)[idx][:, None], "mm"
 
 
+def image_damage(model: LandmarkModel, x: torch.Tensor, landmarks: torch.Tensor
+                 ) -> torch.Tensor:
+    """Mean radial error in input pixels against the true landmarks (N,K,2), per image."""
+    pred = model.predict_tensor(x.to(model.device)).double()
+    truth = torch.as_tensor(landmarks).cpu().double()
+    return (pred - truth).norm(dim=-1).mean(dim=-1)
+
+
 def attack_rows(model: LandmarkModel, ds: LandmarkDataset, idx: np.ndarray, clean: torch.Tensor,
                 adv: torch.Tensor) -> list[dict[str, Any]]:
     """Per image: mean radial error and SDR@2 before and after the attack, both predictions."""
@@ -148,6 +156,7 @@ TASK = Task(name="landmarks", wrapper=LandmarkModel, datasets=("landmarks",), tr
             attack_targets=attack_targets, lower_is_better=True, describe=describe,
             describe_attack=describe_attack, check_data=check_data, network=network,
             command_options=width_only("landmarks"), validate_options=validate_options,
+            image_damage=image_damage,
             min_side=16, min_side_why="the landmark U-Net halves the image 4 times",
             report=TaskReport(
                 2, "Landmarks: mean radial error and SDR@2", "MRE",

@@ -127,6 +127,33 @@ def attack_summary(rows: list[dict[str, Any]], ds: Any) -> dict[str, Any]:
             "adv_iou": mean("adv_extra")}
 
 
+def image_damage(model: Segmenter, x: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """1 - foreground Dice against the true masks, per image (what the ensemble maximises)."""
+    pred = model.predict_tensor(x.to(model.device)).cpu()
+    dice = per_image_metrics(pred, torch.as_tensor(masks).cpu(), model.num_classes)["dice"]
+    return 1.0 - torch.as_tensor(np.asarray(dice, dtype=np.float64))
+
+
+def _dense(name: str) -> Any:
+    from medrobust.attacks.dense_losses import DENSE_LOSSES
+
+    loss = DENSE_LOSSES[name]
+
+    def build(model: Segmenter) -> Any:
+        def on_device(outputs: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+            return loss(outputs, torch.as_tensor(masks).to(outputs.device))
+
+        on_device.__name__ = name.replace("-", "_")
+        return on_device
+
+    return build
+
+
+#: SEA's losses and CosPGD's, beside the training loss (Dice + CE), in the worst-case ensemble
+ENSEMBLE_LOSSES = {name: _dense(name) for name in ("masked-ce", "js", "masked-margin",
+                                                   "cosine-ce")}
+
+
 def describe(m: dict[str, Any]) -> str:
     return (f"n={m['n']} Dice {fmt_value(m['dice'])} (median {fmt_value(m.get('dice_median'))}) IoU "
             f"{fmt_value(m['iou'])} pixel accuracy {fmt_value(m.get('pixel_accuracy'))}")
@@ -143,7 +170,8 @@ TASK = Task(name="segmentation", wrapper=Segmenter, datasets=("segfolder",), tra
             attack_summary=attack_summary, attack_targets=attack_targets, describe=describe,
             describe_attack=describe_attack, check_data=check_data, network=network,
             command_options=command_options, validate_options=validate_options,
-            checkpoint_meta=checkpoint_meta, mask_attacks=True,
+            checkpoint_meta=checkpoint_meta, mask_attacks=True, image_damage=image_damage,
+            ensemble_losses=ENSEMBLE_LOSSES,
             report=TaskReport(
                 1, "Segmentation: Dice against the true mask", "Dice",
                 (CurveMetric("dice", "Dice vs truth", (("clean_dice", "adv_dice"),

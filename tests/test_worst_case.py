@@ -1,0 +1,95 @@
+"""The worst-case ensemble for tasks without class logits (issue 21, first step): per image never
+weaker than any member run alone, budgets exact, seeds reproducible, and `evaluate --attack
+ensemble` on a segmentation model through the protocol, never above PGD's Dice on any image."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from cli_util import run_cli, run_json
+from test_segmentation import make_folder
+
+from medrobust.attacks.pgd import PGD
+from medrobust.attacks.worst_case import WorstCase
+from medrobust.data import load_dataset
+from medrobust.errors import ConfigError
+from medrobust.store import Store
+from medrobust.tasks import get_task
+from medrobust.training.segmentation import SegTrainConfig, train_segmenter
+
+
+@pytest.fixture(scope="module")
+def segmenter(tmp_path_factory):
+    root = make_folder(tmp_path_factory.mktemp("blobs") / "data", 40, [(32, 32)], colour=False,
+                       seed=5)
+    opts = {"data_dir": root, "size": 32, "val_fraction": 0.2, "test_fraction": 0.2}
+    tr, va, te = (load_dataset("segfolder", s, **opts) for s in ("train", "val", "test"))
+    cfg = SegTrainConfig(model_kwargs={"channels": (8, 16), "strides": (2,)}, epochs=3,
+                         batch_size=8, lr=1e-2, seed=0)
+    return train_segmenter(tr, va, cfg).segmenter, te, root
+
+
+def _members(model, eps: float):
+    task = get_task("segmentation")
+    losses = task.ensemble_losses
+    return [PGD(model, loss=task.attack_loss(model), norm="l2", eps=eps, steps=5, seed=1),
+            PGD(model, loss=losses["masked-ce"](model), norm="l2", eps=eps, steps=5, seed=1),
+            PGD(model, loss=losses["js"](model), norm="l2", eps=eps, steps=5, seed=1)]
+
+
+def test_the_worst_case_is_never_weaker_than_a_member_on_any_image(segmenter):
+    model, te, _ = segmenter
+    task = get_task("segmentation")
+    x = model.to_tensor(te.images[:6])
+    y = torch.from_numpy(te.masks[:6].astype(np.int64))
+    keys = list(range(6))
+    ens = WorstCase(model, _members(model, 1.0), task.image_damage,
+                    labels=["pgd", "masked-ce", "js"])
+    out = ens(x, y, keys=keys)
+    for member, label in zip(_members(model, 1.0), ("pgd", "masked-ce", "js"), strict=True):
+        alone = member(x, y, keys=keys).adversarial  # the same member, run by itself
+        hurt = task.image_damage(model, alone, y).double()
+        assert torch.all(out.damage >= hurt - 1e-12), label
+        assert torch.allclose(out.damage_by_member[label], hurt)
+    # the returned image is the winner's, unchanged, so its budget holds exactly
+    assert torch.all(out.perturbation_norms(x)["l2"] <= 1.0 + 1e-6)
+    assert torch.allclose(task.image_damage(model, out.adversarial, y).double(), out.damage)
+    assert set(out.member) <= {"pgd", "masked-ce", "js"}
+    again = WorstCase(model, _members(model, 1.0), task.image_damage,
+                      labels=["pgd", "masked-ce", "js"])(x, y, keys=keys)
+    assert torch.equal(again.adversarial, out.adversarial)  # same seeds, same images
+
+
+def test_worst_case_refuses_mixed_norms_and_duplicate_labels(segmenter):
+    model, _, _ = segmenter
+    task = get_task("segmentation")
+    a = PGD(model, loss=task.attack_loss(model), norm="l2", eps=1.0)
+    b = PGD(model, loss=task.attack_loss(model), norm="linf", eps=4 / 255)
+    with pytest.raises(ConfigError, match="one norm"):
+        WorstCase(model, [a, b], task.image_damage)
+    with pytest.raises(ConfigError, match="distinct labels"):
+        WorstCase(model, [a, a], task.image_damage, labels=["x", "x"])
+
+
+def test_evaluate_ensemble_on_a_segmenter_beats_pgd_per_image(segmenter, tmp_path, capsys):
+    _, _, root = segmenter
+    db, ck = str(tmp_path / "s.db"), str(tmp_path / "unet")
+    run_json(capsys, "train", "--task", "segmentation", "--dataset", "segfolder", "--data-dir",
+             str(root), "--size", "32", "--epochs", "2", "--batch-size", "8", "--out", ck,
+             "--store", db)
+    out = run_json(capsys, "evaluate", "--model", ck, "--attack", "pgd,ensemble", "--l2", "1",
+                   "--steps", "4", "--ifgsm-steps", "2", "--limit", "6", "--store", db)
+    cells = {c["attack"]: c for c in out["cells"]}
+    assert set(cells) == {"pgd", "ensemble"}
+    with Store(db) as store:
+        rows = {name: {r["dataset_index"]: r["adv_metric"]
+                       for r in store.rows("task_attack_results", run_id=c["run_id"])}
+                for name, c in cells.items()}
+    assert rows["ensemble"].keys() == rows["pgd"].keys() and len(rows["pgd"]) == 6
+    for i, dice in rows["ensemble"].items():  # the ensemble holds PGD itself: never better
+        assert dice <= rows["pgd"][i] + 1e-9
+    assert cells["ensemble"]["attacked"] <= cells["pgd"]["attacked"]
+    code, _, err = run_cli(capsys, "evaluate", "--model", ck, "--attack", "square", "--l2", "1",
+                           "--store", db)
+    assert code == 2 and "square needs class logits" in err
