@@ -279,7 +279,7 @@ CASES: list[tuple[str, Argv, str]] = [
     ("protocol-steps-unused", protocol("m_det", "--attack", "ifgsm", "--steps", "3"),
      "--steps applies to --attack pgd, pgd-restarts, apgd-ce, apgd-t or ensemble, not ifgsm"),
     ("protocol-ifgsm-steps-unused", protocol("m_lm", "--attack", "pgd", "--ifgsm-steps", "3"),
-     "--ifgsm-steps applies to --attack ifgsm, not pgd"),
+     "--ifgsm-steps applies to --attack ifgsm or ensemble, not pgd"),
 ]
 
 

@@ -144,7 +144,9 @@ def test_an_interrupted_certification_resumes_to_the_uninterrupted_rows(
 
     with Store(tmp_path / "cut.db") as store:
         with pytest.raises(KeyboardInterrupt):
-            _run(store, Dies(), ds, SMALL, list(range(6)))
+            # in eval mode like the classifier it wraps: the smoother restores the mode it
+            # finds, and a wrapper left in training mode would switch the shared fixture too
+            _run(store, Dies().eval(), ds, SMALL, list(range(6)))
         done = len(store.rows(CERTIFY_TABLE))
         assert 0 < done < 6  # images finished before the kill are kept
         again = _run(store, tiny_classifier, ds, SMALL, list(range(6)))
