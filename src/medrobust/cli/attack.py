@@ -39,7 +39,7 @@ def check_target_options(targeted: bool) -> None:
         raise ConfigError("--target needs --targeted (without it the attack is untargeted)")
 
 
-@attack.command()
+@attack.command(short_help="One-pixel (k-pixel) attack by differential evolution.")
 @click.option("--model", "model_dir", required=True, type=click.Path(), help="Checkpoint folder.")
 @dataset_options()
 @click.option("--split", type=click.Choice(["train", "val", "test"]), default="test",

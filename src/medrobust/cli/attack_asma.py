@@ -39,7 +39,7 @@ from medrobust.store import Store
 from medrobust.utils.validation import check_writable
 
 
-@click.command()
+@click.command(short_help="ASMA: make a segmentation model predict a target mask.")
 @click.option("--model", "model_dir", required=True, type=click.Path(),
               help="Segmentation checkpoint folder.")
 @click.option("--task", type=click.Choice(["segmentation"]), default="segmentation",

@@ -329,14 +329,14 @@ def _task_attack(request: GradientRequest, task: Task) -> tuple[dict[str, Any], 
             "store": run.store, "table": "task_attack_results", **s}, line
 
 
-@click.command()
+@click.command(short_help="PGD (Linf or L2, random start) on a model of any task.")
 @gradient_options
 def pgd(**opts: Any) -> None:
     """PGD (Linf or L2, random start) on a classifier, segmenter, landmark model or detector."""
     run_gradient(GradientRequest.from_options("pgd", opts, given_options(opts)))
 
 
-@click.command()
+@click.command(short_help="Iterative FGSM / BIM (no random start) on any task.")
 @gradient_options
 def ifgsm(**opts: Any) -> None:
     """Iterative FGSM / BIM (no random start) on a classifier, segmenter, landmark model or
