@@ -57,7 +57,7 @@ class CertifySettings:
     n: int = 10_000
     alpha: float = 0.001
     radii: tuple[float, ...] = (0.0, 0.25, 0.5, 1.0)
-    batch_size: int = 1000
+    batch_size: int = 200
     seed: int = 0
 
     def validate(self) -> CertifySettings:

