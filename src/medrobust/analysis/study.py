@@ -260,19 +260,57 @@ def run_study(store: Store, out_dir: str | Path, run_id: int | None = None) -> d
     ids = [int(r["id"]) for r in runs]
     points = attack_points(rows)
     if points.empty:
-        which = f"run {ids[0]}" if len(ids) == 1 else f"runs {', '.join(map(str, ids))}"
         raise MedrobustError(
-            f"{which} in {store.path} recorded no attacked image to analyse "
+            f"{_runs_text(ids)} in {store.path} recorded no attacked image to analyse "
             f"({len(rows)} result rows, all skipped or none yet)")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    files: list[Path] = []
     notes: list[str] = []
     if len({(r.get("dataset") or {}).get("dataset") for r in runs}) > 1 or len(
             {json.dumps(r.get("model") or {}, sort_keys=True) for r in runs}) > 1:
         notes.append("several models or datasets pooled: directions mix their attacks")
+    height, width, size_source, expected = _heatmap_grid(runs, points, notes)
 
-    # Image size for the heatmap grid and the exact chance level of even/even.
+    # Statistics.
+    stats = {which: spatial_stats(points, which) for which in ("successful", "attacked")}
+    chromatic = chromatic_summary(points)
+    period = {which: _periodicity_of(points, which, expected)
+              for which in ("successful", "attacked")}
+    maps = {which: heatmaps_by_direction(points, height, width, which)
+            for which in ("successful", "attacked")}
+
+    files = _write_tables(out, points, stats, period, chromatic, expected)
+    heat_info = _write_plots(out, points, maps, period, _runs_text(ids), files)
+    result = {
+        "runs": ids,
+        "store": str(store.path),
+        "out_dir": str(out.resolve()),
+        "image_size": {"height": height, "width": width, "source": size_source},
+        "counts": _counts(rows, points),
+        "colour_columns": colour_columns(points),
+        "stats": {"sd": f"sample standard deviation (ddof={SD_DDOF})", **stats},
+        "chromatic": chromatic,
+        "periodicity": period["successful"],
+        "periodicity_attacked": period["attacked"],
+        "heatmaps": heat_info,
+        "notes": notes,
+    }
+    files.append(out / "study.json")
+    result["files"] = [str(f.resolve()) for f in files]
+    result = _jsonable(result)
+    files[-1].write_text(json.dumps(result, indent=2, sort_keys=True))
+    return result
+
+
+def _runs_text(ids: list[int]) -> str:
+    """'run 3' or 'runs 3, 4', for messages and plot titles."""
+    return f"run {ids[0]}" if len(ids) == 1 else f"runs {', '.join(map(str, ids))}"
+
+
+def _heatmap_grid(runs: list[dict[str, Any]], points: pd.DataFrame, notes: list[str]
+                  ) -> tuple[int, int, str, float]:
+    """Image size for the heatmap grid (height, width, where it came from) and the exact chance
+    level of even/even; runs of different sizes add a note."""
     sizes = [run_image_size(r) for r in runs]
     known = [s for s, _ in sizes if s is not None]
     size = (max(s[0] for s in known), max(s[1] for s in known)) if known else None
@@ -282,21 +320,26 @@ def run_study(store: Store, out_dir: str | Path, run_id: int | None = None) -> d
         notes.append(f"runs have different image sizes {sorted(set(known))}: heatmaps use "
                      f"{height}x{width}")
     expected = chance_even_even(height, width) if size is not None else CHANCE_EVEN_EVEN
+    return height, width, size_source, expected
 
-    # Statistics.
-    stats = {which: spatial_stats(points, which) for which in ("successful", "attacked")}
-    chromatic = chromatic_summary(points)
-    period: dict[str, dict[str, dict[str, Any]]] = {}
-    for which in ("successful", "attacked"):
-        chosen = select(points, which)
-        period[which] = {}
-        for d in directions(points):
-            g = chosen[chosen["direction"] == d]
-            period[which][d] = periodicity(g["X"].to_numpy(), g["Y"].to_numpy(), expected)
-    maps = {which: heatmaps_by_direction(points, height, width, which)
-            for which in ("successful", "attacked")}
 
-    # Tables.
+def _periodicity_of(points: pd.DataFrame, which: str, expected: float
+                    ) -> dict[str, dict[str, Any]]:
+    """The even/even test per direction over the ``which`` attacks."""
+    chosen = select(points, which)
+    out = {}
+    for d in directions(points):
+        g = chosen[chosen["direction"] == d]
+        out[d] = periodicity(g["X"].to_numpy(), g["Y"].to_numpy(), expected)
+    return out
+
+
+def _write_tables(out: Path, points: pd.DataFrame, stats: dict[str, Any],
+                  period: dict[str, dict[str, dict[str, Any]]],
+                  chromatic: dict[str, dict[str, Any]], expected: float) -> list[Path]:
+    """The statistics, periodicity and chromatic tables (CSV and Markdown) and the attack
+    points; the files written, in order."""
+    files: list[Path] = []
     for which in ("successful", "attacked"):
         frame = stats_frame(stats[which])
         files.append(out / f"stats_{which}.csv")
@@ -326,9 +369,14 @@ def run_study(store: Store, out_dir: str | Path, run_id: int | None = None) -> d
         + markdown_table(CHROMATIC_COLUMNS, chrom_rows))
     files.append(out / "attacks.csv")
     points.to_csv(files[-1], index=False)
+    return files
 
-    # Plots and heatmap counts.
-    run_label = f"run {ids[0]}" if len(ids) == 1 else f"runs {', '.join(map(str, ids))}"
+
+def _write_plots(out: Path, points: pd.DataFrame, maps: dict[str, dict[str, np.ndarray]],
+                 period: dict[str, dict[str, dict[str, Any]]], run_label: str,
+                 files: list[Path]) -> dict[str, dict[str, Any]]:
+    """The chromatic plot, per direction the heatmap counts (CSV) and plot, and the parity
+    plot, appended to ``files``; what the result says of each direction's heatmaps."""
     files.append(plot_chromatic(points, out / "chromatic.png",
                                 f"Colour distance h vs score change ({run_label})"))
     heat_info: dict[str, dict[str, Any]] = {}
@@ -348,32 +396,18 @@ def run_study(store: Store, out_dir: str | Path, run_id: int | None = None) -> d
         }
     files.append(plot_parity(period["successful"], out / "parity.png",
                              f"X/Y parity of successful attacks ({run_label})"))
+    return heat_info
 
-    result = {
-        "runs": ids,
-        "store": str(store.path),
-        "out_dir": str(out.resolve()),
-        "image_size": {"height": height, "width": width, "source": size_source},
-        "counts": {
-            "rows": len(rows),
-            "skipped": sum(1 for r in rows if r.get("status") == "skipped"),
-            "attacked": len(points),
-            "successful": int(points["success"].astype(bool).sum()),
-            "by_direction": {d: {"attacked": int((points["direction"] == d).sum()),
-                                 "successful": int(((points["direction"] == d)
-                                                    & points["success"].astype(bool)).sum())}
-                             for d in directions(points)},
-        },
-        "colour_columns": colour_columns(points),
-        "stats": {"sd": f"sample standard deviation (ddof={SD_DDOF})", **stats},
-        "chromatic": chromatic,
-        "periodicity": period["successful"],
-        "periodicity_attacked": period["attacked"],
-        "heatmaps": heat_info,
-        "notes": notes,
+
+def _counts(rows: list[dict[str, Any]], points: pd.DataFrame) -> dict[str, Any]:
+    """How many result rows, skipped, attacked and successful images (overall, per direction)."""
+    return {
+        "rows": len(rows),
+        "skipped": sum(1 for r in rows if r.get("status") == "skipped"),
+        "attacked": len(points),
+        "successful": int(points["success"].astype(bool).sum()),
+        "by_direction": {d: {"attacked": int((points["direction"] == d).sum()),
+                             "successful": int(((points["direction"] == d)
+                                                & points["success"].astype(bool)).sum())}
+                         for d in directions(points)},
     }
-    files.append(out / "study.json")
-    result["files"] = [str(f.resolve()) for f in files]
-    result = _jsonable(result)
-    files[-1].write_text(json.dumps(result, indent=2, sort_keys=True))
-    return result

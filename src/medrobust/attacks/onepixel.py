@@ -275,111 +275,140 @@ class OnePixel(Attack):
                    ) -> list[OnePixelResult]:
         start = time.perf_counter()
         clf = self.classifier
-        b, c, h, w = x.shape
+        _, c, h, w = x.shape
         upper = np.tile(np.array([w - 1, h - 1] + [255] * c, dtype=np.float64), self.pixels)
         engine = make_engine(self.engine, clf, x, batch_consistent=True)
         self.engines_used.add(_engine_description(engine))
         clean = clf.probabilities_tensor(x, fixed_batch=True).double().cpu().numpy()
         rngs = [numpy_rng(self.seed, self._seed_key(k)) for k in keys]
-        names = clf.class_names
-        results: list[OnePixelResult | None] = [None] * b
         orig_u8 = (x * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+        batch = _Batch(self, engine, objectives, clean, orig_u8, start, offset, on_result, tick)
+        batch.skip_met()
+        batch.evolve({i: self._initial_population(rngs[i], h, w, c) for i in batch.active},
+                     rngs, upper)
+        self.engines_used.add(_engine_description(engine))  # a fallback may have come mid-run
+        return [r for r in batch.results if r is not None]
 
-        def finish(i: int, status: str, queries: int, gens: int, best: np.ndarray | None,
-                   probs: np.ndarray | None) -> None:
-            obj = objectives[i]
-            res = OnePixelResult(status=status, direction=obj.describe(names), label=obj.label,
-                                 target=obj.target, queries=queries, generations=gens,
-                                 original_scores=clean[i].tolist(),
-                                 seconds=time.perf_counter() - start)
-            if best is not None and probs is not None:
-                vec = best.reshape(self.pixels, 2 + c).astype(np.int64)
-                res.pixels = [(int(v[0]), int(v[1])) for v in vec]
-                res.colours = [v[2:].tolist() for v in vec]
-                res.original_colours = [orig_u8[i, y, x_].tolist() for x_, y in res.pixels]
-                res.final_scores = probs.tolist()
+
+class _Batch:
+    """The state the steps of one ``OnePixel._run_batch`` share: the images still running, their
+    populations, fitnesses and query counts, and the progress already reported for each."""
+
+    def __init__(self, attack: OnePixel, engine: Any, objectives: list[Objective],
+                 clean: np.ndarray, orig_u8: np.ndarray, start: float, offset: int,
+                 on_result: Callable[[int, OnePixelResult], None] | None,
+                 tick: Callable[[float], None]) -> None:
+        self.attack, self.engine, self.objectives = attack, engine, objectives
+        self.clean, self.orig_u8, self.start, self.offset = clean, orig_u8, start, offset
+        self.on_result, self.tick = on_result, tick
+        b, self.c = orig_u8.shape[0], orig_u8.shape[3]
+        self.names = attack.classifier.class_names
+        self.results: list[OnePixelResult | None] = [None] * b
+        self.ticked = np.zeros(b)  # progress reported per image so far (in images)
+        self.share = 1.0 / (attack.generations + 1)
+        self.active: list[int] = []
+        self.pops: dict[int, np.ndarray] = {}
+        self.fits: dict[int, np.ndarray] = {}
+        self.best_probs: dict[int, np.ndarray] = {}
+        self.queries: dict[int, int] = {}
+
+    def finish(self, i: int, status: str, queries: int, gens: int, best: np.ndarray | None,
+               probs: np.ndarray | None) -> None:
+        obj, k = self.objectives[i], self.attack.pixels
+        res = OnePixelResult(status=status, direction=obj.describe(self.names), label=obj.label,
+                             target=obj.target, queries=queries, generations=gens,
+                             original_scores=self.clean[i].tolist(),
+                             seconds=time.perf_counter() - self.start)
+        if best is not None and probs is not None:
+            vec = best.reshape(k, 2 + self.c).astype(np.int64)
+            res.pixels = [(int(v[0]), int(v[1])) for v in vec]
+            res.colours = [v[2:].tolist() for v in vec]
+            res.original_colours = [self.orig_u8[i, y, x_].tolist() for x_, y in res.pixels]
+            res.final_scores = probs.tolist()
+        else:
+            res.final_scores = res.original_scores
+        self.results[i] = res
+        if self.ticked[i]:
+            self.tick(-self.ticked[i])  # the finished image counts as one whole image below
+            self.ticked[i] = 0.0
+        if self.on_result is not None:
+            self.on_result(self.offset + i, res)
+
+    def generation_done(self) -> None:
+        if self.active:
+            self.ticked[self.active] += self.share
+            self.tick(self.share * len(self.active))
+
+    def skip_met(self) -> None:
+        """Finish the images whose goal the clean image already meets; the rest are active."""
+        for i, obj in enumerate(self.objectives):
+            if bool(obj.success(self.clean[i:i + 1])[0]):
+                self.finish(i, "skipped", 0, 0, None, None)
             else:
-                res.final_scores = res.original_scores
-            results[i] = res
-            if ticked[i]:
-                tick(-ticked[i])  # the finished image counts as one whole image below
-                ticked[i] = 0.0
-            if on_result is not None:
-                on_result(offset + i, res)
+                self.active.append(i)
+        self.queries = dict.fromkeys(self.active, 0)
 
-        ticked = np.zeros(b)  # progress reported per image so far (in images)
-        share = 1.0 / (self.generations + 1)
+    def evaluate(self, cands: dict[int, np.ndarray]
+                 ) -> dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """Score every image's candidates in one batch: (fitness, probabilities, success)."""
+        order = list(cands)
+        if not order:
+            return {}
+        index = np.concatenate([np.full(len(cands[i]), i) for i in order])
+        probs = self.attack._score(self.engine, index,
+                                   np.concatenate([cands[i] for i in order]), self.c)
+        probs = probs.double().cpu().numpy()
+        out, pos = {}, 0
+        for i in order:
+            n = len(cands[i])
+            pr = probs[pos:pos + n]
+            pos += n
+            self.queries[i] += n
+            fit = self.objectives[i].fitness(pr)
+            ok = self.objectives[i].success(pr)
+            out[i] = (fit, pr, ok)
+        return out
 
-        def generation_done() -> None:
-            if active:
-                ticked[active] += share
-                tick(share * len(active))
+    def settle(self, i: int, gen: int, cand: np.ndarray, fit: np.ndarray, pr: np.ndarray,
+               ok: np.ndarray) -> bool:
+        """Finish image i if any evaluated candidate succeeded (best-fitness success)."""
+        if not ok.any():
+            return False
+        j = int(np.flatnonzero(ok)[np.argmin(fit[ok])])
+        self.finish(i, "success", self.queries[i], gen, cand[j], pr[j])
+        return True
 
-        active = []
-        for i, obj in enumerate(objectives):
-            if bool(obj.success(clean[i:i + 1])[0]):
-                finish(i, "skipped", 0, 0, None, None)
-            else:
-                active.append(i)
-        pops = {i: self._initial_population(rngs[i], h, w, c) for i in active}
-        fits: dict[int, np.ndarray] = {}
-        best_probs: dict[int, np.ndarray] = {}
-        queries = dict.fromkeys(active, 0)
-
-        def evaluate(cands: dict[int, np.ndarray]
-                     ) -> dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]]:
-            order = list(cands)
-            if not order:
-                return {}
-            index = np.concatenate([np.full(len(cands[i]), i) for i in order])
-            probs = self._score(engine, index, np.concatenate([cands[i] for i in order]), c)
-            probs = probs.double().cpu().numpy()
-            out, pos = {}, 0
-            for i in order:
-                n = len(cands[i])
-                pr = probs[pos:pos + n]
-                pos += n
-                queries[i] += n
-                fit = objectives[i].fitness(pr)
-                ok = objectives[i].success(pr)
-                out[i] = (fit, pr, ok)
-            return out
-
-        def settle(i: int, gen: int, cand: np.ndarray, fit: np.ndarray, pr: np.ndarray,
-                   ok: np.ndarray) -> bool:
-            """Finish image i if any evaluated candidate succeeded (best-fitness success)."""
-            if not ok.any():
-                return False
-            j = int(np.flatnonzero(ok)[np.argmin(fit[ok])])
-            finish(i, "success", queries[i], gen, cand[j], pr[j])
-            return True
-
-        for i, (fit, pr, ok) in evaluate(pops).items():
-            if settle(i, 0, pops[i], fit, pr, ok):
+    def evolve(self, pops: dict[int, np.ndarray], rngs: list[np.random.Generator],
+               upper: np.ndarray) -> None:
+        """Differential evolution from the initial ``pops`` until each image succeeds or the
+        generations run out (then it fails with its best candidate)."""
+        self.pops = pops
+        active, fits, best_probs = self.active, self.fits, self.best_probs
+        for i, (fit, pr, ok) in self.evaluate(pops).items():
+            if self.settle(i, 0, pops[i], fit, pr, ok):
                 active.remove(i)
             else:
                 fits[i] = fit
                 best_probs[i] = pr.copy()
-        generation_done()
-        for gen in range(1, self.generations + 1):
+        self.generation_done()
+        generations = self.attack.generations
+        for gen in range(1, generations + 1):
             if not active:
                 break
-            trials = {i: self._trial(rngs[i], pops[i], fits[i], upper) for i in active}
-            for i, (fit, pr, ok) in evaluate(trials).items():
-                if settle(i, gen, trials[i], fit, pr, ok):
+            trials = {i: self.attack._trial(rngs[i], pops[i], fits[i], upper) for i in active}
+            for i, (fit, pr, ok) in self.evaluate(trials).items():
+                if self.settle(i, gen, trials[i], fit, pr, ok):
                     active.remove(i)
                     continue
                 better = fit < fits[i]
                 pops[i][better] = trials[i][better]
                 fits[i][better] = fit[better]
                 best_probs[i][better] = pr[better]
-            if gen < self.generations:
-                generation_done()
+            if gen < generations:
+                self.generation_done()
         for i in list(active):
             j = int(np.argmin(fits[i]))
-            finish(i, "failed", queries[i], self.generations, pops[i][j], best_probs[i][j])
-        self.engines_used.add(_engine_description(engine))  # a fallback may have come mid-run
-        return [r for r in results if r is not None]
+            self.finish(i, "failed", self.queries[i], generations, pops[i][j], best_probs[i][j])
 
 
 def _engine_description(engine: Any) -> str:

@@ -162,46 +162,14 @@ def run_map_campaign(store: Store, classifier: Classifier, model_dir: str | Path
         started: dict[int, float] = {}
 
         def record(i: int, cmap: ConfidenceMap, seconds: float) -> None:
-            image, label = dataset.images[i], int(dataset.labels[i])
-            npz = cmap.save(out / f"map_{i}.npz")
-            (out / f"map_{i}.partial.npz").unlink(missing_ok=True)
-            fig = save_confidence_figure(cmap, image, out / f"map_{i}.png",
-                                         title=f"{dataset.name} {dataset.split} #{i}")
-            best = cmap.strongest_change()
-            run.record(i, {
-                "dataset_index": i, "label": label, "score_name": cmap.score_name,
-                "clean_score": cmap.clean_score, "min_score": float(cmap.min.min()),
-                "max_score": float(cmap.max.max()), "robust": int(cmap.robust),
-                "successful_pixels": best["successful_pixels"], "best_x": best["x"],
-                "best_y": best["y"], "best_colour": best["colour"], "best_score": best["score"],
-                "parity_min": map_parity(cmap.min, "low"),
-                "parity_max": map_parity(cmap.max, "high"),
-                "npz": str(npz), "figure": str(fig), "engine": cmap.engine,
-                "seconds": seconds, "passes": cmap.passes})
+            run.record(i, _save_map(dataset, i, cmap, out, seconds))
             run.advance()
 
         images: dict[int, _TiledImage] = {}
-        jobs: list[tuple[int, np.ndarray | None]] = []
-        if not tiled:
-            jobs = [(i, None) for i in run.todo]
-        else:
-            group = packing_group(step, dataset.channels)
-            size = -(-(tile_pixels or TILE_PIXELS) // group) * group
-            for i in run.todo:
-                image, label = dataset.images[i], int(dataset.labels[i])
-                h, w, c = image.shape
-                ckpt = out / f"map_{i}.partial.npz"
-                state = _State.start(h, w, c, ckpt, map_key(classifier, image, label, step,
-                                                             score_class))
-                images[i] = _TiledImage(state, ckpt)
-                todo = np.flatnonzero(~state.done.reshape(-1))
-                # tiles keep their place in the whole image's order, so a resumed map's
-                # remaining pixels are cut where a fresh map's tiles are
-                for s in range(0, h * w, size):
-                    part = todo[(todo >= s) & (todo < s + size)]
-                    if part.size:
-                        jobs.append((i, part))
-                        images[i].outstanding += 1
+        jobs: list[tuple[int, np.ndarray | None]] = [(i, None) for i in run.todo]
+        if tiled:
+            images, jobs = _tile_jobs(classifier, dataset, run.todo, out, step, score_class,
+                                      tile_pixels)
 
         def on_result(job: tuple[int, np.ndarray | None], result: Any, note: Any) -> None:
             i, pixels = job
@@ -239,6 +207,54 @@ def run_map_campaign(store: Store, classifier: Classifier, model_dir: str | Path
     store.finish_run(run.run_id, "completed", summary)
     return CampaignOutcome(run.run_id, run.resumed, len(run.todo),
                            time.perf_counter() - began, summary)
+
+
+def _save_map(dataset: ImageDataset, i: int, cmap: ConfidenceMap, out: Path,
+              seconds: float) -> dict[str, Any]:
+    """Write image i's finished map (.npz, figure), drop its partial file; its store row."""
+    image, label = dataset.images[i], int(dataset.labels[i])
+    npz = cmap.save(out / f"map_{i}.npz")
+    (out / f"map_{i}.partial.npz").unlink(missing_ok=True)
+    fig = save_confidence_figure(cmap, image, out / f"map_{i}.png",
+                                 title=f"{dataset.name} {dataset.split} #{i}")
+    best = cmap.strongest_change()
+    return {
+        "dataset_index": i, "label": label, "score_name": cmap.score_name,
+        "clean_score": cmap.clean_score, "min_score": float(cmap.min.min()),
+        "max_score": float(cmap.max.max()), "robust": int(cmap.robust),
+        "successful_pixels": best["successful_pixels"], "best_x": best["x"],
+        "best_y": best["y"], "best_colour": best["colour"], "best_score": best["score"],
+        "parity_min": map_parity(cmap.min, "low"),
+        "parity_max": map_parity(cmap.max, "high"),
+        "npz": str(npz), "figure": str(fig), "engine": cmap.engine,
+        "seconds": seconds, "passes": cmap.passes}
+
+
+def _tile_jobs(classifier: Classifier, dataset: ImageDataset, todo_images: list[int], out: Path,
+               step: int, score_class: int | None, tile_pixels: int | None
+               ) -> tuple[dict[int, _TiledImage], list[tuple[int, np.ndarray | None]]]:
+    """Each image's partial map (resumed from its checkpoint) and the (image, tile) jobs of the
+    pixels it still lacks."""
+    images: dict[int, _TiledImage] = {}
+    jobs: list[tuple[int, np.ndarray | None]] = []
+    group = packing_group(step, dataset.channels)
+    size = -(-(tile_pixels or TILE_PIXELS) // group) * group
+    for i in todo_images:
+        image, label = dataset.images[i], int(dataset.labels[i])
+        h, w, c = image.shape
+        ckpt = out / f"map_{i}.partial.npz"
+        state = _State.start(h, w, c, ckpt, map_key(classifier, image, label, step,
+                                                     score_class))
+        images[i] = _TiledImage(state, ckpt)
+        todo = np.flatnonzero(~state.done.reshape(-1))
+        # tiles keep their place in the whole image's order, so a resumed map's
+        # remaining pixels are cut where a fresh map's tiles are
+        for s in range(0, h * w, size):
+            part = todo[(todo >= s) & (todo < s + size)]
+            if part.size:
+                jobs.append((i, part))
+                images[i].outstanding += 1
+    return images, jobs
 
 
 def confidence_map_of(classifier: Classifier, dataset: ImageDataset, i: int, tile: _TiledImage,

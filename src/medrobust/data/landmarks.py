@@ -271,11 +271,7 @@ def load_landmarks(data_dir: str | Path, split: str = "train",
     root = Path(data_dir).expanduser()
     if not root.is_dir():
         raise DataError(f"landmark folder {root} does not exist")
-    if isinstance(size, int):
-        size = (size, size)
-    if len(size) != 2 or any(int(s) != s or int(s) < 8 for s in size):
-        raise DataError(f"size must be (H, W) with sides >= 8, got {size!r}")
-    hw = (int(size[0]), int(size[1]))
+    hw = _size_hw(size)
     if channels is not None and channels not in (1, 3):
         raise DataError(f"channels must be 1, 3 or None, got {channels!r}")
     check_split_fractions(val_fraction, test_fraction)
@@ -286,7 +282,33 @@ def load_landmarks(data_dir: str | Path, split: str = "train",
         raise DataError(f"landmark folder {root} has no landmarks.csv")
     marks, k = read_landmarks_csv(table)
     files = _image_files(root / "images")
-    # id -> image: a file's stem, or ``stem#z=12`` for each slice of a volume
+    refs = _labelled_refs(root, table, marks, files, reader)
+    ids = sorted(marks)
+    chosen = _choose_split(root, split, ids, files, refs, val_fraction, test_fraction, seed)
+    pixel_size, size_source = _pixel_sizes(root, split, ids, chosen, refs, reader)
+    if channels is None:
+        channels = 3 if any(reader.is_colour(p) for p in files.values()) else 1
+    images, points, orig, scales = _read_split(table, chosen, marks, refs, reader, channels, hw, k)
+    spec = {"dataset": "landmarks", "data_dir": str(root), "size": list(hw), "channels": channels,
+            "val_fraction": val_fraction, "test_fraction": test_fraction, "seed": seed,
+            "splits_csv": (root / "splits.csv").is_file(), "num_landmarks": k,
+            "pixel_size_source": size_source, **reader.spec()}
+    return LandmarkDataset(images, points, tuple(chosen), orig, scales, pixel_size, split,
+                           root.name, spec)
+
+
+def _size_hw(size: tuple[int, int] | list[int] | int) -> tuple[int, int]:
+    if isinstance(size, int):
+        size = (size, size)
+    if len(size) != 2 or any(int(s) != s or int(s) < 8 for s in size):
+        raise DataError(f"size must be (H, W) with sides >= 8, got {size!r}")
+    return (int(size[0]), int(size[1]))
+
+
+def _labelled_refs(root: Path, table: Path, marks: dict[str, np.ndarray],
+                   files: dict[str, Path], reader: ImageReader) -> dict[str, ImageRef]:
+    """id -> image (a file's stem, or ``stem#z=12`` for each slice of a volume); every id of
+    ``landmarks.csv`` must have an image and every image file a row."""
     refs = {ref.stem: ref for path in files.values() for ref in reader.images(path)}
     missing = [i for i in marks if i not in refs]
     if missing:
@@ -297,8 +319,13 @@ def load_landmarks(data_dir: str | Path, split: str = "train",
     if unlabelled:
         raise DataError(f"{len(unlabelled)} image(s) in {root / 'images'} are missing in {table} "
                         f"(first: {files[unlabelled[0]].name})")
-    ids = sorted(marks)
+    return refs
 
+
+def _choose_split(root: Path, split: str, ids: list[str], files: dict[str, Path],
+                  refs: dict[str, ImageRef], val_fraction: float, test_fraction: float,
+                  seed: int) -> list[str]:
+    """The ids of ``split``: from ``splits.csv`` when present, else a seeded split of the files."""
     splits_csv = root / "splits.csv"
     if splits_csv.is_file():
         assignment = read_id_column(splits_csv, "split", set(ids))
@@ -318,7 +345,14 @@ def load_landmarks(data_dir: str | Path, split: str = "train",
         chosen = [i for i in ids if refs[i].path in picked]
     if not chosen:
         raise DataError(f"split {split!r} of {root} is empty")
+    return chosen
 
+
+def _pixel_sizes(root: Path, split: str, ids: list[str], chosen: list[str],
+                 refs: dict[str, ImageRef], reader: ImageReader
+                 ) -> tuple[np.ndarray | None, str | None]:
+    """mm per pixel of each chosen image and where it came from: ``metadata.csv``, else the
+    image headers, else (None, None)."""
     pixel_size, size_source = None, None
     meta_csv = root / "metadata.csv"
     if meta_csv.is_file():
@@ -345,9 +379,15 @@ def load_landmarks(data_dir: str | Path, split: str = "train",
         if from_headers is not None:
             sizes_mm, size_source = from_headers
             pixel_size = np.asarray([sizes_mm[i] for i in chosen], dtype=np.float64)
+    return pixel_size, size_source
 
-    if channels is None:
-        channels = 3 if any(reader.is_colour(p) for p in files.values()) else 1
+
+def _read_split(table: Path, chosen: list[str], marks: dict[str, np.ndarray],
+                refs: dict[str, ImageRef], reader: ImageReader, channels: int,
+                hw: tuple[int, int], k: int
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The chosen images resized to ``hw`` and their landmarks mapped onto them: (images,
+    points, original sizes, scales); a landmark outside its image is refused."""
     images = np.empty((len(chosen), hw[0], hw[1], channels), dtype=np.uint8)
     points = np.empty((len(chosen), k, 2), dtype=np.float32)
     orig = np.empty((len(chosen), 2), dtype=np.int64)
@@ -363,12 +403,7 @@ def load_landmarks(data_dir: str | Path, split: str = "train",
         orig[n] = (oh, ow)
         scales[n] = (hw[1] / ow, hw[0] / oh)
         points[n] = to_resized(p, scales[n]).astype(np.float32)
-    spec = {"dataset": "landmarks", "data_dir": str(root), "size": list(hw), "channels": channels,
-            "val_fraction": val_fraction, "test_fraction": test_fraction, "seed": seed,
-            "splits_csv": splits_csv.is_file(), "num_landmarks": k,
-            "pixel_size_source": size_source, **reader.spec()}
-    return LandmarkDataset(images, points, tuple(chosen), orig, scales, pixel_size, split,
-                           root.name, spec)
+    return images, points, orig, scales
 
 
 def load_from_spec(spec: dict[str, Any], split: str) -> LandmarkDataset:

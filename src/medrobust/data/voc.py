@@ -330,57 +330,25 @@ def load_voc_detection(root: str | Path, split: str, size: int | Sequence[int] =
     class_names = tuple(classes) if classes is not None else _discover_classes(root)
     if not class_names or len(set(class_names)) != len(class_names):
         raise DataError(f"detection classes must be distinct names, got {class_names!r}")
-    index = {n: i for i, n in enumerate(class_names)}
     ignored = set(ignore) - set(class_names)
     ids, split_source = voc_split_ids(root, split, seed, val_fraction, test_fraction)
 
+    keep = _BoxFilter(class_names, ignored, unknown)
     images, boxes, labels, difficult, orig, scales = [], [], [], [], [], []
-    dropped = DroppedBoxes()
     for image_id in progress(ids, desc=f"{name} {split}", unit="img"):
-        xml = root / "Annotations" / f"{image_id}.xml"
-        if not xml.is_file():
-            raise DataError(f"VOC annotation {xml} is missing (listed in the {split} split)")
-        path = image_path(root, image_id)
-        if path is None:
-            raise DataError(f"VOC image {root / 'JPEGImages' / image_id}.jpg is missing "
-                            f"(annotated in {xml.name})")
-        objects, _ = parse_voc_xml(xml)
-        try:
-            with open_image(path, "VOC image") as img:
-                image = img.convert("RGB")
-        except (OSError, ValueError) as exc:  # decoding a damaged file
-            raise DataError(f"cannot read VOC image {path}: {exc}") from None
+        xml, objects, image = _read_voc_item(root, image_id, split)
         w, h = image.size
         sx, sy = out_w / w, out_h / h
         if (w, h) != (out_w, out_h):
             image = image.resize((out_w, out_h), Image.Resampling.BILINEAR)
-        kept_boxes, kept_labels, kept_diff = [], [], []
-        wanted = 0
-        for obj in objects:
-            if obj.name not in index:
-                if obj.name in ignored or unknown == "skip":
-                    continue
-                raise DataError(f"VOC annotation {xml}: unknown class {obj.name!r} (classes: "
-                                f"{', '.join(class_names)}); add it to --classes, or remove or "
-                                f"rename those objects (from Python, unknown='skip' drops them)")
-            wanted += 1
-            problem = box_problem(obj.xmin, obj.ymin, obj.xmax, obj.ymax, w, h)
-            if problem is not None:
-                dropped.add(problem, xml)
-                continue
-            x0, x1 = np.clip([obj.xmin, obj.xmax], 0.0, w)
-            y0, y1 = np.clip([obj.ymin, obj.ymax], 0.0, h)
-            kept_boxes.append([x0 * sx, y0 * sy, x1 * sx, y1 * sy])
-            kept_labels.append(index[obj.name])
-            kept_diff.append(obj.difficult)
-        if wanted and not kept_boxes:
-            dropped.emptied += 1
+        kept_boxes, kept_labels, kept_diff = keep(objects, xml, w, h, sx, sy)
         images.append(np.asarray(image, dtype=np.uint8))
         boxes.append(np.asarray(kept_boxes, dtype=np.float32).reshape(-1, 4))
         labels.append(np.asarray(kept_labels, dtype=np.int64))
         difficult.append(np.asarray(kept_diff, dtype=bool))
         orig.append((h, w))
         scales.append((sx, sy))
+    dropped = keep.dropped
     spec = {"dataset": name, "data_dir": str(root), "size": [out_h, out_w],
             "classes": list(class_names), "unknown": unknown, "ignore": sorted(ignored),
             "split_source": split_source}
@@ -394,6 +362,61 @@ def load_voc_detection(root: str | Path, split: str, size: int | Sequence[int] =
     return DetectionDataset(np.stack(images), boxes, labels, class_names, name, split,
                             tuple(ids), np.asarray(orig, dtype=np.int64),
                             np.asarray(scales, dtype=np.float64), difficult, dropped.total, spec)
+
+
+def _read_voc_item(root: Path, image_id: str, split: str
+                   ) -> tuple[Path, list[VocObject], Image.Image]:
+    """One listed id's annotation file, its objects and its RGB image (not resized)."""
+    xml = root / "Annotations" / f"{image_id}.xml"
+    if not xml.is_file():
+        raise DataError(f"VOC annotation {xml} is missing (listed in the {split} split)")
+    path = image_path(root, image_id)
+    if path is None:
+        raise DataError(f"VOC image {root / 'JPEGImages' / image_id}.jpg is missing "
+                        f"(annotated in {xml.name})")
+    objects, _ = parse_voc_xml(xml)
+    try:
+        with open_image(path, "VOC image") as img:
+            image = img.convert("RGB")
+    except (OSError, ValueError) as exc:  # decoding a damaged file
+        raise DataError(f"cannot read VOC image {path}: {exc}") from None
+    return xml, objects, image
+
+
+class _BoxFilter:
+    """Turns an image's objects into its kept boxes (scaled), class indices and difficult
+    flags, counting the boxes it drops across the split."""
+
+    def __init__(self, class_names: tuple[str, ...], ignored: set[str], unknown: str) -> None:
+        self.class_names, self.ignored, self.unknown = class_names, ignored, unknown
+        self.index = {n: i for i, n in enumerate(class_names)}
+        self.dropped = DroppedBoxes()
+
+    def __call__(self, objects: list[VocObject], xml: Path, w: int, h: int, sx: float,
+                 sy: float) -> tuple[list[list[float]], list[int], list[bool]]:
+        kept_boxes, kept_labels, kept_diff = [], [], []
+        wanted = 0
+        for obj in objects:
+            if obj.name not in self.index:
+                if obj.name in self.ignored or self.unknown == "skip":
+                    continue
+                raise DataError(f"VOC annotation {xml}: unknown class {obj.name!r} (classes: "
+                                f"{', '.join(self.class_names)}); add it to --classes, or remove "
+                                f"or rename those objects (from Python, unknown='skip' drops "
+                                f"them)")
+            wanted += 1
+            problem = box_problem(obj.xmin, obj.ymin, obj.xmax, obj.ymax, w, h)
+            if problem is not None:
+                self.dropped.add(problem, xml)
+                continue
+            x0, x1 = np.clip([obj.xmin, obj.xmax], 0.0, w)
+            y0, y1 = np.clip([obj.ymin, obj.ymax], 0.0, h)
+            kept_boxes.append([x0 * sx, y0 * sy, x1 * sx, y1 * sy])
+            kept_labels.append(self.index[obj.name])
+            kept_diff.append(obj.difficult)
+        if wanted and not kept_boxes:
+            self.dropped.emptied += 1
+        return kept_boxes, kept_labels, kept_diff
 
 
 def bccd_detection_root(data_dir: str | Path) -> Path:

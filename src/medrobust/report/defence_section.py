@@ -150,14 +150,6 @@ def defence_section(ctx: ReportContext) -> Section | None:
     """Defences against one-pixel attacks, honestly evaluated (including adaptive attacks)."""
     from medrobust.campaigns.adaptive_defence import ADAPTIVE_COMMAND
     from medrobust.campaigns.defence import DEFEND_COMMAND
-    from medrobust.defences.table import (
-        ACCURACY_COLUMNS,
-        QUALITY_COLUMNS,
-        accuracy_rows,
-        adaptive_columns,
-        masking_warnings,
-        quality_rows,
-    )
 
     defend_runs = _latest_per_key(ctx.runs_of(DEFEND_COMMAND))
     adaptive_runs = _latest_per_key(ctx.runs_of(ADAPTIVE_COMMAND))
@@ -171,7 +163,23 @@ def defence_section(ctx: ReportContext) -> Section | None:
         "accuracy on ordinary images. PSNR between a clean and a one-pixel image is already very "
         "high, so the recovered accuracy matters more than the image-quality numbers.",
     ]))
-    section.add(Definitions([
+    section.add(_defence_definitions())
+    _cite_defence_runs(ctx, section, defend_runs + adaptive_runs)
+    if defend_runs:
+        _add_defend_tables(section, [r["summary"] for r in defend_runs])
+    if adaptive_runs:
+        _add_adaptive_tables(section, [r["summary"] for r in adaptive_runs])
+    for source in sorted({r["summary"].get("source_run") for r in defend_runs}, key=str):
+        group = [r["summary"] for r in defend_runs if r["summary"].get("source_run") == source]
+        sub = Section(f"defences-run-{source}", f"Images of one-pixel run {source}")
+        sub.add(_grid(ctx, int(source), group))
+        section.subsections.append(sub)
+    return section
+
+
+def _defence_definitions() -> Definitions:
+    """What the defence tables' terms mean."""
+    return Definitions([
         ("Fooled", "attacked images the model got wrong after the attack (re-scored)."),
         ("Recovery rate", "share of fooled images the defended model classifies correctly "
                           "again."),
@@ -196,41 +204,51 @@ def defence_section(ctx: ReportContext) -> Section | None:
         ("Gradient masking", "flagged when a defence keeps more than 10 points more accuracy "
                              "under PGD than under Square at the same budget: its gradients "
                              "mislead the attack rather than the defence stopping it."),
-    ]))
-    for run in defend_runs + adaptive_runs:
+    ])
+
+
+def _cite_defence_runs(ctx: ReportContext, section: Section, runs: list[dict[str, Any]]) -> None:
+    """Cite the defence runs, and the denoisers' own training runs, which are shown through
+    the defences they became."""
+    for run in runs:
         ctx.cite(run["id"], section.anchor, section.title)
-    # the denoisers' own training runs: shown through the defences they became
-    dirs = {str((r["summary"].get("denoiser") or {}).get("dir")) for r in
-            defend_runs + adaptive_runs}
+    dirs = {str((r["summary"].get("denoiser") or {}).get("dir")) for r in runs}
     for run in ctx.runs_of("train-denoiser"):
         if str((run.get("model") or {}).get("dir")) in dirs:
             ctx.cite(run["id"], section.anchor, section.title)
-    if defend_runs:
-        summaries = [r["summary"] for r in defend_runs]
-        section.add(Table(ACCURACY_COLUMNS, _named(accuracy_rows(summaries)),
-                          caption="Defences against the recorded one-pixel attacks: accuracy"))
-        section.add(Table(QUALITY_COLUMNS, _named(quality_rows(summaries)),
-                          caption="Defences against the recorded one-pixel attacks: image "
-                                  "quality"))
-        findings = _findings(summaries)
-        if findings:
-            section.add(Paragraphs(findings))
-    if adaptive_runs:
-        summaries_a = [r["summary"] for r in adaptive_runs]
-        section.add(Table(adaptive_columns(summaries_a), _adaptive_rows(summaries_a),
-                          caption="Robust accuracy under attacks that see the defence"))
-        for warning in masking_warnings(summaries_a):
-            section.add(Note(masking_text(warning), "warning"))
-        lines = _adaptive_findings(summaries_a)
-        if lines:
-            section.add(Paragraphs(lines))
-        section.add(Note("A defence that holds against the recorded attacks but falls to "
-                         "adaptive ones only hides the weakness from an attacker who does not "
-                         "know it is there; the denoising paper itself names dense and adaptive "
-                         "attacks as untested."))
-    for source in sorted({r["summary"].get("source_run") for r in defend_runs}, key=str):
-        group = [r["summary"] for r in defend_runs if r["summary"].get("source_run") == source]
-        sub = Section(f"defences-run-{source}", f"Images of one-pixel run {source}")
-        sub.add(_grid(ctx, int(source), group))
-        section.subsections.append(sub)
-    return section
+
+
+def _add_defend_tables(section: Section, summaries: list[dict[str, Any]]) -> None:
+    """The defences against the recorded attacks: accuracy, image quality, findings."""
+    from medrobust.defences.table import (
+        ACCURACY_COLUMNS,
+        QUALITY_COLUMNS,
+        accuracy_rows,
+        quality_rows,
+    )
+
+    section.add(Table(ACCURACY_COLUMNS, _named(accuracy_rows(summaries)),
+                      caption="Defences against the recorded one-pixel attacks: accuracy"))
+    section.add(Table(QUALITY_COLUMNS, _named(quality_rows(summaries)),
+                      caption="Defences against the recorded one-pixel attacks: image "
+                              "quality"))
+    findings = _findings(summaries)
+    if findings:
+        section.add(Paragraphs(findings))
+
+
+def _add_adaptive_tables(section: Section, summaries: list[dict[str, Any]]) -> None:
+    """The attacks that see the defence: robust accuracy, masking warnings, findings."""
+    from medrobust.defences.table import adaptive_columns, masking_warnings
+
+    section.add(Table(adaptive_columns(summaries), _adaptive_rows(summaries),
+                      caption="Robust accuracy under attacks that see the defence"))
+    for warning in masking_warnings(summaries):
+        section.add(Note(masking_text(warning), "warning"))
+    lines = _adaptive_findings(summaries)
+    if lines:
+        section.add(Paragraphs(lines))
+    section.add(Note("A defence that holds against the recorded attacks but falls to "
+                     "adaptive ones only hides the weakness from an attacker who does not "
+                     "know it is there; the denoising paper itself names dense and adaptive "
+                     "attacks as untested."))

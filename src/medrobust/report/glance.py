@@ -105,21 +105,20 @@ def _model_name(run: dict[str, Any]) -> str:
                (read_checkpoint_meta(model.get("dir")) or {}).get("model") or "model")
 
 
-def collect(ctx: ReportContext) -> list[ModelGlance]:
-    """One ModelGlance per model the store's runs used, in the order first seen."""
-    from medrobust.campaigns.adaptive_defence import ADAPTIVE_COMMAND
-    from medrobust.campaigns.attack_protocol import PROTOCOL_COMMAND
-    from medrobust.campaigns.defence import DEFEND_COMMAND
+class _Glances:
+    """The models seen so far, keyed by checkpoint folder, in the order first seen."""
 
-    models: dict[str, ModelGlance] = {}
+    def __init__(self) -> None:
+        self.models: dict[str, ModelGlance] = {}
 
-    def get(run: dict[str, Any], task: str | None = None) -> ModelGlance | None:
+    def get(self, run: dict[str, Any], task: str | None = None) -> ModelGlance | None:
+        """The model of ``run`` (created on first sight), with the run noted; None: no model."""
         key = _model_key(run)
         if key is None:
             return None
-        if key not in models:
-            models[key] = ModelGlance(key, _model_name(run), task or DEFAULT_TASK)
-        g = models[key]
+        if key not in self.models:
+            self.models[key] = ModelGlance(key, _model_name(run), task or DEFAULT_TASK)
+        g = self.models[key]
         if task and task != DEFAULT_TASK:  # a run that names its task outranks the default
             g.task = task
         if g.data == "-" and run.get("dataset"):
@@ -129,68 +128,87 @@ def collect(ctx: ReportContext) -> list[ModelGlance]:
         g.runs.append(run["id"])
         return g
 
+
+def collect(ctx: ReportContext) -> list[ModelGlance]:
+    """One ModelGlance per model the store's runs used, in the order first seen."""
+    glances = _Glances()
     for run in ctx.runs:
-        cmd = run["command"]
-        summary = run.get("summary") or {}
-        if cmd == "train" and _is_proportion(str((run.get("params") or {}).get("task")
-                                                 or DEFAULT_TASK)):
-            g = get(run)
-            test = summary.get("test") or {}
-            if g is not None and test.get("accuracy") is not None and g.clean_source != "evaluate":
-                g.clean = estimate(test["accuracy"], test.get("n"), run["id"])
-                g.clean_source = "train"
-                g.data = data_text({**(run.get("dataset") or {}), "split": "test"})
-        elif cmd == "evaluate" and "accuracy" in summary:
-            g = get(run)
-            if g is not None:
-                g.clean = estimate(summary["accuracy"], summary.get("n"), run["id"])
-                g.clean_source = "evaluate"
-                g.data = data_text({**(run.get("dataset") or {}),
-                                    "split": (run.get("params") or {}).get("split")})
-        elif cmd == "attack onepixel":
-            g = get(run)
-            if g is not None and summary.get("attacked"):
-                e = estimate(summary.get("success_rate"), summary["attacked"], run["id"])
-                if e is not None:
-                    g.onepixel.append(e)
-        elif cmd == DEFEND_COMMAND and "label" in summary:
-            g = get(run)
-            if g is not None and summary.get("clean_accuracy_cost") is not None:
-                g.costs[str(summary["label"])] = float(summary["clean_accuracy_cost"])
-        elif cmd == PROTOCOL_COMMAND:  # its cells are runs of their own, read below
-            get(run, str((run.get("params") or {}).get("task") or DEFAULT_TASK))
-        elif cmd == ADAPTIVE_COMMAND and "label" in summary:
-            g = get(run)
-            if g is not None:
-                _add_adaptive(g, run, summary)
+        _read_run(glances, run)
     for run in budget_attack_runs(ctx):
-        task = run_task(run)
-        g = get(run, task)
-        if g is None:
-            continue
-        a = (run.get("params") or {}).get("attack") or {}
-        eps, norm = a.get("eps"), a.get("norm")
-        if isinstance(eps, bool) or not isinstance(eps, (int, float)) or norm not in ("linf", "l2"):
-            continue
-        summary = run_summary(ctx, run, task)
-        if not summary or not summary.get("images"):
-            continue
-        cell = (attack_name(run), str(norm), float(eps))
-        n = int(summary["images"])
-        if _is_proportion(task):
-            rate = summary.get("robust_accuracy", summary.get("adv_accuracy"))
-            e = estimate(rate, n, run["id"])
-            old = g.robust.get(cell)
-            if e is not None and (old is None or (n, run["id"]) >= (old.p.n, old.run_id)):
-                g.robust[cell] = e
-            if g.clean is None and summary.get("clean_accuracy") is not None:
-                g.clean = estimate(summary["clean_accuracy"], n, run["id"])
-                g.clean_source = "attack"
-        else:
-            _add_task_cell(g, task, cell, summary, n, run["id"])
+        _read_budget_run(ctx, glances, run)
     # a denoiser's own training run is not a model of the panel
-    return [g for g in models.values() if g.clean or g.onepixel or g.robust or g.adaptive
-            or g.task_cells]
+    return [g for g in glances.models.values() if g.clean or g.onepixel or g.robust
+            or g.adaptive or g.task_cells]
+
+
+def _read_run(glances: _Glances, run: dict[str, Any]) -> None:
+    """What a training, evaluation, one-pixel, defence or protocol run adds to its model."""
+    from medrobust.campaigns.adaptive_defence import ADAPTIVE_COMMAND
+    from medrobust.campaigns.attack_protocol import PROTOCOL_COMMAND
+    from medrobust.campaigns.defence import DEFEND_COMMAND
+
+    get = glances.get
+    cmd = run["command"]
+    summary = run.get("summary") or {}
+    if cmd == "train" and _is_proportion(str((run.get("params") or {}).get("task")
+                                             or DEFAULT_TASK)):
+        g = get(run)
+        test = summary.get("test") or {}
+        if g is not None and test.get("accuracy") is not None and g.clean_source != "evaluate":
+            g.clean = estimate(test["accuracy"], test.get("n"), run["id"])
+            g.clean_source = "train"
+            g.data = data_text({**(run.get("dataset") or {}), "split": "test"})
+    elif cmd == "evaluate" and "accuracy" in summary:
+        g = get(run)
+        if g is not None:
+            g.clean = estimate(summary["accuracy"], summary.get("n"), run["id"])
+            g.clean_source = "evaluate"
+            g.data = data_text({**(run.get("dataset") or {}),
+                                "split": (run.get("params") or {}).get("split")})
+    elif cmd == "attack onepixel":
+        g = get(run)
+        if g is not None and summary.get("attacked"):
+            e = estimate(summary.get("success_rate"), summary["attacked"], run["id"])
+            if e is not None:
+                g.onepixel.append(e)
+    elif cmd == DEFEND_COMMAND and "label" in summary:
+        g = get(run)
+        if g is not None and summary.get("clean_accuracy_cost") is not None:
+            g.costs[str(summary["label"])] = float(summary["clean_accuracy_cost"])
+    elif cmd == PROTOCOL_COMMAND:  # its cells are runs of their own, read below
+        get(run, str((run.get("params") or {}).get("task") or DEFAULT_TASK))
+    elif cmd == ADAPTIVE_COMMAND and "label" in summary:
+        g = get(run)
+        if g is not None:
+            _add_adaptive(g, run, summary)
+
+
+def _read_budget_run(ctx: ReportContext, glances: _Glances, run: dict[str, Any]) -> None:
+    """What an attack run at one Linf or L2 budget adds to its model."""
+    task = run_task(run)
+    g = glances.get(run, task)
+    if g is None:
+        return
+    a = (run.get("params") or {}).get("attack") or {}
+    eps, norm = a.get("eps"), a.get("norm")
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or norm not in ("linf", "l2"):
+        return
+    summary = run_summary(ctx, run, task)
+    if not summary or not summary.get("images"):
+        return
+    cell = (attack_name(run), str(norm), float(eps))
+    n = int(summary["images"])
+    if _is_proportion(task):
+        rate = summary.get("robust_accuracy", summary.get("adv_accuracy"))
+        e = estimate(rate, n, run["id"])
+        old = g.robust.get(cell)
+        if e is not None and (old is None or (n, run["id"]) >= (old.p.n, old.run_id)):
+            g.robust[cell] = e
+        if g.clean is None and summary.get("clean_accuracy") is not None:
+            g.clean = estimate(summary["clean_accuracy"], n, run["id"])
+            g.clean_source = "attack"
+    else:
+        _add_task_cell(g, task, cell, summary, n, run["id"])
 
 
 def _add_adaptive(g: ModelGlance, run: dict[str, Any], summary: dict[str, Any]) -> None:

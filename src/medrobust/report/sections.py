@@ -480,7 +480,15 @@ def analysis_section(ctx: ReportContext) -> Section | None:
     if not runs:
         return None
     section = Section("analysis", "Why and where the attacks work")
-    section.add(Definitions([
+    section.add(_analysis_definitions())
+    for run in runs:
+        section.subsections.append(_analysis_run(ctx, run))
+    return section
+
+
+def _analysis_definitions() -> Definitions:
+    """What the analysis' terms mean, once above every run."""
+    return Definitions([
         ("h (colour distance)", "how different the attack colour is from the mean of the 8 "
                                 "surrounding pixels in the original image, as a root-mean-square "
                                 "over the colour channels on a 0-1 scale: 0 = same colour, 1 = "
@@ -498,75 +506,86 @@ def analysis_section(ctx: ReportContext) -> Section | None:
                             "the network (the checkerboard of Alatalo et al. 2022)."),
         ("p-value", "exact two-sided binomial test of the even/even count against chance; "
                     "small values (below 0.05) mean the share is unlikely to be chance."),
+    ])
+
+
+def _analysis_run(ctx: ReportContext, run: dict[str, Any]) -> Section:
+    """One run's study: its colour, position and periodicity subsections (or why there is none)."""
+    sub = Section(f"analysis-run-{run['id']}", run_title(run))
+    ctx.cite(run["id"], sub.anchor, f"Why and where the attacks work: run {run['id']}")
+    study = ctx.study(run["id"])
+    if isinstance(study, str):
+        sub.add(Note(f"No analysis for this run: {study}", "warning"))
+        return sub
+    for note in study.get("notes", []):
+        sub.add(Note(note, "warning"))
+    size = study["image_size"]
+    sub.add(Paragraphs([
+        f"{study['counts']['attacked']} attacked images, {study['counts']['successful']} "
+        f"fooled. Image grid {size['height']} x {size['width']} pixels (from "
+        f"{size['source']}). Tables and plots are also saved in {study['out_dir']}.",
     ]))
-    for run in runs:
-        sub = Section(f"analysis-run-{run['id']}", run_title(run))
-        ctx.cite(run["id"], sub.anchor, f"Why and where the attacks work: run {run['id']}")
-        study = ctx.study(run["id"])
-        if isinstance(study, str):
-            sub.add(Note(f"No analysis for this run: {study}", "warning"))
-            section.subsections.append(sub)
-            continue
-        for note in study.get("notes", []):
-            sub.add(Note(note, "warning"))
-        size = study["image_size"]
-        sub.add(Paragraphs([
-            f"{study['counts']['attacked']} attacked images, {study['counts']['successful']} "
-            f"fooled. Image grid {size['height']} x {size['width']} pixels (from "
-            f"{size['source']}). Tables and plots are also saved in {study['out_dir']}.",
-        ]))
-        files = {Path(f).name: f for f in study["files"]}
-        colour = Section(f"analysis-run-{run['id']}-colour", "Attack colour (chromatic analysis)")
-        colour.add(Paragraphs([_chromatic_sentence(d, c) for d, c in study["chromatic"].items()]))
-        if "chromatic.png" in files:
-            colour.add(Figure(png_file_to_data_uri(files["chromatic.png"]),
-                              "Each dot is one attacked image: h of its attack pixel against the "
-                              "score change it achieved; red = successful (fooled the model), grey = "
-                              "failed.",
-                              alt="h versus score change"))
-        colour.add(Table(
-            ["Direction", "n", "Mean h", "Mean h (successful)", "Mean h (failed)",
-             "Spearman rho (h, score change)", "p"],
-            [[d, num(c["n"]), num(c["mean_h"]), num(c["mean_h_successful"]),
-              num(c["mean_h_failed"]), num(c["spearman_rho"]), pvalue(c["spearman_p"])]
-             for d, c in study["chromatic"].items()]))
-        sub.subsections.append(colour)
+    files = {Path(f).name: f for f in study["files"]}
+    sub.subsections.append(_colour_section(run["id"], study, files))
+    sub.subsections.append(_place_section(run["id"], study))
+    sub.subsections.append(_period_section(run["id"], study, files))
+    return sub
 
-        place = Section(f"analysis-run-{run['id']}-place", "Attack position and colour statistics")
-        place.add(Paragraphs([
-            "Mean, median and SD of the attacked pixel's position and colour, as in tables 1-2 "
-            "of Alatalo et al. 2022. A mean X and Y near the image centre means the model "
-            "relies on the centre.",
-        ]))
-        place.add(*_stats_tables(study))
-        heatmaps = [Figure(png_file_to_data_uri(info["png"]),
-                           f"{d}: how many attacks chose each pixel (left: attacks that fooled "
-                           "the model; right: every attacked image). One square = one pixel.",
-                           alt=f"heatmap {d}")
-                    for d, info in study["heatmaps"].items() if Path(info["png"]).is_file()]
-        place.add(*heatmaps)
-        sub.subsections.append(place)
 
-        period = Section(f"analysis-run-{run['id']}-period", "Even/odd periodicity")
-        period.add(Paragraphs(
-            [_periodicity_sentence(d, p, "successful") for d, p in study["periodicity"].items()]))
-        if "parity.png" in files:
-            period.add(Figure(png_file_to_data_uri(files["parity.png"]),
-                              "Share of successful attacks in each combination of even/odd "
-                              "column (X) and row (Y); dashed line: the even/even share expected "
-                              "by chance.", alt="parity bar chart", max_width="720px"))
-        rows = []
-        for which, label in (("periodicity", "successful"),
-                             ("periodicity_attacked", "all attacked")):
-            for d, p in study[which].items():
-                ci = "-" if p["ci_low"] is None else f"{pct(p['ci_low'])} - {pct(p['ci_high'])}"
-                rows.append([d, label, num(p["n"]), num(p["even_even"]), pct(p["share"]), ci,
-                             pct(p["expected"]), pvalue(p["p_value"])])
-        period.add(Table(["Direction", "Attacks", "n", "Even/even", "Share", "95 % CI",
-                          "Chance", "p (two-sided binomial)"], rows))
-        sub.subsections.append(period)
-        section.subsections.append(sub)
-    return section
+def _colour_section(run_id: int, study: dict[str, Any], files: dict[str, str]) -> Section:
+    colour = Section(f"analysis-run-{run_id}-colour", "Attack colour (chromatic analysis)")
+    colour.add(Paragraphs([_chromatic_sentence(d, c) for d, c in study["chromatic"].items()]))
+    if "chromatic.png" in files:
+        colour.add(Figure(png_file_to_data_uri(files["chromatic.png"]),
+                          "Each dot is one attacked image: h of its attack pixel against the "
+                          "score change it achieved; red = successful (fooled the model), grey = "
+                          "failed.",
+                          alt="h versus score change"))
+    colour.add(Table(
+        ["Direction", "n", "Mean h", "Mean h (successful)", "Mean h (failed)",
+         "Spearman rho (h, score change)", "p"],
+        [[d, num(c["n"]), num(c["mean_h"]), num(c["mean_h_successful"]),
+          num(c["mean_h_failed"]), num(c["spearman_rho"]), pvalue(c["spearman_p"])]
+         for d, c in study["chromatic"].items()]))
+    return colour
+
+
+def _place_section(run_id: int, study: dict[str, Any]) -> Section:
+    place = Section(f"analysis-run-{run_id}-place", "Attack position and colour statistics")
+    place.add(Paragraphs([
+        "Mean, median and SD of the attacked pixel's position and colour, as in tables 1-2 "
+        "of Alatalo et al. 2022. A mean X and Y near the image centre means the model "
+        "relies on the centre.",
+    ]))
+    place.add(*_stats_tables(study))
+    heatmaps = [Figure(png_file_to_data_uri(info["png"]),
+                       f"{d}: how many attacks chose each pixel (left: attacks that fooled "
+                       "the model; right: every attacked image). One square = one pixel.",
+                       alt=f"heatmap {d}")
+                for d, info in study["heatmaps"].items() if Path(info["png"]).is_file()]
+    place.add(*heatmaps)
+    return place
+
+
+def _period_section(run_id: int, study: dict[str, Any], files: dict[str, str]) -> Section:
+    period = Section(f"analysis-run-{run_id}-period", "Even/odd periodicity")
+    period.add(Paragraphs(
+        [_periodicity_sentence(d, p, "successful") for d, p in study["periodicity"].items()]))
+    if "parity.png" in files:
+        period.add(Figure(png_file_to_data_uri(files["parity.png"]),
+                          "Share of successful attacks in each combination of even/odd "
+                          "column (X) and row (Y); dashed line: the even/even share expected "
+                          "by chance.", alt="parity bar chart", max_width="720px"))
+    rows = []
+    for which, label in (("periodicity", "successful"),
+                         ("periodicity_attacked", "all attacked")):
+        for d, p in study[which].items():
+            ci = "-" if p["ci_low"] is None else f"{pct(p['ci_low'])} - {pct(p['ci_high'])}"
+            rows.append([d, label, num(p["n"]), num(p["even_even"]), pct(p["share"]), ci,
+                         pct(p["expected"]), pvalue(p["p_value"])])
+    period.add(Table(["Direction", "Attacks", "n", "Even/even", "Share", "95 % CI",
+                      "Chance", "p (two-sided binomial)"], rows))
+    return period
 
 
 __all__ = [

@@ -162,6 +162,14 @@ class _Run:
                    info.get("cpu_elapsed", history[-1].get("cpu_seconds", 0.0)),
                    info.get("stopped"))
 
+    def take(self, end: EpochEnd, verdict: Judgement, model: nn.Module) -> None:
+        """Add an epoch's history row, and keep its weights when it is the best so far."""
+        self.history.append(verdict.row)
+        if end.improves(verdict.key):
+            assert verdict.key is not None
+            self.best = (verdict.key, end.epoch, verdict.metrics,
+                         copy.deepcopy(model.state_dict()))
+
     def info(self, clock: Clock) -> dict[str, Any]:
         """The JSON entries of a resume state (``EpochState.save_epoch``'s ``info``)."""
         best = self.best
@@ -232,12 +240,7 @@ def train_epochs(wrapper: nn.Module, model: nn.Module, n_train: int, *, epochs: 
     budget = None if minutes is None else 60.0 * minutes
     steps = max(1, math.ceil(n_train / batch_size))
     resume = resume if resume is not None and resume.enabled else None
-    saved = None if resume is None else resume.restore(
-        model=model, optimizer=optimizer, scheduler=scheduler, generators=generators,
-        objective=objective)
-    run = _Run([]) if saved is None else _Run.resumed(saved.epoch, saved.best_model, saved.info)
-    if saved is None and calibrate is not None:
-        calibrate()
+    run = _open_run(resume, model, optimizer, scheduler, generators, objective, calibrate)
     # a run the budget ended, killed before its checkpoint was written, trains no further
     last = epochs if run.stopped is None else run.next_epoch - 1
     clock = Clock(run.elapsed, run.cpu_elapsed)
@@ -248,41 +251,16 @@ def train_epochs(wrapper: nn.Module, model: nn.Module, n_train: int, *, epochs: 
             objective.begin_epoch(epoch)
         wrapper.train()
         order = shuffle(n_train)
-        sums: dict[str, float] = {}
-        for i in range(steps):
-            idx = order[i * batch_size:(i + 1) * batch_size]
-            if lr_at is not None:
-                rate = lr_at((epoch - 1) * steps + i, clock.wall())
-                for group in optimizer.param_groups:
-                    group["lr"] = rate
-            out = batch_loss(idx)
-            loss, terms = (out, None) if isinstance(out, torch.Tensor) else out
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            if scheduler is not None:
-                scheduler.step()
-            if terms is None:
-                sums["loss"] = sums.get("loss", 0.0) + float(loss.detach()) * len(idx)
-            else:
-                for name, t in terms.items():
-                    sums[name] = sums.get(name, 0.0) + float(t.detach().sum())
-            bar.step()
+        sums = _train_steps(order, epoch, steps, batch_size, optimizer, scheduler, lr_at,
+                            batch_loss, clock, bar)
         wrapper.eval()
         extra = objective.end_epoch() if objective is not None else {}
-        # decided before validating, so that ``review`` knows the epoch is the last: its end
-        # and the next one's, at the mean pace of the whole epochs so far (the first epoch:
-        # its training so far)
-        pace = started / len(run.history) if run.history else clock.wall() - started
-        time_up = budget is not None and epoch < epochs and started + 2 * pace > budget
+        time_up = _time_up(run, clock, started, budget, epoch, epochs)
         end = EpochEnd(epoch, {k: v / n_train for k, v in sums.items()}, extra,
                        optimizer.param_groups[0]["lr"], epoch == epochs or time_up,
                        None if run.best is None else run.best[0], clock, started)
         verdict = review(end)
-        run.history.append(verdict.row)
-        if end.improves(verdict.key):
-            assert verdict.key is not None
-            run.best = (verdict.key, epoch, verdict.metrics, copy.deepcopy(model.state_dict()))
+        run.take(end, verdict, model)
         if time_up:
             assert minutes is not None
             run.stopped = _stop_line(epoch, epochs, minutes,
@@ -295,6 +273,62 @@ def train_epochs(wrapper: nn.Module, model: nn.Module, n_train: int, *, epochs: 
         if time_up:
             break
     bar.close()
+    return _close_run(run, clock, wrapper, model, desc)
+
+
+def _open_run(resume: EpochState | None, model: nn.Module, optimizer: torch.optim.Optimizer,
+              scheduler: Any, generators: tuple[torch.Generator, ...], objective: Any,
+              calibrate: Callable[[], Any] | None) -> _Run:
+    """Where the run starts: a saved state restored, else a fresh run (calibrated first)."""
+    saved = None if resume is None else resume.restore(
+        model=model, optimizer=optimizer, scheduler=scheduler, generators=generators,
+        objective=objective)
+    run = _Run([]) if saved is None else _Run.resumed(saved.epoch, saved.best_model, saved.info)
+    if saved is None and calibrate is not None:
+        calibrate()
+    return run
+
+
+def _train_steps(order: Any, epoch: int, steps: int, batch_size: int,
+                 optimizer: torch.optim.Optimizer, scheduler: Any,
+                 lr_at: Callable[[int, float], float] | None, batch_loss: BatchLoss,
+                 clock: Clock, bar: _Bar) -> dict[str, float]:
+    """One epoch's optimiser steps over ``order``; each term summed over the items."""
+    sums: dict[str, float] = {}
+    for i in range(steps):
+        idx = order[i * batch_size:(i + 1) * batch_size]
+        if lr_at is not None:
+            rate = lr_at((epoch - 1) * steps + i, clock.wall())
+            for group in optimizer.param_groups:
+                group["lr"] = rate
+        out = batch_loss(idx)
+        loss, terms = (out, None) if isinstance(out, torch.Tensor) else out
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+        if terms is None:
+            sums["loss"] = sums.get("loss", 0.0) + float(loss.detach()) * len(idx)
+        else:
+            for name, t in terms.items():
+                sums[name] = sums.get(name, 0.0) + float(t.detach().sum())
+        bar.step()
+    return sums
+
+
+def _time_up(run: _Run, clock: Clock, started: float, budget: float | None, epoch: int,
+             epochs: int) -> bool:
+    """Whether the budget ends the run after this epoch. Decided before validating, so that
+    ``review`` knows the epoch is the last: its end and the next one's, at the mean pace of
+    the whole epochs so far (the first epoch: its training so far)."""
+    pace = started / len(run.history) if run.history else clock.wall() - started
+    return budget is not None and epoch < epochs and started + 2 * pace > budget
+
+
+def _close_run(run: _Run, clock: Clock, wrapper: nn.Module, model: nn.Module,
+               desc: str) -> LoopResult:
+    """Say why the run stopped early, if it did, and load the best epoch's weights."""
     if run.stopped is not None:
         note(run.stopped)
     if run.best is None:
