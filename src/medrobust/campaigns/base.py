@@ -144,10 +144,12 @@ def batch_run(store: Store, table: ResultTable, command: str, params: Mapping[st
         run_id, resumed = join, False
     campaign = Campaign(store, table, run_id)
     todo = campaign.pending(items)
-    # unit_scale: counts with three significant digits, so fractional progress (a one-pixel
-    # attack's generations) reads "12.3/200 img", not a float with sixteen digits
+    # the bar moves by fractions of an item (a one-pixel attack's generations) so it is smooth,
+    # but counts whole items: "2/4 img", not "2.10/4.00"
     bar = progress(total=len(items), initial=len(items) - len(todo), desc=desc, unit=unit,
-                   unit_scale=True, disable=not (show_progress and progress_enabled()))
+                   bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} {unit} "
+                              "[{elapsed}<{remaining}]",
+                   disable=not (show_progress and progress_enabled()))
     guard = store.guard(run_id) if join is None else nullcontext()
     with guard, bar:
         yield BatchRun(campaign, run_id, resumed, todo, size, bar, group)

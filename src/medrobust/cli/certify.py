@@ -92,14 +92,7 @@ def certify(model_dir: str, dataset: str | None, data_dir: str | None, size: int
         raise ConfigError("--denoiser runs in this process: leave out --executor ray")
     model = load_model(model_dir, resolve_device(device))
     ds = open_model_dataset(meta, model, dataset, split, data_dir, size, no_verify)
-    info: dict[str, Any] = {"dir": str(Path(model_dir).resolve()), "model": meta.get("model"),
-                            "saved_at": meta.get("saved_at"), "task": task}
-    if denoiser is not None:
-        from medrobust.defences.composed import DefendedClassifier
-        from medrobust.defences.registry import make_denoiser
-
-        model = DefendedClassifier(model, make_denoiser(denoiser, model.device))
-        info["denoiser"] = str(Path(denoiser).resolve()) if Path(denoiser).is_dir() else denoiser
+    model, info = _smoothed_model(model, model_dir, meta, task, denoiser)
     indices = list(range(len(ds) if limit is None else min(limit, len(ds))))
     checking = CheckSettings(check_steps, check_samples).validate() if check else None
     with Store(store_path) as store:
@@ -116,27 +109,42 @@ def certify(model_dir: str, dataset: str | None, data_dir: str | None, size: int
                **({} if crosscheck is None else {"check": {"run_id": crosscheck.run_id,
                                                             **crosscheck.summary}})}
 
-    def human() -> None:
-        s = summary
-        click.echo(f"{'resumed' if s['resumed'] else 'ran'} run {s['run_id']}: {s['images']} "
-                   f"images, sigma {s['sigma']:g}, n {s['n']}, alpha {s['alpha']:g}; abstained "
-                   f"{fmt(s['abstain_rate'])}")
-        if not trained_sd:
-            click.echo(f"  note: the model was trained without noise; smoothing works on "
-                       f"models trained with it (train --noise-sd {s['sigma']:g})")
-        for c in s["certified_accuracy"]:
-            lo, hi = c["ci95"] or (None, None)
-            click.echo(f"  certified accuracy at L2 {c['radius']:g}: {fmt(c['accuracy'])} "
-                       f"({c['certified']}/{c['images']}, 95 % CI {fmt(lo)}-{fmt(hi)})")
-        for c in (s.get("check") or {}).get("radii", []):
-            click.echo(f"  attacked (PGD-{check_steps} on the smoothed model) at L2 "
-                       f"{c['radius']:g}: accuracy {fmt(c['empirical_accuracy'])} >= certified "
-                       f"{fmt(c['certified_accuracy'])}; violations {c['violations']}")
-        if s.get("check") and not s["check"]["consistent"]:
-            click.echo(f"  EVALUATION BUG: {s['check']['violations']} image(s) certified at a "
-                       "radius were moved to another class within it; see certify_check_results")
+    emit(summary, as_json, lambda: _print(summary, check_steps))
 
-    emit(summary, as_json, human)
+
+def _smoothed_model(model: Any, model_dir: str, meta: dict[str, Any], task: str,
+                    denoiser: str | None) -> tuple[Any, dict[str, Any]]:
+    """The model smoothing wraps (the denoiser in front for denoised smoothing) and its
+    record for the store."""
+    info: dict[str, Any] = {"dir": str(Path(model_dir).resolve()), "model": meta.get("model"),
+                            "saved_at": meta.get("saved_at"), "task": task}
+    if denoiser is None:
+        return model, info
+    from medrobust.defences.composed import DefendedClassifier
+    from medrobust.defences.registry import make_denoiser
+
+    info["denoiser"] = str(Path(denoiser).resolve()) if Path(denoiser).is_dir() else denoiser
+    return DefendedClassifier(model, make_denoiser(denoiser, model.device)), info
+
+
+def _print(s: dict[str, Any], check_steps: int) -> None:
+    click.echo(f"{'resumed' if s['resumed'] else 'ran'} run {s['run_id']}: {s['images']} "
+               f"images, sigma {s['sigma']:g}, n {s['n']}, alpha {s['alpha']:g}; abstained "
+               f"{fmt(s['abstain_rate'])}")
+    if not s["trained_noise_sd"]:
+        click.echo(f"  note: the model was trained without noise; smoothing works on models "
+                   f"trained with it (train --noise-sd {s['sigma']:g})")
+    for c in s["certified_accuracy"]:
+        lo, hi = c["ci95"] or (None, None)
+        click.echo(f"  certified accuracy at L2 {c['radius']:g}: {fmt(c['accuracy'])} "
+                   f"({c['certified']}/{c['images']}, 95 % CI {fmt(lo)}-{fmt(hi)})")
+    for c in (s.get("check") or {}).get("radii", []):
+        click.echo(f"  attacked (PGD-{check_steps} on the smoothed model) at L2 "
+                   f"{c['radius']:g}: accuracy {fmt(c['empirical_accuracy'])} >= certified "
+                   f"{fmt(c['certified_accuracy'])}; violations {c['violations']}")
+    if s.get("check") and not s["check"]["consistent"]:
+        click.echo(f"  EVALUATION BUG: {s['check']['violations']} image(s) certified at a "
+                   "radius were moved to another class within it; see certify_check_results")
 
 
 def _radii(text: str) -> tuple[float, ...]:
