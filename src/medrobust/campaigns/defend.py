@@ -39,6 +39,7 @@ from medrobust.defences.table import (
 from medrobust.defences.training import DenoiserTrainConfig, config_dict, train_denoiser
 from medrobust.errors import ConfigError, MedrobustError
 from medrobust.models import load_classifier, read_meta
+from medrobust.models.checkpoint import model_input_size
 from medrobust.store import Store, check_store_file
 from medrobust.utils.device import resolve_device
 from medrobust.utils.validation import check_writable
@@ -80,17 +81,6 @@ class DefendRequest:
             raise ConfigError("--clean-limit must be at least 1")
         if self.adaptive is not None:
             self.adaptive.validate()
-
-
-def model_input_size(meta: dict[str, Any]) -> tuple[int, int] | None:
-    """(H, W) a checkpoint was trained at, when its metadata records it (``image_size``, else
-    its dataset's ``size``); the rule of ``cli.common.model_input_size``."""
-    size = meta.get("image_size")
-    if size is None:
-        size = (meta.get("dataset") or {}).get("size")
-    if isinstance(size, int) and not isinstance(size, bool):
-        return size, size
-    return (int(size[0]), int(size[1])) if isinstance(size, list) and len(size) == 2 else None
 
 
 def draw_grid(path: Path, attacked: AttackedSet, denoisers: list[Denoiser]) -> str | None:

@@ -17,6 +17,7 @@ import numpy as np
 from medrobust.data import ImageDataset, load_dataset, load_from_spec
 from medrobust.data.registry import dataset_takes
 from medrobust.errors import ConfigError, DataError
+from medrobust.models.checkpoint import model_input_size
 
 DEFAULT_STORE = "medrobust.db"
 
@@ -216,17 +217,6 @@ def open_model_dataset(meta: dict[str, Any], model: Any, name: str | None, split
     if check is not None:
         check(model, ds)
     return ds
-
-
-def model_input_size(meta: dict[str, Any]) -> tuple[int, int] | None:
-    """(H, W) the checkpoint was trained at, when its metadata records it (classifiers and
-    segmenters: ``image_size``; landmark models and detectors: their dataset's size)."""
-    size = meta.get("image_size")
-    if size is None:
-        size = (meta.get("dataset") or {}).get("size")
-    if isinstance(size, int) and not isinstance(size, bool):
-        return size, size
-    return (int(size[0]), int(size[1])) if isinstance(size, list) and len(size) == 2 else None
 
 
 def check_model_size(size: int | None, meta: dict[str, Any]) -> None:

@@ -59,6 +59,17 @@ def save_checkpoint(classifier: Classifier, out_dir: str | Path, meta: dict[str,
     return save_model(classifier, out_dir, meta)
 
 
+def model_input_size(meta: dict[str, Any]) -> tuple[int, int] | None:
+    """(H, W) the checkpoint was trained at, when its metadata records it (classifiers and
+    segmenters: ``image_size``; landmark models and detectors: their dataset's size)."""
+    size = meta.get("image_size")
+    if size is None:
+        size = (meta.get("dataset") or {}).get("size")
+    if isinstance(size, int) and not isinstance(size, bool):
+        return size, size
+    return (int(size[0]), int(size[1])) if isinstance(size, list) and len(size) == 2 else None
+
+
 def read_meta(ckpt_dir: str | Path) -> dict[str, Any]:
     """The checkpoint's metadata as a JSON object (its fields are checked by the loaders)."""
     path = Path(ckpt_dir) / META

@@ -54,22 +54,6 @@ class TrainConfig:
         check_choice("select_metric", self.select_metric, ("auc", "accuracy", "loss"))
 
 
-def check_model_input(config: TrainConfig, data: ImageDataset) -> None:
-    """Build the model and run it on one blank image of the data's shape, so images too small
-    for its pooling stages (or a factory that fails on this input) stop with one line before a
-    run is recorded or an epoch is spent."""
-    config.validate()
-    model = build_model(config.model, data.channels, data.num_classes, **config.model_kwargs)
-    h, w = data.images.shape[1:3]
-    try:
-        with torch.no_grad():
-            model.eval()(torch.zeros(1, data.channels, h, w))
-    except RuntimeError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ConfigError(f"model {config.model!r} cannot run on {h}x{w} {data.name} images "
-                          f"(too small? try a larger --size): {first}") from None
-
-
 @dataclass
 class TrainResult:
     classifier: Classifier
