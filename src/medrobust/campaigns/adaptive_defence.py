@@ -238,7 +238,8 @@ def evaluate_adaptive(store: Store, classifier: Classifier, denoiser: Denoiser,
     items = list(budget_of)
     with batch_run(store, ADAPTIVE_TABLE, ADAPTIVE_COMMAND, params, model=run.get("model"),
                    dataset=run.get("dataset"), items=items, size=config.batch_size,
-                   desc=f"adaptive {denoiser.name}", resume=resume,
+                   desc="adaptive, no defence" if denoiser.name == "none"
+                   else f"adaptive, {denoiser.name}", resume=resume,
                    show_progress=show_progress, group=lambda k: budget_of[k][:2]) as br:
         br.execute(Work(
             compute=adaptive_chunk,
