@@ -150,3 +150,13 @@ def test_zoom_keeps_the_pixel_centred_and_outlined() -> None:
     assert patch[20, 25].tolist() == [255, 255, 255]  # white outline on the pixel's edge
     grey = zoom_patch(np.full((5, 5, 1), 7, dtype=np.uint8), 4, 4, radius=1, scale=4)
     assert grey.shape == (12, 12, 3) and grey[0, 0].tolist() == [7, 7, 7]
+
+
+def test_the_glossary_example_direction_comes_from_the_runs_own_classes():
+    """A PneumoniaMNIST report explains 'Direction' with its own classes, not synthetic's."""
+    from medrobust.report.sections import _direction_example
+
+    runs = [{"summary": {"by_direction": {"pneumonia->normal": {}, "normal->pneumonia": {}}}}]
+    text = _direction_example(runs)
+    assert "'pneumonia->normal' means a pneumonia image made to be classified as normal" in text
+    assert "mitosis" not in text and "A->B" in _direction_example([{"summary": {}}])

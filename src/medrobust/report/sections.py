@@ -161,6 +161,18 @@ def read_checkpoint_meta(folder: str | None) -> dict[str, Any] | None:
 
 # -- provenance ---------------------------------------------------------------------------------
 
+def _direction_example(runs: list[dict[str, Any]]) -> str:
+    """The glossary's 'Direction' with an example from these runs' own classes."""
+    seen = next((d for r in runs for d in ((r.get("summary") or {}).get("by_direction") or {})
+                 if "->" in d), None)
+    if seen is None:
+        return ("which way the answer was pushed, e.g. 'A->B' means an image of class A made "
+                "to be classified as B.")
+    a, b = seen.split("->", 1)
+    return (f"which way the answer was pushed, e.g. '{seen}' means a {a} image made to be "
+            f"classified as {b}.")
+
+
 def provenance_section(ctx: ReportContext) -> Section:
     """Where every number came from: each run's command, code version, model, data, settings,
     and the sections that show it. Built last (an appendix), so it can say which runs no
@@ -377,8 +389,7 @@ def attack_summary_section(ctx: ReportContext) -> Section | None:
                      "flip."),
         ("Success rate", "share of attacked images whose answer the one-pixel change flipped "
                          "(for single-score models: pushed past the threshold)."),
-        ("Direction", "which way the answer was pushed, e.g. 'mitosis->normal' means a "
-                      "mitosis image made to look normal (a missed finding)."),
+        ("Direction", _direction_example(runs)),
         ("Queries", "how many times the attack asked the model for a score; a proxy for "
                     "effort (fewer = easier to fool)."),
     ]))
