@@ -122,15 +122,20 @@ def plot_parity(results: dict[str, dict[str, Any]], path: str | Path,
 
     cells = [("x_even_y_even", "X even, Y even"), ("x_even_y_odd", "X even, Y odd"),
              ("x_odd_y_even", "X odd, Y even"), ("x_odd_y_odd", "X odd, Y odd")]
-    colours = ["#c0392b", "#7f8c8d", "#95a5a6", "#bdc3c7"]
+    # Okabe-Ito colours (told apart under the common colour-vision deficiencies), even/even
+    # the strong vermillion; hatches keep the cells apart in greyscale print too
+    colours = ["#D55E00", "#0072B2", "#009E73", "#E69F00"]
+    hatches = ["", "//", "..", "xx"]
     names = list(results)
     fig = Figure(figsize=(max(5.0, 2.2 * len(names) + 1.5), 4.0), layout="constrained")
     ax = fig.subplots()
     width = 0.2
     centres = np.arange(len(names))
-    for j, ((key, label), colour) in enumerate(zip(cells, colours, strict=True)):
+    for j, ((key, label), colour, hatch) in enumerate(zip(cells, colours, hatches,
+                                                          strict=True)):
         shares = [results[d][key] / results[d]["n"] if results[d]["n"] else 0.0 for d in names]
-        ax.bar(centres + (j - 1.5) * width, shares, width, label=label, color=colour)
+        ax.bar(centres + (j - 1.5) * width, shares, width, label=label, color=colour,
+               hatch=hatch, edgecolor="white", linewidth=0.5)
     chance = {results[d]["expected"] for d in names} or {CHANCE_EVEN_EVEN}
     for level in sorted(chance):
         ax.axhline(level, color="black", linestyle="--", linewidth=1,
