@@ -40,3 +40,14 @@ def test_classes_on_a_dataset_without_classes_is_one_line(tmp_path, capsys):
     code, _, err = run_cli(capsys, "train", "--dataset", "synthetic", "--classes", "a,a",
                            "--out", str(tmp_path / "m"), "--store", str(tmp_path / "s.db"))
     assert code == 2 and "distinct" in err
+
+
+def test_demo_trains_on_the_classes_it_attacks():
+    """demo --classes: the classifier is trained on the classes its test split is attacked on
+    (it used to train on all of the dataset's classes and be attacked on relabelled data)."""
+    from medrobust.campaigns.demo import DemoRequest
+    from medrobust.campaigns.train import DataRequest
+
+    request = DemoRequest(data=DataRequest(name="bccd", classes=("WBC", "RBC")))
+    assert request.train_request().data.classes == ("WBC", "RBC")
+    assert DemoRequest(data=DataRequest()).train_request().data.name == "synthetic"

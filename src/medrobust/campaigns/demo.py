@@ -97,9 +97,9 @@ class DemoRequest:
             raise ConfigError(f"--population must be at least 4, got {self.population}")
 
     def train_request(self) -> TrainRequest:
-        """The classifier's training. It leaves out ``--classes`` (it always has): only the
-        attacked test split and the denoiser's data honour them."""
-        data = replace(self.dataset, classes=None)
+        """The classifier's training, on the classes the attacked split and the denoiser use
+        (``--classes``): a model trained on others would be attacked on relabelled data."""
+        data = self.dataset
         kwargs = dict(DEMO_MODEL_KWARGS.get(self.model, {}))
         if self.width is not None:
             kwargs["width"] = self.width
