@@ -6,6 +6,7 @@ batch, resume after an interruption, and the command's one-line refusals."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -180,6 +181,11 @@ def test_certify_from_the_cli_resumes_and_refuses_what_it_cannot_do(tmp_path, ca
     assert max(radii) <= 0.25 * norm.ppf(0.01 ** (1 / 100)) + 1e-12
     again = run_json(capsys, *args)
     assert again["resumed"] and again["certified_now"] == 0
+    checked = run_json(capsys, *args, "--check", "--check-steps", "2", "--check-samples", "2")
+    assert checked["check"]["consistent"] and len(checked["check"]["radii"]) == 2
+    rep = run_json(capsys, "report", "--store", db, "--out", str(tmp_path / "rep"))
+    html = Path(rep["report"]).read_text()
+    assert "Certified robustness" in html and "attacked" in html and "Evaluation bug" not in html
     for bad, message in ((["--sigma", "0"], "sigma"), (["--alpha", "1.5"], "alpha"),
                          (["--radii", "-1"], "--radii")):
         code, _, err = run_cli(capsys, *args[:-2], "--store", str(tmp_path / "x.db"), *bad)
@@ -247,3 +253,9 @@ def test_the_crosscheck_holds_for_real_certificates_and_catches_false_ones(
     assert not fake.summary["consistent"] and fake.summary["violations"] > 0
     at_one = fake.summary["radii"][-1]
     assert at_one["certified_accuracy"] == 1.0 > at_one["empirical_accuracy"]
+    # the report leads the certificates with the bug the latest cross-check found
+    from medrobust.report import build_report
+
+    with Store(tmp_path / "c.db") as store:
+        html = Path(build_report(store, tmp_path / "rep")).read_text()
+    assert "Certified robustness" in html and "Evaluation bug:" in html

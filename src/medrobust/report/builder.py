@@ -20,6 +20,7 @@ import medrobust
 from medrobust.errors import MedrobustError
 from medrobust.report.attack_examples import attack_examples_section
 from medrobust.report.blocks import Section
+from medrobust.report.certify_section import certify_section
 from medrobust.report.confidence_section import confidence_section
 from medrobust.report.context import ReportContext
 from medrobust.report.defence_section import defence_section
@@ -55,6 +56,7 @@ SECTION_BUILDERS: list[SectionBuilder] = [
     attack_examples_section,
     defence_section,
     robust_section,
+    certify_section,
     provenance_section,
 ]
 
