@@ -34,6 +34,20 @@ DEFAULT_DATA_DIR = BENCH_DIR.parent.parent / "shared" / "data"
 SHARED_DATA = Path(os.environ.get("MEDROBUST_SHARED_DATA", DEFAULT_DATA_DIR))
 
 
+def cli(*args: str) -> dict[str, Any]:
+    """One ``medrobust`` command with ``--json``, as a user runs it; its summary (a failure
+    stops the benchmark with the command's last error lines)."""
+    import subprocess
+    import sys
+
+    print("$ medrobust " + " ".join(args), flush=True)
+    proc = subprocess.run([sys.executable, "-m", "medrobust.cli.main", *args, "--json"],
+                          capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise SystemExit(f"failed: {' '.join(args)}\n{proc.stderr[-2000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
 def git_commit() -> str:
     """The short commit a result was measured at ("" outside a git checkout)."""
     import subprocess

@@ -19,8 +19,6 @@ and dense_ensemble.md under --out.
 from __future__ import annotations
 
 import argparse
-import json
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -30,20 +28,11 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from common import DEFAULT_CACHE, SHARED_DATA, git_commit, write_json  # noqa: E402
+from common import DEFAULT_CACHE, SHARED_DATA, cli, git_commit, write_json  # noqa: E402
 
 from medrobust.store import Store  # noqa: E402
 
 LEVELS = (1.74, 3.48, 6.96)  # L2 on [0,1] for 3x64x64: RMS 4, 8 and 16 grey levels
-
-
-def cli(*args: str) -> dict[str, Any]:
-    print("$ medrobust " + " ".join(args), flush=True)
-    proc = subprocess.run([sys.executable, "-m", "medrobust.cli.main", *args, "--json"],
-                          capture_output=True, text=True, check=False)
-    if proc.returncode != 0:
-        raise SystemExit(f"failed: {' '.join(args)}\n{proc.stderr[-2000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def bootstrap(values: np.ndarray, seed: int = 0, draws: int = 2000) -> list[float]:

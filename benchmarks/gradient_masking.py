@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -22,16 +21,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from common import SHARED_DATA, cached_model, git_commit  # noqa: E402
-
-
-def cli(*args: str) -> dict:
-    print("$ medrobust " + " ".join(args), flush=True)
-    proc = subprocess.run([sys.executable, "-m", "medrobust.cli.main", *args, "--json"],
-                          capture_output=True, text=True, check=False)
-    if proc.returncode != 0:
-        raise SystemExit(f"failed: {' '.join(args)}\n{proc.stderr[-2000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+from common import SHARED_DATA, cached_model, cli, git_commit  # noqa: E402
 
 
 def main() -> None:
