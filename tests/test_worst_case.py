@@ -93,3 +93,43 @@ def test_evaluate_ensemble_on_a_segmenter_beats_pgd_per_image(segmenter, tmp_pat
     code, _, err = run_cli(capsys, "evaluate", "--model", ck, "--attack", "square", "--l2", "1",
                            "--store", db)
     assert code == 2 and "square needs class logits" in err
+
+
+def test_the_landmark_surrogate_measures_where_the_heatmap_mass_sits():
+    """Landmarks' extra ensemble loss: about 0 when each heatmap peaks on its landmark, the
+    distance when it peaks elsewhere, per image, and differentiable (PGD can climb it)."""
+    loss = get_task("landmarks").ensemble_losses["soft-argmax"](None)
+    k, h, w = 2, 16, 16
+    truth = torch.tensor([[[3.0, 4.0], [10.0, 12.0]], [[3.0, 4.0], [10.0, 12.0]]])
+    out = torch.full((2, 3 * k, h, w), -30.0)
+    for j, (x, y) in enumerate(truth[0].tolist()):
+        out[0, j, int(y), int(x)] = 30.0  # image 0: peaks on the truth
+        out[1, j, int(y), int(x) + 5] = 30.0  # image 1: 5 px to the right
+    out.requires_grad_(True)
+    value = loss(out, truth)
+    got = value.detach()
+    assert got[0] < 1e-3 and float(got[1]) == pytest.approx(5.0, abs=1e-3)
+    value.sum().backward()
+    assert out.grad is not None and torch.isfinite(out.grad).all()
+
+
+def test_evaluate_ensemble_on_a_landmark_model_is_never_below_pgds_error(tmp_path, capsys):
+    """The landmark ensemble (PGD, IFGSM and PGD on the soft-argmax surrogate) through the
+    protocol: per image its radial error is at least PGD's."""
+    from test_landmarks import make_folder as landmark_folder
+
+    landmark_folder(tmp_path / "lm", n=16, h=24, w=20)
+    db, ck = str(tmp_path / "s.db"), str(tmp_path / "m")
+    run_json(capsys, "train", "--task", "landmarks", "--dataset", "landmarks", "--data-dir",
+             str(tmp_path / "lm"), "--size", "24", "--epochs", "2", "--width", "2", "--out", ck,
+             "--store", db)
+    out = run_json(capsys, "evaluate", "--model", ck, "--attack", "pgd,ensemble", "--l2", "1",
+                   "--steps", "3", "--ifgsm-steps", "2", "--limit", "3", "--store", db)
+    cells = {c["attack"]: c for c in out["cells"]}
+    with Store(db) as store:
+        rows = {name: {r["dataset_index"]: r["adv_metric"]
+                       for r in store.rows("task_attack_results", run_id=c["run_id"])}
+                for name, c in cells.items()}
+    assert rows["ensemble"].keys() == rows["pgd"].keys()
+    for i, mre in rows["ensemble"].items():
+        assert mre >= rows["pgd"][i] - 1e-9

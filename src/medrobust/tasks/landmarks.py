@@ -10,7 +10,7 @@ import torch
 from medrobust.data.landmarks import LandmarkDataset
 from medrobust.errors import DataError
 from medrobust.metrics.landmarks import radial_errors
-from medrobust.models.landmark_codec import encode
+from medrobust.models.landmark_codec import encode, split_outputs
 from medrobust.models.landmark_unet import LandmarkModel, landmark_unet
 from medrobust.tasks.base import (
     CurveMetric,
@@ -109,6 +109,27 @@ def image_damage(model: LandmarkModel, x: torch.Tensor, landmarks: torch.Tensor
     return (pred - truth).norm(dim=-1).mean(dim=-1)
 
 
+def soft_argmax_error(model: LandmarkModel) -> Any:
+    """A differentiable radial-error surrogate for the worst-case ensemble: each landmark's
+    expected position under the softmax of its heatmap logits, and its distance (input pixels)
+    to the truth, averaged over landmarks. The training loss only reshapes heatmaps near the
+    truth; this one moves where the heatmap's mass, and so the decoded landmark, sits."""
+
+    def loss(outputs: torch.Tensor, landmarks: torch.Tensor) -> torch.Tensor:
+        heat, _, _ = split_outputs(outputs)
+        n, k, h, w = heat.shape
+        p = torch.softmax(heat.reshape(n, k, h * w), dim=-1).reshape(n, k, h, w)
+        xs = torch.arange(w, device=heat.device, dtype=heat.dtype)
+        ys = torch.arange(h, device=heat.device, dtype=heat.dtype)
+        expected = torch.stack([(p.sum(dim=2) * xs).sum(dim=-1),
+                                (p.sum(dim=3) * ys).sum(dim=-1)], dim=-1)
+        truth = torch.as_tensor(landmarks).to(device=heat.device, dtype=heat.dtype)
+        return (expected - truth).norm(dim=-1).mean(dim=-1)
+
+    loss.__name__ = "soft_argmax_error"
+    return loss
+
+
 def attack_rows(model: LandmarkModel, ds: LandmarkDataset, idx: np.ndarray, clean: torch.Tensor,
                 adv: torch.Tensor) -> list[dict[str, Any]]:
     """Per image: mean radial error and SDR@2 before and after the attack, both predictions."""
@@ -156,7 +177,7 @@ TASK = Task(name="landmarks", wrapper=LandmarkModel, datasets=("landmarks",), tr
             attack_targets=attack_targets, lower_is_better=True, describe=describe,
             describe_attack=describe_attack, check_data=check_data, network=network,
             command_options=width_only("landmarks"), validate_options=validate_options,
-            image_damage=image_damage,
+            image_damage=image_damage, ensemble_losses={"soft-argmax": soft_argmax_error},
             min_side=16, min_side_why="the landmark U-Net halves the image 4 times",
             report=TaskReport(
                 2, "Landmarks: mean radial error and SDR@2", "MRE",
