@@ -40,7 +40,7 @@ from medrobust.defences.training import DenoiserTrainConfig, config_dict, train_
 from medrobust.errors import ConfigError, MedrobustError
 from medrobust.models import load_classifier, read_meta
 from medrobust.models.checkpoint import model_input_size
-from medrobust.store import Store, check_store_file
+from medrobust.store import Store, check_store_path
 from medrobust.utils.device import resolve_device
 from medrobust.utils.validation import check_writable
 
@@ -75,8 +75,7 @@ class DefendRequest:
             check_writable("--out", self.out, folder=True)
         if not Path(self.store).is_file():
             raise MedrobustError(f"no store at {self.store}")
-        check_writable("--store", self.store, folder=False)
-        check_store_file(self.store)
+        check_store_path(self.store)
         if self.clean_limit is not None and self.clean_limit < 1:
             raise ConfigError("--clean-limit must be at least 1")
         if self.adaptive is not None:

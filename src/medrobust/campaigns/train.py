@@ -13,10 +13,10 @@ from pathlib import Path
 from typing import Any
 
 from medrobust.data import load_dataset
-from medrobust.data.registry import dataset_takes
+from medrobust.data.registry import check_classes_apply
 from medrobust.errors import ConfigError
 from medrobust.models.checkpoint import read_meta, save_model
-from medrobust.store import Store, check_store_file, run_fingerprint
+from medrobust.store import Store, check_store_path, run_fingerprint
 from medrobust.tasks import TASKS, Task, get_task
 from medrobust.training.resume import EpochState
 from medrobust.utils.device import resolve_device
@@ -47,10 +47,8 @@ class DataRequest:
         options: dict[str, Any] = {"size": self.size}
         if not self.verify:
             options["verify"] = False
+        check_classes_apply(name, self.classes)
         if self.classes is not None:
-            if not dataset_takes("classes", name):
-                raise ConfigError("--classes applies to datasets whose classes can be chosen "
-                                  f"(such as bccd), not {name}")
             options["classes"] = tuple(self.classes)
         for key in ("window", "axis"):
             if getattr(self, key) is not None:
@@ -89,8 +87,7 @@ def check_outputs(out: str | Path, store_path: str | Path) -> None:
     """The checkpoint folder and the store must be writable (and the store a medrobust one)
     before data is loaded or a run is recorded."""
     check_writable("--out", out, folder=True)
-    check_writable("--store", store_path, folder=False)
-    check_store_file(store_path)
+    check_store_path(store_path)
 
 
 def run_record(task: Task, options: dict[str, Any], out: str | Path, train_ds: Any

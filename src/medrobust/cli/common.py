@@ -6,7 +6,7 @@ import functools
 import json
 import math
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -15,7 +15,7 @@ import click
 import numpy as np
 
 from medrobust.data import ImageDataset, load_dataset, load_from_spec
-from medrobust.data.registry import dataset_takes
+from medrobust.data.registry import check_classes_apply
 from medrobust.errors import ConfigError, DataError
 from medrobust.models.checkpoint import model_input_size
 
@@ -41,23 +41,11 @@ class TaskChoice(click.Choice):
         pass
 
 
-def check_outputs(out: str | Path, store_path: str | Path) -> None:
-    """A checkpoint folder and a store must both be writable before data is loaded or a run is
-    recorded (every ``train`` path checks this first)."""
-    from medrobust.utils.validation import check_writable
-
-    check_writable("--out", out, folder=True)
-    check_store(store_path)
-
-
 def check_store(store_path: str | Path) -> None:
-    """A store the command may write: a writable place, and either no file yet or a medrobust
-    store (never another program's SQLite file), refused before any work starts."""
-    from medrobust.store import check_store_file
-    from medrobust.utils.validation import check_writable
+    """``store.check_store_path``, under the name the commands use."""
+    from medrobust.store import check_store_path
 
-    check_writable("--store", store_path, folder=False)
-    check_store_file(store_path)
+    check_store_path(store_path)
 
 
 def common_options(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -335,13 +323,6 @@ def option_given(name: str) -> bool:
     """Whether the user set option ``name`` (its parameter name) on the command line."""
     source = click.get_current_context().get_parameter_source(name)
     return source not in (None, click.core.ParameterSource.DEFAULT)
-
-
-def check_classes_apply(name: str, classes: Sequence[str] | None) -> None:
-    """``--classes`` on a dataset whose loader cannot pick classes is refused, not ignored."""
-    if classes is not None and not dataset_takes("classes", name):
-        raise ConfigError(f"--classes applies to datasets whose classes can be chosen (such as "
-                          f"bccd), not {name}")
 
 
 def budget_levels(flag: str, text: str) -> tuple[float, ...]:

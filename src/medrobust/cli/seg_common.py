@@ -18,8 +18,8 @@ from medrobust.data.segmentation import SegmentationDataset
 from medrobust.errors import ConfigError, DataError
 from medrobust.models.checkpoint import read_meta
 from medrobust.models.segmenter import Segmenter
-from medrobust.store import check_store_file
-from medrobust.utils.validation import check_range, check_writable
+from medrobust.store import check_store_path
+from medrobust.utils.validation import check_range
 
 
 class Budget(click.ParamType):
@@ -156,8 +156,7 @@ def open_seg_dataset(name: str | None, split: str, data_dir: str | None, size: i
 def check_campaign_options(store_path: str | Path, examples: int, limit: int | None) -> None:
     """Options every attack campaign command shares, checked before anything is loaded: a store
     the command may write (a medrobust one or none yet), the example count, the limit."""
-    check_writable("--store", store_path, folder=False)
-    check_store_file(store_path)
+    check_store_path(store_path)
     check_range("--examples", examples, 0)
     if limit is not None and limit < 1:
         raise ConfigError("--limit must be at least 1")

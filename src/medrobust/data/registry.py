@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import inspect
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -94,6 +95,13 @@ def dataset_takes(option: str, name: str) -> bool:
     key = name.lower()
     loader = _REGISTRY.get("medmnist" if key in MEDMNIST_FLAGS else key)
     return loader is not None and option in inspect.signature(loader).parameters
+
+
+def check_classes_apply(name: str, classes: Sequence[str] | None) -> None:
+    """``--classes`` on a dataset whose loader cannot pick classes is refused, not ignored."""
+    if classes is not None and not dataset_takes("classes", name):
+        raise ConfigError(f"--classes applies to datasets whose classes can be chosen (such as "
+                          f"bccd), not {name}")
 
 
 def _loader_options(name: str, options: dict[str, Any]) -> dict[str, Any]:

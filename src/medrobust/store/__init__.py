@@ -9,7 +9,7 @@ from medrobust.store.campaign import Campaign
 from medrobust.store.database import Store, run_fingerprint
 from medrobust.store.errors import StoreError
 from medrobust.store.export import export_runs, export_table
-from medrobust.store.files import check_store_file
+from medrobust.store.files import check_store_file, check_store_path
 from medrobust.store.tables import ResultTable
 
 __all__ = [
@@ -18,6 +18,7 @@ __all__ = [
     "Store",
     "StoreError",
     "check_store_file",
+    "check_store_path",
     "export_runs",
     "export_table",
     "run_fingerprint",

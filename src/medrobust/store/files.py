@@ -140,6 +140,15 @@ def inspect_store_file(path: str | os.PathLike[str], timeout: float = 30.0
     return ("other" if names else "new"), names, None
 
 
+def check_store_path(path: str | os.PathLike[str]) -> None:
+    """A store a command may write, refused before any work starts: a writable place, and
+    either no file yet or a medrobust store (never another program's SQLite file)."""
+    from medrobust.utils.validation import check_writable
+
+    check_writable("--store", path, folder=False)
+    check_store_file(path)
+
+
 def check_store_file(path: str | os.PathLike[str], *, create: bool = True,
                      timeout: float = 30.0) -> str:
     """Refuse, before anything is written, a ``path`` that ``Store`` must not open: another
