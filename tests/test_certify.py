@@ -181,6 +181,14 @@ def test_certify_from_the_cli_resumes_and_refuses_what_it_cannot_do(tmp_path, ca
     assert max(radii) <= 0.25 * norm.ppf(0.01 ** (1 / 100)) + 1e-12
     again = run_json(capsys, *args)
     assert again["resumed"] and again["certified_now"] == 0
+    # the radii only summarise the certificates: other radii reuse them, nothing recomputed
+    other = run_json(capsys, *[a if a != "0,0.1,1/4" else "0,0.2" for a in args])
+    assert other["run_id"] == out["run_id"] and other["certified_now"] == 0
+    assert [c["radius"] for c in other["certified_accuracy"]] == [0.0, 0.2]
+    with Store(db) as store:  # each row's top count is the one its bound was computed from
+        for r in store.rows(CERTIFY_TABLE):
+            assert clopper_pearson_lower(r["top_count"], r["n"], 0.01) == \
+                pytest.approx(r["p_lower"], abs=1e-12)
     checked = run_json(capsys, *args, "--check", "--check-steps", "2", "--check-samples", "2")
     assert checked["check"]["consistent"] and len(checked["check"]["radii"]) == 2
     rep = run_json(capsys, "report", "--store", db, "--out", str(tmp_path / "rep"))

@@ -50,7 +50,7 @@ COMMAND = "certify smoothing"
 class CertifySettings:
     """CERTIFY's knobs (Cohen et al.'s defaults: n0 = 100, n = 100 000, alpha = 0.001; n =
     10 000 here, which caps the certifiable radius at sigma * Phi^-1(alpha^(1/n)), about
-    2.6 sigma at alpha = 0.001), the radii certified accuracy is reported at, and the noise."""
+    3.2 sigma at alpha = 0.001), the radii certified accuracy is reported at, and the noise."""
 
     sigma: float = 0.25
     n0: int = 100
@@ -72,6 +72,11 @@ class CertifySettings:
 
     def params(self) -> dict[str, Any]:
         return {**asdict(self), "radii": list(self.radii)}
+
+    def certify_params(self) -> dict[str, Any]:
+        """What decides the certificates (a run's fingerprint): not the radii, which only
+        summarise them, so asking for other radii reuses the certificates already computed."""
+        return {k: v for k, v in self.params().items() if k != "radii"}
 
 
 @dataclass
@@ -108,7 +113,7 @@ def certify_chunk(ctx: CertifyContext, chunk: list[int], emit: Any
         label = int(ctx.labels[i])
         row = {"dataset_index": int(i), "label": label, "prediction": cert.prediction,
                "correct": int(cert.prediction == label), "radius": cert.radius,
-               "p_lower": cert.p_lower, "top_count": int(cert.counts.max()), "n": s.n,
+               "p_lower": cert.p_lower, "top_count": int(cert.counts[cert.top]), "n": s.n,
                "counts": cert.counts.tolist(), "selection_counts": cert.selection_counts.tolist(),
                "seconds": time.perf_counter() - t0}
         if emit is None:
@@ -127,7 +132,7 @@ def run_certify_campaign(store: Store, classifier: Classifier, model_info: dict[
     settings.validate()
     if is_remote(executor):
         check_remote(executor, model_info.get("dir"))
-    params = {"smoothing": settings.params(), "indices": [int(i) for i in indices]}
+    params = {"smoothing": settings.certify_params(), "indices": [int(i) for i in indices]}
     start = time.perf_counter()
     with batch_run(store, CERTIFY_TABLE, COMMAND, params, model=model_info,
                    dataset={**dataset.spec, "split": dataset.split},
@@ -207,8 +212,10 @@ def check_item(radius: float, index: int) -> str:
 def run_crosscheck_campaign(store: Store, classifier: Classifier, model_info: dict[str, Any],
                             dataset: Any, settings: CertifySettings, check: CheckSettings,
                             certify_rows: list[dict[str, Any]], resume: bool = True,
-                            show_progress: bool = True) -> CampaignOutcome:
-    """Attack the smoothed classifier at every positive radius on the certified images;
+                            show_progress: bool = True,
+                            certify_run: int | None = None) -> CampaignOutcome:
+    """Attack the smoothed classifier at every positive radius on the certified images
+    (``certify_run``: the run that wrote them, so the report pairs the two);
     a *violation* is an image certified at that radius whose attacked image PREDICT assigns
     to another class (abstentions are not violations, but do not count as robust)."""
     from medrobust.attacks.pgd import PGD
@@ -225,7 +232,8 @@ def run_crosscheck_campaign(store: Store, classifier: Classifier, model_info: di
         [[i, certified[i]["prediction"], certified[i]["radius"], certified[i]["correct"]]
          for i in sorted(certified)]).encode()).hexdigest()
     params = {"smoothing": settings.params(), "check": asdict(check),
-              "indices": sorted(certified), "certificates": digest}
+              "indices": sorted(certified), "certificates": digest,
+              "certify_run": certify_run}
     smooth = _smoothed(classifier, settings)
     eot = SmoothedLogits(classifier, settings.sigma, check.samples)
     start = time.perf_counter()

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import torch
@@ -44,6 +43,8 @@ class Certificate:
     prediction: int
     radius: float
     p_lower: float
+    #: the class the selection draws chose, whose estimation count ``p_lower`` bounds
+    top: int
     #: per-class counts of the ``n`` estimation samples, and of the ``n0`` selection samples
     counts: np.ndarray
     selection_counts: np.ndarray
@@ -87,10 +88,6 @@ class SmoothedClassifier:
         self.seed = int(seed)
         self.net = _channels_last(model)
 
-    def params(self) -> dict[str, Any]:
-        """What decides the counts (the run store's fingerprint holds these)."""
-        return {"sigma": self.sigma, "batch_size": self.batch_size, "seed": self.seed}
-
     @torch.inference_mode()
     def counts(self, x: torch.Tensor, n: int, key: int, phase: int) -> np.ndarray:
         """How often each class wins on ``n`` noisy copies of one image ``x`` (C,H,W)."""
@@ -123,8 +120,8 @@ class SmoothedClassifier:
         counts = self.counts(x, n, key, ESTIMATE)
         p_lower = clopper_pearson_lower(int(counts[top]), n, alpha)
         if p_lower <= 0.5:
-            return Certificate(ABSTAIN, 0.0, p_lower, counts, selection)
-        return Certificate(top, float(self.sigma * norm.ppf(p_lower)), p_lower, counts,
+            return Certificate(ABSTAIN, 0.0, p_lower, top, counts, selection)
+        return Certificate(top, float(self.sigma * norm.ppf(p_lower)), p_lower, top, counts,
                            selection)
 
     def predict(self, x: torch.Tensor, n: int, alpha: float, key: int) -> int:

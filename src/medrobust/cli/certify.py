@@ -102,7 +102,7 @@ def certify(model_dir: str, dataset: str | None, data_dir: str | None, size: int
         crosscheck = None if checking is None else run_crosscheck_campaign(
             store, model, info, ds, settings, checking,
             store.rows(CERTIFY_TABLE, run_id=out.run_id), resume=not no_resume,
-            show_progress=not as_json)
+            show_progress=not as_json, certify_run=out.run_id)
     trained_sd = (meta.get("train_config") or {}).get("noise_sd")
     summary = {"run_id": out.run_id, "resumed": out.resumed, "certified_now": out.computed_now,
                "store": store_path, "trained_noise_sd": trained_sd, **out.summary,

@@ -11,7 +11,7 @@ from typing import Any
 
 from medrobust.campaigns.certify import CHECK_COMMAND
 from medrobust.campaigns.certify import COMMAND as CERTIFY_COMMAND
-from medrobust.report.blocks import Definitions, Note, Section, Table, num
+from medrobust.report.blocks import Definitions, Note, Section, Table, num, pct
 from medrobust.report.context import ReportContext
 from medrobust.report.sections import model_label
 
@@ -20,17 +20,23 @@ def _ci(ci: Any) -> str:
     return "-" if not ci else f"{100 * ci[0]:.0f}-{100 * ci[1]:.0f} %"
 
 
-def _pct(value: Any) -> str:
-    return "-" if value is None else f"{100 * float(value):.1f} %"
-
-
 def _check_for(ctx: ReportContext, run: dict[str, Any]) -> dict[str, Any] | None:
-    """The latest cross-check of the same model, smoothing and images (None: none ran)."""
+    """The latest cross-check of this certify run: the one that names it, else (checks run
+    through the API without naming it) one of the same model, data, noise and images."""
     params = run.get("params") or {}
+
+    def noise(p: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in (p.get("smoothing") or {}).items() if k != "radii"}
+
     for check in reversed(ctx.runs_of(CHECK_COMMAND)):
         p = check.get("params") or {}
-        if p.get("smoothing") == params.get("smoothing") and \
-                p.get("indices") == params.get("indices") and check.get("model") == run.get("model"):
+        if p.get("certify_run") is not None:
+            if p["certify_run"] == run["id"]:
+                return check
+            continue
+        if noise(p) == noise(params) and p.get("indices") == params.get("indices") and \
+                check.get("model") == run.get("model") and \
+                check.get("dataset") == run.get("dataset"):
             return check
     return None
 
@@ -71,13 +77,13 @@ def certify_section(ctx: ReportContext) -> Section | None:
             sub.add(Note("No cross-check ran (certify --check): the certified numbers stand "
                          "without an attack beside them.", "info"))
         table = Table(["L2 radius", "certified accuracy", "95 % CI", "n", "attacked", "violations"],
-                      [], caption=f"Abstained: {_pct(s.get('abstain_rate'))} of "
+                      [], caption=f"Abstained: {pct(s.get('abstain_rate'))} of "
                                   f"{s.get('images', 0)} images")
         for c in s.get("certified_accuracy") or []:
             chk = by_radius.get(c["radius"])
-            table.rows.append([num(c["radius"], 3), _pct(c.get("accuracy")), _ci(c.get("ci95")),
+            table.rows.append([num(c["radius"], 3), pct(c.get("accuracy")), _ci(c.get("ci95")),
                                str(c.get("images", "-")),
-                               "-" if chk is None else _pct(chk.get("empirical_accuracy")),
+                               "-" if chk is None else pct(chk.get("empirical_accuracy")),
                                "-" if chk is None else str(chk.get("violations", 0))])
         sub.add(table)
         section.subsections.append(sub)

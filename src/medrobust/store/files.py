@@ -15,8 +15,8 @@ from pathlib import Path
 from medrobust.store.errors import StoreError
 
 #: Bumped when the store's own tables change shape; a newer file is refused, not misread, and an
-#: older one is upgraded in place (``_migrate``). 2: run ownership (owner host/pid, heartbeat).
-#: 3: each run's active time and computed items over its attempts (``database._TIMING_COLUMNS``).
+#: older one is upgraded in place (``schema.migrate``). 2: run ownership (owner host/pid, heartbeat).
+#: 3: each run's active time and computed items over its attempts (``schema.TIMING_COLUMNS``).
 SCHEMA_VERSION = 3
 
 def _header_problem(path: Path) -> str | None:
