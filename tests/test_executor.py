@@ -127,7 +127,7 @@ def test_ray_rows_equal_local_rows_for_any_workers_and_chunking(tmp_path, checkp
         assert out.computed_now == N
         assert _rows(db, ONEPIXEL_TABLE) == local, (workers, batch)
     # gradient attacks with random starts: streams keyed by dataset index, not by chunk
-    _gradient(tmp_path / "g_local.db", checkpoint)
+    _gradient(tmp_path / "g_local.db", checkpoint, batch_images=3)  # the same batch shapes
     _gradient(tmp_path / "g_ray.db", checkpoint, RayExecutor(workers=2), batch_images=3)
     assert _rows(tmp_path / "g_ray.db", TASK_ATTACK_TABLE) == \
         _rows(tmp_path / "g_local.db", TASK_ATTACK_TABLE)

@@ -40,9 +40,13 @@ def test_a_dicom_class_folder_trains_attacks_and_reports(tmp_path, capsys):
     assert attack["images"] == 6 and attack["adv_accuracy"] <= attack["clean_accuracy"]
     report = run_json(capsys, "report", "--store", db, "--out", str(tmp_path / "rep"))
     assert "Classification: accuracy" in Path(report["report"]).read_text()
-    code, _, err = run_cli(capsys, "train", "--dataset", "synthetic", "--window", "40,400",
-                           "--out", str(tmp_path / "m2"), "--store", db)
-    assert code == 2 and "window applies to datasets read from image files" in err
+    for command in (["train"], ["train-denoiser"], ["demo", "--skip-defence"]):
+        # every command that shows --window hands it to the loader (once silently dropped by
+        # train-denoiser and demo), which refuses it on data not read from files
+        code, _, err = run_cli(capsys, *command, "--dataset", "synthetic", "--window", "40,400",
+                               "--out", str(tmp_path / "m2"), *(
+                                   [] if command[0] == "demo" else ["--store", db]))
+        assert code == 2 and "window applies to datasets read from image files" in err, command
 
 
 def test_nifti_volumes_train_a_segmenter_attacked_and_reported(tmp_path, capsys):

@@ -20,8 +20,7 @@ from medrobust.campaigns.adaptive_defence import AdaptiveConfig, evaluate_adapti
 from medrobust.campaigns.base import CampaignOutcome
 from medrobust.campaigns.defence import evaluate_defence
 from medrobust.campaigns.train import DataRequest, check_outputs
-from medrobust.data import ImageDataset, load_dataset
-from medrobust.data.registry import dataset_takes
+from medrobust.data import ImageDataset
 from medrobust.defences.base import Denoiser
 from medrobust.defences.grid import save_defence_grid
 from medrobust.defences.registry import make_denoiser
@@ -162,18 +161,8 @@ class DenoiserRequest:
 
 def open_split(data: DataRequest, split: str) -> ImageDataset:
     """A split of the named dataset for no task in particular (a denoiser learns any images;
-    the demo attacks its classifier's test split), with the request's classes."""
-    if data.name is None:
-        raise ConfigError("--dataset is required")
-    options: dict[str, Any] = {"size": data.size}
-    if not data.verify:
-        options["verify"] = False
-    if data.classes is not None:
-        if not dataset_takes("classes", data.name):
-            raise ConfigError("--classes applies to datasets whose classes can be chosen (such "
-                              f"as bccd), not {data.name}")
-        options["classes"] = tuple(data.classes)
-    return load_dataset(data.name, split, data_dir=data.data_dir, **options)
+    the demo attacks its classifier's test split), with every option of the request."""
+    return data.load(split)
 
 
 def train_denoiser_and_save(request: DenoiserRequest) -> dict[str, Any]:

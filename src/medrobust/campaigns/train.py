@@ -8,7 +8,7 @@ the last finished epoch in the checkpoint folder) and writes the checkpoint.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -39,21 +39,28 @@ class DataRequest:
     axis: str | None = None
 
     def open(self, task: Task, split: str) -> Any:
+        """A split for ``task``: a dataset another task lists is refused, naming that task."""
         name = self.name or task.datasets[0]
         owner = next((t.name for t in TASKS.values() if name in t.datasets), None)
         if name not in task.datasets and owner is not None:
             raise ConfigError(f"{task.name} trains on {', '.join(task.datasets)}, not {name!r} "
                               f"(a {owner} dataset: use --task {owner})")
+        return replace(self, name=name).load(split)
+
+    def load(self, split: str) -> Any:
+        """The split of the named dataset with every option of the request."""
+        if self.name is None:
+            raise ConfigError("--dataset is required")
         options: dict[str, Any] = {"size": self.size}
         if not self.verify:
             options["verify"] = False
-        check_classes_apply(name, self.classes)
+        check_classes_apply(self.name, self.classes)
         if self.classes is not None:
             options["classes"] = tuple(self.classes)
         for key in ("window", "axis"):
             if getattr(self, key) is not None:
                 options[key] = getattr(self, key)
-        return load_dataset(name, split, data_dir=self.data_dir, **options)
+        return load_dataset(self.name, split, data_dir=self.data_dir, **options)
 
 
 @dataclass(frozen=True)

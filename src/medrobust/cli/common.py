@@ -143,6 +143,17 @@ def chosen_image_options() -> dict[str, str]:
     return {} if ctx is None else dict(ctx.meta.get("medrobust.image", {}))
 
 
+def data_request(dataset: str | None, data_dir: str | None, size: int | None,
+                 no_verify: bool) -> Any:
+    """The ``DataRequest`` of the running command: ``dataset_options`` plus the ``--classes``,
+    ``--window`` and ``--axis`` kept on the click context."""
+    from medrobust.campaigns.train import DataRequest
+
+    image = chosen_image_options()
+    return DataRequest(dataset, data_dir, size, not no_verify, chosen_classes(),
+                       image.get("window"), image.get("axis"))
+
+
 def chosen_classes() -> tuple[str, ...] | None:
     """The ``--classes`` of the running command (None when not given or outside click)."""
     ctx = click.get_current_context(silent=True)

@@ -6,8 +6,7 @@ from __future__ import annotations
 import click
 
 from medrobust.campaigns.demo import DemoRequest, run_demo
-from medrobust.campaigns.train import DataRequest
-from medrobust.cli.common import chosen_classes, common_options, dataset_options, emit
+from medrobust.cli.common import common_options, data_request, dataset_options, emit
 
 
 @click.command()
@@ -35,7 +34,7 @@ def demo(dataset: str | None, data_dir: str | None, size: int | None, no_verify:
     """
     from medrobust.report import build_report
 
-    request = DemoRequest(DataRequest(dataset, data_dir, size, not no_verify, chosen_classes()),
+    request = DemoRequest(data_request(dataset, data_dir, size, no_verify),
                           out, model_name, epochs, width, limit, population, generations,
                           defence=not skip_defence, seed=seed, device=device)
     say = (lambda msg: None) if as_json else (lambda msg: click.echo(msg, err=True))

@@ -10,13 +10,12 @@ from typing import Any
 
 import click
 
-from medrobust.campaigns.train import DataRequest, TrainRequest, train_model
+from medrobust.campaigns.train import TrainRequest, train_model
 from medrobust.cli.common import (
     DEFAULT_STORE,
     TaskChoice,
-    chosen_classes,
-    chosen_image_options,
     common_options,
+    data_request,
     dataset_options,
     emit,
 )
@@ -106,10 +105,7 @@ def train(task: str, dataset: str | None, data_dir: str | None, size: int | None
     margins). Killed runs resume from the last finished epoch when run again."""
     given = {TRAIN_OPTIONS[k]: v for k, v in options.items() if k in TRAIN_OPTIONS}
     given.update({k: v for k, v in robust_options(options).items() if v is not None})
-    image = chosen_image_options()
-    request = TrainRequest(task, DataRequest(dataset, data_dir, size, not no_verify,
-                                             chosen_classes(), image.get("window"),
-                                             image.get("axis")),
+    request = TrainRequest(task, data_request(dataset, data_dir, size, no_verify),
                            out, store_path, {**given, "seed": seed}, device)
     summary = train_model(request)
 

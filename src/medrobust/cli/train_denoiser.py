@@ -6,11 +6,10 @@ from __future__ import annotations
 import click
 
 from medrobust.campaigns.defend import DenoiserRequest, train_denoiser_and_save
-from medrobust.campaigns.train import DataRequest
 from medrobust.cli.common import (
     DEFAULT_STORE,
-    chosen_classes,
     common_options,
+    data_request,
     dataset_options,
     emit,
     fmt,
@@ -49,8 +48,8 @@ def train_denoiser_cmd(dataset: str, data_dir: str | None, size: int | None, no_
                                  densities=(density_min, density_max), channel_share=channel_share,
                                  clean_share=clean_share, patch=patch or None, max_train=max_train,
                                  seed=seed)
-    request = DenoiserRequest(DataRequest(dataset, data_dir, size, not no_verify,
-                                          chosen_classes()), config, out, store_path, device)
+    request = DenoiserRequest(data_request(dataset, data_dir, size, no_verify), config, out,
+                              store_path, device)
     summary = train_denoiser_and_save(request)
 
     def human() -> None:
