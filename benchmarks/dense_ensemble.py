@@ -10,7 +10,7 @@ Reported per model and budget: mean Dice under each with a bootstrap 95 % interv
 Dice points, how many images the ensemble made worse and whether it was ever better than PGD
 (it must not be), and the time per image of each. Run from the project root:
 
-    python benchmarks/dense_ensemble.py --data-dir ../shared/data --limit 48 --steps 100
+    python benchmarks/dense_ensemble.py --data-dir ../shared/data --limit 32 --steps 100
 
 Every step is a CLI call into one store, so a killed run resumes. Writes dense_ensemble.json
 and dense_ensemble.md under --out.
@@ -28,7 +28,14 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from common import DEFAULT_CACHE, SHARED_DATA, cli, git_commit, write_json  # noqa: E402
+from common import (  # noqa: E402
+    DEFAULT_CACHE,
+    SHARED_DATA,
+    cli,
+    git_commit,
+    set_threads,
+    write_json,
+)
 
 from medrobust.store import Store  # noqa: E402
 
@@ -107,18 +114,22 @@ def markdown(report: dict[str, Any]) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data-dir", type=Path, default=SHARED_DATA)
-    ap.add_argument("--limit", type=int, default=48)
+    ap.add_argument("--limit", type=int, default=32)
+    ap.add_argument("--threads", type=int, default=2,
+                    help="torch threads (the CLI calls inherit OMP_NUM_THREADS)")
     ap.add_argument("--steps", type=int, default=100)
     ap.add_argument("--ifgsm-steps", type=int, default=10)
     ap.add_argument("--out", type=Path, default=HERE / "results")
     args = ap.parse_args()
+    set_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
     store = str(DEFAULT_CACHE / "dense_ensemble" / "runs.db")
     (DEFAULT_CACHE / "dense_ensemble").mkdir(parents=True, exist_ok=True)
     models = train_models(args, store)
     report: dict[str, Any] = {"benchmark": "dense_ensemble", "commit": git_commit(),
                               "limit": args.limit, "steps": args.steps,
-                              "ifgsm_steps": args.ifgsm_steps, "models": []}
+                              "ifgsm_steps": args.ifgsm_steps, "threads": args.threads,
+                              "models": []}
     for name, ckpt in models.items():
         out = cli("evaluate", "--model", ckpt, "--attack", "pgd,ensemble", "--l2",
                   ",".join(f"{v:g}" for v in LEVELS), "--steps", str(args.steps),
