@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from medrobust.campaigns.task_attack import PERTURBATION_COLUMNS
+from medrobust.campaigns.task_attack import PERTURBATION_COLUMNS, perturbation_means
 from medrobust.store import ResultTable
 
 GRADIENT_TABLE = ResultTable(
@@ -34,14 +34,11 @@ GRADIENT_TABLE = ResultTable(
 
 def summarise_gradient(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """Clean and robust accuracy, success rate among clean-correct images, mean sizes."""
-    n = len(rows)
-
     def mean(key: str, group: list[dict[str, Any]]) -> float | None:
         vals = [r[key] for r in group if r.get(key) is not None]
         return float(np.mean(vals)) if vals else None
 
     right = [r for r in rows if r["clean_correct"]]
-    return {"images": n, "clean_accuracy": mean("clean_correct", rows),
+    return {"images": len(rows), "clean_accuracy": mean("clean_correct", rows),
             "robust_accuracy": mean("adv_correct", rows), "attacked": len(right),
-            "success_rate": mean("success", right), "mean_l2": mean("l2", rows),
-            "mean_linf": mean("linf", rows), "mean_steps": mean("steps", rows)}
+            "success_rate": mean("success", right), **perturbation_means(rows)}

@@ -97,7 +97,7 @@ def check_outputs(out: str | Path, store_path: str | Path) -> None:
     check_store_path(store_path)
 
 
-def run_record(task: Task, options: dict[str, Any], out: str | Path, train_ds: Any
+def run_record(task: Task, options: dict[str, Any], out: str | Path
                ) -> tuple[dict[str, Any], dict[str, Any]]:
     """(params, model) a training run is recorded with: what identifies it for a resume."""
     checkpoint = str(Path(out).resolve())
@@ -112,7 +112,7 @@ def train_model(request: TrainRequest) -> dict[str, Any]:
     task, options = resolve(request)
     train_ds, val_ds, test_ds = (request.data.open(task, s) for s in ("train", "val", "test"))
     task.check_training(train_ds, val_ds, options)
-    params, model_record = run_record(task, options, request.out, train_ds)
+    params, model_record = run_record(task, options, request.out)
     with Store(request.store) as store, store.tracked_run(
             "train", params, model=model_record, dataset=train_ds.spec,
             resume="unfinished") as (run_id, _):
@@ -149,7 +149,7 @@ def finished_training(request: TrainRequest) -> dict[str, Any] | None:
         return None
     task, options = resolve(request)
     train_ds = request.data.open(task, "train")
-    params, model_record = run_record(task, options, out, train_ds)
+    params, model_record = run_record(task, options, out)
     fingerprint = run_fingerprint("train", params, model_record, train_ds.spec)
     with Store(request.store) as store:
         run = store.find_run(fingerprint, status="completed")

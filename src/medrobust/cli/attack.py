@@ -11,7 +11,6 @@ from medrobust.campaigns.onepixel import run_onepixel_campaign
 from medrobust.cli.common import (
     DEFAULT_STORE,
     check_model_size,
-    check_store,
     common_options,
     dataset_options,
     emit,
@@ -22,7 +21,7 @@ from medrobust.cli.common import (
 )
 from medrobust.errors import ConfigError
 from medrobust.models import load_classifier, read_meta
-from medrobust.store import Store
+from medrobust.store import Store, check_store_path
 from medrobust.tasks.classification import resolve_targets
 from medrobust.utils.device import resolve_device
 from medrobust.utils.validation import check_range
@@ -82,7 +81,7 @@ def onepixel(model_dir: str, dataset: str | None, data_dir: str | None, size: in
              seed: int, device: str, executor: Any = None) -> None:
     """One-pixel (k-pixel) attack by differential evolution, batched across images."""
     # Every option is checked before the run is opened, so a bad one records nothing.
-    check_store(store_path)
+    check_store_path(store_path)
     check_range("--batch-images", batch_images, 1)
     if limit is not None and limit < 1:
         raise ConfigError("--limit must be at least 1")

@@ -18,7 +18,6 @@ from medrobust.cli.common import (
     DEFAULT_STORE,
     budget_levels,
     check_model_size,
-    check_store,
     common_options,
     dataset_options,
     emit,
@@ -29,7 +28,7 @@ from medrobust.cli.common import (
 from medrobust.errors import ConfigError
 from medrobust.models import read_meta
 from medrobust.models.loading import checkpoint_task, load_model
-from medrobust.store import Store
+from medrobust.store import Store, check_store_path
 from medrobust.tasks import get_task
 from medrobust.utils.device import resolve_device
 
@@ -81,7 +80,7 @@ def certify(model_dir: str, dataset: str | None, data_dir: str | None, size: int
     Cohen, Rosenfeld & Kolter 2019. Resumes from the store after a kill."""
     settings = CertifySettings(sigma=sigma, n0=n0, n=n, alpha=alpha, radii=_radii(radii),
                                batch_size=batch_size, seed=seed).validate()
-    check_store(store_path)
+    check_store_path(store_path)
     meta = read_meta(model_dir)
     check_model_size(size, meta)
     task = checkpoint_task(model_dir)

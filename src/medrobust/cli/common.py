@@ -41,13 +41,6 @@ class TaskChoice(click.Choice):
         pass
 
 
-def check_store(store_path: str | Path) -> None:
-    """``store.check_store_path``, under the name the commands use."""
-    from medrobust.store import check_store_path
-
-    check_store_path(store_path)
-
-
 def common_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Add ``--json``, ``--seed``, ``--device`` and ``--trust-model-code``; ``--json`` also
     silences progress bars. ``--trust-model-code`` holds only while the command runs, and only

@@ -15,7 +15,6 @@ import click
 from medrobust.cli.common import (
     DEFAULT_STORE,
     check_model_size,
-    check_store,
     common_options,
     dataset_options,
     emit,
@@ -27,7 +26,7 @@ from medrobust.cli.evaluate_protocol import protocol_settings, run_protocol
 from medrobust.errors import ConfigError
 from medrobust.models import read_meta
 from medrobust.models.loading import checkpoint_task, load_model
-from medrobust.store import Store
+from medrobust.store import Store, check_store_path
 from medrobust.tasks import get_task
 from medrobust.utils.device import resolve_device
 
@@ -67,7 +66,7 @@ def evaluate(model_dir: str, dataset: str | None, data_dir: str | None, size: in
              no_resume: bool, as_json: bool, seed: int, device: str,
              executor: object = None) -> None:
     """Evaluate a checkpoint on a dataset split, clean or under the attack protocol."""
-    check_store(store_path)
+    check_store_path(store_path)
     meta = read_meta(model_dir)
     check_model_size(size, meta)
     protocol_only = {"--l2": l2_levels, "--linf": linf_levels, "--limit": limit}

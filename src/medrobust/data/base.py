@@ -381,9 +381,3 @@ def wide_to_8bit(img: PILImage.Image, path: Path, what: str = "image") -> PILIma
     lo, hi = (float(a.min()), float(a.max())) if a.size else (0.0, 0.0)
     a = np.zeros_like(a) if hi <= lo else (a - lo) / (hi - lo) * 255.0
     return Image.fromarray(np.round(a).astype(np.uint8))
-
-
-def is_colour(path: Path, reader: ImageReader | None = None) -> bool:
-    """Whether an image file is colour, from its header alone (folder loaders pick the channel
-    count of a whole folder this way before decoding anything)."""
-    return (reader or ImageReader()).is_colour(path)
