@@ -1,10 +1,11 @@
-"""Certifying a classifier by randomized smoothing over a split, one row per image, resumable.
+"""Certifying a model over a split, one row per image, resumable: any task with a
+``Task.certification`` (classifiers by randomized smoothing, segmenters by SegCertify,
+landmark and detection models by median smoothing).
 
-Each image's CERTIFY answer (class or abstain, certified L2 radius, the bound ``pA`` and the
-counts behind it) is committed as it finishes: at n = 10 000 noise samples an image costs
-thousands of forward passes, so a kill loses at most the image in flight. The summary gives
-certified accuracy (correct and certified at least that radius) at each radius asked for, with
-its Wilson interval, and the abstention rate.
+Each image's certificate is committed as it finishes: at n = 10 000 noise samples an image costs
+thousands of forward passes, so a kill loses at most the image in flight. The task says how one
+image is certified and how the rows are summarised (certified accuracy, Dice or error bounds at
+each radius, with intervals); this loop only batches, records and resumes.
 """
 
 from __future__ import annotations
@@ -16,105 +17,59 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-import numpy as np
 import torch
 
 from medrobust.campaigns.base import CampaignOutcome, batch_run
 from medrobust.campaigns.executor import Executor, Work, check_remote, is_remote
-from medrobust.certify.smoothing import SmoothedClassifier
+from medrobust.certify import classification as classifier_certificates
+from medrobust.certify.settings import CertifySettings
+from medrobust.errors import ConfigError
 from medrobust.metrics.proportion import proportion
 from medrobust.models.classifier import Classifier
 from medrobust.store import ResultTable, Store
+from medrobust.tasks import DEFAULT_TASK, Task, get_task
 from medrobust.utils.validation import check_range
 
-CERTIFY_TABLE = ResultTable(
-    "certify_results",
-    {
-        "dataset_index": "INTEGER",
-        "label": "INTEGER",
-        "prediction": "INTEGER",
-        "correct": "INTEGER",
-        "radius": "REAL",
-        "p_lower": "REAL",
-        "top_count": "INTEGER",
-        "n": "INTEGER",
-        "counts": "JSON",
-        "selection_counts": "JSON",
-        "seconds": "REAL",
-    },
-)
+#: the classifiers' table (other tasks declare theirs in ``Task.certification``)
+CERTIFY_TABLE = classifier_certificates.TABLE
 COMMAND = "certify smoothing"
+certified_accuracy = classifier_certificates.certified_accuracy
+
+__all__ = ["CERTIFY_TABLE", "COMMAND", "CertifySettings", "certified_accuracy",
+           "run_certify_campaign"]
 
 
-@dataclass(frozen=True)
-class CertifySettings:
-    """CERTIFY's knobs (Cohen et al.'s defaults: n0 = 100, n = 100 000, alpha = 0.001; n =
-    10 000 here, which caps the certifiable radius at sigma * Phi^-1(alpha^(1/n)), about
-    3.2 sigma at alpha = 0.001), the radii certified accuracy is reported at, and the noise."""
-
-    sigma: float = 0.25
-    n0: int = 100
-    n: int = 10_000
-    alpha: float = 0.001
-    radii: tuple[float, ...] = (0.0, 0.25, 0.5, 1.0)
-    batch_size: int = 200
-    seed: int = 0
-
-    def validate(self) -> CertifySettings:
-        check_range("sigma", self.sigma, 0, low_inclusive=False)
-        check_range("n0", self.n0, 1)
-        check_range("n", self.n, 1)
-        check_range("alpha", self.alpha, 0, 1, low_inclusive=False, high_inclusive=False)
-        check_range("batch_size", self.batch_size, 1)
-        for r in self.radii:
-            check_range("radius", r, 0)
-        return self
-
-    def params(self) -> dict[str, Any]:
-        return {**asdict(self), "radii": list(self.radii)}
-
-    def certify_params(self) -> dict[str, Any]:
-        """What decides the certificates (a run's fingerprint): not the radii, which only
-        summarise them, so asking for other radii reuses the certificates already computed."""
-        return {k: v for k, v in self.params().items() if k != "radii"}
+def certifying_task(model: Any) -> Task:
+    """The task of ``model`` (a wrapper without one is a classifier, as in old checkpoints),
+    refused in one line when it has no certificate."""
+    task = get_task(getattr(model, "task", None) or DEFAULT_TASK)
+    if task.certification is None:
+        raise ConfigError(f"{task.name} models have no certificate in this version")
+    return task
 
 
 @dataclass
 class CertifyContext:
-    smoothed: SmoothedClassifier
-    classifier: Classifier
-    images: np.ndarray
-    labels: np.ndarray
-    settings: CertifySettings
+    task: Task
+    certify_one: Any
+    dataset: Any
 
 
-def certify_context(classifier: Classifier, data: dict[str, Any], params: dict[str, Any]
-                    ) -> CertifyContext:
+def certify_context(model: Any, dataset: Any, params: dict[str, Any]) -> CertifyContext:
     """A Ray worker's context, around the model it loaded from the checkpoint."""
-    settings = CertifySettings(**{**params["settings"], "radii": tuple(params["settings"]["radii"])})
-    return CertifyContext(_smoothed(classifier, settings), classifier, data["images"],
-                          data["labels"], settings)
-
-
-def _smoothed(classifier: Classifier, s: CertifySettings) -> SmoothedClassifier:
-    return SmoothedClassifier(classifier, s.sigma, max(2, classifier.num_classes),
-                              batch_size=s.batch_size, seed=s.seed)
+    task = get_task(params["task"])
+    assert task.certification is not None
+    settings = CertifySettings.from_params(params["settings"])
+    return CertifyContext(task, task.certification.certifier(model, settings), dataset)
 
 
 def certify_chunk(ctx: CertifyContext, chunk: list[int], emit: Any
                   ) -> tuple[list[tuple[int, dict[str, Any]]], None]:
     """Certify each image of the chunk; in process every row is committed as it finishes."""
-    s = ctx.settings
     rows = []
     for i in chunk:
         t0 = time.perf_counter()
-        x = ctx.classifier.to_tensor(ctx.images[i:i + 1])[0]
-        cert = ctx.smoothed.certify(x, s.n0, s.n, s.alpha, key=int(i))
-        label = int(ctx.labels[i])
-        row = {"dataset_index": int(i), "label": label, "prediction": cert.prediction,
-               "correct": int(cert.prediction == label), "radius": cert.radius,
-               "p_lower": cert.p_lower, "top_count": int(cert.counts[cert.top]), "n": s.n,
-               "counts": cert.counts.tolist(), "selection_counts": cert.selection_counts.tolist(),
+        row = {"dataset_index": int(i), **ctx.certify_one(ctx.dataset, int(i)),
                "seconds": time.perf_counter() - t0}
         if emit is None:
             rows.append((int(i), row))
@@ -123,53 +78,57 @@ def certify_chunk(ctx: CertifyContext, chunk: list[int], emit: Any
     return rows, None
 
 
-def run_certify_campaign(store: Store, classifier: Classifier, model_info: dict[str, Any],
+def run_certify_campaign(store: Store, model: Any, model_info: dict[str, Any],
                          dataset: Any, settings: CertifySettings, indices: Sequence[int],
                          resume: bool = True, show_progress: bool = True,
                          executor: Executor | None = None) -> CampaignOutcome:
-    """Certify ``dataset[indices]`` and record each image; the summary has certified accuracy
-    at ``settings.radii``. Ray workers load the checkpoint ``model_info["dir"]``."""
+    """Certify ``dataset[indices]`` with the method of the model's task and record each image;
+    the summary is the task's (certified accuracy, Dice or error bound at ``settings.radii``).
+    Ray workers load the checkpoint ``model_info["dir"]``."""
     settings.validate()
+    task = certifying_task(model)
+    how = task.certification
+    assert how is not None
     if is_remote(executor):
         check_remote(executor, model_info.get("dir"))
-    params = {"smoothing": settings.certify_params(), "indices": [int(i) for i in indices]}
+    params = {"smoothing": settings.certify_params(how.radii_free),
+              "indices": [int(i) for i in indices]}
+    if task.name != DEFAULT_TASK:  # classifier runs keep the fingerprint they always had
+        params["task"] = task.name
     start = time.perf_counter()
-    with batch_run(store, CERTIFY_TABLE, COMMAND, params, model=model_info,
+    with batch_run(store, how.table, COMMAND, params, model=model_info,
                    dataset={**dataset.spec, "split": dataset.split},
                    items=[int(i) for i in indices], size=4,
                    desc=f"certify sigma={settings.sigma:g}", resume=resume,
                    show_progress=show_progress) as run:
         run.execute(Work(
             compute=certify_chunk,
-            local=lambda: CertifyContext(_smoothed(classifier, settings), classifier,
-                                         dataset.images, dataset.labels, settings),
-            remote=certify_context, params={"settings": settings.params()},
-            model_dir=model_info.get("dir", ""),
-            data={"images": dataset.images, "labels": dataset.labels}), executor)
+            local=lambda: CertifyContext(task, how.certifier(model, settings), dataset),
+            remote=certify_context,
+            params={"task": task.name, "settings": settings.params()},
+            model_dir=model_info.get("dir", ""), data=dataset), executor)
     seconds = time.perf_counter() - start
-    summary = summarise_certify(store.rows(CERTIFY_TABLE, run_id=run.run_id), settings)
+    summary = {**how.summary(store.rows(how.table, run_id=run.run_id), settings),
+               "task": task.name, "method": how.method}
     summary["seconds_this_session"] = seconds
     store.finish_run(run.run_id, "completed", summary)
     return CampaignOutcome(run.run_id, run.resumed, len(run.todo), seconds, summary)
 
 
-def certified_accuracy(rows: list[dict[str, Any]], radius: float) -> dict[str, Any]:
-    """Share of images correct and certified at ``radius`` or more (abstentions count as
-    wrong), with its 95 % Wilson interval."""
-    p = proportion(sum(r["correct"] and r["radius"] >= radius for r in rows), len(rows))
-    return {"radius": radius, "certified": p.k, "images": p.n, "accuracy": p.rate,
-            "ci95": p.ci95}
-
-
-def summarise_certify(rows: list[dict[str, Any]], settings: CertifySettings) -> dict[str, Any]:
-    abstained = proportion(sum(r["prediction"] < 0 for r in rows), len(rows))
-    correct = [r["radius"] for r in rows if r["correct"]]
-    return {"images": len(rows), "sigma": settings.sigma, "n": settings.n,
-            "alpha": settings.alpha,
-            "certified_accuracy": [certified_accuracy(rows, r) for r in settings.radii],
-            "abstain_rate": abstained.rate, "abstain_ci95": abstained.ci95,
-            "mean_radius_correct": float(np.mean(correct)) if correct else None,
-            "median_radius_correct": float(np.median(correct)) if correct else None}
+def certified_at(store: Store, model_dir: str, dataset: dict[str, Any]) -> dict[str, Any]:
+    """The newest finished certification of this checkpoint on this split (``dataset``: the
+    spec and split a run records): ``{"run": id, "sigma": s, "metric": name, "cells": {radius:
+    {"value", "ci95"}}}`` or {} when there is none. Commands put it beside the attacks'
+    numbers: a certificate bounds the smoothed model from below where an attack bounds the model
+    from above."""
+    for run in reversed(store.runs(COMMAND)):
+        if run.get("status") != "completed" or (run.get("model") or {}).get("dir") != model_dir \
+                or run.get("dataset") != dataset:
+            continue
+        s = run.get("summary") or {}
+        return {"run": run["id"], "sigma": s.get("sigma"), "metric": s.get("metric"),
+                "cells": {float(c["radius"]): c for c in s.get("certified") or []}}
+    return {}
 
 
 # -- the cross-check: an attack on the smoothed classifier at each certified radius ---------------
@@ -234,7 +193,7 @@ def run_crosscheck_campaign(store: Store, classifier: Classifier, model_info: di
     params = {"smoothing": settings.params(), "check": asdict(check),
               "indices": sorted(certified), "certificates": digest,
               "certify_run": certify_run}
-    smooth = _smoothed(classifier, settings)
+    smooth = classifier_certificates.smoothed(classifier, settings)
     eot = SmoothedLogits(classifier, settings.sigma, check.samples)
     start = time.perf_counter()
     with batch_run(store, CHECK_TABLE, CHECK_COMMAND, params, model=model_info,

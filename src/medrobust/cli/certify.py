@@ -1,4 +1,5 @@
-"""``medrobust certify``: certified L2 robustness of a classifier by randomized smoothing."""
+"""``medrobust certify``: certified L2 robustness of a model of any task, by the smoothing its
+task names (randomized smoothing, SegCertify, median smoothing)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,6 @@ from typing import Any
 import click
 
 from medrobust.campaigns.certify import (
-    CERTIFY_TABLE,
     CertifySettings,
     CheckSettings,
     run_certify_campaign,
@@ -74,19 +74,29 @@ def certify(model_dir: str, dataset: str | None, data_dir: str | None, size: int
             check_samples: int, limit: int | None, batch_size: int,
             store_path: str, no_resume: bool, as_json: bool, seed: int, device: str,
             executor: object = None) -> None:
-    """Certify a classifier by randomized smoothing: per image the smoothed prediction and the
-    L2 radius no perturbation within can change (or abstain), and certified accuracy at --radii.
+    """Certify a model: what no perturbation of L2 norm within each of --radii can change.
 
-    Cohen, Rosenfeld & Kolter 2019. Resumes from the store after a kill."""
+    Classifiers: randomized smoothing (Cohen, Rosenfeld & Kolter 2019), per image the smoothed
+    class and its certified radius (or abstain), certified accuracy at --radii. Segmenters:
+    SegCertify (Fischer et al. 2021), per pixel, certified Dice and the abstained share.
+    Landmark and detection models: median smoothing (Chiang et al. 2020), certified bounds on
+    each landmark's radial error and each box's IoU. Resumes from the store after a kill."""
     settings = CertifySettings(sigma=sigma, n0=n0, n=n, alpha=alpha, radii=_radii(radii),
                                batch_size=batch_size, seed=seed).validate()
     check_store_path(store_path)
     meta = read_meta(model_dir)
     check_model_size(size, meta)
     task = checkpoint_task(model_dir)
-    if not get_task(task).class_logits:
-        raise ConfigError(f"{model_dir} holds a {task} model: certify smooths models with class "
-                          "logits (classifiers); certificates for other tasks are not built yet")
+    how = get_task(task).certification
+    if how is None:
+        raise ConfigError(f"{model_dir} holds a {task} model, which has no certificate in this "
+                          "version")
+    if denoiser is not None and not get_task(task).class_logits:
+        raise ConfigError(f"--denoiser (denoised smoothing) applies to classifiers; {model_dir} "
+                          f"holds a {task} model")
+    if check and not how.checkable:
+        raise ConfigError(f"--check (the attack on the smoothed model) is built for "
+                          f"classifiers; {model_dir} holds a {task} model")
     if denoiser is not None and executor is not None:
         raise ConfigError("--denoiser runs in this process: leave out --executor ray")
     model = load_model(model_dir, resolve_device(device))
@@ -100,7 +110,7 @@ def certify(model_dir: str, dataset: str | None, data_dir: str | None, size: int
                                    executor=executor)
         crosscheck = None if checking is None else run_crosscheck_campaign(
             store, model, info, ds, settings, checking,
-            store.rows(CERTIFY_TABLE, run_id=out.run_id), resume=not no_resume,
+            store.rows(how.table, run_id=out.run_id), resume=not no_resume,
             show_progress=not as_json, certify_run=out.run_id)
     trained_sd = (meta.get("train_config") or {}).get("noise_sd")
     summary = {"run_id": out.run_id, "resumed": out.resumed, "certified_now": out.computed_now,
@@ -108,7 +118,9 @@ def certify(model_dir: str, dataset: str | None, data_dir: str | None, size: int
                **({} if crosscheck is None else {"check": {"run_id": crosscheck.run_id,
                                                             **crosscheck.summary}})}
 
-    emit(summary, as_json, lambda: _print(summary, check_steps))
+    noise_option = "noise_sd" in get_task(task).options
+    emit(summary, as_json, lambda: _print(summary, how.describe(summary), check_steps,
+                                          noise_option))
 
 
 def _smoothed_model(model: Any, model_dir: str, meta: dict[str, Any], task: str,
@@ -126,17 +138,16 @@ def _smoothed_model(model: Any, model_dir: str, meta: dict[str, Any], task: str,
     return DefendedClassifier(model, make_denoiser(denoiser, model.device)), info
 
 
-def _print(s: dict[str, Any], check_steps: int) -> None:
-    click.echo(f"{'resumed' if s['resumed'] else 'ran'} run {s['run_id']}: {s['images']} "
-               f"images, sigma {s['sigma']:g}, n {s['n']}, alpha {s['alpha']:g}; abstained "
-               f"{fmt(s['abstain_rate'])}")
+def _print(s: dict[str, Any], lines: list[str], check_steps: int, noise_option: bool) -> None:
+    click.echo(f"{'resumed' if s['resumed'] else 'ran'} run {s['run_id']}: {s['method']}, "
+               f"{s['images']} images, sigma {s['sigma']:g}, n {s['n']}, alpha {s['alpha']:g}; "
+               f"abstained {fmt(s['abstain_rate'])}")
     if not s["trained_noise_sd"]:
+        how = f" (train --noise-sd {s['sigma']:g})" if noise_option else ""
         click.echo(f"  note: the model was trained without noise; smoothing works on models "
-                   f"trained with it (train --noise-sd {s['sigma']:g})")
-    for c in s["certified_accuracy"]:
-        lo, hi = c["ci95"] or (None, None)
-        click.echo(f"  certified accuracy at L2 {c['radius']:g}: {fmt(c['accuracy'])} "
-                   f"({c['certified']}/{c['images']}, 95 % CI {fmt(lo)}-{fmt(hi)})")
+                   f"trained with it{how}")
+    for line in lines:
+        click.echo(f"  {line}")
     for c in (s.get("check") or {}).get("radii", []):
         click.echo(f"  attacked (PGD-{check_steps} on the smoothed model) at L2 "
                    f"{c['radius']:g}: accuracy {fmt(c['empirical_accuracy'])} >= certified "

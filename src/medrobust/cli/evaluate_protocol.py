@@ -8,6 +8,7 @@ from typing import Any
 import click
 
 from medrobust.campaigns.attack_protocol import run_attack_protocol
+from medrobust.campaigns.certify import certified_at
 from medrobust.campaigns.protocol_attacks import SETTING_USERS, ProtocolSettings
 from medrobust.cli.common import budget_levels, emit, fmt, open_model_dataset, refuse_unused
 from medrobust.errors import ConfigError
@@ -65,8 +66,13 @@ def run_protocol(model_dir: str, meta: dict[str, Any], dataset: str | None,
         out = run_attack_protocol(store, task, model, info, ds, indices, settings,
                                   resume=resume, show_progress=not as_json,
                                   executor=executor)
+        certified = certified_at(store, info["dir"], {**ds.spec, "split": ds.split}) \
+            if settings.norm == "l2" else {}
     summary = {"run_id": out.run_id, "resumed": out.resumed, "computed_now": out.computed_now,
-               "store": store_path, **out.summary}
+               "store": store_path, **out.summary, "certified": certified}
+    for cell in summary["cells"]:  # the certified bound at the same L2 radius, where one ran
+        hit = (certified.get("cells") or {}).get(float(cell["eps"]))
+        cell["certified"] = None if hit is None else hit["value"]
 
     def human() -> None:
         s = summary
@@ -74,12 +80,21 @@ def run_protocol(model_dir: str, meta: dict[str, Any], dataset: str | None,
         better = "higher" if s["higher_is_better"] else "lower"
         click.echo(f"{task.name} on {s['images']} {ds.name} {split} images: clean {s['metric']} "
                    f"{fmt(s['clean'])}{unit} ({better} is better)")
+        cert = s["certified"]
         rows = [(c["attack"], c["budget"], fmt(c["attacked"]), c["run_id"]) for c in s["cells"]]
-        click.echo(markdown_table(["attack", "budget", s["metric"], "run"], rows,
-                                  ["l", "l", "r", "r"]))
+        head, align = ["attack", "budget", s["metric"], "run"], ["l", "l", "r", "r"]
+        if cert:  # a certificate beside the attack: the smoothed model's lower bound
+            rows = [(*r, fmt(c["certified"])) for r, c in zip(rows, s["cells"], strict=True)]
+            head, align = [*head, f"certified (run {cert['run']})"], [*align, "r"]
+        click.echo(markdown_table(head, rows, align))
         for name, value in s["average_by_attack"].items():
             click.echo(f"average under {name}: {fmt(value)}{unit}")
         click.echo(f"average attacked {s['metric']}: {fmt(s['average_attacked'])}{unit} "
                    f"(run {s['run_id']} in {store_path})")
+        if cert:
+            click.echo(f"certified: {cert['metric']} of the model smoothed at sigma "
+                       f"{cert['sigma']:g} that no L2 perturbation within the budget can "
+                       f"change (a lower bound, with probability 1 - alpha per image; "
+                       f"certify run {cert['run']})")
 
     emit(summary, as_json, human)

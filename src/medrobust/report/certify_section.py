@@ -1,8 +1,11 @@
-"""Report section: certified robustness (randomized smoothing) beside what attacks leave.
+"""Report section: certified robustness (randomized, Seg- and median smoothing) beside what
+attacks leave.
 
-A certificate is a lower bound on robust accuracy and an attack an upper bound; the section
-shows both per radius, so a reader sees the gap between them, and it leads with any image a
-cross-check found certified yet broken (an evaluation bug, never hidden).
+A certificate is a lower bound on robustness and an attack an upper bound; the section shows
+both per radius, so a reader sees the gap between them, and it leads with any image a
+cross-check found certified yet broken (an evaluation bug, never hidden). Every task's summary
+gives per radius its certified headline (``certified``: accuracy, Dice, a radial-error or IoU
+bound) under the name ``metric``.
 """
 
 from __future__ import annotations
@@ -18,6 +21,19 @@ from medrobust.report.sections import model_label
 
 def _ci(ci: Any) -> str:
     return "-" if not ci else f"{100 * ci[0]:.0f}-{100 * ci[1]:.0f} %"
+
+
+def _interval(ci: Any) -> str:
+    return "-" if not ci else f"{num(ci[0], 3)}-{num(ci[1], 3)}"
+
+
+def _cells(s: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per radius the certified headline (stores of the first version held classifiers'
+    ``certified_accuracy`` only)."""
+    if s.get("certified") is not None:
+        return list(s["certified"])
+    return [{"radius": c["radius"], "value": c.get("accuracy"), "ci95": c.get("ci95")}
+            for c in s.get("certified_accuracy") or []]
 
 
 def _check_for(ctx: ReportContext, run: dict[str, Any]) -> dict[str, Any] | None:
@@ -53,6 +69,13 @@ def certify_section(ctx: ReportContext) -> Section | None:
                                     "provably unchanged by any perturbation of L2 norm below r "
                                     "(Cohen et al. 2019; wrong with probability at most alpha "
                                     "per image); abstentions count as failures"),
+        ("certified Dice at r", "the smoothed segmentation's Dice when every pixel SegCertify "
+                                "could not certify at r counts against the model (Fischer et "
+                                "al. 2021): no perturbation below r lowers it"),
+        ("certified error bound at r", "median smoothing (Chiang et al. 2020): the largest "
+                                       "radial error (landmarks) or the share of true boxes "
+                                       "still found at IoU 0.5 (detection) that any "
+                                       "perturbation below r can cause"),
         ("attacked", "accuracy of the smoothed classifier after PGD on its own noise-averaged "
                      "loss at that radius: an upper bound, so it must not fall below the "
                      "certified lower bound"),
@@ -76,13 +99,20 @@ def certify_section(ctx: ReportContext) -> Section | None:
         else:
             sub.add(Note("No cross-check ran (certify --check): the certified numbers stand "
                          "without an attack beside them.", "info"))
-        table = Table(["L2 radius", "certified accuracy", "95 % CI", "n", "attacked", "violations"],
-                      [], caption=f"Abstained: {pct(s.get('abstain_rate'))} of "
-                                  f"{s.get('images', 0)} images")
-        for c in s.get("certified_accuracy") or []:
+        metric = str(s.get("metric") or "accuracy")
+        share = metric == "accuracy" or s.get("metric_is_share", False)
+        table = Table(["L2 radius", f"certified {metric}", "95 % CI", "n", "attacked",
+                       "violations"], [],
+                      caption=f"{s.get('method') or 'randomized smoothing'}; abstained: "
+                              f"{pct(s.get('abstain_rate'))} ({s.get('abstain_of', 'images')})"
+                              f" over {s.get('images', 0)} images")
+        for c in _cells(s):
             chk = by_radius.get(c["radius"])
-            table.rows.append([num(c["radius"], 3), pct(c.get("accuracy")), _ci(c.get("ci95")),
-                               str(c.get("images", "-")),
+            value, ci = c.get("value"), c.get("ci95")
+            table.rows.append([num(c["radius"], 3),
+                               pct(value) if share else num(value, 3),
+                               _ci(ci) if share else _interval(ci),
+                               str(s.get("images", "-")),
                                "-" if chk is None else pct(chk.get("empirical_accuracy")),
                                "-" if chk is None else str(chk.get("violations", 0))])
         sub.add(table)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from medrobust.errors import ConfigError
 from medrobust.models.base import PixelModel
-from medrobust.tasks.base import AttackGoals, CurveMetric, Task, TaskReport
+from medrobust.tasks.base import AttackGoals, Certification, CurveMetric, Task, TaskReport
 from medrobust.tasks.classification import TASK as CLASSIFICATION
 from medrobust.tasks.detection import TASK as DETECTION
 from medrobust.tasks.landmarks import TASK as LANDMARKS
@@ -62,5 +62,6 @@ def task_of(model: PixelModel) -> Task:
     return get_task(model.task)
 
 
-__all__ = ["DEFAULT_TASK", "TASKS", "AttackGoals", "CurveMetric", "Task", "TaskReport", "get_task",
-           "ordered_tasks", "register_task", "task_of", "task_report", "unregister_task"]
+__all__ = ["DEFAULT_TASK", "TASKS", "AttackGoals", "Certification", "CurveMetric", "Task",
+           "TaskReport", "get_task", "ordered_tasks", "register_task", "task_of", "task_report",
+           "unregister_task"]

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from medrobust.models.base import PixelModel
+from medrobust.store import ResultTable
 
 #: per-sample loss terms: outputs of the wrapper and the task's targets -> {term: (N,)}, with
 #: ``total`` the training objective
@@ -87,6 +88,30 @@ class AttackGoals:
 
 
 @dataclass(frozen=True)
+class Certification:
+    """How a task's models are certified: a lower bound on robustness beside the attacks'
+    upper bounds (``medrobust certify``). The maths lives in ``medrobust.certify``; this says
+    which of it the task uses, its rows and how they are summarised."""
+
+    #: the method and its source, for commands and reports
+    method: str
+    #: one row per image
+    table: ResultTable
+    #: (model, ``CertifySettings``) -> ``certify_one(dataset, index) -> row`` (the campaign adds
+    #: the dataset index and the seconds)
+    certifier: Callable[[PixelModel, Any], Callable[[Any, int], dict[str, Any]]]
+    #: (rows, settings) -> the run's summary
+    summary: Callable[[list[dict[str, Any]], Any], dict[str, Any]]
+    #: summary -> one line per radius for the command's output
+    describe: Callable[[dict[str, Any]], list[str]]
+    #: the radii only summarise the rows (a classifier's radius is one number per image), so
+    #: other radii reuse a run; else each radius is a certificate of its own
+    radii_free: bool = False
+    #: the certificates can be cross-checked by an attack on the smoothed model (``--check``)
+    checkable: bool = False
+
+
+@dataclass(frozen=True)
 class Task:
     """One task's recipe; see ``medrobust.tasks.TASKS`` for the registered ones."""
 
@@ -156,6 +181,8 @@ class Task:
     #: the model outputs masks: ``attack pgd`` runs the mask campaign (shared with ASMA), whose
     #: targets are masks (``--target-mode``) and whose rows score against target and truth
     mask_attacks: bool = False
+    #: how the task's models are certified (None: ``certify`` refuses them)
+    certification: Certification | None = None
 
     def model_name(self, options: Mapping[str, Any]) -> str:
         """The zoo model these options train (tasks with one network: ``default_model``)."""

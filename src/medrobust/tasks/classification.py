@@ -9,12 +9,14 @@ import torch
 import torch.nn.functional as F
 
 from medrobust.attacks.criteria import hits_target, misclassified
+from medrobust.certify import classification as certificates
 from medrobust.errors import ConfigError
 from medrobust.metrics.proportion import proportion
 from medrobust.models.classifier import Classifier
 from medrobust.models.registry import build_model
 from medrobust.tasks.base import (
     AttackGoals,
+    Certification,
     CurveMetric,
     Task,
     TaskReport,
@@ -174,6 +176,10 @@ TASK = Task(name="classification", wrapper=Classifier,
             describe=describe, describe_attack=describe_attack, network=network,
             command_options=command_options, validate_options=validate_options,
             checkpoint_meta=checkpoint_meta, goals=GOALS,
+            certification=Certification(
+                "randomized smoothing (Cohen, Rosenfeld & Kolter, ICML 2019)",
+                certificates.TABLE, certificates.certifier, certificates.summarise,
+                certificates.describe, radii_free=True, checkable=True),
             report=TaskReport(
                 0, "Classification: accuracy", "accuracy",
                 (CurveMetric("accuracy", "accuracy", (("clean_accuracy", "adv_accuracy"),
