@@ -270,3 +270,32 @@ def test_the_crosscheck_holds_for_real_certificates_and_catches_false_ones(
     with Store(tmp_path / "c.db") as store:
         html = Path(build_report(store, tmp_path / "rep")).read_text()
     assert "Certified robustness" in html and "Evaluation bug:" in html
+
+
+def test_denoised_smoothing_with_a_gaussian_denoiser(tmp_path, capsys, checkpoint):
+    """train-denoiser --noise gaussian learns to remove smoothing's noise (its validation error
+    on noisy images falls well below the noise's own), certify --denoiser puts it in front of
+    the unchanged classifier and records it; impulse-only options are refused with it, and an
+    impulse denoiser in front of smoothing gets a note."""
+    db, den = str(tmp_path / "d.db"), str(tmp_path / "den")
+    trained = run_json(capsys, "train-denoiser", "--dataset", "synthetic", "--size", "16",
+                       "--noise", "gaussian", "--sd", "0.25", "--epochs", "3", "--width", "8",
+                       "--patch", "0", "--out", den, "--store", db)
+    v = trained["val"]
+    assert v["noisy_mse_before"] == pytest.approx(0.25 ** 2, rel=0.1)
+    assert v["noisy_mse_after"] < 0.5 * v["noisy_mse_before"]
+    from medrobust.models.checkpoint import read_meta
+
+    assert read_meta(den)["train_config"]["noise"] == "gaussian"
+    args = ["certify", "--model", str(checkpoint), "--limit", "2", "--n0", "10", "--n", "60",
+            "--alpha", "0.05", "--radii", "0,0.1", "--store", db]
+    cert = run_json(capsys, *args, "--denoiser", den)
+    assert cert["denoiser"] == str(Path(den).resolve()) and cert["trained_noise_sd"] == 0.25
+    plain = run_json(capsys, *args)
+    assert plain["run_id"] != cert["run_id"] and plain["denoiser"] is None
+    code, _, err = run_cli(capsys, "train-denoiser", "--dataset", "synthetic", "--size", "16",
+                           "--noise", "gaussian", "--density-max", "0.1", "--out",
+                           str(tmp_path / "x"), "--store", db)
+    assert code == 2 and "--density-max" in err and not (tmp_path / "x").exists()
+    code, out, _ = run_cli(capsys, *args, "--denoiser", "median3")
+    assert code == 0 and "denoiser was not trained for Gaussian noise" in out

@@ -113,8 +113,11 @@ def certify(model_dir: str, dataset: str | None, data_dir: str | None, size: int
             store.rows(how.table, run_id=out.run_id), resume=not no_resume,
             show_progress=not as_json, certify_run=out.run_id)
     trained_sd = (meta.get("train_config") or {}).get("noise_sd")
+    if info.get("denoiser") is not None:  # denoised smoothing: the denoiser meets the noise
+        trained_sd = (info.get("denoiser_noise") or {}).get("sd")
     summary = {"run_id": out.run_id, "resumed": out.resumed, "certified_now": out.computed_now,
-               "store": store_path, "trained_noise_sd": trained_sd, **out.summary,
+               "store": store_path, "trained_noise_sd": trained_sd,
+               "denoiser": info.get("denoiser"), **out.summary,
                **({} if crosscheck is None else {"check": {"run_id": crosscheck.run_id,
                                                             **crosscheck.summary}})}
 
@@ -133,8 +136,13 @@ def _smoothed_model(model: Any, model_dir: str, meta: dict[str, Any], task: str,
         return model, info
     from medrobust.defences.composed import DefendedClassifier
     from medrobust.defences.registry import make_denoiser
+    from medrobust.defences.storage import is_denoiser_dir
 
     info["denoiser"] = str(Path(denoiser).resolve()) if Path(denoiser).is_dir() else denoiser
+    if is_denoiser_dir(denoiser):  # what noise it learnt to remove: smoothing adds Gaussian
+        config = read_meta(denoiser).get("train_config") or {}
+        info["denoiser_noise"] = {"noise": config.get("noise", "impulse"),
+                                  "sd": config.get("gaussian_sd")}
     return DefendedClassifier(model, make_denoiser(denoiser, model.device)), info
 
 
@@ -142,7 +150,11 @@ def _print(s: dict[str, Any], lines: list[str], check_steps: int, noise_option: 
     click.echo(f"{'resumed' if s['resumed'] else 'ran'} run {s['run_id']}: {s['method']}, "
                f"{s['images']} images, sigma {s['sigma']:g}, n {s['n']}, alpha {s['alpha']:g}; "
                f"abstained {fmt(s['abstain_rate'])}")
-    if not s["trained_noise_sd"]:
+    if not s["trained_noise_sd"] and s.get("denoiser"):
+        click.echo(f"  note: the denoiser was not trained for Gaussian noise; denoised "
+                   f"smoothing needs one that was (train-denoiser --noise gaussian --sd "
+                   f"{s['sigma']:g})")
+    elif not s["trained_noise_sd"]:
         how = f" (train --noise-sd {s['sigma']:g})" if noise_option else ""
         click.echo(f"  note: the model was trained without noise; smoothing works on models "
                    f"trained with it{how}")

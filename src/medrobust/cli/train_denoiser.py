@@ -1,5 +1,6 @@
-"""``medrobust train-denoiser``: train the impulse autoencoder on a dataset and save it
-(``campaigns.defend`` does the work)."""
+"""``medrobust train-denoiser``: train the denoising autoencoder on a dataset and save it, for
+impulse noise (the one-pixel defence) or Gaussian noise (denoised smoothing); ``campaigns.defend``
+does the work."""
 
 from __future__ import annotations
 
@@ -13,8 +14,10 @@ from medrobust.cli.common import (
     dataset_options,
     emit,
     fmt,
+    option_given,
 )
 from medrobust.defences.training import DenoiserTrainConfig
+from medrobust.errors import ConfigError
 
 
 @click.command("train-denoiser")
@@ -31,8 +34,15 @@ from medrobust.defences.training import DenoiserTrainConfig
               help="Highest impulse density.")
 @click.option("--channel-share", type=float, default=0.1, show_default=True,
               help="Share of images with channel-wise salt-and-pepper instead of pixel impulses.")
-@click.option("--clean-share", type=float, default=0.1, show_default=True,
-              help="Share of training images left clean.")
+@click.option("--clean-share", type=float, default=None,
+              help="Share of training images left clean [default: 0.1 for impulse noise, 0 for "
+                   "Gaussian: smoothing never shows the denoiser a clean image].")
+@click.option("--noise", type=click.Choice(["impulse", "gaussian"]), default="impulse",
+              show_default=True,
+              help="impulse: the one-pixel defence; gaussian: denoised smoothing (certify "
+                   "--denoiser), trained at --sd.")
+@click.option("--sd", "gaussian_sd", type=float, default=0.25, show_default=True,
+              help="Gaussian noise standard deviation on the [0,1] scale (certify's --sigma).")
 @click.option("--patch", type=int, default=32, show_default=True,
               help="Train on random crops of this side (0: whole images).")
 @click.option("--max-train", type=int, default=None, help="Use at most N training images.")
@@ -41,13 +51,23 @@ from medrobust.defences.training import DenoiserTrainConfig
 def train_denoiser_cmd(dataset: str, data_dir: str | None, size: int | None, no_verify: bool,
                        out: str, epochs: int, width: int, batch_size: int, lr: float,
                        density_min: float, density_max: float, channel_share: float,
-                       clean_share: float, patch: int, max_train: int | None, store_path: str,
-                       as_json: bool, seed: int, device: str) -> None:
-    """Train a denoising autoencoder on impulse noise (saved as safetensors + JSON)."""
+                       clean_share: float | None, noise: str, gaussian_sd: float, patch: int,
+                       max_train: int | None, store_path: str, as_json: bool, seed: int,
+                       device: str) -> None:
+    """Train a denoising autoencoder on impulse or Gaussian noise (safetensors + JSON)."""
+    impulse_only = [f"--{n.replace('_', '-')}" for n in ("density_min", "density_max",
+                                                         "channel_share") if option_given(n)]
+    if noise == "gaussian" and impulse_only:
+        raise ConfigError(f"{impulse_only[0]} shapes impulse noise: it does not apply to "
+                          "--noise gaussian")
+    if noise == "impulse" and option_given("gaussian_sd"):
+        raise ConfigError("--sd is the Gaussian noise of --noise gaussian")
+    if clean_share is None:
+        clean_share = 0.0 if noise == "gaussian" else 0.1
     config = DenoiserTrainConfig(width=width, epochs=epochs, batch_size=batch_size, lr=lr,
                                  densities=(density_min, density_max), channel_share=channel_share,
                                  clean_share=clean_share, patch=patch or None, max_train=max_train,
-                                 seed=seed)
+                                 seed=seed, noise=noise, gaussian_sd=gaussian_sd)
     request = DenoiserRequest(data_request(dataset, data_dir, size, no_verify), config, out,
                               store_path, device)
     summary = train_denoiser_and_save(request)
@@ -56,9 +76,12 @@ def train_denoiser_cmd(dataset: str, data_dir: str | None, size: int | None, no_
         v = summary["val"]
         click.echo(f"trained denoiser in {summary['train_seconds']:.0f}s (best epoch "
                    f"{summary['best_epoch']}) -> {summary['denoiser']}")
-        click.echo(f"validation MSE noisy {fmt(v['noisy_mse_before'], 6)} -> denoised "
-                   f"{fmt(v['noisy_mse_after'], 6)}; clean images changed by MSE "
-                   f"{fmt(v['clean_mse_after'], 7)}; impulse recall {fmt(v['mask_recall'])}, "
-                   f"precision {fmt(v['mask_precision'])}")
+        line = (f"validation MSE noisy {fmt(v['noisy_mse_before'], 6)} -> denoised "
+                f"{fmt(v['noisy_mse_after'], 6)}; clean images changed by MSE "
+                f"{fmt(v['clean_mse_after'], 7)}")
+        if noise == "impulse":
+            line += (f"; impulse recall {fmt(v['mask_recall'])}, precision "
+                     f"{fmt(v['mask_precision'])}")
+        click.echo(line)
 
     emit(summary, as_json, human)
