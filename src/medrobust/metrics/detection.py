@@ -114,3 +114,85 @@ class MeanAveragePrecision(CumulativeMetric):
             per_class[name] = float(p.mean()) if p.size else None
         stats = [max(float(s), 0.0) for s in ev.stats[:2]]
         return {"map": stats[0], "map50": stats[1], "per_class": per_class, "n": n}
+
+
+#: the score from which a detection counts as made (what an attack summary counts and shows)
+CONFIDENT_SCORE = 0.3
+
+#: the counts ``damage_breakdown`` returns, in order
+BREAKDOWN_KEYS = ("objects", "found_clean", "found_adv", "objects_lost", "class_flips", "ghosts",
+                  "clean_false_positives", "adv_false_positives")
+
+
+def box_iou(a: ArrayLike, b: ArrayLike) -> np.ndarray:
+    """IoU of every xyxy box in ``a`` (n, 4) with every one in ``b`` (m, 4): (n, m)."""
+    a, b = _np(a, np.float64, 4), _np(b, np.float64, 4)
+    lt = np.maximum(a[:, None, :2], b[None, :, :2])
+    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
+    inter = np.clip(rb - lt, 0, None).prod(axis=2)
+    area_a = np.clip(a[:, 2:] - a[:, :2], 0, None).prod(axis=1)
+    area_b = np.clip(b[:, 2:] - b[:, :2], 0, None).prod(axis=1)
+    union = area_a[:, None] + area_b[None, :] - inter
+    return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
+
+
+def damage_breakdown(clean: tuple[ArrayLike, ArrayLike, ArrayLike],
+                     adv: tuple[ArrayLike, ArrayLike, ArrayLike], true_boxes: ArrayLike,
+                     true_labels: ArrayLike, true_difficult: ArrayLike | None = None,
+                     iou_threshold: float = 0.5,
+                     score_threshold: float = CONFIDENT_SCORE) -> dict[str, int]:
+    """How an attack hurt one image's detections, localisation and classification apart.
+
+    Why: mAP alone mixes objects that vanish, objects that change class and detections that
+    appear from nothing; each points to a different failure. ``clean`` and ``adv`` are
+    (boxes (n, 4) xyxy, scores (n,), labels (n,)); only detections scoring at least
+    ``score_threshold`` count, and "covers" means IoU >= ``iou_threshold``. Difficult truths
+    are not objects (COCO crowd regions, as in the mAP), but a detection covering one is no
+    ghost either. Counts (each a plain int):
+
+    - ``objects``: true, non-difficult objects; ``found_clean`` / ``found_adv``: those covered
+      by a detection of any class before / after the attack;
+    - ``objects_lost``: found clean and covered by no detection of any class after;
+    - ``class_flips``: covered clean by a detection of its own class, after covered only by
+      detections of other classes (so a flip is never also a loss);
+    - ``clean_false_positives`` / ``adv_false_positives``: detections covering no true box
+      (difficult included) of any class;
+    - ``ghosts``: the attacked image's false positives that cover none of the clean image's
+      false positives (detections the attack created, not ones already there).
+
+    Coverage is "some detection", not a one-to-one assignment: a duplicate on a found object
+    is neither a find nor a ghost.
+    """
+    tb, tl = _np(true_boxes, np.float64, 4), _np(true_labels, np.int64)
+    td = np.zeros(len(tl), bool) if true_difficult is None else _np(true_difficult, bool)
+    if not (len(tb) == len(tl) == len(td)):
+        raise ValueError("true boxes, labels and difficult flags differ in length")
+
+    def confident(dets: tuple[ArrayLike, ArrayLike, ArrayLike]
+                  ) -> tuple[np.ndarray, np.ndarray]:
+        boxes, scores, labels = (_np(dets[0], np.float64, 4), _np(dets[1], np.float64),
+                                 _np(dets[2], np.int64))
+        if not (len(boxes) == len(scores) == len(labels)):
+            raise ValueError("detection boxes, scores and labels differ in length")
+        keep = scores >= score_threshold
+        return boxes[keep], labels[keep]
+
+    (cb, cl), (ab, al) = confident(clean), confident(adv)
+    real = ~td
+
+    def cover(boxes: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Per true box: covered by any class, by its own class; per detection: a false
+        positive."""
+        hit = box_iou(tb, boxes) >= iou_threshold  # (truths, detections)
+        same = labels[None, :] == tl[:, None]
+        return hit.any(axis=1), (hit & same).any(axis=1), ~hit.any(axis=0)
+
+    any_c, own_c, fp_c = cover(cb, cl)
+    any_a, own_a, fp_a = cover(ab, al)
+    lost = real & any_c & ~any_a
+    flips = real & own_c & any_a & ~own_a
+    new = ~(box_iou(ab[fp_a], cb[fp_c]) >= iou_threshold).any(axis=1)
+    return {"objects": int(real.sum()), "found_clean": int((real & any_c).sum()),
+            "found_adv": int((real & any_a).sum()), "objects_lost": int(lost.sum()),
+            "class_flips": int(flips.sum()), "ghosts": int(new.sum()),
+            "clean_false_positives": int(fp_c.sum()), "adv_false_positives": int(fp_a.sum())}

@@ -7,12 +7,20 @@ from typing import Any
 import numpy as np
 import torch
 
+from medrobust.attacks.detection_losses import DETECTION_LOSSES
+from medrobust.certify import regression as certificates
 from medrobust.data.voc import DetectionDataset
 from medrobust.errors import DataError
-from medrobust.metrics.detection import MeanAveragePrecision
+from medrobust.metrics.detection import (
+    BREAKDOWN_KEYS,
+    CONFIDENT_SCORE,
+    MeanAveragePrecision,
+    damage_breakdown,
+)
 from medrobust.models.centernet import centernet
 from medrobust.models.detector import Detector
 from medrobust.tasks.base import (
+    Certification,
     CurveMetric,
     Task,
     TaskReport,
@@ -87,9 +95,10 @@ def evaluate(detector: Detector, dataset: DetectionDataset) -> dict[str, Any]:
 
 def loss_terms(model: Detector, outputs: torch.Tensor, targets: Any) -> dict[str, torch.Tensor]:
     """Per-sample heatmap, size and offset terms and their weighted total, against one
-    (boxes, labels) pair per image (or the pair of per-image lists the loss takes)."""
-    if isinstance(targets, list):  # one (boxes, labels) per image, as attacks slice them
-        targets = ([b for b, _ in targets], [lab for _, lab in targets])
+    (boxes, labels[, difficult]) per image (or the pair of per-image lists the loss takes).
+    Difficult objects stay in the loss, as in training: only the metric ignores them."""
+    if isinstance(targets, list):  # one (boxes, labels[, difficult]) per image, as attacks slice
+        targets = ([t[0] for t in targets], [t[1] for t in targets])
     return dict(DetectionLoss(model.num_classes)(outputs, targets))
 
 
@@ -101,16 +110,24 @@ def _image_map(dets: tuple[np.ndarray, np.ndarray, np.ndarray], ds: DetectionDat
     return float(metric.aggregate()["map"])
 
 
+def _truth(target: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(boxes, labels, difficult) of one image's target; a pair has no difficult objects."""
+    tb = np.asarray(torch.as_tensor(target[0]).cpu(), dtype=np.float64).reshape(-1, 4)
+    tl = np.asarray(torch.as_tensor(target[1]).cpu(), dtype=np.int64).reshape(-1)
+    td = (np.zeros(len(tl), dtype=bool) if len(target) < 3 else
+          np.asarray(torch.as_tensor(target[2]).cpu(), dtype=bool).reshape(-1))
+    return tb, tl, td
+
+
 def image_damage(model: Detector, x: torch.Tensor, targets: Any) -> torch.Tensor:
-    """1 - COCO mAP@0.5:0.95 of each image against its true (boxes, labels)."""
+    """1 - COCO mAP@0.5:0.95 of each image against its true (boxes, labels, difficult): the
+    per-image mAP ``attack_rows`` stores, difficult objects ignored as there."""
     dets = model.predict_tensor(x.to(model.device))
     out = []
-    for (boxes, scores, labels), (true_boxes, true_labels) in zip(dets, targets, strict=True):
+    for (boxes, scores, labels), target in zip(dets, targets, strict=True):
         metric = MeanAveragePrecision(model.class_names)
-        tb = np.asarray(torch.as_tensor(true_boxes).cpu(), dtype=np.float64).reshape(-1, 4)
-        metric.update([boxes], [scores], [labels], [tb],
-                      [np.asarray(torch.as_tensor(true_labels).cpu(), dtype=np.int64)],
-                      [np.zeros(len(tb), dtype=bool)])
+        tb, tl, td = _truth(target)
+        metric.update([boxes], [scores], [labels], [tb], [tl], [td])
         out.append(1.0 - float(metric.aggregate()["map"]))
     return torch.tensor(out, dtype=torch.float64)
 
@@ -125,40 +142,62 @@ def _plain(dets: tuple[np.ndarray, np.ndarray, np.ndarray]) -> list[list[float]]
 def attack_rows(model: Detector, ds: DetectionDataset, idx: np.ndarray, clean: torch.Tensor,
                 adv: torch.Tensor) -> list[dict[str, Any]]:
     """Per image: COCO mAP@0.5:0.95 of that image before and after, confident detections
-    (score >= 0.3) before and after, and every detection kept (the summary's dataset mAP)."""
+    (score >= ``CONFIDENT_SCORE``) before and after, and every detection kept (the summary's
+    dataset mAP and damage breakdown)."""
     before, after = model.predict_tensor(clean), model.predict_tensor(adv)
     rows = []
     for j, i in enumerate(int(v) for v in idx):
         rows.append({"metric": "map", "unit": "",
                      "clean_metric": _image_map(before[j], ds, i),
                      "adv_metric": _image_map(after[j], ds, i),
-                     "clean_extra": float((before[j][1] >= 0.3).sum()),
-                     "adv_extra": float((after[j][1] >= 0.3).sum()),
+                     "clean_extra": float((before[j][1] >= CONFIDENT_SCORE).sum()),
+                     "adv_extra": float((after[j][1] >= CONFIDENT_SCORE).sum()),
                      "clean_pred": _plain(before[j]), "adv_pred": _plain(after[j])})
     return rows
 
 
+def _dets(pred: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Stored detection rows (x0, y0, x1, y1, score, label) -> (boxes, scores, labels)."""
+    p = np.asarray(pred if pred is not None else [], dtype=np.float64).reshape(-1, 6)
+    return p[:, :4], p[:, 4], p[:, 5].astype(np.int64)
+
+
 def attack_summary(rows: list[dict[str, Any]], ds: DetectionDataset) -> dict[str, Any]:
-    """Dataset-level COCO mAP and mAP@0.5 over the attacked images, before and after."""
+    """Dataset-level COCO mAP and mAP@0.5 over the attacked images, before and after, and the
+    damage apart (``metrics.detection.damage_breakdown`` at IoU 0.5 and the confident score):
+    totals of ``objects``, ``found_clean``/``found_adv``, ``objects_lost``, ``class_flips``,
+    ``ghosts`` and false positives, and per-image means of the last three
+    (``<key>_per_image``)."""
     if not rows:
         return {"images": 0}
     idx = [int(r["dataset_index"]) for r in rows]
     out: dict[str, Any] = {"images": len(rows)}
+    dets = {side: [_dets(r[f"{side}_pred"]) for r in rows] for side in ("clean", "adv")}
     for side in ("clean", "adv"):
-        preds = [np.asarray(r[f"{side}_pred"], dtype=np.float64).reshape(-1, 6) for r in rows]
         metric = MeanAveragePrecision(ds.class_names)
-        metric.update([p[:, :4] for p in preds], [p[:, 4] for p in preds],
-                      [p[:, 5].astype(np.int64) for p in preds], [ds.boxes[i] for i in idx],
+        metric.update([d[0] for d in dets[side]], [d[1] for d in dets[side]],
+                      [d[2] for d in dets[side]], [ds.boxes[i] for i in idx],
                       [ds.labels[i] for i in idx], [ds.difficult[i] for i in idx])
         agg = metric.aggregate()
         out[f"{side}_map"], out[f"{side}_map50"] = agg["map"], agg["map50"]
         out[f"{side}_detections"] = float(np.mean([r[f"{side}_extra"] for r in rows]))
+    counts = [damage_breakdown(c, a, ds.boxes[i], ds.labels[i], ds.difficult[i],
+                               iou_threshold=0.5, score_threshold=CONFIDENT_SCORE)
+              for c, a, i in zip(dets["clean"], dets["adv"], idx, strict=True)]
+    for key in BREAKDOWN_KEYS:
+        out[key] = int(sum(c[key] for c in counts))
+    for key in ("objects_lost", "class_flips", "ghosts"):
+        out[f"{key}_per_image"] = out[key] / len(rows)
     return out
 
 
-def attack_targets(ds: DetectionDataset, idx: np.ndarray) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """The true boxes and labels per image: an untargeted attack raises the detector's loss."""
-    return [(torch.from_numpy(ds.boxes[i]), torch.from_numpy(ds.labels[i])) for i in idx]
+def attack_targets(ds: DetectionDataset, idx: np.ndarray
+                   ) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """The true boxes, labels and difficult flags per image: an untargeted attack raises the
+    detector's loss on all of them, while the per-image damage, like the mAP, ignores the
+    difficult ones."""
+    return [(torch.from_numpy(ds.boxes[i]), torch.from_numpy(ds.labels[i]),
+             torch.from_numpy(np.asarray(ds.difficult[i], dtype=bool))) for i in idx]
 
 
 def describe(m: dict[str, Any]) -> str:
@@ -167,8 +206,12 @@ def describe(m: dict[str, Any]) -> str:
 
 
 def describe_attack(s: dict[str, Any]) -> str:
-    return (f"mAP@0.5:0.95 {fmt_value(s.get('clean_map'))} -> {fmt_value(s.get('adv_map'))}  mAP@0.5 "
-            f"{fmt_value(s.get('clean_map50'))} -> {fmt_value(s.get('adv_map50'))}")
+    text = (f"mAP@0.5:0.95 {fmt_value(s.get('clean_map'))} -> {fmt_value(s.get('adv_map'))}  "
+            f"mAP@0.5 {fmt_value(s.get('clean_map50'))} -> {fmt_value(s.get('adv_map50'))}")
+    if s.get("found_clean") is None:  # a summary from before the breakdown
+        return text
+    return (f"{text}  of {s['found_clean']} objects found: {s['objects_lost']} lost, "
+            f"{s['class_flips']} class flips; {s['ghosts']} ghosts")
 
 
 TASK = Task(name="detection", wrapper=Detector, datasets=("bccd-detection", "voc"), train=train,
@@ -177,7 +220,12 @@ TASK = Task(name="detection", wrapper=Detector, datasets=("bccd-detection", "voc
             attack_targets=attack_targets, describe=describe, describe_attack=describe_attack,
             check_data=check_data, network=network,
             command_options=width_only("detection"), validate_options=validate_options,
-            image_damage=image_damage,
+            image_damage=image_damage, ensemble_losses=DETECTION_LOSSES,
+            certification=Certification(
+                "median smoothing of each true box's matched detection (Chiang et al., "
+                "NeurIPS 2020)", certificates.DETECTION_TABLE,
+                certificates.detection_certifier, certificates.detection_summary,
+                certificates.detection_describe),
             report=TaskReport(
                 3, "Detection: mAP", "mAP@0.5:0.95",
                 (CurveMetric("map", "mAP@0.5:0.95", (("clean_map", "adv_map"),)),
