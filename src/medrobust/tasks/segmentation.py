@@ -7,11 +7,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from medrobust.certify import segmentation as certificates
 from medrobust.errors import ConfigError, DataError
 from medrobust.metrics.segmentation import per_image_metrics
 from medrobust.models.registry import build_model
 from medrobust.models.segmenter import Segmenter
 from medrobust.tasks.base import (
+    Certification,
     CurveMetric,
     Task,
     TaskReport,
@@ -172,6 +174,10 @@ TASK = Task(name="segmentation", wrapper=Segmenter, datasets=("segfolder",), tra
             command_options=command_options, validate_options=validate_options,
             checkpoint_meta=checkpoint_meta, mask_attacks=True, image_damage=image_damage,
             ensemble_losses=ENSEMBLE_LOSSES,
+            certification=Certification(
+                "SegCertify (Fischer, Baader & Vechev, ICML 2021), Holm-corrected over pixels",
+                certificates.TABLE, certificates.certifier, certificates.summarise,
+                certificates.describe),
             report=TaskReport(
                 1, "Segmentation: Dice against the true mask", "Dice",
                 (CurveMetric("dice", "Dice vs truth", (("clean_dice", "adv_dice"),

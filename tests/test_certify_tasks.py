@@ -1,0 +1,119 @@
+"""``certify`` on every task (issue 25): SegCertify for segmenters, median smoothing for landmark
+and detection models, through the one campaign and command. Each checks a property that could
+fail: bounds that only loosen as the radius grows, summaries that equal their rows, a resume that
+recomputes nothing, radii that are part of a dense run, and the certified column of evaluate."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from cli_util import run_cli, run_json
+from test_landmarks import make_folder as landmark_folder
+from test_segmentation import make_folder as seg_folder
+
+from medrobust.store import Store
+
+pytestmark = pytest.mark.usefixtures("one_thread_module")
+
+SMALL = ["--n0", "10", "--n", "60", "--alpha", "0.05", "--batch-size", "30"]
+
+
+@pytest.fixture(scope="module")
+def seg_model(tmp_path_factory):
+    root = tmp_path_factory.mktemp("certseg")
+    data = seg_folder(root / "data", 30, [(32, 32)], colour=False, seed=2)
+    db, ck = str(root / "s.db"), str(root / "m")
+    from medrobust.cli.main import cli
+    from click.testing import CliRunner
+
+    res = CliRunner().invoke(cli, ["train", "--task", "segmentation", "--dataset", "segfolder",
+                                   "--data-dir", str(data), "--size", "32", "--epochs", "3",
+                                   "--out", ck, "--store", db, "--json"])
+    assert res.exit_code == 0, res.output
+    return ck, db
+
+
+def test_segcertify_bounds_loosen_with_the_radius_and_resume(seg_model, tmp_path, capsys):
+    ck, _ = seg_model
+    db = str(tmp_path / "c.db")
+    args = ["certify", "--model", ck, "--sigma", "0.1", "--radii", "0,0.05,0.2", "--limit",
+            "3", *SMALL, "--store", db]
+    out = run_json(capsys, *args)
+    assert out["task"] == "segmentation" and out["metric"] == "Dice" and out["images"] == 3
+    cells = out["certified"]
+    assert [c["radius"] for c in cells] == [0.0, 0.05, 0.2]
+    with Store(db) as store:
+        rows = store.rows("certify_segmentation_results", run_id=out["run_id"])
+    assert len(rows) == 3
+    for row in rows:  # a larger radius tests a higher tau: never more pixels certified
+        dice = [c["certified_dice"] for c in row["by_radius"]]
+        abst = [c["abstained"] for c in row["by_radius"]]
+        assert dice == sorted(dice, reverse=True) and abst == sorted(abst)
+        assert all(0.0 <= d <= 1.0 for d in dice)
+    for j, c in enumerate(cells):  # the summary is the mean of its rows
+        assert c["value"] == pytest.approx(np.mean([r["by_radius"][j]["certified_dice"]
+                                                    for r in rows]))
+    assert cells[0]["abstained"] <= cells[-1]["abstained"]
+    again = run_json(capsys, *args)
+    assert again["resumed"] and again["certified_now"] == 0 and again["certified"] == cells
+    # each radius is a certificate of its own here: other radii are another run
+    other = run_json(capsys, *[a if a != "0,0.05,0.2" else "0,0.1" for a in args])
+    assert other["run_id"] != out["run_id"]
+    code, text, _ = run_cli(capsys, *args[:-2], "--store", db)
+    assert code == 0 and "certified Dice at L2 0.05" in text and "SegCertify" in text
+    # the attack protocol shows the certificate beside the attack at the same L2 budget
+    ev = run_json(capsys, "evaluate", "--model", ck, "--attack", "pgd", "--l2", "0.2",
+                  "--steps", "2", "--limit", "3", "--store", db)
+    assert ev["certified"]["run"] == other["run_id"] or ev["certified"]["run"] == out["run_id"]
+    code, _, err = run_cli(capsys, *args[:-2], "--store", db, "--check")
+    assert code == 2 and "--check" in err
+    code, _, err = run_cli(capsys, *args[:-2], "--store", db, "--denoiser", "median3")
+    assert code == 2 and "--denoiser" in err
+
+
+def _certify(store, model, ds, radii, n=60, indices=(0, 1, 2, 3)):
+    from medrobust.campaigns.certify import CertifySettings, run_certify_campaign
+
+    settings = CertifySettings(sigma=0.05, n0=10, n=n, alpha=0.05, radii=radii, batch_size=30,
+                               seed=1)
+    return run_certify_campaign(store, model, {"dir": ""}, ds, settings, list(indices),
+                                show_progress=False)
+
+
+def test_detection_certificates_shrink_with_the_radius(tmp_path):
+    """Median smoothing of each true box's matched detection: boxes certified found (worst IoU
+    >= 0.5) only fall as the radius grows, the summary counts its rows, a detector that finds
+    nothing certifies nothing, and the rows do not depend on which images share a run."""
+    from test_detection_attacks import _toy
+
+    from medrobust.models.detector import Detector
+    from medrobust.training.detection import train_detector
+
+    train, test = _toy(48, 0), _toy(6, 1)
+    net, hist = train_detector(train, test, epochs=20, batch_size=8, lr=1e-2, seed=0, width=4,
+                               augment=False)
+    model = Detector(net, mean=hist["mean"], std=hist["std"],
+                     class_names=train.class_names).eval()
+    with Store(tmp_path / "d.db") as store:
+        out = _certify(store, model, test, (0.0, 0.02, 0.5))
+        rows = store.rows("certify_detection_results", run_id=out.run_id)
+        alone = _certify(store, model, test, (0.0, 0.02, 0.5), indices=(2,))
+        row2 = store.rows("certify_detection_results", run_id=alone.run_id)[0]
+    s = out.summary
+    assert s["task"] == "detection" and s["boxes"] == sum(r["boxes"] for r in rows) == 4
+    counts = [c["certified"] for c in s["certified"]]
+    assert counts == sorted(counts, reverse=True) and counts[-1] == 0  # 0.5 is 10 sigma
+    assert counts[0] >= 2  # found boxes are certified at radius 0 (the median is found)
+    for r in rows:
+        bounds = [c["mean_iou_bound"] for c in r["by_radius"]]
+        assert bounds == sorted(bounds, reverse=True)
+        assert all(c["certified"] <= r["boxes"] for c in r["by_radius"])
+    assert s["certified"][0]["value"] == counts[0] / 4
+    assert s["smoothed_found"] > 0  # the fitted detector finds squares under the noise
+    assert row2["by_radius"] == next(r for r in rows if r["dataset_index"] == 2)["by_radius"]
+    blind = Detector(train_detector(train, test, epochs=1, batch_size=8, lr=1e-9, seed=0,
+                                    width=4, augment=False)[0], mean=hist["mean"],
+                     std=hist["std"], class_names=train.class_names).eval()
+    with Store(tmp_path / "b.db") as store:
+        none = _certify(store, blind, test, (0.0, 0.02), n=30)
+    assert [c["certified"] for c in none.summary["certified"]] == [0, 0]
