@@ -8,7 +8,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from cli_util import run_cli, run_json
-from test_landmarks import make_folder as landmark_folder
 from test_segmentation import make_folder as seg_folder
 
 from medrobust.store import Store
@@ -23,8 +22,9 @@ def seg_model(tmp_path_factory):
     root = tmp_path_factory.mktemp("certseg")
     data = seg_folder(root / "data", 30, [(32, 32)], colour=False, seed=2)
     db, ck = str(root / "s.db"), str(root / "m")
-    from medrobust.cli.main import cli
     from click.testing import CliRunner
+
+    from medrobust.cli.main import cli
 
     res = CliRunner().invoke(cli, ["train", "--task", "segmentation", "--dataset", "segfolder",
                                    "--data-dir", str(data), "--size", "32", "--epochs", "3",
@@ -117,3 +117,47 @@ def test_detection_certificates_shrink_with_the_radius(tmp_path):
     with Store(tmp_path / "b.db") as store:
         none = _certify(store, blind, test, (0.0, 0.02), n=30)
     assert [c["certified"] for c in none.summary["certified"]] == [0, 0]
+
+
+def test_landmark_certificates_bound_the_radial_error_from_the_cli(tmp_path, capsys):
+    """Median smoothing of every landmark coordinate: the certified MRE bound is never below
+    the smoothed median's own error (radius 0 bounds around the median), grows with the radius,
+    is in mm where the data has pixel sizes, and the certificate stands beside the attack in
+    evaluate's table."""
+    from test_landmarks import make_folder as landmark_folder
+
+    landmark_folder(tmp_path / "lm", n=16, h=32, w=32)
+    db, ck = str(tmp_path / "s.db"), str(tmp_path / "m")
+    run_json(capsys, "train", "--task", "landmarks", "--dataset", "landmarks", "--data-dir",
+             str(tmp_path / "lm"), "--size", "32", "--epochs", "3", "--width", "4", "--out", ck,
+             "--store", db)
+    out = run_json(capsys, "certify", "--model", ck, "--sigma", "0.02", "--radii",
+                   "0,0.01,0.1", "--limit", "3", *SMALL, "--store", db)
+    assert out["task"] == "landmarks" and out["unit"] == "mm" and out["lower_is_better"]
+    with Store(db) as store:
+        rows = store.rows("certify_landmark_results", run_id=out["run_id"])
+    for r in rows:
+        bounds = [c["mre_bound"] for c in r["by_radius"]]
+        assert bounds == sorted(bounds) and bounds[0] >= r["smoothed_mre"] - 1e-9
+        # at 5 sigma no 60 samples bound the percentile: an infinite bound, not a made-up one
+        assert bounds[-1] == np.inf
+    # JSON output carries an infinite bound as null
+    values = [np.inf if c["value"] is None else c["value"] for c in out["certified"]]
+    assert values == sorted(values) and np.isfinite(values[1])
+    ev = run_json(capsys, "evaluate", "--model", ck, "--attack", "pgd", "--l2", "0.01,0.1",
+                  "--steps", "2", "--limit", "3", "--store", db)
+    assert ev["cells"][0]["certified"] == pytest.approx(values[1])
+    code, text, _ = run_cli(capsys, "evaluate", "--model", ck, "--attack", "pgd", "--l2",
+                            "0.01", "--steps", "2", "--limit", "3", "--store", db)
+    assert code == 0 and f"certified (run {out['run_id']})" in text
+
+
+def test_the_mean_interval_is_a_seeded_bootstrap_that_keeps_infinite_bounds():
+    from medrobust.metrics.mean_interval import mean_ci95
+
+    v = np.random.default_rng(0).random(50)
+    lo, hi = mean_ci95(v)
+    assert lo < v.mean() < hi and mean_ci95(v) == (lo, hi) and hi - lo < 0.25
+    assert mean_ci95([]) is None and mean_ci95([np.nan]) is None
+    lo, hi = mean_ci95([1.0, 2.0, 3.0, np.inf])  # an unbounded image: the top end is infinite
+    assert np.isfinite(lo) and hi == np.inf

@@ -23,5 +23,9 @@ def mean_ci95(values: Sequence[float] | np.ndarray, seed: int = 0, draws: int = 
     rng = np.random.default_rng(seed)
     with np.errstate(invalid="ignore"):
         means = rng.choice(v, size=(draws, v.size), replace=True).mean(axis=1)
-    lo, hi = np.percentile(means, [2.5, 97.5])
+    if np.isfinite(means).all():
+        lo, hi = np.percentile(means, [2.5, 97.5])
+    else:  # interpolating between inf and a number gives NaN: take the order statistics
+        lo = np.percentile(means, 2.5, method="lower")
+        hi = np.percentile(means, 97.5, method="higher")
     return float(lo), float(hi)

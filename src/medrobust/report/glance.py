@@ -5,8 +5,10 @@ each budget without and with each defence (every number with its n and 95 % Wils
 recomputed with ``medrobust.metrics.proportion`` from the stored k-of-n), the best defence and
 what it costs on clean images, and the warnings that change how far the numbers can be
 trusted (gradient masking, small samples, unfinished runs). Per segmentation, landmark or
-detection model: the clean headline metric and the attacked one per budget. Every number is
-read from the run store's summaries; nothing is recomputed from images.
+detection model: the clean headline metric and the attacked one per budget. Where a model was
+certified, the certified bound stands beside the attacks at the same L2 budget (a lower bound
+for the smoothed model where the attacks give an upper one). Every number is read from the run
+store's summaries; nothing is recomputed from images.
 """
 
 from __future__ import annotations
@@ -91,6 +93,8 @@ class ModelGlance:
         field(default_factory=dict)
     task_clean: tuple[float, int, int] | None = None
     unit: str = ""
+    #: the newest certification: run id, sigma, metric name and L2 radius -> its cell
+    certified: dict[str, Any] = field(default_factory=dict)
     unfinished: list[int] = field(default_factory=list)
     runs: list[int] = field(default_factory=list)
 
@@ -138,13 +142,14 @@ def collect(ctx: ReportContext) -> list[ModelGlance]:
         _read_budget_run(ctx, glances, run)
     # a denoiser's own training run is not a model of the panel
     return [g for g in glances.models.values() if g.clean or g.onepixel or g.robust
-            or g.adaptive or g.task_cells]
+            or g.adaptive or g.task_cells or g.certified]
 
 
 def _read_run(glances: _Glances, run: dict[str, Any]) -> None:
     """What a training, evaluation, one-pixel, defence or protocol run adds to its model."""
     from medrobust.campaigns.adaptive_defence import ADAPTIVE_COMMAND
     from medrobust.campaigns.attack_protocol import PROTOCOL_COMMAND
+    from medrobust.campaigns.certify import COMMAND as CERTIFY_COMMAND
     from medrobust.campaigns.defence import DEFEND_COMMAND
 
     get = glances.get
@@ -181,6 +186,42 @@ def _read_run(glances: _Glances, run: dict[str, Any]) -> None:
         g = get(run)
         if g is not None:
             _add_adaptive(g, run, summary)
+    elif cmd == CERTIFY_COMMAND and run["status"] == "completed":
+        g = get(run, str(summary.get("task") or DEFAULT_TASK))
+        if g is not None:
+            g.certified = {"run": run["id"], "sigma": summary.get("sigma"),
+                           "metric": summary.get("metric") or "accuracy",
+                           "share": summary.get("metric", "accuracy") == "accuracy"
+                           or bool(summary.get("metric_is_share")),
+                           "cells": {float(c["radius"]): c for c in _certified_cells(summary)}}
+
+
+def _certified_cells(summary: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per radius {radius, value, ci95} (the first certify version kept classifiers'
+    ``certified_accuracy`` only)."""
+    if summary.get("certified") is not None:
+        return list(summary["certified"])
+    return [{"radius": c["radius"], "value": c.get("accuracy"), "ci95": c.get("ci95")}
+            for c in summary.get("certified_accuracy") or []]
+
+
+def _certified_text(g: ModelGlance, norm: str, eps: float) -> str:
+    """The certified bound at an L2 budget, '-' where none was certified at that radius."""
+    cell = (g.certified.get("cells") or {}).get(float(eps)) if norm == "l2" else None
+    if cell is None or cell.get("value") is None:
+        return "-"
+    return pct(cell["value"]) if g.certified.get("share") else num(cell["value"])
+
+
+def _certified_line(g: ModelGlance) -> list[str]:
+    if not g.certified:
+        return []
+    cells = "; ".join(f"L2 {r:g}: {_certified_text(g, 'l2', r)}"
+                      for r in sorted(g.certified["cells"]))
+    return [f"Certified {g.certified['metric']} of the model smoothed at sigma "
+            f"{num(g.certified['sigma'])} (run {g.certified['run']}): {cells}. A certificate "
+            "is a lower bound no attack within the radius can break (per image wrong with "
+            "probability at most alpha); the attacks give upper bounds."]
 
 
 def _read_budget_run(ctx: ReportContext, glances: _Glances, run: dict[str, Any]) -> None:
@@ -397,8 +438,9 @@ def _robust_table(g: ModelGlance) -> Table | None:
         ci = e.p.ci95
         rows.append([attack, budget_text(norm, eps), pct(e.rate), str(e.p.n),
                      "-" if ci is None else f"{100 * ci[0]:.0f}-{100 * ci[1]:.0f} %",
-                     str(e.run_id)])
-    return Table(["Attack", "Budget", "Robust accuracy", "n", "95 % CI", "Run"], rows,
+                     str(e.run_id)] + ([_certified_text(g, norm, eps)] if g.certified else []))
+    head = ["Attack", "Budget", "Robust accuracy", "n", "95 % CI", "Run"]
+    return Table(head + (["Certified (smoothed)"] if g.certified else []), rows,
                  caption="Robust accuracy without defence (each attack run at one budget)")
 
 
@@ -468,9 +510,11 @@ def _task_lines_and_table(g: ModelGlance) -> tuple[list[str], Table | None]:
     rows = []
     for (attack, norm, eps), (clean, adv, n, rid) in sorted(
             g.task_cells.items(), key=lambda kv: (kv[0][1] != "linf", kv[0][2], kv[0][0])):
-        rows.append([attack, budget_text(norm, eps), num(clean), num(adv), str(n), str(rid)])
-    return lines, Table(["Attack", "Budget", f"{name} clean{unit}", f"{name} attacked{unit}",
-                         "n", "Run"], rows, caption=f"{name} under attack ({better})")
+        rows.append([attack, budget_text(norm, eps), num(clean), num(adv), str(n), str(rid)]
+                    + ([_certified_text(g, norm, eps)] if g.certified else []))
+    head = ["Attack", "Budget", f"{name} clean{unit}", f"{name} attacked{unit}", "n", "Run"]
+    return lines, Table(head + (["Certified (smoothed)"] if g.certified else []), rows,
+                        caption=f"{name} under attack ({better})")
 
 
 def glance_section(ctx: ReportContext) -> Section:
@@ -496,13 +540,14 @@ def glance_section(ctx: ReportContext) -> Section:
         for rid in g.runs:
             ctx.cite(rid, sub.anchor, f"At a glance: {title}")
         if _is_proportion(g.task):
-            sub.add(Paragraphs(_headline(g)))
+            sub.add(Paragraphs(_headline(g) + _certified_line(g)))
             table = _robust_table(g)
             if table is not None:
                 sub.add(table)
             sub.add(*_adaptive_tables(g))
         else:
             lines, table = _task_lines_and_table(g)
+            lines += _certified_line(g)
             if lines:
                 sub.add(Paragraphs(lines))
             if table is not None:
