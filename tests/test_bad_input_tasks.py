@@ -277,7 +277,8 @@ CASES: list[tuple[str, Argv, str]] = [
     ("protocol-queries-unused", protocol("m_clf", "--attack", "pgd,apgd-ce", "--queries", "50"),
      "--queries applies to --attack square or ensemble, not pgd,apgd-ce"),
     ("protocol-steps-unused", protocol("m_det", "--attack", "ifgsm", "--steps", "3"),
-     "--steps applies to --attack pgd, pgd-restarts, apgd-ce, apgd-t or ensemble, not ifgsm"),
+     "--steps applies to --attack pgd, pgd-restarts, apgd-ce, apgd-t, apgd or ensemble, not "
+     "ifgsm"),
     ("protocol-ifgsm-steps-unused", protocol("m_lm", "--attack", "pgd", "--ifgsm-steps", "3"),
      "--ifgsm-steps applies to --attack ifgsm or ensemble, not pgd"),
 ]

@@ -90,9 +90,9 @@ def test_evaluate_ensemble_on_a_segmenter_beats_pgd_per_image(segmenter, tmp_pat
     for i, dice in rows["ensemble"].items():  # the ensemble holds PGD itself: never better
         assert dice <= rows["pgd"][i] + 1e-9
     assert cells["ensemble"]["attacked"] <= cells["pgd"]["attacked"]
-    code, _, err = run_cli(capsys, "evaluate", "--model", ck, "--attack", "square", "--l2", "1",
+    code, _, err = run_cli(capsys, "evaluate", "--model", ck, "--attack", "apgd-t", "--l2", "1",
                            "--store", db)
-    assert code == 2 and "square needs class logits" in err
+    assert code == 2 and "apgd-t needs class logits" in err
 
 
 def test_the_landmark_surrogate_measures_where_the_heatmap_mass_sits():

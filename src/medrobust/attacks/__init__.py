@@ -4,6 +4,8 @@ from medrobust.attacks.apgd import APGD, APGDT, dlr_loss, dlr_targeted_loss, mar
 from medrobust.attacks.asma import ASMA
 from medrobust.attacks.base import Attack
 from medrobust.attacks.criteria import hits_target, mask_iou_at_least, misclassified
+from medrobust.attacks.dense_apgd import DenseAPGD
+from medrobust.attacks.dense_square import DenseSquare
 from medrobust.attacks.ensemble import AttackEnsemble, standard_attacks
 from medrobust.attacks.ifgsm import BIM, IFGSM
 from medrobust.attacks.losses import DiceLoss, cross_entropy, dice_loss
@@ -23,6 +25,8 @@ __all__ = [
     "Attack",
     "AttackEnsemble",
     "AttackResult",
+    "DenseAPGD",
+    "DenseSquare",
     "DiceLoss",
     "Objective",
     "OnePixel",

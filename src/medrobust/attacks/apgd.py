@@ -23,6 +23,11 @@ Budgets are per sample and hold exactly on every point the model is asked about
 success of the returned images.
 Random starts come from one stream per image ``key``, restart and target, so an image gets the
 same result alone or in any batch (up to the model's own batch-size rounding).
+
+The algorithm itself is written once, for any per-sample loss: ``apgd_start``,
+``momentum_step``, ``should_halve`` and the loop ``apgd_ascent``, which ``dense_apgd.DenseAPGD``
+(APGD for segmentation, landmark and detection losses, without the misclassification stop)
+runs too.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -108,6 +114,151 @@ def checkpoints(steps: int) -> list[int]:
     # the tolerance keeps 0.22 * 100 at 22 despite its float error
     return sorted({math.ceil(q * steps - 1e-9) for q in p[1:] if 0 < math.ceil(q * steps - 1e-9)
                    <= steps})
+
+
+# --- the machinery APGD shares with DenseAPGD -------------------------------------------------
+#: ``evaluate(x, idx) -> (loss, gradient, stop)`` for the images ``idx`` of the batch at points
+#: ``x``: (m,) losses to maximise, their gradients, and (m,) bool "stop here" (None: never)
+Evaluate = Callable[[torch.Tensor, torch.Tensor],
+                    tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]
+
+
+def apgd_start(x0: torch.Tensor, eps: torch.Tensor, norm: str, seed: int, keys: Sequence[int],
+               stream: tuple[int, ...]) -> torch.Tensor:
+    """AutoAttack's start: a random direction scaled to the ball's surface (Linf: uniform
+    noise divided by its largest entry; L2: Gaussian noise on the sphere), then [0,1].
+
+    One generator per image ``key`` and ``stream`` (restart, target), so an image starts at
+    the same point alone or in any batch."""
+    noise = torch.empty_like(x0)
+    for i, key in enumerate(keys):
+        g = torch.Generator().manual_seed(int(numpy_rng(seed, key, *stream).integers(2**62)))
+        if norm == "linf":
+            t = torch.rand(x0[i].shape, generator=g) * 2 - 1
+            t = t / t.abs().max().clamp_min(1e-12)
+        else:
+            t = torch.randn(x0[i].shape, generator=g)
+            t = t / t.norm().clamp_min(1e-12)
+        noise[i] = t.to(noise.device)
+    view = (-1, *([1] * (x0.ndim - 1)))
+    return enforce_budget(x0, x0 + eps.view(view) * noise, eps, norm)
+
+
+def loss_and_gradient(model: nn.Module, x: torch.Tensor,
+                      objective: Callable[[torch.Tensor], torch.Tensor]
+                      ) -> tuple[torch.Tensor, torch.Tensor, Any]:
+    """(loss, gradient, outputs) of ``objective(model(x))`` at ``x``, detached (outputs that
+    are not one tensor come back as the model gave them).
+
+    A model without a gradient path (a filter run under no_grad) gives a zero gradient: the
+    attack stalls there instead of failing, which is what an ensemble with a black-box member
+    must survive."""
+    xg = x.detach().requires_grad_(True)
+    with torch.enable_grad():
+        outputs = model(xg)
+        loss = objective(outputs)
+        grad = None
+        if loss.requires_grad:
+            (grad,) = torch.autograd.grad(loss.sum(), xg, allow_unused=True)
+    grad = torch.zeros_like(x) if grad is None else torch.nan_to_num(grad.detach())
+    return loss.detach(), grad, outputs.detach() if isinstance(outputs, torch.Tensor) else outputs
+
+
+def momentum_step(x: torch.Tensor, x_prev: torch.Tensor, x0: torch.Tensor, grad: torch.Tensor,
+                  step: torch.Tensor, eps: torch.Tensor, norm: str, momentum: float
+                  ) -> torch.Tensor:
+    """APGD's update: a steepest-ascent step of size ``step`` projected into the ball (z),
+    then x + a (z - x) + (1 - a)(x - x_prev) projected again, a = ``momentum``."""
+    view = (-1, *([1] * (x0.ndim - 1)))
+    z = enforce_budget(x0, x + step.view(view) * ascent_direction(grad, norm), eps, norm)
+    a = momentum
+    return enforce_budget(x0, x + a * (z - x) + (1 - a) * (x - x_prev), eps, norm)
+
+
+def should_halve(rises: torch.Tensor, window: int, rho: float, reduced_last: torch.Tensor,
+                 best_at_last: torch.Tensor, loss_best: torch.Tensor) -> torch.Tensor:
+    """(N,) bool: halve the step at this checkpoint. Either the loss rose in fewer than
+    ``rho`` of the ``window`` steps since the last one (oscillating), or the step was not
+    halved last time and the best loss has not improved since (stalled)."""
+    oscillating = rises < rho * window
+    stalled = ~reduced_last & (best_at_last >= loss_best)
+    return oscillating | stalled
+
+
+@dataclass
+class Ascent:
+    """One APGD run per image: ``best`` the point of highest loss and ``loss`` its value;
+    ``stopped`` whether the stop test held at some iterate and ``found`` the first such
+    iterate (else ``best``); ``taken`` the steps taken (CPU long)."""
+
+    best: torch.Tensor
+    loss: torch.Tensor
+    stopped: torch.Tensor
+    found: torch.Tensor
+    taken: torch.Tensor
+
+
+def apgd_ascent(evaluate: Evaluate, x0: torch.Tensor, eps: torch.Tensor, start: torch.Tensor,
+                norm: str, steps: int, rho: float = 0.75, momentum: float = 0.75,
+                stepped: Callable[[int], None] | None = None) -> Ascent:
+    """APGD from ``start`` (Croce & Hein 2020, Algorithm 1): step 2 eps, momentum, the step
+    halved at ``checkpoints(steps)`` by ``should_halve``, and every halving restarts from the
+    best point without momentum. An image whose stop test holds is frozen at that iterate;
+    the others run every step. ``stepped(m)`` hears of each step that moved m images."""
+    n = x0.shape[0]
+    view = (-1, *([1] * (x0.ndim - 1)))
+    x = start
+    loss, grad, stop = evaluate(x, torch.arange(n, device=x0.device))
+    fooled = torch.zeros(n, dtype=torch.bool, device=x0.device) if stop is None else stop
+    active = ~fooled
+    found = x.clone()  # where each image's stop test first held
+    x_best, loss_best, grad_best = x.clone(), loss.clone(), grad.clone()
+    x_prev, loss_prev = x.clone(), loss.clone()
+    step = 2.0 * eps
+    rises = torch.zeros(n, device=x0.device)
+    reduced_last = torch.zeros(n, dtype=torch.bool, device=x0.device)
+    best_at_last = loss_best.clone()
+    taken = torch.zeros(n, dtype=torch.long)
+    marks, last_mark = set(checkpoints(steps)), 0
+    for i in range(steps):
+        idx = active.nonzero().squeeze(1)
+        if idx.numel() == 0:
+            break
+        xa = x[idx]
+        # no previous move to carry on the first step
+        new = momentum_step(xa, x_prev[idx], x0[idx], grad[idx], step[idx], eps[idx], norm,
+                            1.0 if i == 0 else momentum)
+        l_new, g_new, f_new = evaluate(new, idx)
+        x_prev[idx], x[idx], grad[idx] = xa, new, g_new
+        taken[idx.cpu()] += 1
+        if stepped is not None:
+            stepped(int(idx.numel()))
+        rises[idx] += (l_new > loss_prev[idx]).float()
+        loss_prev[idx] = l_new
+        better = l_new > loss_best[idx]
+        bi = idx[better]
+        x_best[bi], loss_best[bi], grad_best[bi] = new[better], l_new[better], g_new[better]
+        if f_new is not None:
+            fi = idx[f_new]
+            found[fi] = new[f_new]
+            fooled[fi] = True
+            active[fi] = False
+        if i + 1 in marks:
+            halve = should_halve(rises, i + 1 - last_mark, rho, reduced_last, best_at_last,
+                                 loss_best) & active
+            reduced_last = halve
+            best_at_last = loss_best.clone()
+            step = torch.where(halve, step / 2, step)
+            hv = halve.view(view)
+            # restart from the best point, without momentum from the abandoned path
+            x = torch.where(hv, x_best, x)
+            x_prev = torch.where(hv, x_best, x_prev)
+            grad = torch.where(hv, grad_best, grad)
+            loss_prev = torch.where(halve, loss_best, loss_prev)
+            rises.zero_()
+            last_mark = i + 1
+    return Ascent(x_best, loss_best, fooled, torch.where(fooled.view(view), found, x_best),
+                  taken)
 
 
 class APGD(Attack):
@@ -256,39 +407,6 @@ class APGD(Attack):
                 todo[idx[f]] = False
         return adv, fooled, taken, used
 
-    def _start(self, x0: torch.Tensor, eps: torch.Tensor, keys: list[int],
-               stream: tuple[int, int]) -> torch.Tensor:
-        """AutoAttack's start: a random direction scaled to the ball's surface (Linf: uniform
-        noise divided by its largest entry; L2: Gaussian noise on the sphere), then [0,1]."""
-        noise = torch.empty_like(x0)
-        for i, key in enumerate(keys):
-            g = torch.Generator().manual_seed(
-                int(numpy_rng(self.seed, key, *stream).integers(2**62)))
-            if self.norm == "linf":
-                t = torch.rand(x0[i].shape, generator=g) * 2 - 1
-                t = t / t.abs().max().clamp_min(1e-12)
-            else:
-                t = torch.randn(x0[i].shape, generator=g)
-                t = t / t.norm().clamp_min(1e-12)
-            noise[i] = t.to(noise.device)
-        view = (-1, *([1] * (x0.ndim - 1)))
-        return enforce_budget(x0, x0 + eps.view(view) * noise, eps, self.norm)
-
-    def _evaluate(self, x: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None,
-                  used: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(loss, gradient, misclassified) at ``x``. A model without a gradient path (a filter
-        run under no_grad) gives a zero gradient: the attack stalls there instead of failing,
-        which is exactly what an ensemble with a black-box member must survive."""
-        xg = x.detach().requires_grad_(True)
-        with torch.enable_grad():
-            outputs = self.model(xg)
-            loss = self._objective(outputs, y, target, used)
-            grad = None
-            if loss.requires_grad:
-                (grad,) = torch.autograd.grad(loss.sum(), xg, allow_unused=True)
-        grad = torch.zeros_like(x) if grad is None else torch.nan_to_num(grad.detach())
-        return loss.detach(), grad, misclassified(outputs.detach(), y)
-
     def _single_run(self, x0: torch.Tensor, y: torch.Tensor, eps: torch.Tensor, keys: list[int],
                     stream: tuple[int, int], target: torch.Tensor | None, used: str,
                     stepped: Callable[[int], None] | None = None
@@ -298,63 +416,18 @@ class APGD(Attack):
         An image stops at its first misclassified iterate, which is returned; the others
         return the point of highest loss (which later restarts do not reuse).
         ``stepped(m)`` hears of each step that moved m images (the progress bar)."""
-        n = x0.shape[0]
-        view = (-1, *([1] * (x0.ndim - 1)))
-        x = self._start(x0, eps, keys, stream)
-        loss, grad, fooled = self._evaluate(x, y, target, used)
-        active = ~fooled
-        found = x.clone()  # where each image was first misclassified
-        x_best, loss_best, grad_best = x.clone(), loss.clone(), grad.clone()
-        x_prev, loss_prev = x.clone(), loss.clone()
-        step = 2.0 * eps
-        rises = torch.zeros(n, device=x0.device)
-        reduced_last = torch.zeros(n, dtype=torch.bool, device=x0.device)
-        best_at_last = loss_best.clone()
-        taken = torch.zeros(n, dtype=torch.long)
-        marks, last_mark = set(checkpoints(self.steps)), 0
-        for i in range(self.steps):
-            idx = active.nonzero().squeeze(1)
-            if idx.numel() == 0:
-                break
-            xa, x0a, ea = x[idx], x0[idx], eps[idx]
-            a = 1.0 if i == 0 else self.momentum  # no previous move to carry on the first step
-            z = enforce_budget(x0a, xa + step[idx].view(view) * ascent_direction(grad[idx],
-                                                                               self.norm),
-                               ea, self.norm)
-            new = enforce_budget(x0a, xa + a * (z - xa) + (1 - a) * (xa - x_prev[idx]), ea,
-                                 self.norm)
-            l_new, g_new, f_new = self._evaluate(new, y[idx], None if target is None
-                                                 else target[idx], used)
-            x_prev[idx], x[idx], grad[idx] = xa, new, g_new
-            taken[idx.cpu()] += 1
-            if stepped is not None:
-                stepped(int(idx.numel()))
-            rises[idx] += (l_new > loss_prev[idx]).float()
-            loss_prev[idx] = l_new
-            better = l_new > loss_best[idx]
-            bi = idx[better]
-            x_best[bi], loss_best[bi], grad_best[bi] = new[better], l_new[better], g_new[better]
-            fi = idx[f_new]
-            found[fi] = new[f_new]
-            fooled[fi] = True
-            active[fi] = False
-            if i + 1 in marks:
-                window = i + 1 - last_mark
-                oscillating = rises < self.rho * window
-                stalled = ~reduced_last & (best_at_last >= loss_best)
-                halve = (oscillating | stalled) & active
-                reduced_last = halve
-                best_at_last = loss_best.clone()
-                step = torch.where(halve, step / 2, step)
-                hv = halve.view(view)
-                # restart from the best point, without momentum from the abandoned path
-                x = torch.where(hv, x_best, x)
-                x_prev = torch.where(hv, x_best, x_prev)
-                grad = torch.where(hv, grad_best, grad)
-                loss_prev = torch.where(halve, loss_best, loss_prev)
-                rises.zero_()
-                last_mark = i + 1
-        return torch.where(fooled.view(view), found, x_best), fooled, taken
+
+        def evaluate(x: torch.Tensor, idx: torch.Tensor
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+            yi, ti = y[idx], None if target is None else target[idx]
+            loss, grad, outputs = loss_and_gradient(
+                self.model, x, lambda out: self._objective(out, yi, ti, used))
+            return loss, grad, misclassified(outputs, yi)
+
+        run = apgd_ascent(evaluate, x0, eps, apgd_start(x0, eps, self.norm, self.seed, keys,
+                                                        stream),
+                          self.norm, self.steps, self.rho, self.momentum, stepped)
+        return run.found, run.stopped, run.taken
 
 
 class APGDT(APGD):

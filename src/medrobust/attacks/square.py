@@ -22,6 +22,9 @@ exactly (``projection.enforce_budget``), so the success recorded is that of the 
 
 Randomness: each image draws from its own counter-based stream (named by its ``key``), so its
 windows and signs are the same alone or in any batch, at no per-image Python cost.
+
+The candidates are module functions (``square_candidate`` and the Linf / L2 pieces), shared
+with ``dense_square.DenseSquare``, which searches a task's metric instead of the margin.
 """
 
 from __future__ import annotations
@@ -190,8 +193,7 @@ class Square(Attack):
                 bar: AttackProgress | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         n = x0.shape[0]
-        bases = np.array([numpy_rng(self.seed, k).integers(2**63, dtype=np.uint64)
-                          for k in keys], dtype=np.uint64)
+        bases = square_bases(self.seed, keys)
         queries = torch.zeros(n, dtype=torch.long)
         out = self.model(x0)
         queries += 1
@@ -199,23 +201,14 @@ class Square(Attack):
         best = x0.clone()
         loss = -margin_loss(out, y)
         todo = ~done & (eps > 0)
-        if self.norm == "linf":
-            e = eps.view(-1, 1, 1, 1)
-            plus = enforce_budget(x0, x0 + e, eps, "linf")
-            minus = enforce_budget(x0, x0 - e, eps, "linf")
-        else:
-            plus = minus = x0  # unused
+        plus, minus = linf_vertices(x0, eps) if self.norm == "linf" else (x0, x0)
         for it in range(-1, self.max_queries - 2):
             idx = todo.nonzero().squeeze(1)
             if idx.numel() == 0:
                 break
             b = bases[idx.cpu().numpy()]
-            if self.norm == "linf":
-                cand = (self._linf_start(b, plus[idx], minus[idx]) if it < 0 else
-                        self._linf_step(b, it, plus[idx], minus[idx], best[idx]))
-            else:
-                cand = (self._l2_start(b, x0[idx], eps[idx]) if it < 0 else
-                        self._l2_step(b, it, x0[idx], eps[idx], best[idx]))
+            cand = square_candidate(self.norm, b, it, self.p_init, self.max_queries, x0[idx],
+                                    eps[idx], plus[idx], minus[idx], best[idx])
             o = self.model(cand)
             queries[idx.cpu()] += 1
             fooled = misclassified(o, y[idx])
@@ -230,84 +223,116 @@ class Square(Attack):
                 bar.advance(idx.numel() / self.max_queries)
         return best, done.cpu(), queries
 
-    # --- Linf -----------------------------------------------------------------------------------
-    def _linf_start(self, bases: np.ndarray, plus: torch.Tensor, minus: torch.Tensor
-                    ) -> torch.Tensor:
-        m, c, _, w = plus.shape
-        u = torch.from_numpy(keyed_uniforms(bases, 0, c * w)).to(plus.device)
-        up = (u < 0.5).view(m, c, 1, w)
-        return torch.where(up, plus, minus)
 
-    def _linf_step(self, bases: np.ndarray, it: int, plus: torch.Tensor, minus: torch.Tensor,
-                   best: torch.Tensor) -> torch.Tensor:
-        m, c, h, w = best.shape
-        p = p_schedule(self.p_init, it, self.max_queries)
-        s = max(1, min(round(math.sqrt(p * h * w)), min(h, w) - 1))
-        u = torch.from_numpy(keyed_uniforms(bases, it + 1, 2 + LINF_TRIES * c)).to(best.device)
-        top = (u[:, 0] * (h - s + 1)).long().clamp(max=h - s)
-        left = (u[:, 1] * (w - s + 1)).long().clamp(max=w - s)
-        win = (_span(top, s, h)[:, :, None] & _span(left, s, w)[:, None, :]).unsqueeze(1)
-        signs = (u[:, 2:] < 0.5).view(m, LINF_TRIES, c)
-        # does setting a channel's window to +eps (or -eps) change the image at all?
-        moves_up = (((plus - best).abs() >= 1e-7) & win).flatten(2).any(dim=2)
-        moves_down = (((minus - best).abs() >= 1e-7) & win).flatten(2).any(dim=2)
-        changes = torch.where(signs, moves_up[:, None, :], moves_down[:, None, :]).any(dim=2)
-        first = changes.int().argmax(dim=1)  # the first try that changes something (else try 0)
-        chosen = signs[torch.arange(m, device=best.device), first].view(m, c, 1, 1)
-        return torch.where(win, torch.where(chosen, plus, minus), best)
+# --- the candidates (shared with dense_square) ---------------------------------------------
+def linf_start(bases: np.ndarray, plus: torch.Tensor, minus: torch.Tensor) -> torch.Tensor:
+    """Linf's first candidate: vertical stripes of +-eps (one sign per channel and column)."""
+    m, c, _, w = plus.shape
+    u = torch.from_numpy(keyed_uniforms(bases, 0, c * w)).to(plus.device)
+    up = (u < 0.5).view(m, c, 1, w)
+    return torch.where(up, plus, minus)
 
-    # --- L2 -------------------------------------------------------------------------------------
-    def _l2_start(self, bases: np.ndarray, x0: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
-        m, c, h, w = x0.shape
-        s = max(1, min(h, w) // 5)
-        top0, left0 = max(0, (h - 5 * s) // 2), max(0, (w - 5 * s) // 2)
-        tiles = [(top0 + i * s, left0 + j * s) for i in range(h // s) for j in range(w // s)
-                 if top0 + i * s < h and left0 + j * s < w]
-        u = torch.from_numpy(keyed_uniforms(bases, 0, len(tiles) * (1 + c))).to(x0.device)
-        u = u.view(m, len(tiles), 1 + c)
-        pattern = torch.from_numpy(block(s)).to(x0)
-        delta = torch.zeros_like(x0)
-        for t, (r0, c0) in enumerate(tiles):
-            hh, ww = min(s, h - r0), min(s, w - c0)
-            pat = torch.where((u[:, t, 0] < 0.5).view(m, 1, 1), pattern.T, pattern)
-            sign = torch.where(u[:, t, 1:] < 0.5, 1.0, -1.0).to(x0).view(m, c, 1, 1)
-            delta[:, :, r0:r0 + hh, c0:c0 + ww] += (pat[:, None, :hh, :ww] * sign)
-        return self._l2_scale(x0, delta, eps)
 
-    def _l2_scale(self, x0: torch.Tensor, delta: torch.Tensor, eps: torch.Tensor
-                  ) -> torch.Tensor:
-        """x0 + delta rescaled to norm eps, in [0,1], budget exact."""
-        norm = delta.flatten(1).norm(dim=1).clamp_min(1e-12)
-        cand = (x0 + delta * (eps / norm).view(-1, 1, 1, 1)).clamp(0.0, 1.0)
-        return enforce_budget(x0, cand, eps, "l2")
+def linf_step(bases: np.ndarray, it: int, p: float, plus: torch.Tensor, minus: torch.Tensor,
+              best: torch.Tensor) -> torch.Tensor:
+    """Linf's candidate at iteration ``it``: a window of share ``p`` of ``best`` set to +eps
+    or -eps per channel (redrawn when that would change nothing)."""
+    m, c, h, w = best.shape
+    s = max(1, min(round(math.sqrt(p * h * w)), min(h, w) - 1))
+    u = torch.from_numpy(keyed_uniforms(bases, it + 1, 2 + LINF_TRIES * c)).to(best.device)
+    top = (u[:, 0] * (h - s + 1)).long().clamp(max=h - s)
+    left = (u[:, 1] * (w - s + 1)).long().clamp(max=w - s)
+    win = (_span(top, s, h)[:, :, None] & _span(left, s, w)[:, None, :]).unsqueeze(1)
+    signs = (u[:, 2:] < 0.5).view(m, LINF_TRIES, c)
+    # does setting a channel's window to +eps (or -eps) change the image at all?
+    moves_up = (((plus - best).abs() >= 1e-7) & win).flatten(2).any(dim=2)
+    moves_down = (((minus - best).abs() >= 1e-7) & win).flatten(2).any(dim=2)
+    changes = torch.where(signs, moves_up[:, None, :], moves_down[:, None, :]).any(dim=2)
+    first = changes.int().argmax(dim=1)  # the first try that changes something (else try 0)
+    chosen = signs[torch.arange(m, device=best.device), first].view(m, c, 1, 1)
+    return torch.where(win, torch.where(chosen, plus, minus), best)
 
-    def _l2_step(self, bases: np.ndarray, it: int, x0: torch.Tensor, eps: torch.Tensor,
-                 best: torch.Tensor) -> torch.Tensor:
-        m, c, h, w = x0.shape
-        p = p_schedule(self.p_init, it, self.max_queries)
-        s = max(round(math.sqrt(p * h * w)), 3)
-        s += 1 - s % 2  # odd, so the block has a centre
-        s = min(s, h, w)
-        u = torch.from_numpy(keyed_uniforms(bases, it + 1, 5 + c)).to(x0.device)
-        starts = [(u[:, k] * (lim - s + 1)).long().clamp(max=lim - s)
-                  for k, lim in ((0, h), (1, w), (2, h), (3, w))]
-        delta = best - x0
-        win1 = (_span(starts[0], s, h)[:, :, None] & _span(starts[1], s, w)[:, None, :])
-        win2 = (_span(starts[2], s, h)[:, :, None] & _span(starts[3], s, w)[:, None, :])
-        win1, win2 = win1.unsqueeze(1), win2.unsqueeze(1)
-        ar, rows, cols = _window_index(starts[0], starts[1], s)
-        old = delta[ar, :, rows, cols].permute(0, 3, 1, 2)  # (m, c, s, s) of window 1
-        old_norm = old.pow(2).sum(dim=(2, 3), keepdim=True).sqrt()
-        image_norm = delta.flatten(1).norm(dim=1).view(m, 1, 1, 1)
-        union_norm = (delta * (win1 | win2)).pow(2).sum(dim=(2, 3), keepdim=True).sqrt()
-        pattern = torch.from_numpy(block(s)).to(x0)
-        pat = torch.where((u[:, 4] < 0.5).view(m, 1, 1), pattern.T, pattern).unsqueeze(1)
-        sign = torch.where(u[:, 5:] < 0.5, 1.0, -1.0).to(x0).view(m, c, 1, 1)
-        new = pat * sign + old / (old_norm + 1e-10)
-        e2 = eps.view(m, 1, 1, 1) ** 2
-        # the mass window 1 may hold: what is left of the budget plus what both windows held
-        mass = ((e2 - image_norm ** 2).clamp_min(0) / c + union_norm ** 2).sqrt()
-        new = new / new.pow(2).sum(dim=(2, 3), keepdim=True).sqrt().clamp_min(1e-12) * mass
-        delta = delta.masked_fill(win2, 0.0)
-        delta[ar, :, rows, cols] = new.permute(0, 2, 3, 1)
-        return self._l2_scale(x0, delta, eps)
+
+def l2_start(bases: np.ndarray, x0: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+    """L2's first candidate: a grid of pseudo-Gaussian blocks of random signs, norm eps."""
+    m, c, h, w = x0.shape
+    s = max(1, min(h, w) // 5)
+    top0, left0 = max(0, (h - 5 * s) // 2), max(0, (w - 5 * s) // 2)
+    tiles = [(top0 + i * s, left0 + j * s) for i in range(h // s) for j in range(w // s)
+             if top0 + i * s < h and left0 + j * s < w]
+    u = torch.from_numpy(keyed_uniforms(bases, 0, len(tiles) * (1 + c))).to(x0.device)
+    u = u.view(m, len(tiles), 1 + c)
+    pattern = torch.from_numpy(block(s)).to(x0)
+    delta = torch.zeros_like(x0)
+    for t, (r0, c0) in enumerate(tiles):
+        hh, ww = min(s, h - r0), min(s, w - c0)
+        pat = torch.where((u[:, t, 0] < 0.5).view(m, 1, 1), pattern.T, pattern)
+        sign = torch.where(u[:, t, 1:] < 0.5, 1.0, -1.0).to(x0).view(m, c, 1, 1)
+        delta[:, :, r0:r0 + hh, c0:c0 + ww] += (pat[:, None, :hh, :ww] * sign)
+    return l2_scale(x0, delta, eps)
+
+
+def l2_scale(x0: torch.Tensor, delta: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+    """x0 + delta rescaled to norm eps, in [0,1], budget exact."""
+    norm = delta.flatten(1).norm(dim=1).clamp_min(1e-12)
+    cand = (x0 + delta * (eps / norm).view(-1, 1, 1, 1)).clamp(0.0, 1.0)
+    return enforce_budget(x0, cand, eps, "l2")
+
+
+def l2_step(bases: np.ndarray, it: int, p: float, x0: torch.Tensor, eps: torch.Tensor,
+            best: torch.Tensor) -> torch.Tensor:
+    """L2's candidate at iteration ``it``: a new block in one window of share ``p``, the mass
+    of a second window moved into it, the whole rescaled to norm eps."""
+    m, c, h, w = x0.shape
+    s = max(round(math.sqrt(p * h * w)), 3)
+    s += 1 - s % 2  # odd, so the block has a centre
+    s = min(s, h, w)
+    u = torch.from_numpy(keyed_uniforms(bases, it + 1, 5 + c)).to(x0.device)
+    starts = [(u[:, k] * (lim - s + 1)).long().clamp(max=lim - s)
+              for k, lim in ((0, h), (1, w), (2, h), (3, w))]
+    delta = best - x0
+    win1 = (_span(starts[0], s, h)[:, :, None] & _span(starts[1], s, w)[:, None, :])
+    win2 = (_span(starts[2], s, h)[:, :, None] & _span(starts[3], s, w)[:, None, :])
+    win1, win2 = win1.unsqueeze(1), win2.unsqueeze(1)
+    ar, rows, cols = _window_index(starts[0], starts[1], s)
+    old = delta[ar, :, rows, cols].permute(0, 3, 1, 2)  # (m, c, s, s) of window 1
+    old_norm = old.pow(2).sum(dim=(2, 3), keepdim=True).sqrt()
+    image_norm = delta.flatten(1).norm(dim=1).view(m, 1, 1, 1)
+    union_norm = (delta * (win1 | win2)).pow(2).sum(dim=(2, 3), keepdim=True).sqrt()
+    pattern = torch.from_numpy(block(s)).to(x0)
+    pat = torch.where((u[:, 4] < 0.5).view(m, 1, 1), pattern.T, pattern).unsqueeze(1)
+    sign = torch.where(u[:, 5:] < 0.5, 1.0, -1.0).to(x0).view(m, c, 1, 1)
+    new = pat * sign + old / (old_norm + 1e-10)
+    e2 = eps.view(m, 1, 1, 1) ** 2
+    # the mass window 1 may hold: what is left of the budget plus what both windows held
+    mass = ((e2 - image_norm ** 2).clamp_min(0) / c + union_norm ** 2).sqrt()
+    new = new / new.pow(2).sum(dim=(2, 3), keepdim=True).sqrt().clamp_min(1e-12) * mass
+    delta = delta.masked_fill(win2, 0.0)
+    delta[ar, :, rows, cols] = new.permute(0, 2, 3, 1)
+    return l2_scale(x0, delta, eps)
+
+
+def square_bases(seed: int, keys: Sequence[int]) -> np.ndarray:
+    """Each image's counter-based stream (``keyed_uniforms``), named by its key."""
+    return np.array([numpy_rng(seed, int(k)).integers(2**63, dtype=np.uint64) for k in keys],
+                    dtype=np.uint64)
+
+
+def linf_vertices(x0: torch.Tensor, eps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """x0 + eps and x0 - eps in [0,1], budget exact: every Linf candidate is made of them."""
+    e = eps.view(-1, 1, 1, 1)
+    return (enforce_budget(x0, x0 + e, eps, "linf"), enforce_budget(x0, x0 - e, eps, "linf"))
+
+
+def square_candidate(norm: str, bases: np.ndarray, it: int, p_init: float, iterations: int,
+                     x0: torch.Tensor, eps: torch.Tensor, plus: torch.Tensor,
+                     minus: torch.Tensor, best: torch.Tensor) -> torch.Tensor:
+    """The candidate of iteration ``it`` (-1: the start) of ``iterations`` for the images
+    whose streams are ``bases``; ``plus``/``minus`` are ``linf_vertices`` (unused for L2).
+    Shared by ``Square`` and ``dense_square.DenseSquare``."""
+    if it < 0:
+        return linf_start(bases, plus, minus) if norm == "linf" else l2_start(bases, x0, eps)
+    p = p_schedule(p_init, it, iterations)
+    if norm == "linf":
+        return linf_step(bases, it, p, plus, minus, best)
+    return l2_step(bases, it, p, x0, eps, best)

@@ -9,8 +9,11 @@ the missing campaigns and recomputes nothing else.
 
 The attacks run through the task's training loss, so the protocol is the same for classifiers,
 segmenters, landmark models and detectors. ``pgd-restarts`` (PGD from several random starts,
-the worst kept per image) is the check against gradient masking available to every task;
-classifiers also take APGD-CE, APGD-T (targeted DLR) and the black-box Square attack.
+the worst kept per image) is a check against gradient masking available to every task;
+classifiers also take APGD-CE and APGD-T (targeted DLR), other tasks APGD on their loss, and
+every task the black-box Square attack (on the margin, or on the task's per-image metric) and
+the ensemble (AutoAttack's, or the worst case per image over PGD, IFGSM, APGD on the task's
+other losses and Square).
 """
 
 from __future__ import annotations

@@ -15,6 +15,8 @@ import numpy as np
 
 from medrobust.attacks.apgd import APGD, APGDT
 from medrobust.attacks.base import Attack
+from medrobust.attacks.dense_apgd import DenseAPGD
+from medrobust.attacks.dense_square import DenseSquare
 from medrobust.attacks.ensemble import AttackEnsemble, standard_attacks
 from medrobust.attacks.ifgsm import IFGSM
 from medrobust.attacks.pgd import PGD
@@ -29,13 +31,35 @@ from medrobust.utils.validation import check_choice, check_range
 #: attacks every task takes (through its loss), and those that need class logits
 TASK_ATTACKS = ("pgd", "ifgsm", "pgd-restarts")
 CLASSIFIER_ATTACKS = ("apgd-ce", "apgd-t", "square", "ensemble")
+#: tasks without class logits: APGD on the training loss (``DenseAPGD``), and where the task
+#: scores each image (``Task.image_damage``) Square on that score and the worst-case ensemble
+DENSE_ATTACKS = ("apgd", "square", "ensemble")
 #: the settings only some attacks read (see ``build_attack``), and those attacks
 SETTING_USERS: dict[str, tuple[str, ...]] = {
-    "pgd_steps": ("pgd", "pgd-restarts", "apgd-ce", "apgd-t", "ensemble"),
+    "pgd_steps": ("pgd", "pgd-restarts", "apgd-ce", "apgd-t", "apgd", "ensemble"),
     "ifgsm_steps": ("ifgsm", "ensemble"),  # the ensemble of tasks without class logits
     "restarts": ("pgd-restarts",),
+    # the classifiers' ensemble; the dense one sizes its Square by pgd_steps (``worst_case``)
     "square_queries": ("square", "ensemble"),
 }
+
+
+def task_attacks(task: Task) -> tuple[str, ...]:
+    """The protocol attacks ``task`` can run."""
+    if task.class_logits:
+        return TASK_ATTACKS + CLASSIFIER_ATTACKS
+    return TASK_ATTACKS + (DENSE_ATTACKS if task.image_damage is not None else ("apgd",))
+
+
+def _why_not(name: str, task: Task) -> str:
+    """Why an attack the protocol knows does not apply to ``task`` ("" for unknown names)."""
+    if task.class_logits:
+        return " (classifiers take APGD as apgd-ce or apgd-t)" if name == "apgd" else ""
+    if name in ("apgd-ce", "apgd-t"):
+        return f" ({name} needs class logits: classifiers only)"
+    if name in ("square", "ensemble"):
+        return f" ({name} needs class logits or a per-image task metric)"
+    return ""
 
 
 @dataclass(frozen=True)
@@ -57,14 +81,11 @@ class ProtocolSettings:
     batch_images: int = 16
 
     def validate(self, task: Task) -> None:
-        allowed = TASK_ATTACKS + (CLASSIFIER_ATTACKS if task.class_logits else
-                                  ("ensemble",) if task.image_damage is not None else ())
+        allowed = task_attacks(task)
         for name in self.attacks:
             if name not in allowed:
-                extra = "" if task.class_logits or name not in CLASSIFIER_ATTACKS \
-                    else f" ({name} needs class logits: classifiers only)"
-                raise ConfigError(f"unknown attack {name!r} for {task.name}{extra}: choose from "
-                                  f"{', '.join(allowed)}")
+                raise ConfigError(f"unknown attack {name!r} for {task.name}"
+                                  f"{_why_not(name, task)}: choose from {', '.join(allowed)}")
         if not self.attacks:
             raise ConfigError("name at least one attack")
         check_choice("norm", self.norm, ("l2", "linf"))
@@ -82,7 +103,11 @@ class ProtocolSettings:
 
 def build_attack(name: str, task: Task, model: PixelModel, norm: str, eps: float,
                  settings: ProtocolSettings) -> Attack:
-    """One protocol attack at one budget."""
+    """One protocol attack at one budget (``square`` and ``ensemble`` are the classifiers' or
+    the dense tasks' by ``task.class_logits``)."""
+    if name not in task_attacks(task):
+        raise ConfigError(f"unknown attack {name!r} for {task.name}{_why_not(name, task)}: "
+                          f"choose from {', '.join(task_attacks(task))}")
     loss = task.attack_loss(model)
     b, seed = settings.batch_images, settings.seed
     if name == "pgd":
@@ -102,6 +127,13 @@ def build_attack(name: str, task: Task, model: PixelModel, norm: str, eps: float
     if name == "apgd-t":
         return APGDT(model, norm=norm, eps=eps, steps=settings.pgd_steps, batch_size=b,
                      seed=seed)
+    if name == "apgd":
+        return DenseAPGD(model, loss=loss, norm=norm, eps=eps, steps=settings.pgd_steps,
+                         batch_size=b, seed=seed)
+    if name == "square" and not task.class_logits:
+        assert task.image_damage is not None  # task_attacks lets square through only then
+        return DenseSquare(model, task.image_damage, norm=norm, eps=eps,
+                           max_queries=settings.square_queries, batch_size=b, seed=seed)
     if name == "square":
         return Square(model, norm=norm, eps=eps, max_queries=settings.square_queries,
                       batch_size=b, seed=seed)
@@ -119,12 +151,39 @@ def build_attack(name: str, task: Task, model: PixelModel, norm: str, eps: float
     raise ConfigError(f"unknown attack {name!r}")
 
 
+#: the dense ensemble's shares of ``pgd_steps`` S: APGD steps over all extra losses, and
+#: Square queries (see ``worst_case``)
+APGD_SHARE, SQUARE_SHARE = 1.0, 2.5
+
+
+def ensemble_shares(steps: int, losses: int) -> tuple[int, int]:
+    """(APGD steps per loss, Square queries) of the dense ensemble at ``steps`` PGD steps and
+    ``losses`` APGD members (``worst_case``)."""
+    return (max(1, round(APGD_SHARE * steps / max(losses, 1))),
+            max(2, round(SQUARE_SHARE * steps)))
+
+
 def worst_case(task: Task, model: PixelModel, norm: str, eps: float,
                settings: ProtocolSettings) -> WorstCase:
-    """The ensemble of a task without class logits: per image the worst, by the task's metric,
-    of the protocol's PGD on the training loss (so it is never weaker than that PGD on any
-    image), IFGSM, and PGD on each of the task's other attack losses (segmentation: SEA's and
-    CosPGD's), which share twice PGD's steps: about 3x PGD's cost in all."""
+    """The ensemble of a task without class logits: per image the worst, by the task's metric
+    (``Task.image_damage``), of
+
+    * PGD on the training loss with ``pgd_steps`` S, as the protocol's PGD (so the ensemble is
+      never weaker than that PGD on any image);
+    * IFGSM with ``ifgsm_steps`` I;
+    * APGD (``DenseAPGD``) on each of the task's K other losses (``Task.ensemble_losses``;
+      segmentation: SEA's and CosPGD's; a task with none: the training loss, K = 1),
+      sharing S steps: round(S / K) each, plus one pass each for its start;
+    * Square (``DenseSquare``) on the metric itself, the member that needs no gradient, with
+      round(2.5 S) queries.
+
+    Cost per image in forward+backward passes, a forward-only pass counting 1/3 of one: PGD
+    S, IFGSM I, APGD K (round(S / K) + 1) ~ S + K, Square 2.5 S / 3, and one forward per
+    member to judge its image, (K + 3) / 3. At the defaults (S = 100, I = 10) for
+    segmentation (K = 4): 100 + 10 + 104 + 83.3 + 2.3 = 299.7, i.e. 3x PGD-100; K = 1:
+    100 + 10 + 101 + 83.3 + 1.3 = 295.7; K = 2: 297.0 (within 3% of 300 for any K to 10).
+    ``square_queries`` does not size this Square (it sizes the attack ``square`` run alone):
+    the ensemble's budget is tied to S so that it stays about 3x the protocol's PGD."""
     if task.image_damage is None:
         raise ConfigError(f"{task.name} defines no per-image damage: no worst-case ensemble")
     b, seed, steps = settings.batch_images, settings.seed, settings.pgd_steps
@@ -135,12 +194,19 @@ def worst_case(task: Task, model: PixelModel, norm: str, eps: float,
               step=2 * eps / settings.ifgsm_steps, steps=settings.ifgsm_steps, batch_size=b,
               seed=seed)]
     labels = ["pgd", "ifgsm"]
-    extra = task.ensemble_losses
-    each = max(1, round(2 * steps / len(extra))) if extra else 0
+    extra = dict(task.ensemble_losses)
+    each, queries = ensemble_shares(steps, len(extra))
+    if not extra:
+        members.append(DenseAPGD(model, loss=task.attack_loss(model), norm=norm, eps=eps,
+                                 steps=each, batch_size=b, seed=seed))
+        labels.append("apgd")
     for loss_name, build in extra.items():
-        members.append(PGD(model, loss=build(model), norm=norm, eps=eps, step=5 * eps / each,
-                           steps=each, batch_size=b, seed=seed))
-        labels.append(f"pgd-{loss_name}")
+        members.append(DenseAPGD(model, loss=build(model), norm=norm, eps=eps, steps=each,
+                                 batch_size=b, seed=seed))
+        labels.append(f"apgd-{loss_name}")
+    members.append(DenseSquare(model, task.image_damage, norm=norm, eps=eps,
+                               max_queries=queries, batch_size=b, seed=seed))
+    labels.append("square")
     return WorstCase(model, members, task.image_damage, labels=labels, seed=seed)
 
 

@@ -38,11 +38,15 @@ from medrobust.utils.device import resolve_device
               show_default=True)
 @click.option("--store", "store_path", default=DEFAULT_STORE, show_default=True)
 @click.option("--attack", "attacks", default=None,
-              help="Comma-separated attacks for the protocol: pgd, ifgsm, pgd-restarts and "
-                   "ensemble (every task); apgd-ce, apgd-t and square (classifiers). The "
-                   "ensemble: on classifiers AutoAttack's (robust only if it survives every "
-                   "member); on other tasks the worst case per image, by the task's metric, of "
-                   "PGD, IFGSM and PGD on the task's other losses (segmentation: SEA's, CosPGD's).")
+              help="Comma-separated attacks for the protocol: pgd, ifgsm, pgd-restarts, "
+                   "square and ensemble (every task); apgd-ce, apgd-t (classifiers); apgd (APGD "
+                   "on the task's loss, other tasks). Square is black-box (on classifiers the "
+                   "margin, elsewhere the task's own per-image metric). The ensemble: on "
+                   "classifiers AutoAttack's (robust only if it survives every member); on "
+                   "other tasks the worst case per image, by the task's metric, of PGD, IFGSM, "
+                   "APGD on each of the task's other losses (segmentation: SEA's and CosPGD's; "
+                   "landmarks: soft-argmax and CosPGD; detection: TOG's and DAG) and Square, "
+                   "about 3x PGD's cost.")
 @click.option("--l2", "l2_levels", default=None,
               help="L2 budgets on the [0,1] scale, comma-separated (default 0.5,1,2).")
 @click.option("--linf", "linf_levels", default=None,
