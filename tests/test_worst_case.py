@@ -4,6 +4,8 @@ ensemble` on a segmentation model through the protocol, never above PGD's Dice o
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -90,6 +92,27 @@ def test_evaluate_ensemble_on_a_segmenter_beats_pgd_per_image(segmenter, tmp_pat
     for i, dice in rows["ensemble"].items():  # the ensemble holds PGD itself: never better
         assert dice <= rows["pgd"][i] + 1e-9
     assert cells["ensemble"]["attacked"] <= cells["pgd"]["attacked"]
+    # each image records every member's damage and the one kept: the kept one is the worst,
+    # and the run's summary counts them and carries the black-box (masking) check
+    with Store(db) as store:
+        run = store.get_run(cells["ensemble"]["run_id"])
+        ens_rows = store.rows("task_attack_results", run_id=run["id"])
+    for r in ens_rows:
+        damage = r["members"]["damage"]
+        assert damage[r["members"]["kept"]] == max(damage.values())
+        assert 1 - r["adv_metric"] == pytest.approx(max(damage.values()), abs=1e-6)
+    members = run["summary"]["members"]
+    assert "pgd" in members and "square" in members
+    assert sum(m["kept"] for m in members.values()) == len(ens_rows)
+    check = run["summary"]["gradient_masking"]
+    assert check["flagged"] == (check["black_box_damage"] > check["best_gradient_damage"])
+    from medrobust.campaigns.task_attack import member_summary
+
+    fake = [{"members": {"damage": {"pgd": 0.1, "square": 0.5}, "kept": "square"}}] * 3
+    assert member_summary(fake)["gradient_masking"]["flagged"]  # black box beat the gradient
+    rep = run_json(capsys, "report", "--store", db, "--out", str(tmp_path / "rep"))
+    html = Path(rep["report"]).read_text()
+    assert "Worst-case ensembles: which attack each model fell to" in html
     code, _, err = run_cli(capsys, "evaluate", "--model", ck, "--attack", "apgd-t", "--l2", "1",
                            "--store", db)
     assert code == 2 and "apgd-t needs class logits" in err

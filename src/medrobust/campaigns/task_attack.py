@@ -48,6 +48,8 @@ TASK_ATTACK_TABLE = ResultTable(
         "adv_pred": "JSON",
         "target": "JSON",
         "success": "INTEGER",
+        #: a worst-case ensemble's image: each member's damage and the member kept
+        "members": "JSON",
         **PERTURBATION_COLUMNS,
     },
 )
@@ -104,8 +106,10 @@ def task_attack_chunk(ctx: TaskAttackContext, chunk: list[int], emit: Any
     steps = result.steps
     success = [None if task.goals is None else int(task.goals.success(scores[j], aims[j]))
                for j in range(len(chunk))]
+    members = member_damage(result.extras, len(chunk))
     return [(i, {"dataset_index": i, "attack": attack.name, "task": task.name,
                  **scores[j], "target": aims[j], "success": success[j],
+                 "members": members[j],
                  "clean_loss": float(clean_loss[j]),
                  "adv_loss": float(adv_loss[j]), "l2": float(norms["l2"][j]),
                  "linf": float(norms["linf"][j]),
@@ -149,7 +153,8 @@ def run_task_attack_campaign(store: Store, task: Task, model: PixelModel,
                                      str(k): v for k, v in targets.items()}},
                          model_dir=model_info.get("dir", ""), data=dataset), executor)
         rows = store.rows(TASK_ATTACK_TABLE, run_id=run.run_id)
-        summary = {**task.attack_summary(rows, dataset), **perturbation_means(rows)}
+        summary = {**task.attack_summary(rows, dataset), **perturbation_means(rows),
+                   **member_summary(rows)}
     seconds = time.perf_counter() - start
     summary["seconds_this_session"] = seconds
     store.finish_run(run.run_id, "completed", summary)
@@ -163,3 +168,45 @@ def perturbation_means(rows: list[dict[str, Any]]) -> dict[str, float | None]:
         return float(np.mean(vals)) if vals else None
 
     return {"mean_l2": mean("l2"), "mean_linf": mean("linf"), "mean_steps": mean("steps")}
+
+
+#: the member of a worst-case ensemble that uses no gradient (the masking check's reference)
+BLACK_BOX = "square"
+
+
+def member_damage(extras: dict[str, Any], n: int) -> list[dict[str, Any] | None]:
+    """Per image, what a worst-case ensemble's result says of its members (None for other
+    attacks): each member's damage to the task metric and the member whose image was kept."""
+    by_member = extras.get("damage_by_member")
+    if not by_member:
+        return [None] * n
+    winners = extras.get("member") or [""] * n
+    return [{"damage": {label: float(d[j]) for label, d in by_member.items()},
+             "kept": winners[j]} for j in range(n)]
+
+
+def member_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per member of a worst-case ensemble: its mean damage and how often its image was kept;
+    and the gradient-masking check every task gets: when the black-box member (Square, which
+    sees no gradient) hurts more on average than the best gradient member, the gradients
+    mislead the attacks (Athalye et al. 2018's signal), so the white-box numbers flatter the
+    model. Empty for other attacks."""
+    parts = [r["members"] for r in rows if r.get("members")]
+    if not parts:
+        return {}
+    labels = list(parts[0]["damage"])
+    means = {m: float(np.mean([p["damage"][m] for p in parts])) for m in labels}
+    wins = {m: sum(p["kept"] == m for p in parts) for m in labels}
+    out: dict[str, Any] = {"members": {m: {"mean_damage": means[m], "kept": wins[m]}
+                                       for m in labels}}
+    gradient = [m for m in labels if m != BLACK_BOX]
+    if BLACK_BOX in means and gradient:
+        best = max(gradient, key=lambda m: means[m])
+        beaten = sum(p["damage"][BLACK_BOX] > max(p["damage"][m] for m in gradient)
+                     for p in parts)
+        out["gradient_masking"] = {
+            "flagged": means[BLACK_BOX] > means[best], "black_box": BLACK_BOX,
+            "black_box_damage": means[BLACK_BOX], "best_gradient": best,
+            "best_gradient_damage": means[best], "images_black_box_worse": int(beaten),
+            "images": len(parts)}
+    return out

@@ -24,6 +24,7 @@ from medrobust.report.certify_section import certify_section
 from medrobust.report.confidence_section import confidence_section
 from medrobust.report.context import ReportContext
 from medrobust.report.defence_section import defence_section
+from medrobust.report.ensemble_section import ensemble_section
 from medrobust.report.gallery import gallery_section
 from medrobust.report.glance import glance_section
 from medrobust.report.robust_section import robust_section
@@ -56,6 +57,7 @@ SECTION_BUILDERS: list[SectionBuilder] = [
     attack_examples_section,
     defence_section,
     robust_section,
+    ensemble_section,
     certify_section,
     provenance_section,
 ]
