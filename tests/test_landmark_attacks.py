@@ -274,3 +274,16 @@ def test_attack_pgd_targeted_shift_on_a_landmark_checkpoint(tmp_path, capsys):
     code, _, err = run_cli(capsys, *args)  # the classifiers' default target, 'next'
     assert_one_error_line(code, err, "--target 'next' is a classifier's target (the default): "
                                      "a landmark target is shift:DX,DY")
+
+
+def test_untargeted_early_stop_on_landmarks_is_refused(tmp_path, capsys):
+    """An untargeted landmark attack never stops early, so --early-stop without --targeted
+    would be silently ignored: one line refuses it."""
+    make_folder(tmp_path / "lm", n=8, h=32, w=32)
+    ck, db = str(tmp_path / "m"), str(tmp_path / "s.db")
+    run_json(capsys, "train", "--task", "landmarks", "--dataset", "landmarks", "--data-dir",
+             str(tmp_path / "lm"), "--size", "32", "--epochs", "1", "--width", "2", "--out", ck,
+             "--store", db)
+    code, _, err = run_cli(capsys, "attack", "pgd", "--model", ck, "--norm", "l2", "--eps", "1",
+                           "--steps", "2", "--early-stop", "--store", db)
+    assert code == 2 and "--early-stop on landmarks models needs --targeted" in err

@@ -16,13 +16,17 @@ from typing import Any
 from medrobust.attacks.asma import ASMA
 from medrobust.attacks.criteria import hits_target, mask_iou_at_least, misclassified
 from medrobust.attacks.ifgsm import IFGSM
+from medrobust.attacks.landmark_goals import never_done, reaches_landmark_goal
 from medrobust.attacks.losses import LOSSES, get_loss, loss_name
 from medrobust.attacks.pgd import PGD
 from medrobust.attacks.projection import plain_budget
 from medrobust.errors import ConfigError
 
 GRADIENT_CLASSES: dict[str, type[PGD]] = {"pgd": PGD, "ifgsm": IFGSM}
-_CRITERIA = {"misclassified": misclassified, "hits_target": hits_target}
+#: the early-stop tests a worker can rebuild by name (landmarks: a targeted shift reached its
+#: goal; an untargeted landmark attack never stops early)
+_CRITERIA = {"misclassified": misclassified, "hits_target": hits_target,
+             "reaches_landmark_goal": reaches_landmark_goal, "never_done": never_done}
 
 
 def _criterion_recipe(fn: Any) -> dict[str, Any] | None:

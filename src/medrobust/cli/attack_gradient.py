@@ -87,9 +87,12 @@ def gradient_options(fn: Callable[..., Any]) -> Callable[..., Any]:
                      help="Freeze an image once it succeeds (classification: fooled / target "
                           "reached; segmentation: target IoU >= --stop-iou)."),
         click.option("--stop-iou", type=float, default=0.99, show_default=True),
-        click.option("--targeted", is_flag=True, help="Classification: targeted (see --target)."),
+        click.option("--targeted", is_flag=True,
+                     help="Targeted (see --target): classifiers and landmark models."),
         click.option("--target", default="next", show_default=True,
-                     help="Classification target: class name, index, or 'next'."),
+                     help="Classifiers: a class name, index, or 'next'. Landmark models: "
+                          "shift:DX,DY[@L1,L2,...] moves the chosen landmarks (1-based or by "
+                          "name; all by default) by DX, DY input pixels and holds the rest."),
         target_options("none", allow_none=True),
         click.option("--batch-images", type=int, default=32, show_default=True),
         click.option("--examples", type=int, default=8, show_default=True,
@@ -212,6 +215,11 @@ class GradientRequest:
         if task.goals is not None and not goal.targeted and "target" in given:
             # the rule of ``cli.attack.check_target_options``, on the recorded options
             raise ConfigError("--target needs --targeted (without it the attack is untargeted)")
+        if task.goals is not None and not task.goals.stops_untargeted and goal.early_stop \
+                and not goal.targeted:
+            raise ConfigError(f"--early-stop on {task.name} models needs --targeted: an "
+                              "untargeted attack there never stops early (its damage can "
+                              "still grow)")
         masks = "segmentation models"
         for flag, used, where in (
                 ("--target-mode", goal.masks.mode != "none", masks),

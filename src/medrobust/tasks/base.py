@@ -85,6 +85,10 @@ class AttackGoals:
     early_stop: Callable[[bool], Callable[[torch.Tensor, Any], torch.Tensor]]
     #: (one attack row, the image's target or None) -> the attack reached its goal
     success: Callable[[Mapping[str, Any], Any], bool]
+    #: an untargeted attack can stop an image early (a classifier's misclassification); False
+    #: where stopping would under-report the damage it could still do (landmark errors grow
+    #: on), so ``--early-stop`` needs ``--targeted`` there
+    stops_untargeted: bool = True
 
 
 @dataclass(frozen=True)

@@ -244,7 +244,7 @@ def attack_success(row: Any, target: Any) -> bool:
 GOALS = AttackGoals(
     choose=choose_targets, goal=goal_tensor,
     early_stop=lambda targeted: reaches_landmark_goal if targeted else never_done,
-    success=attack_success)
+    success=attack_success, stops_untargeted=False)
 
 
 def attack_summary(rows: list[dict[str, Any]], ds: LandmarkDataset) -> dict[str, Any]:
