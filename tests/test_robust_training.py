@@ -73,12 +73,18 @@ def test_margin_rule_grows_shrinks_floors_and_caps() -> None:
     summary = m.end_epoch()
     # correct: +D; wrong: max((E + ||d||) / 2, D) -> (0.5 + 0.2) / 2 = 0.35 floors at D = 0.5
     assert m.values.tolist() == pytest.approx([1.0, 0.5, 1.0, 0.5, 0.5])  # 4: not drawn
-    assert (summary["grew"], summary["shrank"], summary["drawn"]) == (2, 2, 4)
+    # grew/shrank/stayed count values; the failed ones were already at the floor, so stayed
+    assert (summary["grew"], summary["shrank"], summary["stayed"]) == (2, 0, 3)
+    assert (summary["correct"], summary["failed"], summary["drawn"]) == (2, 2, 4)
     assert sum(summary["counts"]) == 5 and summary["max"] == pytest.approx(1.0)
+    # fixed bins in units of D: three margins at D in [1, 1.5), two at 2 D in [2, 3)
+    assert summary["d_histogram"]["counts"][:4] == [3, 0, 2, 0]
+    assert sum(summary["d_histogram"]["counts"]) == 5 and summary["beyond_delta"] == 2
     # a wrong sample with a margin above D shrinks towards the noise it achieved
     m.record(torch.tensor([2]), torch.tensor([0.8]), torch.tensor([False]))
-    m.end_epoch()
+    summary = m.end_epoch()
     assert float(m.values[2]) == pytest.approx(0.9)
+    assert (summary["grew"], summary["shrank"], summary["stayed"]) == (0, 1, 4)
     # two draws in one epoch: E_new = ((E + a) / 2 + b) / 2, correctness ANDed
     m.record(torch.tensor([0]), torch.tensor([1.0]), torch.tensor([True]))
     m.record(torch.tensor([0]), torch.tensor([0.6]), torch.tensor([False]))
@@ -422,8 +428,9 @@ def test_robust_detector_training_updates_batch_norm(monkeypatch, method) -> Non
     train, val = _toy_dataset(12, 0), _toy_dataset(4, 1)
     detection.train_detector(train, val, epochs=1, batch_size=6, seed=0, width=4,
                              robust=RobustConfig(method, eps=0.5, steps=2))
-    # each of the two batches: two eval-mode attack steps, then the train-mode training pass
-    assert seen == [False, False, True] * 2
+    # each of the two batches: two eval-mode attack steps, then the train-mode training pass;
+    # then the final epoch's cheap validation attack (PGD-10, one batch of 4), in eval mode
+    assert seen == [False, False, True] * 2 + [False] * 10
 
 
 def test_landmarks_adaptive_margin_from_the_cli(tmp_path, capsys) -> None:

@@ -19,10 +19,10 @@ from medrobust.cli.common import (
     dataset_options,
     emit,
 )
-from medrobust.cli.robust_options import robust_options
+from medrobust.cli.robust_options import DeltaType, robust_options
 from medrobust.models.registry import available_models
 from medrobust.tasks import DEFAULT_TASK, TASKS, get_task
-from medrobust.training.robust import METHODS, XI_RULES
+from medrobust.training.robust import KEEP, METHODS, XI_RULES
 
 #: command-line parameter -> the task option it sets (each task refuses those it does not take)
 TRAIN_OPTIONS = {"model_name": "model", "padding": "padding", "width": "width",
@@ -75,8 +75,14 @@ def _defaults(option: str) -> str:
 @click.option("--eps", type=float, default=None,
               help="vat / teat: the L2 training budget on the [0,1] pixel scale (per-pixel RMS "
                    "in grey levels = eps / sqrt(C*H*W) * 255).")
-@click.option("--delta", type=float, default=None,
-              help="adaptive-margin: the margin step D (margins start at D), L2 on [0,1].")
+@click.option("--delta", type=DeltaType(), default=None,
+              help="adaptive-margin: the margin step D (margins start at D), L2 on [0,1]; auto: "
+                   "search it on the validation split over 1/32..1/2 of the --select-eps budget "
+                   "(five short runs from --xi-from, scored by the mean of clean and attacked "
+                   "validation; recorded in delta_search.json).")
+@click.option("--delta-search-epochs", type=int, default=None,
+              help="adaptive-margin with --delta auto: epochs per candidate D (default a "
+                   "quarter of --epochs, at least 1).")
 @click.option("--alpha", type=float, default=None,
               help="vat / adaptive-margin: inner PGD step multiplier, step = alpha * budget / "
                    "steps (default 4; the authors: 4 for segmentation, 5 for detection).")
@@ -87,7 +93,22 @@ def _defaults(option: str) -> str:
               help="adaptive-margin: cap on the margins (L2 on [0,1]; default none).")
 @click.option("--refine-margins", is_flag=True,
               help="adaptive-margin: bisect the boundary between the last correct and first "
-                   "wrong inner iterate (10 steps) so margins can shrink to it.")
+                   "wrong inner iterate (10 steps) so margins can shrink to it, and train a "
+                   "failed sample's noisy loss on that boundary point (the authors' landmark "
+                   "code).")
+@click.option("--keep", type=click.Choice(list(KEEP)), default=None,
+              help="vat / teat / adaptive-margin: the epoch whose weights are saved: final "
+                   "(default, as the authors' code), best-clean (best clean validation, "
+                   "standard training's rule) or best-robust (best validation under PGD-10 at "
+                   "the --select-eps budget).")
+@click.option("--select-eps", type=float, default=None,
+              help="vat / teat / adaptive-margin: L2 budget on [0,1] of the cheap validation "
+                   "attack (PGD-10) of --keep best-robust, --delta auto and the final epoch's "
+                   "record (default: --eps, else --max-margin, else a per-pixel RMS of 2 grey "
+                   "levels).")
+@click.option("--clean-weight", type=float, default=None,
+              help="vat: the clean loss's share of the training loss, in [0, 1] (default 0: "
+                   "adversarial images only, as Madry and the authors' code).")
 @click.option("--xi-from", type=click.Path(file_okay=False), default=None,
               help="Checkpoint folder of a trained standard model of the same task: robust "
                    "training fine-tunes from it, and adaptive margins calibrate xi on its clean "

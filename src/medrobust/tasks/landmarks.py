@@ -69,7 +69,9 @@ def train(train_ds: LandmarkDataset, val_ds: LandmarkDataset, options: dict[str,
         weight_decay=o["weight_decay"], radius=o["radius"], heatmap_loss=o["heatmap_loss"],
         heatmap_weight=o["heatmap_weight"], seed=o["seed"], width=o["width"], device=device,
         augment=o["augment"], minutes=o["minutes"], **kwargs)
-    best = min(history, key=lambda r: r["val_mre"])
+    kept = history[-1].get("kept")  # robust runs: the epoch the trainer kept (--keep)
+    best = next(r for r in history if r["epoch"] == kept["epoch"]) if kept \
+        else min(history, key=lambda r: r["val_mre"])
     about = trained_about(kwargs, robust, history, train_ds)
     return model, {"epochs_run": len(history), "best_epoch": best["epoch"],
                    "val": {"mre": best["val_mre"], "sdr_2": best["val_sdr_2"],

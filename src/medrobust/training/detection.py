@@ -31,6 +31,9 @@ from medrobust.training.detection_loss import TERMS, DetectionLoss
 from medrobust.training.loop import EpochEnd, Judgement, start_from, torch_shuffle, train_epochs
 from medrobust.training.resume import EpochState
 from medrobust.training.robust import LossSpec, RobustConfig, build_objective
+from medrobust.training.robust.objectives import TermScore
+from medrobust.training.robust.search import search_delta
+from medrobust.training.robust.selection import Selection, selection_for
 from medrobust.utils.seeding import seed_everything
 
 Boxes = list[torch.Tensor]
@@ -113,18 +116,20 @@ def _forward(model: nn.Module, x: torch.Tensor, mean: torch.Tensor, std: torch.T
 
 
 @torch.no_grad()
-def predict_detections(model: nn.Module, images: np.ndarray, mean: Sequence[float],
-                       std: Sequence[float], batch_size: int = 16, device: str = "cpu",
-                       k: int = 100, score_threshold: float = 0.01
+def predict_detections(model: nn.Module, images: np.ndarray | torch.Tensor,
+                       mean: Sequence[float], std: Sequence[float], batch_size: int = 16,
+                       device: str = "cpu", k: int = 100, score_threshold: float = 0.01
                        ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """Per image (boxes xyxy in input pixels, scores, labels) for uint8 (N, H, W, C) images."""
+    """Per image (boxes xyxy in input pixels, scores, labels) for uint8 (N, H, W, C) images,
+    or a float [0, 1] (N, C, H, W) tensor (adversarial images, which uint8 would round)."""
     was_training = model.training
     model.eval()
     m = torch.tensor(mean, dtype=torch.float32, device=device).view(1, -1, 1, 1)
     s = torch.tensor(std, dtype=torch.float32, device=device).view(1, -1, 1, 1)
     out: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
     for start in range(0, len(images), batch_size):
-        x = _to_input(images[start:start + batch_size]).to(device)
+        chunk = images[start:start + batch_size]
+        x = (chunk.float() if isinstance(chunk, torch.Tensor) else _to_input(chunk)).to(device)
         dets = decode(_forward(model, x, m, s), k=k, score_threshold=score_threshold,
                       image_size=tuple(x.shape[-2:]))
         out.extend((b.cpu().numpy(), sc.cpu().numpy(), lab.cpu().numpy()) for b, sc, lab in dets)
@@ -134,10 +139,12 @@ def predict_detections(model: nn.Module, images: np.ndarray, mean: Sequence[floa
 
 def evaluate_detector(model: nn.Module, dataset: DetectionDataset, mean: Sequence[float],
                       std: Sequence[float], batch_size: int = 16, device: str = "cpu",
-                      k: int = 100, score_threshold: float = 0.01) -> dict[str, Any]:
-    """COCO mAP@0.5:0.95, mAP@0.5 and per-class AP of ``model`` on ``dataset``."""
-    dets = predict_detections(model, dataset.images, mean, std, batch_size, device, k,
-                              score_threshold)
+                      k: int = 100, score_threshold: float = 0.01,
+                      images: torch.Tensor | None = None) -> dict[str, Any]:
+    """COCO mAP@0.5:0.95, mAP@0.5 and per-class AP of ``model`` on ``dataset`` (``images``:
+    float [0, 1] (N, C, H, W) versions of its images to score instead, e.g. attacked ones)."""
+    dets = predict_detections(model, dataset.images if images is None else images, mean, std,
+                              batch_size, device, k, score_threshold)
     metric = MeanAveragePrecision(dataset.class_names, max_detections=k)
     metric.update([d[0] for d in dets], [d[1] for d in dets], [d[2] for d in dets],
                   dataset.boxes, dataset.labels, dataset.difficult)
@@ -255,9 +262,29 @@ def train_detector(train: DetectionDataset, val: DetectionDataset, epochs: int =
     wrapper (noise added to [0,1] pixels after augmentation). ``init`` starts from these network
     weights; ``state_dir`` saves a resumable state after each epoch and continues from one (with
     ``minutes`` the schedule follows the wall clock, so a resumed run is reproducible only
-    without it).
+    without it). A robust run keeps the epoch ``robust.keep`` says
+    (``training.robust.selection``; the last epoch row's ``kept`` says which);
+    ``robust.delta == "auto"`` searches D first (``training.robust.search``;
+    ``history["delta_search"]`` and the last row's).
     """
     _check_settings(train, val, epochs, batch_size, lr, eval_every, minutes)
+    if robust is not None and robust.searches_delta:
+        same = dict(batch_size=batch_size, lr=lr, seed=seed, width=width, augment=augment,
+                    weight_decay=weight_decay, eval_every=eval_every, warmup=warmup,
+                    model_kwargs=model_kwargs)
+
+        def candidate(cfg: RobustConfig, n: int, folder: Path | None) -> list[dict[str, Any]]:
+            return train_detector(train, val, epochs=n, device=device, robust=cfg, init=init,
+                                  state_dir=folder, **same)[1]["epochs"]
+
+        chosen, record = search_delta(
+            robust, epochs=epochs, shape=(train.channels, *train.images.shape[1:3]), init=init,
+            settings={**same, "epochs": epochs, "dataset": train.spec, "n": len(train),
+                      "state": STATE_FORMAT}, state_dir=state_dir, train=candidate)
+        net, history = train_detector(train, val, epochs=epochs, device=device, minutes=minutes,
+                                      robust=chosen, init=init, state_dir=state_dir, **same)
+        history["epochs"][-1]["delta_search"] = history["delta_search"] = record
+        return net, history
     seed_everything(seed)
     generator = torch.Generator().manual_seed(seed)
     mean, std = channel_stats(train.images)
@@ -280,6 +307,8 @@ def train_detector(train: DetectionDataset, val: DetectionDataset, epochs: int =
     calibrate = None
     if objective is not None and objective.needs_calibration:
         calibrate = partial(objective.calibrate, wrapper, steps.plain(batch_size))
+    selection = None if wrapper is None else selection_for(
+        robust, "val mAP@0.5:0.95", (train.channels, *train.images.shape[1:3]), seed)
     settings = {**config, "dataset": train.spec, "n": len(train), "warmup": warmup,
                 "eval_every": eval_every, "state": STATE_FORMAT,
                 "robust": None if robust is None else robust.as_dict()}
@@ -289,21 +318,26 @@ def train_detector(train: DetectionDataset, val: DetectionDataset, epochs: int =
     def review(end: EpochEnd) -> Judgement:
         row: dict[str, Any] = {"epoch": end.epoch, "lr": end.lr,
                                **{f"loss_{k}": v for k, v in end.train.items()}, **end.extra}
-        key, scores = None, {}
+        key, scores, robust_key = None, {}, None
         if end.epoch % eval_every == 0 or end.final:
             scores = evaluate_detector(model, val, mean, std, batch_size, device)
             row.update(val_map=scores["map"], val_map50=scores["map50"])
             key = (scores["map"],)
+            if end.attack:
+                assert wrapper is not None and selection is not None
+                under, robust_key = _attacked(wrapper, steps, val, selection, batch_size)
+                row.update(under)
         row["seconds"] = end.epoch_seconds()
         return Judgement(row, key, scores, {"loss": f"{row['loss_total']:.3f}",
-                                            "val_map": f"{row.get('val_map', float('nan')):.3f}"})
+                                            "val_map": f"{row.get('val_map', float('nan')):.3f}"},
+                         robust_key)
 
     done = train_epochs(model if wrapper is None else wrapper, model, len(train), epochs=epochs,
                         batch_size=batch_size, optimizer=optimizer, lr_at=lr_at, minutes=minutes,
                         shuffle=torch_shuffle(generator), batch_loss=steps.loss, review=review,
                         desc="train detector", objective=objective,
                         resume=EpochState(state_dir, settings, init), generators=(generator,),
-                        calibrate=calibrate)
+                        calibrate=calibrate, selection=selection)
     history = {"epochs": done.history, "mean": mean, "std": std, "best_epoch": done.best_epoch,
                "best_val_map": done.best_metrics["map"],
                "stopped_by": "epochs" if done.stopped is None else "minutes", "config": config,
@@ -312,3 +346,24 @@ def train_detector(train: DetectionDataset, val: DetectionDataset, epochs: int =
         history["robust"] = objective.save(state_dir) if state_dir is not None \
             else objective.describe()
     return model, history
+
+
+def _attacked(wrapper: Detector, steps: _Steps, val: DetectionDataset, selection: Selection,
+              batch_size: int) -> tuple[dict[str, Any], tuple[float, ...]]:
+    """The validation split under the cheap attack (clean images, encoded true boxes): its
+    row entries and its key (mAP@0.5:0.95). ``steps`` encodes targets as training does."""
+    assert selection.attack is not None
+    x = _to_input(val.images)
+    boxes = [torch.from_numpy(b) for b in val.boxes]
+    labels = [torch.from_numpy(lab) for lab in val.labels]
+    size = tuple(x.shape[-2:])
+    batches = ((x[i:i + batch_size].to(steps.device),
+                steps.targets(boxes[i:i + batch_size], labels[i:i + batch_size], size),
+                range(i, min(i + batch_size, len(val)))) for i in range(0, len(val), batch_size))
+    spec = LossSpec(terms=steps.criterion)
+    adv = selection.attack.run(wrapper, batches, lambda t: TermScore(spec, t))
+    scores = evaluate_detector(steps.model, val, steps.mean.flatten().tolist(),
+                               steps.std.flatten().tolist(), batch_size, steps.device,
+                               images=adv)
+    return {"val_attacked_map": scores["map"], "val_attacked_map50": scores["map50"]}, \
+        (scores["map"],)

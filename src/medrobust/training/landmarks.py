@@ -30,6 +30,9 @@ from medrobust.training.landmark_loss import HEATMAP_LOSSES, LandmarkLoss
 from medrobust.training.loop import EpochEnd, Judgement, start_from, torch_shuffle, train_epochs
 from medrobust.training.resume import EpochState
 from medrobust.training.robust import LossSpec, RobustConfig, build_objective
+from medrobust.training.robust.objectives import TermScore
+from medrobust.training.robust.search import search_delta
+from medrobust.training.robust.selection import Selection, selection_for
 from medrobust.utils.seeding import seed_everything
 
 #: part of the resume key: states the epoch loop of before ``loop.train_epochs`` wrote hold
@@ -148,8 +151,30 @@ def train_landmark_model(train: LandmarkDataset, val: LandmarkDataset, epochs: i
     seconds. ``robust`` chooses a robust objective (``training.robust``; None: standard),
     ``init`` starts from these network weights, ``state_dir`` saves a resumable state after each
     epoch and continues from one (with ``minutes`` the budget counts the time before the stop).
+    A robust run keeps the epoch ``robust.keep`` says (``training.robust.selection``; the last
+    history row's ``kept`` says which); ``robust.delta == "auto"`` searches D first
+    (``training.robust.search``; the last row's ``delta_search``).
     """
     _check_settings(train, val, epochs, batch_size, lr, weight_decay, heatmap_loss, minutes)
+    if robust is not None and robust.searches_delta:
+        same = dict(batch_size=batch_size, lr=lr, weight_decay=weight_decay, radius=radius,
+                    heatmap_loss=heatmap_loss, heatmap_weight=heatmap_weight, seed=seed,
+                    features=None if features is None else tuple(features), width=width,
+                    augment=augment, cosine=cosine)
+
+        def candidate(cfg: RobustConfig, n: int, folder: Path | None) -> list[dict[str, Any]]:
+            return train_landmark_model(train, val, epochs=n, device=device, robust=cfg,
+                                        init=init, state_dir=folder, **same)[1]
+
+        chosen, record = search_delta(
+            robust, epochs=epochs, shape=(train.channels, *train.size), init=init,
+            settings={**same, "epochs": epochs, "dataset": train.spec, "n": len(train),
+                      "state": STATE_FORMAT}, state_dir=state_dir, train=candidate)
+        model, history = train_landmark_model(train, val, epochs=epochs, device=device,
+                                              minutes=minutes, robust=chosen, init=init,
+                                              state_dir=state_dir, **same)
+        history[-1]["delta_search"] = record
+        return model, history
     k = train.num_landmarks
     radius = float(radius) if radius is not None else default_radius(train.size)
     seed_everything(seed)
@@ -169,8 +194,8 @@ def train_landmark_model(train: LandmarkDataset, val: LandmarkDataset, epochs: i
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs * steps) if cosine else None
     gen = torch.Generator().manual_seed(seed)
     # targets travel as (heat, offsets, mask); the objective's terms are the loss's own terms
-    objective = build_objective(robust, LossSpec(terms=lambda out, t: loss_fn(out, *t)),
-                                len(train), epochs, seed)
+    spec = LossSpec(terms=lambda out, t: loss_fn(out, *t))
+    objective = build_objective(robust, spec, len(train), epochs, seed)
     batches = _Steps(train, model, loss_fn, radius, gen if augment else None, objective)
     settings = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "wd": weight_decay,
                 "radius": radius, "heatmap": [heatmap_loss, heatmap_weight], "seed": seed,
@@ -181,6 +206,9 @@ def train_landmark_model(train: LandmarkDataset, val: LandmarkDataset, epochs: i
     if objective is not None and objective.needs_calibration:
         calibrate = partial(objective.calibrate, model, batches.plain(batch_size))
 
+    selection = selection_for(robust, "val MRE (lower is better)", (train.channels, *train.size),
+                              seed)
+
     def review(end: EpochEnd) -> Judgement:
         metrics = evaluate_landmarks(model, val)
         key = (-metrics["mre"],)  # lower MRE is better
@@ -189,14 +217,39 @@ def train_landmark_model(train: LandmarkDataset, val: LandmarkDataset, epochs: i
                "val_mre": metrics["mre"], "val_sdr_2": metrics["sdr"]["2.0"],
                "unit": metrics["unit"], "lr": end.lr, "seconds": end.seconds(),
                "cpu_seconds": end.cpu_seconds(), "improved": end.improves(key)}
-        return Judgement(row, key, metrics, {"val_mre": f"{metrics['mre']:.2f}{metrics['unit']}"})
+        robust_key = None
+        if end.attack:
+            assert selection is not None
+            under, robust_key = _attacked(model, val, spec, selection, radius)
+            row.update(under)
+        return Judgement(row, key, metrics, {"val_mre": f"{metrics['mre']:.2f}{metrics['unit']}"},
+                         robust_key)
 
     done = train_epochs(model, model.model, len(train), epochs=epochs, batch_size=batch_size,
                         optimizer=opt, scheduler=sched, minutes=minutes,
                         shuffle=torch_shuffle(gen), batch_loss=batches.loss, review=review,
                         desc="train landmarks", objective=objective,
                         resume=EpochState(state_dir, settings, init), generators=(gen,),
-                        calibrate=calibrate)
+                        calibrate=calibrate, selection=selection)
     if objective is not None and state_dir is not None:
         objective.save(state_dir)
     return model, done.history
+
+
+def _attacked(model: LandmarkModel, val: LandmarkDataset, spec: LossSpec, selection: Selection,
+              radius: float, batch_size: int = 16) -> tuple[dict[str, Any], tuple[float, ...]]:
+    """The validation split under the cheap attack (clean images, encoded true landmarks):
+    its row entries and its key (-MRE)."""
+    assert selection.attack is not None
+    device = model.device
+    x = torch.from_numpy(val.images).permute(0, 3, 1, 2).float() / 255.0
+    pts = torch.from_numpy(val.landmarks.astype(np.float32))
+    batches = ((x[i:i + batch_size].to(device),
+                encode(pts[i:i + batch_size].to(device), val.size, radius),
+                range(i, min(i + batch_size, len(val)))) for i in range(0, len(val), batch_size))
+    adv = selection.attack.run(model, batches, lambda t: TermScore(spec, t))
+    metric = RadialError()
+    metric.update(model.predict(adv), val.landmarks, val.scales, val.pixel_size_mm)
+    scores = metric.aggregate()
+    return ({"val_attacked_mre": scores["mre"], "val_attacked_sdr_2": scores["sdr"]["2.0"]},
+            (-scores["mre"],))

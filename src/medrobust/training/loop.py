@@ -1,6 +1,11 @@
 """The epoch loop every trainer shares: seeded shuffling, a progress bar, an optional
-wall-clock budget, keeping the weights of the best validation epoch, and a resumable state
-after each epoch.
+wall-clock budget, keeping the weights of one epoch, and a resumable state after each epoch.
+
+Which epoch is kept: standard training keeps the best clean validation epoch, always. A robust
+run follows its ``Selection`` (``training.robust.selection``): the final epoch (the default, as
+the authors' code), the best clean one, or the best under the cheap validation attack; the last
+history row then holds ``kept``, the record of which epoch was kept and why. A robust
+objective's ``finish`` warnings (adaptive margins that never moved) are issued at the end.
 
 Trainers differ in how a batch becomes a loss, how the learning rate moves and how an epoch is
 judged, so they pass those; everything else (and its determinism) lives here once.
@@ -14,10 +19,11 @@ import copy
 import json
 import math
 import time
+import warnings
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -27,6 +33,9 @@ from medrobust.training.resume import EpochState, to_json
 from medrobust.utils.progress import note, progress
 from medrobust.utils.validation import check_range
 
+if TYPE_CHECKING:
+    from medrobust.training.robust.selection import Selection
+
 #: what ``batch_loss`` returns: the mean loss, or (the mean loss, per-item terms to average
 #: over the epoch, e.g. {"total": (B,), "heatmap": (B,)})
 BatchLoss = Callable[[Any], torch.Tensor | tuple[torch.Tensor, Mapping[str, torch.Tensor]]]
@@ -35,13 +44,15 @@ BatchLoss = Callable[[Any], torch.Tensor | tuple[torch.Tensor, Mapping[str, torc
 @dataclass
 class Judgement:
     """One epoch's validation: the history row, the selection key (higher is better; None:
-    not validated this epoch, never the best), the metrics kept for the best epoch, and what
-    the progress bar shows."""
+    not validated this epoch, never the best), the metrics kept for the best epoch, what
+    the progress bar shows, and the key under the cheap validation attack (None: not attacked
+    this epoch; ``EpochEnd.attack`` says when it is due)."""
 
     row: dict[str, Any]
     key: tuple[float, ...] | None
     metrics: dict[str, Any]
     postfix: dict[str, str]
+    robust_key: tuple[float, ...] | None = None
 
 
 @dataclass
@@ -53,6 +64,8 @@ class LoopResult:
     cpu_seconds: float
     #: the one line saying the time budget ended the run early (None: all epochs ran)
     stopped: str | None = None
+    #: robust runs: which epoch was kept and why (also the last history row's ``kept``)
+    kept: dict[str, Any] | None = None
 
 
 class Clock:
@@ -82,12 +95,15 @@ class EpochEnd:
     lr: float
     #: the run's last epoch: the planned ones are done or the time budget ends it here
     final: bool
+    #: the best clean selection key so far (standard training keeps that epoch)
     best_key: tuple[float, ...] | None
     clock: Clock
     started: float
+    #: validate under the cheap attack too (``Judgement.robust_key``): robust runs only
+    attack: bool = False
 
     def improves(self, key: tuple[float, ...] | None) -> bool:
-        """Whether ``key`` becomes the best epoch (ties keep the earlier one)."""
+        """Whether ``key`` is the best clean key so far (ties keep the earlier one)."""
         return key is not None and (self.best_key is None or key > self.best_key)
 
     def seconds(self) -> float:
@@ -129,10 +145,21 @@ def torch_shuffle(generator: torch.Generator) -> Callable[[int], torch.Tensor]:
     return lambda n: torch.randperm(n, generator=generator)
 
 
-def _stop_line(epoch: int, epochs: int, minutes: float, best_epoch: int | None) -> str:
-    kept = "" if best_epoch is None else f"; the best validation epoch ({best_epoch}) is kept"
+def _stop_line(epoch: int, epochs: int, minutes: float, best_epoch: int | None,
+               policy: str = "best-clean") -> str:
+    what = {"best-clean": "the best validation epoch", "final": "its final epoch",
+            "best-robust": "the best attacked-validation epoch"}[policy]
+    kept = "" if best_epoch is None else f"; {what} ({best_epoch}) is kept"
     return (f"stopped after epoch {epoch} of {epochs}: the {minutes:g}-minute limit was "
             f"reached{kept}")
+
+
+def _kept_key(policy: str, epoch: int, verdict: Judgement) -> tuple[float, ...] | None:
+    """The key an epoch competes with under ``policy`` (higher wins, None: not a candidate):
+    the final epoch wins by its number, the others by their validation."""
+    if policy == "final":
+        return None if verdict.key is None else (float(epoch),)
+    return verdict.robust_key if policy == "best-robust" else verdict.key
 
 
 #: the best epoch so far: (selection key, epoch, metrics, weights)
@@ -150,6 +177,11 @@ class _Run:
     cpu_elapsed: float = 0.0
     #: the stop line once the time budget ended the run
     stopped: str | None = None
+    #: the best clean key and its epoch (the kept epoch's under best-clean)
+    clean_key: tuple[float, ...] | None = None
+    clean_epoch: int | None = None
+    #: the kept epoch's clean and attacked keys (the ``kept`` record)
+    kept_keys: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def resumed(cls, epoch: int, best_model: dict[str, torch.Tensor], info: dict[str, Any]
@@ -157,18 +189,25 @@ class _Run:
         history = info["history"]
         best = None if info["best_key"] is None else (
             tuple(info["best_key"]), info["best_epoch"], info["best_metrics"], best_model)
-        # states written before the clock was saved: the last row's cumulative seconds
+        # states written before the clock was saved: the last row's cumulative seconds; before
+        # keep policies: the kept epoch was the best clean one
+        clean = info.get("clean_key", info["best_key"])
         return cls(history, best, epoch + 1, info.get("elapsed", history[-1].get("seconds", 0.0)),
                    info.get("cpu_elapsed", history[-1].get("cpu_seconds", 0.0)),
-                   info.get("stopped"))
+                   info.get("stopped"), None if clean is None else tuple(clean),
+                   info.get("clean_epoch", info["best_epoch"]), info.get("kept_keys", {}))
 
-    def take(self, end: EpochEnd, verdict: Judgement, model: nn.Module) -> None:
-        """Add an epoch's history row, and keep its weights when it is the best so far."""
+    def take(self, end: EpochEnd, verdict: Judgement, model: nn.Module,
+             policy: str = "best-clean") -> None:
+        """Add an epoch's history row, and keep its weights when it wins under ``policy``."""
         self.history.append(verdict.row)
         if end.improves(verdict.key):
-            assert verdict.key is not None
-            self.best = (verdict.key, end.epoch, verdict.metrics,
-                         copy.deepcopy(model.state_dict()))
+            self.clean_key, self.clean_epoch = verdict.key, end.epoch
+        key = _kept_key(policy, end.epoch, verdict)
+        if key is not None and (self.best is None or key > self.best[0]):
+            self.best = (key, end.epoch, verdict.metrics, copy.deepcopy(model.state_dict()))
+            self.kept_keys = {k: None if v is None else list(v) for k, v in
+                              (("clean_key", verdict.key), ("robust_key", verdict.robust_key))}
 
     def info(self, clock: Clock) -> dict[str, Any]:
         """The JSON entries of a resume state (``EpochState.save_epoch``'s ``info``)."""
@@ -176,7 +215,9 @@ class _Run:
         return {"history": self.history, "best_key": None if best is None else list(best[0]),
                 "best_epoch": None if best is None else best[1],
                 "best_metrics": None if best is None else json.loads(to_json(best[2])),
-                "elapsed": clock.wall(), "cpu_elapsed": clock.cpu(), "stopped": self.stopped}
+                "elapsed": clock.wall(), "cpu_elapsed": clock.cpu(), "stopped": self.stopped,
+                "clean_key": None if self.clean_key is None else list(self.clean_key),
+                "clean_epoch": self.clean_epoch, "kept_keys": self.kept_keys}
 
 
 class _Bar:
@@ -211,8 +252,9 @@ def train_epochs(wrapper: nn.Module, model: nn.Module, n_train: int, *, epochs: 
                  lr_at: Callable[[int, float], float] | None = None,
                  minutes: float | None = None, objective: Any = None,
                  resume: EpochState | None = None, generators: tuple[torch.Generator, ...] = (),
-                 calibrate: Callable[[], Any] | None = None) -> LoopResult:
-    """Train ``wrapper`` (whose ``model`` holds the weights) and load the best epoch's weights.
+                 calibrate: Callable[[], Any] | None = None,
+                 selection: Selection | None = None) -> LoopResult:
+    """Train ``wrapper`` (whose ``model`` holds the weights) and load the kept epoch's weights.
 
     ``shuffle(n)`` gives each epoch's order of the n training items (a seeded permutation);
     ``batch_loss(indices)`` returns the mean loss of those items (drawing any augmentation from
@@ -234,10 +276,14 @@ def train_epochs(wrapper: nn.Module, model: nn.Module, n_train: int, *, epochs: 
     already spent counts against ``minutes``). ``calibrate()`` (the objective's xi
     calibration, a full pass over the training data) runs before the first epoch only when
     nothing was resumed: a resumed objective brings its own.
+
+    ``selection`` (robust runs; None: standard training, the best clean epoch) says which epoch
+    is kept and when ``review`` must also validate under the cheap attack (``EpochEnd.attack``).
     """
     if minutes is not None:
         check_range("minutes", minutes, 0, low_inclusive=False)
     budget = None if minutes is None else 60.0 * minutes
+    policy = "best-clean" if selection is None else selection.policy
     steps = max(1, math.ceil(n_train / batch_size))
     resume = resume if resume is not None and resume.enabled else None
     run = _open_run(resume, model, optimizer, scheduler, generators, objective, calibrate)
@@ -256,15 +302,16 @@ def train_epochs(wrapper: nn.Module, model: nn.Module, n_train: int, *, epochs: 
         wrapper.eval()
         extra = objective.end_epoch() if objective is not None else {}
         time_up = _time_up(run, clock, started, budget, epoch, epochs)
+        final = epoch == epochs or time_up
         end = EpochEnd(epoch, {k: v / n_train for k, v in sums.items()}, extra,
-                       optimizer.param_groups[0]["lr"], epoch == epochs or time_up,
-                       None if run.best is None else run.best[0], clock, started)
+                       optimizer.param_groups[0]["lr"], final, run.clean_key, clock, started,
+                       selection is not None and selection.attack_due(final))
         verdict = review(end)
-        run.take(end, verdict, model)
+        run.take(end, verdict, model, policy)
         if time_up:
             assert minutes is not None
             run.stopped = _stop_line(epoch, epochs, minutes,
-                                     None if run.best is None else run.best[1])
+                                     None if run.best is None else run.best[1], policy)
         if resume is not None:
             resume.save_epoch(epoch, model=model, optimizer=optimizer, scheduler=scheduler,
                               best_model={} if run.best is None else run.best[3],
@@ -273,7 +320,7 @@ def train_epochs(wrapper: nn.Module, model: nn.Module, n_train: int, *, epochs: 
         if time_up:
             break
     bar.close()
-    return _close_run(run, clock, wrapper, model, desc)
+    return _close_run(run, clock, wrapper, model, desc, selection, objective)
 
 
 def _open_run(resume: EpochState | None, model: nn.Module, optimizer: torch.optim.Optimizer,
@@ -327,16 +374,29 @@ def _time_up(run: _Run, clock: Clock, started: float, budget: float | None, epoc
 
 
 def _close_run(run: _Run, clock: Clock, wrapper: nn.Module, model: nn.Module,
-               desc: str) -> LoopResult:
-    """Say why the run stopped early, if it did, and load the best epoch's weights."""
+               desc: str, selection: Selection | None = None, objective: Any = None
+               ) -> LoopResult:
+    """Say why the run stopped early, if it did, load the kept epoch's weights, record which
+    epoch that is (robust runs) and issue the objective's warnings."""
     if run.stopped is not None:
         note(run.stopped)
     if run.best is None:
         raise RuntimeError(f"{desc}: no epoch was validated, so there are no best weights")
     model.load_state_dict(run.best[3])
     wrapper.eval()
+    kept = None
+    if selection is not None:
+        kept = {"policy": selection.policy, "epoch": run.best[1], "why": selection.why(),
+                "ordered_by": selection.clean, "best_clean_epoch": run.clean_epoch,
+                "clean_key": run.kept_keys.get("clean_key"),
+                "robust_key": run.kept_keys.get("robust_key"),
+                "attack": None if selection.attack is None else selection.attack.describe()}
+        run.history[-1]["kept"] = kept
+    if objective is not None:
+        for warning in objective.finish(run.history):
+            warnings.warn(warning, stacklevel=3)
     return LoopResult(run.history, run.best[1], run.best[2], clock.wall(), clock.cpu(),
-                      run.stopped)
+                      run.stopped, kept)
 
 
 def fit(wrapper: nn.Module, model: nn.Module, n_train: int, *, epochs: int, batch_size: int,
@@ -344,24 +404,31 @@ def fit(wrapper: nn.Module, model: nn.Module, n_train: int, *, epochs: int, batc
         batch_loss: Callable[[Any], torch.Tensor], judge: Callable[[], Judgement],
         desc: str, objective: Any = None, resume: EpochState | None = None,
         generators: tuple[torch.Generator, ...] = (),
-        calibrate: Callable[[], Any] | None = None) -> LoopResult:
+        calibrate: Callable[[], Any] | None = None, selection: Selection | None = None,
+        attacked: Callable[[], tuple[dict[str, Any], tuple[float, ...]]] | None = None
+        ) -> LoopResult:
     """``train_epochs`` with AdamW and a one-cycle schedule over all steps; ``judge()``
     validates the model and its ``row`` joins the history row between the training loss and
-    the objective's summary, timings last. Other arguments as in ``train_epochs``."""
+    the objective's summary, timings last. ``attacked()`` validates under the cheap attack
+    when it is due ((its row entries, its key)). Other arguments as in ``train_epochs``."""
     opt = torch.optim.AdamW(wrapper.parameters(), lr=lr, weight_decay=weight_decay)
     steps = max(1, math.ceil(n_train / batch_size))
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * steps)
 
     def review(end: EpochEnd) -> Judgement:
         verdict = judge()
+        under: dict[str, Any] = {}
+        if attacked is not None and end.attack:
+            under, key = attacked()
+            verdict = replace(verdict, robust_key=key)
         return replace(verdict, row={"epoch": end.epoch, "train_loss": end.train["loss"],
-                                     **verdict.row, **end.extra, "seconds": end.seconds(),
-                                     "cpu_seconds": end.cpu_seconds()})
+                                     **verdict.row, **under, **end.extra,
+                                     "seconds": end.seconds(), "cpu_seconds": end.cpu_seconds()})
 
     return train_epochs(wrapper, model, n_train, epochs=epochs, batch_size=batch_size,
                         optimizer=opt, scheduler=sched, shuffle=shuffle, batch_loss=batch_loss,
                         review=review, desc=desc, objective=objective, resume=resume,
-                        generators=generators, calibrate=calibrate)
+                        generators=generators, calibrate=calibrate, selection=selection)
 
 
 def fit_config(wrapper: nn.Module, config: Any, train: Any, *, gen: torch.Generator,
@@ -369,20 +436,27 @@ def fit_config(wrapper: nn.Module, config: Any, train: Any, *, gen: torch.Genera
                objective: Any = None, robust: Any = None,
                state_dir: str | Path | None = None,
                init: Mapping[str, torch.Tensor] | None = None,
-               calibrate: Callable[[], Any] | None = None) -> LoopResult:
+               calibrate: Callable[[], Any] | None = None, selection: Selection | None = None,
+               attacked: Callable[[], tuple[dict[str, Any], tuple[float, ...]]] | None = None
+               ) -> LoopResult:
     """``fit`` from a trainer's config dataclass (epochs, batch_size, lr, weight_decay, model),
     resumable in ``state_dir`` under a key of the config, data, robust settings and starting
     weights ``init`` (so a changed setting never resumes a stale state), and the robust
     objective's state saved beside the checkpoint: the classifier and segmenter trainers
-    share this tail. ``calibrate`` as in ``fit``."""
+    share this tail. ``calibrate``, ``selection`` and ``attacked`` as in ``fit``."""
     state = None if state_dir is None else EpochState(
-        state_dir, {"config": asdict(config), "dataset": train.spec, "n": len(train),
-                    "robust": None if robust is None else robust.as_dict()}, init)
+        state_dir, settings_key(config, train, robust), init)
     done = fit(wrapper, wrapper.model, len(train), epochs=config.epochs,
                batch_size=config.batch_size, lr=config.lr, weight_decay=config.weight_decay,
                shuffle=torch_shuffle(gen), batch_loss=batch_loss, judge=judge,
                desc=f"train {config.model}", objective=objective, generators=(gen,),
-               resume=state, calibrate=calibrate)
+               resume=state, calibrate=calibrate, selection=selection, attacked=attacked)
     if objective is not None and state_dir is not None:
         objective.save(state_dir)
     return done
+
+
+def settings_key(config: Any, train: Any, robust: Any) -> dict[str, Any]:
+    """The resume key of a ``fit_config`` run: the config, the data and the robust settings."""
+    return {"config": asdict(config), "dataset": train.spec, "n": len(train),
+            "robust": None if robust is None else robust.as_dict()}

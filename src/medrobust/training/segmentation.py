@@ -8,7 +8,7 @@ for shuffling and augmentation (flips / 90-degree turns applied to image and mas
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -24,8 +24,17 @@ from medrobust.models.registry import build_model, resolve_factory
 from medrobust.models.segmenter import Segmenter, save_segmenter
 from medrobust.models.unet import downsampling
 from medrobust.training.augment import augment_batch
-from medrobust.training.loop import Judgement, check_fit_settings, fit_config, start_from
+from medrobust.training.loop import (
+    Judgement,
+    check_fit_settings,
+    fit_config,
+    settings_key,
+    start_from,
+)
 from medrobust.training.robust import LossSpec, Objective, RobustConfig, build_objective
+from medrobust.training.robust.objectives import TermScore
+from medrobust.training.robust.search import search_delta
+from medrobust.training.robust.selection import selection_for
 from medrobust.utils.seeding import seed_everything
 from medrobust.utils.validation import check_choice
 
@@ -64,6 +73,8 @@ class SegTrainResult:
     cpu_seconds: float = 0.0
     #: the robust objective (margins, Dice threshold, ensemble) when one was used
     objective: Objective | None = None
+    #: robust runs: which epoch was kept and why (``loop.LoopResult.kept``)
+    kept: dict[str, Any] | None = None
 
 
 def channel_stats(ds: SegmentationDataset) -> tuple[list[float], list[float]]:
@@ -102,12 +113,16 @@ def train_segmenter(train: SegmentationDataset, val: SegmentationDataset,
     ``robust`` chooses a robust objective (None: standard); adaptive margins use the Dice rule
     (correct = hard best-foreground Dice >= the mean clean training Dice of the starting model).
     ``init`` starts from these network weights; ``state_dir`` saves and resumes epoch state.
+    A robust run keeps the epoch ``robust.keep`` says (``training.robust.selection``);
+    ``robust.delta == "auto"`` searches D first (``training.robust.search``).
     """
     config.validate()
     if train.channels != val.channels:
         raise ConfigError("train and validation splits differ in channels")
     if len(train) == 0 or len(val) == 0:
         raise ConfigError("segmentation training needs non-empty train and validation splits")
+    if robust is not None and robust.searches_delta:
+        return _with_delta_search(train, val, config, device, robust, init, state_dir)
     k = max(train.num_classes, val.num_classes)
     names = train.class_names if train.num_classes == k else val.class_names
     seed_everything(config.seed)
@@ -150,11 +165,49 @@ def train_segmenter(train: SegmentationDataset, val: SegmentationDataset,
                          (metrics["dice"], metrics["iou"]), metrics,
                          {"val_dice": f"{metrics['dice']:.3f}"})
 
+    selection = selection_for(robust, "val Dice (then IoU)", (c, *train.size), config.seed)
+
+    def attacked() -> tuple[dict[str, Any], tuple[float, ...]]:
+        """The validation split under the cheap attack (clean images, true masks)."""
+        assert selection is not None and selection.attack is not None
+        x = torch.from_numpy(val.images).permute(0, 3, 1, 2).float() / 255.0
+        y = torch.from_numpy(val.masks).unsqueeze(1).float()
+        adv = selection.attack.run(seg, ((x[i:i + 64].to(device), y[i:i + 64].to(device),
+                                          range(i, min(i + 64, len(val))))
+                                         for i in range(0, len(val), 64)),
+                                   lambda t: TermScore(spec, t))
+        metrics = segmentation_metrics(seg.predict(adv), val.masks, seg.num_classes)
+        return {"val_attacked_dice": metrics["dice"], "val_attacked_iou": metrics["iou"],
+                "val_attacked_pixel_accuracy": metrics["pixel_accuracy"]}, \
+            (metrics["dice"], metrics["iou"])
+
     done = fit_config(seg, config, train, gen=gen, batch_loss=batch_loss, judge=judge,
                       objective=objective, robust=robust, state_dir=state_dir, init=init,
-                      calibrate=calibrate)
+                      calibrate=calibrate, selection=selection,
+                      attacked=None if selection is None else attacked)
     return SegTrainResult(seg, done.history, done.best_epoch, done.best_metrics, done.seconds,
-                          done.cpu_seconds, objective)
+                          done.cpu_seconds, objective, done.kept)
+
+
+def _with_delta_search(train: SegmentationDataset, val: SegmentationDataset,
+                       config: SegTrainConfig, device: torch.device | str,
+                       robust: RobustConfig, init: dict[str, torch.Tensor] | None,
+                       state_dir: str | Path | None) -> SegTrainResult:
+    """``--delta auto``: search D (each candidate a short run of this trainer), then the full
+    run with the chosen D; the search record joins the last history row."""
+
+    def candidate(cfg: RobustConfig, epochs: int, folder: Path | None) -> list[dict[str, Any]]:
+        return train_segmenter(train, val, replace(config, epochs=epochs), device, robust=cfg,
+                               init=init, state_dir=folder).history
+
+    chosen, record = search_delta(robust, epochs=config.epochs,
+                                  shape=(train.channels, *train.size),
+                                  settings=settings_key(config, train, None), init=init,
+                                  state_dir=state_dir, train=candidate)
+    result = train_segmenter(train, val, config, device, robust=chosen, init=init,
+                             state_dir=state_dir)
+    result.history[-1]["delta_search"] = record
+    return result
 
 
 def save_trained_segmenter(result: SegTrainResult, config: SegTrainConfig,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -19,8 +19,17 @@ from medrobust.models.checkpoint import save_checkpoint
 from medrobust.models.classifier import Classifier
 from medrobust.models.registry import SIGMOID_MODELS, build_model, resolve_factory
 from medrobust.training.augment import POLICIES, augment_batch, default_policy
-from medrobust.training.loop import Judgement, check_fit_settings, fit_config, start_from
+from medrobust.training.loop import (
+    Judgement,
+    check_fit_settings,
+    fit_config,
+    settings_key,
+    start_from,
+)
 from medrobust.training.robust import LossSpec, Objective, RobustConfig, build_objective
+from medrobust.training.robust.objectives import TermScore
+from medrobust.training.robust.search import search_delta
+from medrobust.training.robust.selection import selection_for
 from medrobust.utils.seeding import seed_everything
 from medrobust.utils.validation import check_choice, check_range
 
@@ -63,6 +72,8 @@ class TrainResult:
     seconds: float
     #: the robust objective (margins, xi, ensemble) when one was used
     objective: Objective | None = None
+    #: robust runs: which epoch was kept and why (``loop.LoopResult.kept``)
+    kept: dict[str, Any] | None = None
 
 
 def _normalisation(ds: ImageDataset) -> tuple[list[float], list[float]]:
@@ -85,6 +96,16 @@ def _selection_value(metrics: dict[str, Any], name: str, loss: float) -> float:
         return -loss
     value = metrics.get(name)
     return float("-inf") if value is None else float(value)
+
+
+def _scored(probs: np.ndarray, val: ImageDataset, select_metric: str
+            ) -> tuple[dict[str, Any], float, tuple[float, float]]:
+    """(metrics, validation loss, selection key) of validation probabilities. Ties on the
+    metric (AUC saturates at 1.0 on easy data) go to the lower validation loss."""
+    metrics = classification_metrics(probs, val.labels, val.class_names)
+    val_loss = float(F.nll_loss(torch.log(torch.from_numpy(probs).clamp_min(1e-12)),
+                                torch.from_numpy(val.labels)))
+    return metrics, val_loss, (_selection_value(metrics, select_metric, val_loss), -val_loss)
 
 
 def classification_terms(clf: Classifier, smoothing: float = 0.0
@@ -113,11 +134,16 @@ def train_classifier(train: ImageDataset, val: ImageDataset, config: TrainConfig
     augmentation through one torch.Generator, deterministic kernels requested. ``robust``
     chooses a robust objective (``training.robust``; None: standard training), ``init`` starts
     from these network weights (fine-tuning, e.g. from the standard model xi comes from),
-    ``state_dir`` saves a resumable state after each epoch and resumes from one.
+    ``state_dir`` saves a resumable state after each epoch and resumes from one. A robust run
+    keeps the epoch ``robust.keep`` says and validates under the cheap attack when due
+    (``training.robust.selection``); ``robust.delta == "auto"`` searches D first
+    (``training.robust.search``).
     """
     config.validate()
     if train.channels != val.channels or train.class_names != val.class_names:
         raise ConfigError("train and validation splits differ in channels or classes")
+    if robust is not None and robust.searches_delta:
+        return _with_delta_search(train, val, config, device, robust, init, state_dir)
     seed_everything(config.seed)
     device = torch.device(device)
     model = build_model(config.model, train.channels, train.num_classes, **config.model_kwargs)
@@ -164,21 +190,55 @@ def train_classifier(train: ImageDataset, val: ImageDataset, config: TrainConfig
         probs = clf.probabilities(val.images) if noisy_val is None else np.concatenate(
             [p.cpu().numpy() for p in clf.batched(
                 lambda b: clf.logits_to_probabilities(clf(b)), noisy_val, 256)])
-        metrics = classification_metrics(probs, val.labels, val.class_names)
-        val_loss = float(F.nll_loss(torch.log(torch.from_numpy(probs).clamp_min(1e-12)),
-                                    torch.from_numpy(val.labels)))
+        metrics, val_loss, key = _scored(probs, val, config.select_metric)
         auc = metrics["auc"] or float("nan")
-        # Ties on the metric (AUC saturates at 1.0 on easy data) go to the lower validation loss.
-        key = (_selection_value(metrics, config.select_metric, val_loss), -val_loss)
         return Judgement({"val_loss": val_loss, "val_accuracy": metrics["accuracy"],
                           "val_auc": auc}, key, metrics,
                          {"val_acc": f"{metrics['accuracy']:.3f}", "val_auc": f"{auc:.3f}"})
 
+    selection = selection_for(robust, f"val {config.select_metric} (ties: lower val loss)",
+                              (train.channels, *train.size), config.seed)
+
+    def attacked() -> tuple[dict[str, Any], tuple[float, ...]]:
+        """The validation split under the cheap attack (clean images, true labels)."""
+        assert selection is not None and selection.attack is not None
+        x = torch.from_numpy(val.images).permute(0, 3, 1, 2).float() / 255.0
+        y = torch.from_numpy(val.labels)
+        rows = range(0, len(val), 256)
+        adv = selection.attack.run(clf, ((x[i:i + 256].to(device), y[i:i + 256].to(device),
+                                          range(i, min(i + 256, len(val)))) for i in rows),
+                                   lambda t: TermScore(spec, t))
+        metrics, val_loss, key = _scored(clf.probabilities(adv), val, config.select_metric)
+        return {"val_attacked_loss": val_loss, "val_attacked_accuracy": metrics["accuracy"],
+                "val_attacked_auc": float("nan") if metrics["auc"] is None else metrics["auc"]}, key
+
     done = fit_config(clf, config, train, gen=gen, batch_loss=batch_loss, judge=judge,
                       objective=objective, robust=robust, state_dir=state_dir, init=init,
-                      calibrate=calibrate)
+                      calibrate=calibrate, selection=selection,
+                      attacked=None if selection is None else attacked)
     return TrainResult(clf, done.history, done.best_epoch, done.best_metrics, done.seconds,
-                       objective)
+                       objective, done.kept)
+
+
+def _with_delta_search(train: ImageDataset, val: ImageDataset, config: TrainConfig,
+                       device: torch.device | str, robust: RobustConfig,
+                       init: dict[str, torch.Tensor] | None,
+                       state_dir: str | Path | None) -> TrainResult:
+    """``--delta auto``: search D (each candidate a short run of this trainer), then the full
+    run with the chosen D; the search record joins the last history row."""
+
+    def candidate(cfg: RobustConfig, epochs: int, folder: Path | None) -> list[dict[str, Any]]:
+        return train_classifier(train, val, replace(config, epochs=epochs), device, robust=cfg,
+                                init=init, state_dir=folder).history
+
+    chosen, record = search_delta(robust, epochs=config.epochs,
+                                  shape=(train.channels, *train.size),
+                                  settings=settings_key(config, train, None), init=init,
+                                  state_dir=state_dir, train=candidate)
+    result = train_classifier(train, val, config, device, robust=chosen, init=init,
+                              state_dir=state_dir)
+    result.history[-1]["delta_search"] = record
+    return result
 
 
 def _noisy(val: ImageDataset, config: TrainConfig) -> torch.Tensor | None:

@@ -80,6 +80,9 @@ class MarginAttack:
     always_correct: torch.Tensor
     #: how many checks were run per sample (steps + 1)
     checks: int
+    #: the point the noisy loss is computed on: the final iterate, or with ``refine`` the
+    #: boundary point of each sample that failed (the authors' landmark code trains there)
+    noisy: torch.Tensor
 
 
 def margin_pgd(model: nn.Module, x0: torch.Tensor, score: Score, eps: torch.Tensor, *,
@@ -93,7 +96,10 @@ def margin_pgd(model: nn.Module, x0: torch.Tensor, score: Score, eps: torch.Tens
 
     With ``refine`` each sample that failed a check is bisected (``refine_steps`` forwards,
     no gradients) between its last correct iterate and its first wrong one, and its norm is
-    that of the last correct bisection point, so margins can shrink to the boundary.
+    that of the last correct bisection point, so margins can shrink to the boundary; that point
+    is also the sample's ``noisy`` point (the authors' landmark code trains on the bisected
+    point: the noisy loss then sits at the edge of what the sample withstands rather than past
+    it). Samples that never failed train on the final iterate either way.
     """
     x0 = x0.detach()
     eps = eps.to(x0.device, torch.float32)
@@ -123,6 +129,7 @@ def margin_pgd(model: nn.Module, x0: torch.Tensor, score: Score, eps: torch.Tens
         first_bad = torch.where(_view(newly_bad, x0), d, first_bad)
         ok &= correct.to(ok.device)
         norms = flat_norm(d, "l2")
+        noisy = adv
         if refine and bool((~ok).any()):
             bad = (~ok).nonzero().flatten()
             lo, hi = last_ok[bad], first_bad[bad]
@@ -135,7 +142,9 @@ def margin_pgd(model: nn.Module, x0: torch.Tensor, score: Score, eps: torch.Tens
                 lo, hi = torch.where(g, mid, lo), torch.where(g, hi, mid)
             norms = norms.clone()
             norms[bad] = flat_norm(lo, "l2")
-    return MarginAttack(adv.detach(), norms.detach(), ok.cpu(), steps + 1)
+            noisy = adv.clone()
+            noisy[bad] = (xb + lo).clamp(0.0, 1.0)  # a convex mix of boxed points: rounding only
+    return MarginAttack(adv.detach(), norms.detach(), ok.cpu(), steps + 1, noisy.detach())
 
 
 def _subset_score(score: Score, outputs: torch.Tensor, rows: torch.Tensor

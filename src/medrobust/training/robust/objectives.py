@@ -13,11 +13,14 @@ batch, ``targets`` whatever the trainer's loss takes, ``idx`` the dataset indice
 - ``teat``: temporal ensembling (``teat.py``); its L2 PGD (``steps`` 10, step eps / 4, start
   0.001 N(0,1)) also maximises the penalty; loss on the adversarial batch only.
 - ``adaptive-margin``: PGD inside each sample's margin (``inner.margin_pgd``), loss
-  0.5 L0 (clean) + 0.5 L1 (noisy), margins updated at the epoch end (``margins.py``).
+  0.5 L0 (clean) + 0.5 L1 (noisy), margins updated at the epoch end (``margins.py``). L1 is
+  computed on the final inner iterate, or with ``refine`` on the bisected boundary point of
+  each sample that failed (the authors' landmark code; ``inner.margin_pgd``).
 
 Every inner attack runs in eval mode (``inner.py`` says why) and is seeded by (seed, epoch,
 dataset index). Objectives carry their state (margins, ensembles, xi) in ``state_dict`` for
-resuming, and ``end_epoch`` gives a row for the training history.
+resuming, ``end_epoch`` gives a row for the training history and ``finish`` the warnings
+about the whole run (adaptive margins that never moved beyond D).
 """
 
 from __future__ import annotations
@@ -35,13 +38,14 @@ from medrobust.errors import ConfigError
 from medrobust.training.robust.config import RobustConfig
 from medrobust.training.robust.criteria import DiceRule, LossRule, Rule, hard_dice, has_foreground
 from medrobust.training.robust.inner import (
+    MarginAttack,
     attack_seed,
     eval_mode,
     fixed_l2_pgd,
     keyed_normal,
     margin_pgd,
 )
-from medrobust.training.robust.margins import Margins
+from medrobust.training.robust.margins import Margins, MarginsNeverMoved, never_moved
 from medrobust.training.robust.teat import TemporalEnsemble, sigmoid_ramp
 from medrobust.training.robust.xi import calibrate_xi
 
@@ -138,6 +142,10 @@ class Objective:
 
     def end_epoch(self) -> dict[str, Any]:
         return {}
+
+    def finish(self, history: list[dict[str, Any]]) -> list[Warning]:
+        """Warnings about the finished run, from its history rows (the loop issues them)."""
+        return []
 
     def state_dict(self) -> dict[str, Any]:
         return {}
@@ -252,9 +260,12 @@ class AdaptiveMargin(Objective):
     def __init__(self, *args: Any, rule: Rule | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         c = self.config
+        if c.searches_delta:
+            raise ConfigError("--delta auto must be resolved by the validation search "
+                              "(training.robust.search) before the objective is built")
         self.margins = Margins(self.n_train, float(c.delta), c.max_margin)  # type: ignore[arg-type]
         self.rule = rule
-        self.last_attack_norms: torch.Tensor | None = None
+        self.last_attack: MarginAttack | None = None
 
     @property
     def needs_calibration(self) -> bool:
@@ -300,15 +311,24 @@ class AdaptiveMargin(Objective):
                             steps=c.inner_steps, seed=attack_seed(self.seed, self.epoch),
                             keys=[int(i) for i in idx], refine=c.refine)
         self.margins.record(idx, attack.norms, attack.always_correct)
-        self.last_attack_norms = attack.norms
+        self.last_attack = attack
         l0, t0 = self.spec.batch_loss(model(x), targets)
-        l1, t1 = self.spec.batch_loss(model(attack.adversarial), targets)
+        l1, t1 = self.spec.batch_loss(model(attack.noisy), targets)
         terms = None if t0 is None or t1 is None else {k: 0.5 * t0[k] + 0.5 * t1[k] for k in t0}
         return 0.5 * l0 + 0.5 * l1, terms
 
     def end_epoch(self) -> dict[str, Any]:
         return {"margins": self.margins.end_epoch(),
                 "rule": None if self.rule is None else self.rule.describe()}
+
+    def finish(self, history: list[dict[str, Any]]) -> list[Warning]:
+        rows = [r["margins"] for r in history if "margins" in r]
+        if not never_moved(rows, self.margins.delta):
+            return []
+        return [MarginsNeverMoved(
+            f"adaptive margins never moved beyond D = {self.margins.delta:g} in {len(rows)} "
+            "epoch(s): every sample failed its check every epoch, so this was fixed-budget "
+            "training at D (try a smaller --delta, a looser --xi or more epochs)")]
 
     def save(self, folder: str | Path) -> dict[str, Any]:
         out = super().save(folder)
