@@ -5,6 +5,9 @@ recomputes nothing, radii that are part of a dense run, and the certified column
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 from cli_util import run_cli, run_json
@@ -65,6 +68,17 @@ def test_segcertify_bounds_loosen_with_the_radius_and_resume(seg_model, tmp_path
     ev = run_json(capsys, "evaluate", "--model", ck, "--attack", "pgd", "--l2", "0.2",
                   "--steps", "2", "--limit", "3", "--store", db)
     assert ev["certified"]["run"] == other["run_id"] or ev["certified"]["run"] == out["run_id"]
+    # a U-Net trained under the smoothing noise: recorded, and reported by certify
+    data = str(Path(ck).parent / "data")
+    noisy = str(tmp_path / "noisy")
+    trained = run_json(capsys, "train", "--task", "segmentation", "--dataset", "segfolder",
+                       "--data-dir", data, "--size", "32", "--epochs", "1", "--noise-sd", "0.1",
+                       "--out", noisy, "--store", db)
+    assert trained["run_id"] and json.loads((Path(noisy) / "meta.json").read_text())[
+        "train_config"]["noise_sd"] == 0.1
+    again = run_json(capsys, "certify", "--model", noisy, "--sigma", "0.1", "--radii", "0",
+                     "--limit", "2", *SMALL, "--store", db)
+    assert again["trained_noise_sd"] == 0.1
     code, _, err = run_cli(capsys, *args[:-2], "--store", db, "--check")
     assert code == 2 and "--check" in err
     code, _, err = run_cli(capsys, *args[:-2], "--store", db, "--denoiser", "median3")

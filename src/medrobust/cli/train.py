@@ -60,8 +60,9 @@ def _defaults(option: str) -> str:
               help="classification: auto (the dataset's policy), flips, shift or none; "
                    "segmentation: flips (default) or none.")
 @click.option("--noise-sd", type=click.FloatRange(0), default=None,
-              help="classification: Gaussian noise (std on the [0,1] scale) on every training "
-                   "image, the base model of randomized smoothing (certify --sigma the same).")
+              help="classification and segmentation: Gaussian noise (std on the [0,1] scale) "
+                   "on every training image, the base model of randomized smoothing or "
+                   "SegCertify (certify --sigma the same).")
 @click.option("--minutes", type=click.FloatRange(0, min_open=True), default=None,
               help="landmarks / detection: wall-clock training budget (the best validation "
                    "epoch so far is kept).")

@@ -36,7 +36,7 @@ from medrobust.training.segmentation import (
 
 OPTIONS: dict[str, Any] = with_robust({"model": "unet", "model_kwargs": {}, "epochs": 20,
                                        "batch_size": 16, "lr": 3e-3, "weight_decay": 1e-4,
-                                       "augment": "flips", "seed": 0})
+                                       "augment": "flips", "noise_sd": 0.0, "seed": 0})
 
 
 def train(train_ds: Any, val_ds: Any, options: dict[str, Any], device: str

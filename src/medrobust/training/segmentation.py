@@ -36,7 +36,7 @@ from medrobust.training.robust.objectives import TermScore
 from medrobust.training.robust.search import search_delta
 from medrobust.training.robust.selection import selection_for
 from medrobust.utils.seeding import seed_everything
-from medrobust.utils.validation import check_choice
+from medrobust.utils.validation import check_choice, check_range
 
 SEG_AUGMENT = ("flips", "none")
 
@@ -53,12 +53,17 @@ class SegTrainConfig:
     weight_decay: float = 1e-4
     augment: str = "flips"
     seed: int = 0
+    #: Gaussian noise (std on the [0,1] scale) added to every training image: the base model
+    #: SegCertify smooths (Fischer et al. train theirs so); validation then scores one fixed
+    #: noisy draw, so the kept epoch is the best under the noise it will be smoothed with
+    noise_sd: float = 0.0
 
     def validate(self) -> None:
         """Every setting, the model name included: called before any data is loaded."""
         resolve_factory(self.model)
         check_fit_settings(self.epochs, self.batch_size, self.lr, self.weight_decay)
         check_choice("augment", self.augment, SEG_AUGMENT)
+        check_range("noise_sd", self.noise_sd, 0)
 
 
 @dataclass
@@ -153,13 +158,19 @@ def train_segmenter(train: SegmentationDataset, val: SegmentationDataset,
         both = torch.cat([x_train[idx].float() / 255.0, y_train[idx]], dim=1)
         if config.augment == "flips":  # image and mask turn together
             both = augment_batch(both, "flips", gen)
+        if config.noise_sd > 0:  # drawn only then, so noise-free training keeps its stream
+            both[:, :c] += config.noise_sd * torch.randn(both[:, :c].shape, generator=gen)
         if objective is not None:
             return objective.loss(seg, both[:, :c].to(device), both[:, c:].round().to(device),
                                   idx)[0]
         return loss_fn(seg(both[:, :c].to(device)), both[:, c:].round().to(device))
 
+    noisy_val = _noisy(val, config)
+
     def judge() -> Judgement:
-        metrics = evaluate_segmenter(seg, val)
+        metrics = evaluate_segmenter(seg, val) if noisy_val is None else segmentation_metrics(
+            seg.predict_tensor(noisy_val.to(device)).cpu().numpy(), val.masks,
+            seg.num_classes)
         return Judgement({"val_dice": metrics["dice"], "val_iou": metrics["iou"],
                           "val_pixel_accuracy": metrics["pixel_accuracy"]},
                          (metrics["dice"], metrics["iou"]), metrics,
@@ -187,6 +198,15 @@ def train_segmenter(train: SegmentationDataset, val: SegmentationDataset,
                       attacked=None if selection is None else attacked)
     return SegTrainResult(seg, done.history, done.best_epoch, done.best_metrics, done.seconds,
                           done.cpu_seconds, objective, done.kept)
+
+
+def _noisy(val: SegmentationDataset, config: SegTrainConfig) -> torch.Tensor | None:
+    """The validation images under one fixed draw of the training noise (None: no noise)."""
+    if config.noise_sd <= 0:
+        return None
+    x = torch.from_numpy(val.images).permute(0, 3, 1, 2).float() / 255.0
+    gen = torch.Generator().manual_seed(config.seed + 1)
+    return x + config.noise_sd * torch.randn(x.shape, generator=gen)
 
 
 def _with_delta_search(train: SegmentationDataset, val: SegmentationDataset,
