@@ -3,6 +3,8 @@ against difficult boxes, and the lost / ghost / class-flip breakdown of an attac
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -341,3 +343,7 @@ def test_evaluate_ensemble_on_a_detector_records_the_members_and_the_breakdown(t
     assert summary["objects"] == 5  # six true boxes, one difficult
     for key in ("objects_lost", "class_flips", "ghosts"):
         assert summary[key] >= 0 and summary[f"{key}_per_image"] == summary[key] / 3
+    # the report gives the damage by kind beside mAP
+    rep = run_json(capsys, "report", "--store", db, "--out", str(tmp_path / "rep"))
+    html = Path(rep["report"]).read_text()
+    assert "Ghost detections" in html and "Class flips" in html

@@ -54,6 +54,7 @@ SMALL: dict[tuple[str, ...], dict[str, str]] = {
     ("attack", "onepixel"): {"--limit": "4"},
     ("attack", "pgd"): {"--limit": "4", "--steps": "2"},
     ("map",): {"--limit": "2", "--step": "255"},
+    ("certify",): {"--limit": "2", "--n": "50", "--n0": "10"},
 }
 #: the same, added where the README line leaves the option at its (slow) default
 ADD: dict[tuple[str, ...], dict[str, str]] = {

@@ -57,6 +57,37 @@ class LabelledBatch:
     eps: torch.Tensor
 
 
+@dataclass
+class TargetBatch:
+    """An attack's checked inputs on any task: the device, float [0,1] images, one target per
+    image (a tensor, or a list when ragged) and one random-stream key per image, and the
+    per-image budget."""
+
+    device: torch.device
+    x: torch.Tensor
+    targets: torch.Tensor | list[Any]
+    keys: list[int]
+    eps: torch.Tensor
+
+
+def as_targets(labels: Any, device: torch.device) -> torch.Tensor | list[Any]:
+    """One target per image: a tensor when they stack, else the list as given. Ragged targets
+    (a detector's (boxes, labels) per image) are a list of tuples; they are sliced per batch like
+    a tensor (``take_targets``) and handed to the loss as they are."""
+    if isinstance(labels, list) and labels and isinstance(labels[0], (tuple, dict)):
+        return labels
+    return torch.as_tensor(labels).to(device)
+
+
+def take_targets(targets: torch.Tensor | list[Any], idx: torch.Tensor
+                 ) -> torch.Tensor | list[Any]:
+    """The targets of images ``idx``: a tensor indexed, or ragged per-image targets picked from
+    their list."""
+    if isinstance(targets, torch.Tensor):
+        return targets[idx.to(targets.device)]
+    return [targets[i] for i in idx.tolist()]
+
+
 class AttackProgress:
     """A progress bar counted in images, advanced in fractions of an image as an attack's
     iterations run (a bar that moves every step has a steady ETA; one per image does not).
@@ -185,6 +216,28 @@ class Attack(ABC):
             raise ConfigError(f"{n} images but {len(keys)} keys")
         self.check_images(x.shape[1:])
         return LabelledBatch(device, x, y, keys, per_sample(self.eps, n, device, "eps"))
+
+    def target_batch(self, images: Any, labels: Any, keys: Sequence[int] | None,
+                     extra: dict[str, Any]) -> TargetBatch:
+        """The checks every attack on a task's targets makes before any work (``labelled_batch``
+        for targets of any kind): no unknown options, one target and one key per image, the
+        budget ``self.eps`` within the image range; keys default to 0..N-1."""
+        from medrobust.attacks.projection import per_sample
+
+        if extra:
+            raise ConfigError(f"{type(self).__name__}.run got unknown options: "
+                              f"{', '.join(sorted(extra))}")
+        device = model_device(self.model)
+        x = as_image_batch(images, device)
+        n = x.shape[0]
+        targets = as_targets(labels, device)
+        if len(targets) != n:
+            raise ConfigError(f"{n} images but {len(targets)} labels/targets")
+        keys = list(range(n)) if keys is None else [int(k) for k in keys]
+        if len(keys) != n:
+            raise ConfigError(f"{n} images but {len(keys)} keys")
+        self.check_images(x.shape[1:])
+        return TargetBatch(device, x, targets, keys, per_sample(self.eps, n, device, "eps"))
 
     def __repr__(self) -> str:
         inner = ", ".join(f"{k}={v!r}" for k, v in self.params().items())

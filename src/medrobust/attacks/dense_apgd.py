@@ -33,24 +33,14 @@ from medrobust.attacks.apgd import apgd_ascent, apgd_start, loss_and_gradient
 from medrobust.attacks.base import (
     Attack,
     AttackProgress,
-    as_image_batch,
-    model_device,
     output_device,
+    take_targets,
 )
 from medrobust.attacks.losses import LossFn, cross_entropy, loss_name
-from medrobust.attacks.pgd import _targets as per_image_targets
-from medrobust.attacks.projection import NORMS, Budget, budget_param, per_sample, plain_budget
+from medrobust.attacks.projection import NORMS, Budget, budget_param, plain_budget
 from medrobust.attacks.result import AttackResult
 from medrobust.errors import ConfigError
 from medrobust.utils.validation import check_choice, check_range
-
-
-def take(targets: torch.Tensor | list[Any], idx: torch.Tensor) -> torch.Tensor | list[Any]:
-    """The targets of images ``idx``: a tensor indexed, or ragged per-image targets (a
-    detector's (boxes, labels)) picked from their list."""
-    if isinstance(targets, torch.Tensor):
-        return targets[idx.to(targets.device)]
-    return [targets[i] for i in idx.tolist()]
 
 
 class DenseAPGD(Attack):
@@ -113,19 +103,9 @@ class DenseAPGD(Attack):
         all restarts, and the extra ``loss`` (N,) is the loss at the returned image as the
         attack measured it (images with eps 0 come back unchanged, with their clean loss).
         """
-        if kwargs:
-            raise ConfigError(f"DenseAPGD.run got unknown options: {', '.join(sorted(kwargs))}")
-        device = model_device(self.model)
-        x = as_image_batch(images, device)
+        batch = self.target_batch(images, labels, keys, kwargs)
+        device, x, target, keys, eps = batch.device, batch.x, batch.targets, batch.keys, batch.eps
         n = x.shape[0]
-        target = per_image_targets(labels, device)
-        if len(target) != n:
-            raise ConfigError(f"{n} images but {len(target)} labels/targets")
-        keys = list(range(n)) if keys is None else [int(k) for k in keys]
-        if len(keys) != n:
-            raise ConfigError(f"{n} images but {len(keys)} keys")
-        self.check_images(x.shape[1:])
-        eps = per_sample(self.eps, n, device, "eps")
         out = x.clone()
         loss = torch.zeros(n)
         steps = torch.zeros(n, dtype=torch.long)
@@ -157,18 +137,19 @@ class DenseAPGD(Attack):
         still = (eps == 0).nonzero().squeeze(1)
         if still.numel():  # unchanged images report their clean loss
             with torch.no_grad():
-                best[still] = self._objective(self.model(x0[still]), take(target, still),
+                best[still] = self._objective(self.model(x0[still]),
+                                              take_targets(target, still),
                                               int(still.numel())).detach().float()
         idx = (eps > 0).nonzero().squeeze(1)
         if idx.numel() == 0:
             return adv, best.cpu(), taken
-        xs, es, ts = x0[idx], eps[idx], take(target, idx)
+        xs, es, ts = x0[idx], eps[idx], take_targets(target, idx)
         ks = [keys[i] for i in idx.tolist()]
         share = 1.0 / (self.steps * self.restarts)
 
         def evaluate(x: torch.Tensor, sub: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor,
                                                                   None]:
-            t = ts if sub.numel() == len(ks) else take(ts, sub)
+            t = ts if sub.numel() == len(ks) else take_targets(ts, sub)
             loss, grad, _ = loss_and_gradient(self.model, x,
                                               lambda o: self._objective(o, t, x.shape[0]))
             return loss.float(), grad, None

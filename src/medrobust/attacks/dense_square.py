@@ -33,13 +33,10 @@ from torch import nn
 from medrobust.attacks.base import (
     Attack,
     AttackProgress,
-    as_image_batch,
-    model_device,
     output_device,
+    take_targets,
 )
-from medrobust.attacks.dense_apgd import take
-from medrobust.attacks.pgd import _targets as per_image_targets
-from medrobust.attacks.projection import NORMS, Budget, budget_param, per_sample, plain_budget
+from medrobust.attacks.projection import NORMS, Budget, budget_param, plain_budget
 from medrobust.attacks.result import AttackResult
 from medrobust.attacks.square import linf_vertices, square_bases, square_candidate
 from medrobust.errors import ConfigError
@@ -105,20 +102,9 @@ class DenseSquare(Attack):
         (default 0..N-1). The result's ``queries`` are the forward passes each image cost;
         the extra ``damage`` (N,) float64 is the damage of the returned image as measured in
         its batch (images with eps 0 come back unchanged after one query)."""
-        if kwargs:
-            raise ConfigError(f"DenseSquare.run got unknown options: "
-                              f"{', '.join(sorted(kwargs))}")
-        device = model_device(self.model)
-        x = as_image_batch(images, device)
+        batch = self.target_batch(images, labels, keys, kwargs)
+        device, x, target, keys, eps = batch.device, batch.x, batch.targets, batch.keys, batch.eps
         n = x.shape[0]
-        target = per_image_targets(labels, device)
-        if len(target) != n:
-            raise ConfigError(f"{n} images but {len(target)} labels/targets")
-        keys = list(range(n)) if keys is None else [int(k) for k in keys]
-        if len(keys) != n:
-            raise ConfigError(f"{n} images but {len(keys)} keys")
-        self.check_images(x.shape[1:])
-        eps = per_sample(self.eps, n, device, "eps")
         out = x.clone()
         hurt = torch.zeros(n, dtype=torch.float64)
         queries = torch.zeros(n, dtype=torch.long)
@@ -155,7 +141,7 @@ class DenseSquare(Attack):
         if idx.numel() == 0:
             return best, hurt, queries
         ic = idx.cpu()
-        sub = take(target, idx)
+        sub = take_targets(target, idx)
         b = bases[ic.numpy()]
         x0s, es, ps, ms = x0[idx], eps[idx], plus[idx], minus[idx]
         cur, cur_hurt = best[idx], hurt[ic]

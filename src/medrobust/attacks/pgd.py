@@ -18,8 +18,6 @@ from torch import nn
 from medrobust.attacks.base import (
     Attack,
     AttackProgress,
-    as_image_batch,
-    model_device,
     output_device,
 )
 from medrobust.attacks.criteria import Criterion
@@ -105,17 +103,9 @@ class PGD(Attack):
         whether an image is attacked alone or in a batch. The result's ``steps`` are the
         gradient steps each image took (early stop freezes).
         """
-        device = model_device(self.model)
-        x = as_image_batch(images, device)
+        batch = self.target_batch(images, labels, keys, kwargs)
+        device, x, target, keys, eps = batch.device, batch.x, batch.targets, batch.keys, batch.eps
         n = x.shape[0]
-        target = _targets(labels, device)
-        if len(target) != n:
-            raise ConfigError(f"{n} images but {len(target)} labels/targets")
-        keys = list(range(n)) if keys is None else [int(k) for k in keys]
-        if len(keys) != n:
-            raise ConfigError(f"{n} images but {len(keys)} keys")
-        self.check_images(x.shape[1:])
-        eps = per_sample(self.eps, n, device, "eps")
         step = self.default_step(eps) if self.step is None else per_sample(self.step, n, device,
                                                                             "step")
         out = x.clone()
@@ -169,10 +159,3 @@ class PGD(Attack):
         return enforce_budget(x0, x0 + delta, eps, self.norm), taken
 
 
-def _targets(labels: Any, device: torch.device) -> torch.Tensor | list[Any]:
-    """One target per image: a tensor when they stack, else the list as given. Ragged targets
-    (a detector's (boxes, labels) per image) are a list of tuples; they are sliced per batch like
-    a tensor and handed to the loss as they are."""
-    if isinstance(labels, list) and labels and isinstance(labels[0], (tuple, dict)):
-        return labels
-    return torch.as_tensor(labels).to(device)

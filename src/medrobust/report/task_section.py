@@ -484,6 +484,20 @@ def detection_table(summary: dict[str, Any], rows: list[dict[str, Any]]) -> Tabl
                  caption="Over the attacked images (the run's summary; mAP pools all of them)")
 
 
+def damage_table(summary: dict[str, Any]) -> Table:
+    """Localisation and classification damage apart: mAP alone cannot say whether the attack
+    hid objects, relabelled them or invented new ones."""
+    return Table(["True objects", "Found clean (IoU 0.5)", "Found attacked", "Lost",
+                  "Class flips", "Ghost detections"],
+                 [[str(summary.get("objects", "-")), str(summary.get("found_clean", "-")),
+                   str(summary.get("found_adv", "-")), str(summary.get("objects_lost", "-")),
+                   str(summary.get("class_flips", "-")), str(summary.get("ghosts", "-"))]],
+                 caption=f"Damage by kind at IoU 0.5, detections scoring \u2265 "
+                         f"{SCORE_THRESHOLD:g}: lost = found clean, covered by no detection "
+                         "after; a class flip = covered after only by other classes; a ghost = "
+                         "a new detection covering no true box")
+
+
 def _image_name(ds: Any, index: int) -> str:
     ids = getattr(ds, "ids", None) or getattr(ds, "image_ids", None)
     try:
@@ -588,6 +602,8 @@ def task_attack_section(ctx: ReportContext) -> Section | None:
         else:
             sub.add((landmark_table if _panel_kind(task) == "points" else detection_table)(
                 summary, rows))
+            if summary.get("objects_lost") is not None:
+                sub.add(damage_table(summary))
         _add_panels(ctx, run, task, rows, sub)
         section.subsections.append(sub)
     return section

@@ -7,6 +7,7 @@ turns), ``shift`` (X-rays have an up and a side: small translations only), ``non
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -51,3 +52,15 @@ def default_policy(dataset_spec: dict) -> str:
     if name in ("synthetic", "bccd") or flag in ("pathmnist", "bloodmnist", "dermamnist"):
         return "flips"
     return "shift"
+
+
+def noisy_validation(images: np.ndarray, sd: float, seed: int) -> torch.Tensor | None:
+    """uint8 (N,H,W,C) validation images as float (N,C,H,W) under one fixed draw of Gaussian
+    noise ``sd`` (None when ``sd`` is 0): a model trained under noise (the base model of
+    randomized smoothing or SegCertify) is selected on the noise it will be smoothed with, and
+    every epoch on the same noisy images."""
+    if sd <= 0:
+        return None
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255.0
+    gen = torch.Generator().manual_seed(int(seed) + 1)
+    return x + sd * torch.randn(x.shape, generator=gen)

@@ -23,7 +23,7 @@ from medrobust.metrics.segmentation import segmentation_metrics
 from medrobust.models.registry import build_model, resolve_factory
 from medrobust.models.segmenter import Segmenter, save_segmenter
 from medrobust.models.unet import downsampling
-from medrobust.training.augment import augment_batch
+from medrobust.training.augment import augment_batch, noisy_validation
 from medrobust.training.loop import (
     Judgement,
     check_fit_settings,
@@ -165,7 +165,7 @@ def train_segmenter(train: SegmentationDataset, val: SegmentationDataset,
                                   idx)[0]
         return loss_fn(seg(both[:, :c].to(device)), both[:, c:].round().to(device))
 
-    noisy_val = _noisy(val, config)
+    noisy_val = noisy_validation(val.images, config.noise_sd, config.seed)
 
     def judge() -> Judgement:
         metrics = evaluate_segmenter(seg, val) if noisy_val is None else segmentation_metrics(
@@ -198,15 +198,6 @@ def train_segmenter(train: SegmentationDataset, val: SegmentationDataset,
                       attacked=None if selection is None else attacked)
     return SegTrainResult(seg, done.history, done.best_epoch, done.best_metrics, done.seconds,
                           done.cpu_seconds, objective, done.kept)
-
-
-def _noisy(val: SegmentationDataset, config: SegTrainConfig) -> torch.Tensor | None:
-    """The validation images under one fixed draw of the training noise (None: no noise)."""
-    if config.noise_sd <= 0:
-        return None
-    x = torch.from_numpy(val.images).permute(0, 3, 1, 2).float() / 255.0
-    gen = torch.Generator().manual_seed(config.seed + 1)
-    return x + config.noise_sd * torch.randn(x.shape, generator=gen)
 
 
 def _with_delta_search(train: SegmentationDataset, val: SegmentationDataset,

@@ -18,7 +18,7 @@ from medrobust.metrics.classification import classification_metrics
 from medrobust.models.checkpoint import save_checkpoint
 from medrobust.models.classifier import Classifier
 from medrobust.models.registry import SIGMOID_MODELS, build_model, resolve_factory
-from medrobust.training.augment import POLICIES, augment_batch, default_policy
+from medrobust.training.augment import POLICIES, augment_batch, default_policy, noisy_validation
 from medrobust.training.loop import (
     Judgement,
     check_fit_settings,
@@ -175,7 +175,7 @@ def train_classifier(train: ImageDataset, val: ImageDataset, config: TrainConfig
                             ((x_train[i:i + 256].float().div(255).to(device),
                               y_train[i:i + 256].to(device)) for i in range(0, len(train), 256)))
 
-    noisy_val = _noisy(val, config)
+    noisy_val = noisy_validation(val.images, config.noise_sd, config.seed)
 
     def batch_loss(idx: torch.Tensor) -> torch.Tensor:
         xb = augment_batch(x_train[idx].float() / 255.0, policy, gen)
@@ -239,16 +239,6 @@ def _with_delta_search(train: ImageDataset, val: ImageDataset, config: TrainConf
                               state_dir=state_dir)
     result.history[-1]["delta_search"] = record
     return result
-
-
-def _noisy(val: ImageDataset, config: TrainConfig) -> torch.Tensor | None:
-    """The validation images under one fixed draw of the training noise (None: no noise), so
-    epochs are compared on the same noisy images and selection favours the smoothed model."""
-    if config.noise_sd <= 0:
-        return None
-    x = torch.from_numpy(val.images).permute(0, 3, 1, 2).float() / 255.0
-    gen = torch.Generator().manual_seed(config.seed + 1)
-    return x + config.noise_sd * torch.randn(x.shape, generator=gen)
 
 
 def save_trained(result: TrainResult, config: TrainConfig, train: ImageDataset,
