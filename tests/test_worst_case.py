@@ -156,3 +156,47 @@ def test_evaluate_ensemble_on_a_landmark_model_is_never_below_pgds_error(tmp_pat
     assert rows["ensemble"].keys() == rows["pgd"].keys()
     for i, mre in rows["ensemble"].items():
         assert mre >= rows["pgd"][i] - 1e-9
+
+
+def test_a_killed_ensemble_resumes_to_the_uninterrupted_rows(segmenter, tmp_path, monkeypatch):
+    """The dense ensemble through the protocol, killed after its first batch of images: the
+    rows already computed are kept, the same call resumes the rest, and every image's row
+    equals an uninterrupted run's (each member keyed per image, the worst chosen afterwards)."""
+    from medrobust.campaigns.attack_protocol import run_attack_protocol
+    from medrobust.campaigns.protocol_attacks import ProtocolSettings
+
+    model, test, _ = segmenter
+    task = get_task("segmentation")
+    settings = ProtocolSettings(attacks=("ensemble",), levels=(1.0,), pgd_steps=4,
+                                ifgsm_steps=2, batch_images=2, seed=3)
+    info = {"dir": "", "model": "unet"}
+
+    def run(store: Store) -> tuple[object, dict[int, dict]]:
+        out = run_attack_protocol(store, task, model, info, test, list(range(6)), settings,
+                                  show_progress=False)
+        return out, {r["dataset_index"]: r for r in store.rows(
+            "task_attack_results", run_id=out.summary["cells"][0]["run_id"])}
+
+    with Store(tmp_path / "whole.db") as store:
+        _, whole = run(store)
+    calls = {"n": 0}
+    original = WorstCase.run
+
+    def dies(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return original(self, *args, **kwargs)
+
+    with Store(tmp_path / "cut.db") as store:
+        monkeypatch.setattr(WorstCase, "run", dies)
+        with pytest.raises(KeyboardInterrupt):
+            run(store)
+        assert len(store.rows("task_attack_results")) == 2  # the first batch is kept
+        monkeypatch.setattr(WorstCase, "run", original)
+        again, rows = run(store)
+    assert again.resumed and again.computed_now == 4
+    assert rows.keys() == whole.keys()
+    for i, r in rows.items():
+        assert r["adv_metric"] == pytest.approx(whole[i]["adv_metric"], abs=1e-6)
+        assert r["members"]["kept"] == whole[i]["members"]["kept"]
