@@ -35,6 +35,7 @@ from common import (  # noqa: E402
     cli,
     git_commit,
     set_threads,
+    train_once,
     write_json,
 )
 from dense_ensemble import train_models  # noqa: E402
@@ -55,12 +56,11 @@ def run_certify(model: str, data: list[str], store: str, sigma: float, radii: st
 def classifiers(args: argparse.Namespace, store: str) -> list[dict[str, Any]]:
     data = ["--dataset", "pneumoniamnist", "--data-dir", str(args.data_dir)]
     std = CACHE / "pneumoniamnist-smallcnn-e10"
-    cli("train", *data, "--epochs", "10", "--out", str(std), "--store", store)
+    train_once(std, *data, "--epochs", "10", "--store", store)
     results = []
     for sigma in (0.25, 0.5):
         noisy = CACHE / f"pneumoniamnist-smallcnn-noise{sigma:g}-e10"
-        cli("train", *data, "--epochs", "10", "--noise-sd", f"{sigma:g}", "--out", str(noisy),
-            "--store", store)
+        train_once(noisy, *data, "--epochs", "10", "--noise-sd", f"{sigma:g}", "--store", store)
         dae = CACHE / f"dae-gaussian{sigma:g}"
         if not (dae / "meta.json").is_file():  # train-denoiser refuses a folder it wrote
             cli("train-denoiser", *data, "--noise", "gaussian", "--sd", f"{sigma:g}",
@@ -79,8 +79,8 @@ def segmenters(args: argparse.Namespace, store: str, std: str) -> list[dict[str,
     data = ["--task", "segmentation", "--dataset", "segfolder", "--data-dir",
             str(args.data_dir / "dsb2018_nuclei"), "--size", "64"]
     noisy = CACHE / "dsb2018-unet-noise0.25-e15"
-    cli("train", *data, "--epochs", "15", "--batch-size", "16", "--noise-sd", "0.25", "--out",
-        str(noisy), "--store", store)
+    train_once(noisy, *data, "--epochs", "15", "--batch-size", "16", "--noise-sd", "0.25",
+               "--store", store)
     return [{"task": "segmentation", "sigma": 0.25, "model": label,
              **run_certify(model, [], store, 0.25, "0,0.1,0.25,0.5", args.seg_images, 30,
                            args.seg_n, 100)}

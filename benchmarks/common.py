@@ -48,6 +48,14 @@ def cli(*args: str) -> dict[str, Any]:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def train_once(out: Path, *args: str) -> None:
+    """``medrobust train ... --out OUT`` unless OUT already holds a checkpoint: ``train``
+    retrains a finished model (a new checkpoint, so every attack on it would start over), and
+    a benchmark that is rerun must attack the model its earlier results came from."""
+    if not (Path(out) / "meta.json").is_file():
+        cli("train", *args, "--out", str(out))
+
+
 def git_commit() -> str:
     """The short commit a result was measured at ("" outside a git checkout)."""
     import subprocess

@@ -267,7 +267,7 @@ def test_the_dense_ensemble_is_at_least_as_damaging_as_each_member_alone(segment
     assert ens.labels == ["pgd", "ifgsm", "apgd-masked-ce", "apgd-js", "apgd-masked-margin",
                           "apgd-cosine-ce", "square"]
     assert [getattr(m, "steps", None) for m in ens.members][:3] == [8, 2, 2]
-    assert ens.members[-1].max_queries == 20
+    assert ens.members[-1].max_queries == 8
     keys = [4, 5, 6, 7, 8, 9]
     out = ens(x, y, keys=keys)
     fresh = worst_case(SEG, segmenter, "l2", 0.5, settings)
@@ -279,14 +279,17 @@ def test_the_dense_ensemble_is_at_least_as_damaging_as_each_member_alone(segment
 
 
 def test_the_dense_ensemble_costs_about_three_pgd_runs():
-    """The shares in ``worst_case``'s docstring: forward+backward passes per image, a forward
-    pass 1/3 of one, at 3x PGD's steps within 5% for any number of extra losses."""
+    """The shares in ``worst_case``'s docstring, in PGD steps per image: PGD S, IFGSM 10, APGD
+    about S over all losses, Square S queries; with a query costing between a third of a step
+    and a whole one (measured: 0.3-0.6, detection under 1), 2.3-3.3x PGD's steps for any
+    number of extra losses."""
     for steps in (100, 200):
         for losses in range(7):
             each, queries = ensemble_shares(steps, losses)
+            assert queries == steps and abs(max(losses, 1) * each - steps) <= max(losses, 1)
             members = 2 + max(losses, 1) + 1
-            cost = steps + 10 + max(losses, 1) * (each + 1) + queries / 3 + members / 3
-            assert 2.85 * steps <= cost <= 3.15 * steps, (steps, losses, cost)
+            gradient = steps + 10 + max(losses, 1) * (each + 1) + members / 3
+            assert 2.3 * steps <= gradient + queries / 3 and gradient + queries <= 3.3 * steps
     # a task with no other loss runs APGD on its training loss with all of the APGD share
     bare = worst_case(dataclasses.replace(SEG, ensemble_losses={}), nn.Identity(), "l2", 1.0,
                       ProtocolSettings())

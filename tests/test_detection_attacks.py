@@ -347,3 +347,31 @@ def test_evaluate_ensemble_on_a_detector_records_the_members_and_the_breakdown(t
     rep = run_json(capsys, "report", "--store", db, "--out", str(tmp_path / "rep"))
     html = Path(rep["report"]).read_text()
     assert "Ghost detections" in html and "Class flips" in html
+
+
+def test_the_fast_image_map_is_pycocotools_number():
+    """``image_map`` (NumPy, for the ensemble's Square member, thousands of calls per image)
+    against pycocotools through ``MeanAveragePrecision`` on random images: crowd (difficult)
+    truths, score ties, classes without truths, degenerate boxes and empty lists included."""
+    from medrobust.metrics.detection import MeanAveragePrecision, image_map
+
+    rng = np.random.default_rng(0)
+
+    def boxes(n):
+        xy = rng.uniform(0, 50, (n, 2))
+        return np.concatenate([xy, xy + rng.uniform(2, 20, (n, 2))], 1)
+
+    for trial in range(150):
+        k, ng, nd = int(rng.integers(1, 4)), int(rng.integers(0, 6)), int(rng.integers(0, 15))
+        tb, tl, td = boxes(ng), rng.integers(0, k, ng), rng.random(ng) < 0.2
+        pb = boxes(nd)
+        for i in range(nd):  # most detections near a truth, some degenerate after the noise
+            if ng and rng.random() < 0.6:
+                pb[i] = tb[rng.integers(0, ng)] + rng.normal(0, 2, 4)
+        ps, pl = rng.random(nd), rng.integers(0, k, nd)
+        if trial % 7 == 0:
+            ps[: nd // 2] = 0.5
+        ref = MeanAveragePrecision([str(c) for c in range(k)])
+        ref.update([pb], [ps], [pl], [tb], [tl], [td])
+        assert image_map(pb, ps, pl, tb, tl, td) == pytest.approx(ref.aggregate()["map"],
+                                                                  abs=1e-9), trial

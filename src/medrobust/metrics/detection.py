@@ -116,6 +116,99 @@ class MeanAveragePrecision(CumulativeMetric):
         return {"map": stats[0], "map50": stats[1], "per_class": per_class, "n": n}
 
 
+#: COCO's IoU thresholds and recall points
+IOU_THRESHOLDS = np.linspace(0.5, 0.95, 10)
+RECALL_POINTS = np.linspace(0.0, 1.0, 101)
+
+
+def image_map(pred_boxes: ArrayLike, pred_scores: ArrayLike, pred_labels: ArrayLike,
+              true_boxes: ArrayLike, true_labels: ArrayLike,
+              true_difficult: ArrayLike | None = None, max_detections: int = 100) -> float:
+    """COCO mAP@0.5:0.95 of ONE image: the number ``MeanAveragePrecision`` gives for it alone
+    (pycocotools' matching, crowd rules and 101-point interpolation, area range "all").
+
+    Why not pycocotools here: the worst-case ensemble's Square member scores every query image
+    by its mAP, thousands of times per image, and building COCO objects costs most of that;
+    this is the same computation in NumPy (tests hold it equal to pycocotools). Difficult
+    truths are crowd regions: a detection on one (IoU = intersection / detection area) is
+    neither a hit nor a miss. Classes without a non-difficult truth do not count; 0 when no
+    class counts."""
+    pb, ps, pl = _np(pred_boxes, np.float64, 4), _np(pred_scores, np.float64), \
+        _np(pred_labels, np.int64)
+    tb, tl = _np(true_boxes, np.float64, 4), _np(true_labels, np.int64)
+    td = np.zeros(len(tl), bool) if true_difficult is None else _np(true_difficult, bool)
+    # COCO ignores a truth that is a crowd or whose area falls outside the range (a box with
+    # negative area), and an unmatched detection whose area does
+    ignore = td | (_area(tb) < 0)
+    aps = []
+    for c in np.unique(tl[~ignore]):
+        g, crowd, ig = tb[tl == c], td[tl == c], ignore[tl == c]
+        order = np.argsort(ig, kind="mergesort")  # COCO: truths not ignored first
+        g, crowd, ig = g[order], crowd[order], ig[order]
+        d_idx = np.argsort(-ps[pl == c], kind="mergesort")[:max_detections]
+        d = pb[pl == c][d_idx]
+        aps.append(_class_ap(d, g, crowd, ig))
+    return float(np.mean(aps)) if aps else 0.0
+
+
+def _area(b: np.ndarray) -> np.ndarray:
+    return (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+
+
+def _coco_iou(d: np.ndarray, g: np.ndarray, crowd: np.ndarray) -> np.ndarray:
+    """(D, G) IoU as pycocotools computes it: over the detection's area for crowd truths."""
+    lt = np.maximum(d[:, None, :2], g[None, :, :2])
+    rb = np.minimum(d[:, None, 2:], g[None, :, 2:])
+    inter = np.clip(rb - lt, 0, None).prod(axis=2)
+    area_d = (d[:, 2] - d[:, 0]) * (d[:, 3] - d[:, 1])
+    area_g = (g[:, 2] - g[:, 0]) * (g[:, 3] - g[:, 1])
+    union = np.where(crowd[None, :], area_d[:, None], area_d[:, None] + area_g[None, :] - inter)
+    return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
+
+
+def _class_ap(d: np.ndarray, g: np.ndarray, crowd: np.ndarray, ig: np.ndarray) -> float:
+    """COCO AP of one class on one image, averaged over the ten IoU thresholds (``crowd``:
+    crowd truths, matched by intersection over detection area and any number of times;
+    ``ig``: truths that do not count, crowds included)."""
+    npig = int((~ig).sum())
+    if len(d) == 0:
+        return 0.0
+    ious = _coco_iou(d, g, crowd)
+    out_of_range = _area(d) < 0
+    total = 0.0
+    for t in IOU_THRESHOLDS:
+        matched = np.zeros(len(g), bool)
+        tp = np.zeros(len(d), bool)
+        ignored = np.zeros(len(d), bool)
+        for i in range(len(d)):  # COCOeval.evaluateImg's greedy matching, in score order
+            best, m = min(t, 1 - 1e-10), -1
+            for j in range(len(g)):
+                if matched[j] and not crowd[j]:
+                    continue
+                if m > -1 and not ig[m] and ig[j]:
+                    break
+                if ious[i, j] < best:
+                    continue
+                best, m = ious[i, j], j
+            if m == -1:
+                ignored[i] = out_of_range[i]
+                continue
+            ignored[i] = ig[m]
+            tp[i] = not ig[m]
+            matched[m] = True
+        keep = ~ignored
+        tps, fps = np.cumsum(tp[keep]), np.cumsum(~tp[keep])
+        if len(tps) == 0:
+            continue
+        recall = tps / npig
+        precision = tps / (tps + fps + np.spacing(1))
+        precision = np.maximum.accumulate(precision[::-1])[::-1]  # COCO's envelope
+        at = np.searchsorted(recall, RECALL_POINTS, side="left")
+        total += float(np.where(at < len(precision),
+                                precision[np.minimum(at, len(precision) - 1)], 0.0).mean())
+    return total / len(IOU_THRESHOLDS)
+
+
 #: the score from which a detection counts as made (what an attack summary counts and shows)
 CONFIDENT_SCORE = 0.3
 

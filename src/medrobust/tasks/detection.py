@@ -16,6 +16,7 @@ from medrobust.metrics.detection import (
     CONFIDENT_SCORE,
     MeanAveragePrecision,
     damage_breakdown,
+    image_map,
 )
 from medrobust.models.centernet import centernet
 from medrobust.models.detector import Detector
@@ -104,10 +105,7 @@ def loss_terms(model: Detector, outputs: torch.Tensor, targets: Any) -> dict[str
 
 def _image_map(dets: tuple[np.ndarray, np.ndarray, np.ndarray], ds: DetectionDataset,
                i: int) -> float:
-    metric = MeanAveragePrecision(ds.class_names)
-    metric.update([dets[0]], [dets[1]], [dets[2]], [ds.boxes[i]], [ds.labels[i]],
-                  [ds.difficult[i]])
-    return float(metric.aggregate()["map"])
+    return image_map(dets[0], dets[1], dets[2], ds.boxes[i], ds.labels[i], ds.difficult[i])
 
 
 def _truth(target: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -125,10 +123,8 @@ def image_damage(model: Detector, x: torch.Tensor, targets: Any) -> torch.Tensor
     dets = model.predict_tensor(x.to(model.device))
     out = []
     for (boxes, scores, labels), target in zip(dets, targets, strict=True):
-        metric = MeanAveragePrecision(model.class_names)
         tb, tl, td = _truth(target)
-        metric.update([boxes], [scores], [labels], [tb], [tl], [td])
-        out.append(1.0 - float(metric.aggregate()["map"]))
+        out.append(1.0 - image_map(boxes, scores, labels, tb, tl, td))
     return torch.tensor(out, dtype=torch.float64)
 
 
