@@ -113,6 +113,7 @@ def test_evaluate_ensemble_on_a_segmenter_beats_pgd_per_image(segmenter, tmp_pat
     rep = run_json(capsys, "report", "--store", db, "--out", str(tmp_path / "rep"))
     html = Path(rep["report"]).read_text()
     assert "Worst-case ensembles: which attack each model fell to" in html
+    assert run["summary"]["ensemble_damage"] >= max(m["mean_damage"] for m in members.values())
     code, _, err = run_cli(capsys, "evaluate", "--model", ck, "--attack", "apgd-t", "--l2", "1",
                            "--store", db)
     assert code == 2 and "apgd-t needs class logits" in err
@@ -200,3 +201,23 @@ def test_a_killed_ensemble_resumes_to_the_uninterrupted_rows(segmenter, tmp_path
     for i, r in rows.items():
         assert r["adv_metric"] == pytest.approx(whole[i]["adv_metric"], abs=1e-6)
         assert r["members"]["kept"] == whole[i]["members"]["kept"]
+
+
+def test_member_curves_group_runs_by_model_and_budget():
+    from medrobust.report.ensemble_section import _curves, member_figure
+
+    def run(i: int, eps: float, damage: dict[str, float], kept: float) -> dict:
+        return {"id": i, "params": {"attack": {"eps": eps, "norm": "l2"}},
+                "model": {"dir": "/m/unet", "model": "unet"},
+                "summary": {"members": {k: {"mean_damage": v, "kept": 1}
+                                        for k, v in damage.items()},
+                            "ensemble_damage": kept}}
+
+    runs = [run(1, 2.0, {"pgd": 0.5, "square": 0.2}, 0.6),
+            run(2, 1.0, {"pgd": 0.3, "square": 0.1}, 0.35)]
+    curves = _curves(runs)
+    ((label, norm), points), = curves.items()
+    assert norm == "l2" and [eps for eps, _ in points] == [1.0, 2.0]  # sorted by budget
+    fig = member_figure(points, label, norm)
+    lines = fig.axes[0].get_lines()
+    assert len(lines) == 3 and list(lines[-1].get_ydata()) == [0.35, 0.6]

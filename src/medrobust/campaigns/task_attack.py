@@ -198,7 +198,9 @@ def member_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
     means = {m: float(np.mean([p["damage"][m] for p in parts])) for m in labels}
     wins = {m: sum(p["kept"] == m for p in parts) for m in labels}
     out: dict[str, Any] = {"members": {m: {"mean_damage": means[m], "kept": wins[m]}
-                                       for m in labels}}
+                                       for m in labels},
+                           "ensemble_damage": float(np.mean([p["damage"][p["kept"]]
+                                                             for p in parts]))}
     gradient = [m for m in labels if m != BLACK_BOX]
     if BLACK_BOX in means and gradient:
         best = max(gradient, key=lambda m: means[m])

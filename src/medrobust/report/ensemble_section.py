@@ -12,9 +12,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from medrobust.report.blocks import Note, Section, Table, num
+from medrobust.report.blocks import Figure, Note, Section, Table, num
 from medrobust.report.context import ReportContext
 from medrobust.report.names import budget_text
+from medrobust.report.plots import figure_to_data_uri
 from medrobust.report.sections import model_label
 
 #: what a member's damage is on each task's scale (``Task.image_damage``)
@@ -27,6 +28,13 @@ def ensemble_section(ctx: ReportContext) -> Section | None:
     if not runs:
         return None
     section = Section("ensemble-members", "Worst-case ensembles: which attack each model fell to")
+    for (label, norm), group in _curves(runs).items():
+        if len({eps for eps, _ in group}) > 1:  # a curve needs two budgets
+            section.add(Figure(figure_to_data_uri(member_figure(group, label, norm)),
+                               f"Mean damage per member against the {norm.upper()} budget, "
+                               f"{label} ({DAMAGE}); the ensemble is the worst per image, so "
+                               "it lies on or above every member.",
+                               alt=f"member damage curves for {label}"))
     for run in runs:
         s = run["summary"]
         a = (run.get("params") or {}).get("attack") or {}
@@ -54,3 +62,36 @@ def _masking_text(check: dict[str, Any]) -> str:
             f"beat every gradient attack on {check['images_black_box_worse']} of "
             f"{check['images']} images. The gradient attacks' numbers flatter this model; "
             "trust the ensemble's, and look for what blocks the gradient.")
+
+
+def _curves(runs: list[dict[str, Any]]) -> dict[tuple[str, str], list[tuple[float, dict]]]:
+    """(model, norm) -> [(budget, summary)], one point per ensemble run, newest per budget."""
+    out: dict[tuple[str, str], dict[float, dict]] = {}
+    for run in runs:
+        a = (run.get("params") or {}).get("attack") or {}
+        eps, norm = a.get("eps"), a.get("norm")
+        if isinstance(eps, bool) or not isinstance(eps, (int, float)) or norm is None:
+            continue
+        out.setdefault((model_label(run), str(norm)), {})[float(eps)] = run["summary"]
+    return {k: sorted(v.items()) for k, v in out.items()}
+
+
+def member_figure(points: list[tuple[float, dict]], label: str, norm: str) -> Any:
+    """One line per member (mean damage against the budget) and the ensemble's, dashed."""
+    from matplotlib.figure import Figure as PlotFigure
+
+    fig = PlotFigure(figsize=(6.4, 3.4), layout="constrained")
+    ax = fig.subplots()
+    members = list(points[0][1]["members"])
+    xs = [eps for eps, _ in points]
+    for m in members:
+        ax.plot(xs, [s["members"].get(m, {}).get("mean_damage") for _, s in points],
+                marker="o", markersize=3, label=m)
+    ens = [s.get("ensemble_damage") for _, s in points]
+    if all(v is not None for v in ens):  # runs of the first version did not record it
+        ax.plot(xs, ens, linestyle="--", color="black", label="ensemble (worst per image)")
+    ax.set_xlabel(f"{norm.upper()} budget")
+    ax.set_ylabel("mean damage")
+    ax.set_title(label, fontsize=9)
+    ax.legend(fontsize=7)
+    return fig
