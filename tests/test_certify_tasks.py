@@ -79,8 +79,13 @@ def test_segcertify_bounds_loosen_with_the_radius_and_resume(seg_model, tmp_path
     again = run_json(capsys, "certify", "--model", noisy, "--sigma", "0.1", "--radii", "0",
                      "--limit", "2", *SMALL, "--store", db)
     assert again["trained_noise_sd"] == 0.1
-    code, _, err = run_cli(capsys, *args[:-2], "--store", db, "--check")
-    assert code == 2 and "--check" in err
+    checked = run_json(capsys, *args, "--check", "--check-steps", "3", "--check-samples", "2")
+    assert checked["check"]["consistent"] and len(checked["check"]["radii"]) == 2
+    with Store(db) as store:
+        checks = store.rows("certify_dense_check_results", run_id=checked["check"]["run_id"])
+    assert len(checks) == 2 * 3 and all(r["l2"] <= r["radius"] + 1e-5 for r in checks)
+    for c in checks:  # the attacked smoothed Dice is not below what was certified
+        assert c["violation"] == 0 and c["attacked"] >= c["certified"] - 1e-9
     code, _, err = run_cli(capsys, *args[:-2], "--store", db, "--denoiser", "median3")
     assert code == 2 and "--denoiser" in err
 
@@ -164,6 +169,13 @@ def test_landmark_certificates_bound_the_radial_error_from_the_cli(tmp_path, cap
     code, text, _ = run_cli(capsys, "evaluate", "--model", ck, "--attack", "pgd", "--l2",
                             "0.01", "--steps", "2", "--limit", "3", "--store", db)
     assert code == 0 and f"certified (run {out['run_id']})" in text
+    # the cross-check: PGD on the noise-averaged loss, the attacked median within the bounds
+    checked = run_json(capsys, "certify", "--model", ck, "--sigma", "0.02", "--radii",
+                       "0,0.01,0.1", "--limit", "3", *SMALL, "--store", db, "--check",
+                       "--check-steps", "3", "--check-samples", "2")
+    assert checked["check"]["consistent"]
+    first = checked["check"]["radii"][0]
+    assert first["radius"] == 0.01 and first["attacked"] <= first["certified"] + 1e-9
 
 
 def test_the_mean_interval_is_a_seeded_bootstrap_that_keeps_infinite_bounds():
@@ -175,3 +187,57 @@ def test_the_mean_interval_is_a_seeded_bootstrap_that_keeps_infinite_bounds():
     assert mean_ci95([]) is None and mean_ci95([np.nan]) is None
     lo, hi = mean_ci95([1.0, 2.0, 3.0, np.inf])  # an unbounded image: the top end is infinite
     assert np.isfinite(lo) and hi == np.inf
+
+
+def test_the_dense_crosscheck_catches_a_false_certificate(tmp_path, monkeypatch):
+    """A certificate too tight to be true (every box coordinate pinned to the clean median)
+    must be reported as a violation once the attack moves a box; the true one is not. And the
+    violation test itself: a median whose confidence interval misses the interval, not one
+    merely estimated past its edge."""
+    from test_detection_attacks import _toy
+
+    from medrobust.campaigns.certify import (
+        CertifySettings,
+        CheckSettings,
+        run_certify_campaign,
+        run_dense_check_campaign,
+    )
+    from medrobust.certify.attack import median_violation
+    from medrobust.certify.median import MedianCertificate, MedianSmoother
+    from medrobust.models.detector import Detector
+    from medrobust.training.detection import train_detector
+
+    rng = np.random.default_rng(0)
+    shifted = rng.normal(5.0, 1.0, (400, 2))
+    assert median_violation(shifted, 0.1, 0.01, np.zeros(2), np.ones(2)).all()
+    assert not median_violation(shifted, 0.1, 0.01, np.full(2, 4.9), np.full(2, 5.1)).any()
+
+    train, test = _toy(48, 0), _toy(6, 1)
+    net, hist = train_detector(train, test, epochs=20, batch_size=8, lr=1e-2, seed=0, width=4,
+                               augment=False)
+    model = Detector(net, mean=hist["mean"], std=hist["std"],
+                     class_names=train.class_names).eval()
+    settings = CertifySettings(sigma=0.05, n0=10, n=60, alpha=0.05, radii=(0.0, 3.0),
+                               batch_size=30, seed=1)
+    check = CheckSettings(steps=5, samples=2)
+    with Store(tmp_path / "d.db") as store:
+        cert = run_certify_campaign(store, model, {"dir": ""}, test, settings, [0, 1, 2],
+                                    show_progress=False)
+        rows = store.rows("certify_detection_results", run_id=cert.run_id)
+        real = run_dense_check_campaign(store, model, {"dir": ""}, test, settings, check, rows,
+                                        show_progress=False)
+        assert real.summary["consistent"]
+        original = MedianSmoother.certify
+
+        def pinned(self, x, n, alpha, radii, key):  # the interval shrunk to the median
+            c = original(self, x, n, alpha, radii, key)
+            m = np.broadcast_to(c.median, c.lower.shape)
+            return MedianCertificate(median=c.median, radii=c.radii, lower=m.copy(),
+                                     upper=m.copy(), n=c.n, sigma=c.sigma, alpha=c.alpha)
+
+        monkeypatch.setattr(MedianSmoother, "certify", pinned)
+        fake = run_dense_check_campaign(store, model, {"dir": ""}, test,
+                                        CertifySettings(**{**settings.params(),
+                                                           "radii": (0.0, 3.0), "seed": 2}),
+                                        check, rows, show_progress=False)
+    assert not fake.summary["consistent"] and fake.summary["violations"] > 0

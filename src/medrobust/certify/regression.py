@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from medrobust.certify.attack import attack_smoothed, median_violation
 from medrobust.certify.median import (
     MedianSmoother,
     box_iou,
@@ -75,12 +76,7 @@ def landmark_certifier(model: Any, s: Any) -> Callable[[Any, int], dict[str, Any
     and per radius the certified MRE bound, the largest landmark's bound and the share of
     landmarks certified within 2 units (the SDR@2 mm radius)."""
     k = int(model.num_landmarks)
-
-    def points(batch: torch.Tensor) -> torch.Tensor:
-        return model.predict_tensor(batch, batch_size=s.batch_size).reshape(batch.shape[0], -1)
-
-    smooth = MedianSmoother(points, s.sigma, batch_size=s.batch_size, seed=s.seed,
-                            device=model.device)
+    smooth = _landmark_smoother(model, s)
 
     def certify_one(dataset: Any, i: int) -> dict[str, Any]:
         x = model.to_tensor(dataset.images[i:i + 1])
@@ -107,6 +103,53 @@ def landmark_certifier(model: Any, s: Any) -> Callable[[Any, int], dict[str, Any
                 "smoothed_mre": mre(median), "by_radius": by_radius, "n": s.n}
 
     return certify_one
+
+
+def _landmark_smoother(model: Any, s: Any) -> MedianSmoother:
+    def points(batch: torch.Tensor) -> torch.Tensor:
+        return model.predict_tensor(batch, batch_size=s.batch_size).reshape(batch.shape[0], -1)
+
+    return MedianSmoother(points, s.sigma, batch_size=s.batch_size, seed=s.seed,
+                          device=model.device)
+
+
+#: the noise stream of a cross-check's samples at the attacked image (apart from the
+#: certificate's own, whose key is the dataset index)
+CHECK_KEY = 10**9
+
+
+def landmark_check(model: Any, s: Any, c: Any, loss: Any
+                   ) -> Callable[[Any, int, Any, dict[str, Any], float], dict[str, Any]]:
+    """(dataset, index, targets, certificate row, radius) -> the cross-check at that radius:
+    PGD on the noise-averaged landmark loss (``attack_smoothed``), then the smoothed median at
+    the attacked image. A violation: some coordinate's median lies, beyond its own confidence
+    interval, outside the certified interval; ``attacked`` is that median's MRE beside the
+    certified MRE bound."""
+    k = int(model.num_landmarks)
+    smooth = _landmark_smoother(model, s)
+
+    def check_one(dataset: Any, i: int, targets: Any, row: dict[str, Any],
+                  radius: float) -> dict[str, Any]:
+        x = model.to_tensor(dataset.images[i:i + 1])
+        scale = np.asarray(dataset.scales[i], dtype=np.float64)
+        to_unit = 1.0 if dataset.pixel_size_mm is None else float(dataset.pixel_size_mm[i])
+        lo, hi = smooth.certify(x[0], s.n, s.alpha, (radius,), key=int(i)).interval(radius)
+        adv = attack_smoothed(model, loss, s.sigma, c.steps, c.samples, s.seed, x, targets,
+                              radius, i)
+        samples = smooth.samples(adv[0], s.n, key=CHECK_KEY + int(i))
+        bad = median_violation(samples, s.sigma, s.alpha, lo, hi)
+        median = _original(np.median(samples, axis=0).reshape(k, 2), scale)
+        truth = _original(dataset.landmarks[i], scale)
+        return {"attacked": float(np.linalg.norm(median - truth, axis=1).mean() * to_unit),
+                "certified": _at(row, radius, "mre_bound"), "violation": int(bad.sum()),
+                "l2": float((adv - x).flatten().norm())}
+
+    return check_one
+
+
+def _at(row: dict[str, Any], radius: float, key: str) -> float | None:
+    """A certificate row's value at ``radius``."""
+    return next((c[key] for c in row["by_radius"] if abs(c["radius"] - radius) < 1e-12), None)
 
 
 def landmark_summary(rows: list[dict[str, Any]], settings: Any) -> dict[str, Any]:
@@ -152,23 +195,13 @@ def detection_certifier(model: Any, s: Any) -> Callable[[Any, int], dict[str, An
     their IoU lower bounds."""
 
     def certify_one(dataset: Any, i: int) -> dict[str, Any]:
-        keep = ~np.asarray(dataset.difficult[i], dtype=bool)
-        truth = np.asarray(dataset.boxes[i], dtype=np.float64).reshape(-1, 4)[keep]
-        labels = np.asarray(dataset.labels[i], dtype=np.int64)[keep]
+        truth, matched, smooth = _box_smoother(model, s, dataset, i)
         x = model.to_tensor(dataset.images[i:i + 1])
-
-        def matched(batch: torch.Tensor) -> np.ndarray:
-            return np.stack([match_to_reference(b, lab, sc, truth, labels, SCORE_THRESHOLD,
-                                                MATCH_IOU).reshape(-1)
-                             for b, sc, lab in model.predict_tensor(batch)])
-
         row: dict[str, Any] = {"boxes": len(truth), "n": s.n}
         if len(truth) == 0:  # nothing to find: nothing to certify
             return {**row, "clean_found": 0, "smoothed_found": 0,
                     "by_radius": [{"radius": float(r), "certified": 0, "mean_iou_bound": None}
                                   for r in s.radii]}
-        smooth = MedianSmoother(matched, s.sigma, batch_size=s.batch_size, seed=s.seed,
-                                device=model.device)
         cert = smooth.certify(x[0], s.n, s.alpha, s.radii, key=int(i))
         clean = matched(x)[0].reshape(-1, 4)
         median = cert.median.reshape(-1, 4)
@@ -183,6 +216,51 @@ def detection_certifier(model: Any, s: Any) -> Callable[[Any, int], dict[str, An
                 "smoothed_found": _found(median, truth), "by_radius": by_radius}
 
     return certify_one
+
+
+def _box_smoother(model: Any, s: Any, dataset: Any, i: int
+                  ) -> tuple[np.ndarray, Callable[[torch.Tensor], np.ndarray], MedianSmoother]:
+    """Image ``i``'s true boxes (difficult ones aside), the function reading each one's
+    matched detection, and its median smoother."""
+    keep = ~np.asarray(dataset.difficult[i], dtype=bool)
+    truth = np.asarray(dataset.boxes[i], dtype=np.float64).reshape(-1, 4)[keep]
+    labels = np.asarray(dataset.labels[i], dtype=np.int64)[keep]
+
+    def matched(batch: torch.Tensor) -> np.ndarray:
+        return np.stack([match_to_reference(b, lab, sc, truth, labels, SCORE_THRESHOLD,
+                                            MATCH_IOU).reshape(-1)
+                         for b, sc, lab in model.predict_tensor(batch)])
+
+    return truth, matched, MedianSmoother(matched, s.sigma, batch_size=s.batch_size,
+                                          seed=s.seed, device=model.device)
+
+
+def detection_check(model: Any, s: Any, c: Any, loss: Any
+                    ) -> Callable[[Any, int, Any, dict[str, Any], float], dict[str, Any]]:
+    """The cross-check of box certificates at one radius (as ``landmark_check``): a violation
+    is a box coordinate whose attacked median lies, beyond doubt, outside its certified
+    interval; ``attacked`` is how many true boxes the attacked medians still find, beside the
+    count certified found."""
+
+    def check_one(dataset: Any, i: int, targets: Any, row: dict[str, Any],
+                  radius: float) -> dict[str, Any]:
+        truth, _, smooth = _box_smoother(model, s, dataset, i)
+        if len(truth) == 0:
+            return {"attacked": 0.0, "certified": 0.0, "violation": 0, "l2": 0.0}
+        x = model.to_tensor(dataset.images[i:i + 1])
+        lo, hi = smooth.certify(x[0], s.n, s.alpha, (radius,), key=int(i)).interval(radius)
+        adv = attack_smoothed(model, loss, s.sigma, c.steps, c.samples, s.seed, x, targets,
+                              radius, i)
+        samples = smooth.samples(adv[0], s.n, key=CHECK_KEY + int(i))
+        # a missing box is +-inf in its samples: compare only where both are finite or equal
+        with np.errstate(invalid="ignore"):
+            bad = median_violation(samples, s.sigma, s.alpha, lo, hi)
+        median = np.median(samples, axis=0).reshape(-1, 4)
+        return {"attacked": float(_found(median, truth)),
+                "certified": float(_at(row, radius, "certified") or 0),
+                "violation": int(bad.sum()), "l2": float((adv - x).flatten().norm())}
+
+    return check_one
 
 
 def _found(boxes: np.ndarray, truth: np.ndarray) -> int:

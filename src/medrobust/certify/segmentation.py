@@ -29,7 +29,14 @@ from torch import nn
 
 from medrobust.attacks.base import model_device
 from medrobust.attacks.criteria import predictions
-from medrobust.certify.smoothing import ABSTAIN, ESTIMATE, SELECT, _channels_last, stream_seed
+from medrobust.certify.smoothing import (
+    ABSTAIN,
+    ESTIMATE,
+    PREDICT,
+    SELECT,
+    _channels_last,
+    stream_seed,
+)
 from medrobust.errors import ConfigError
 from medrobust.metrics.mean_interval import mean_ci95
 from medrobust.store import ResultTable
@@ -322,6 +329,44 @@ def certifier(model: Any, s: Any) -> Callable[[Any, int], dict[str, Any]]:
                 "n": s.n}
 
     return certify_one
+
+
+def check(model: Any, s: Any, c: Any, loss: Any
+          ) -> Callable[[Any, int, Any, dict[str, Any], float], dict[str, Any]]:
+    """(dataset, index, targets, certificate row, radius) -> the cross-check at that radius:
+    PGD on the noise-averaged segmentation loss (``attack_smoothed``), then, per pixel,
+    Cohen et al.'s PREDICT at the attacked image (the top class where a binomial test against
+    the runner-up rejects a tie, Holm-corrected over the pixels). A violation is a pixel
+    certified at the radius whose attacked prediction is confidently another class;
+    ``attacked`` is the Dice of those predictions (undecided pixels as background), beside the
+    certified Dice."""
+    from medrobust.certify.attack import attack_smoothed
+
+    classes = int(model.num_classes)
+    smooth = SmoothedSegmenter(model, s.sigma, classes, batch_size=s.batch_size, seed=s.seed)
+
+    def check_one(dataset: Any, i: int, targets: Any, row: dict[str, Any],
+                  radius: float) -> dict[str, Any]:
+        x = model.to_tensor(dataset.images[i:i + 1])
+        truth = np.asarray(dataset.masks[i])
+        cert = smooth.certify_radii(x[0], s.n0, s.n, s.alpha, int(i), [radius])[0]
+        adv = attack_smoothed(model, loss, s.sigma, c.steps, c.samples, s.seed, x, targets,
+                              radius, i)
+        counts = smooth.counts(adv[0], s.n, int(i), PREDICT)
+        order = np.sort(counts, axis=0)
+        top, second = order[-1], order[-2]
+        # two-sided binomial test of a tie between the top two (Cohen et al.'s PREDICT)
+        k, m = top, top + second
+        p_values = np.minimum(1.0, 2.0 * binom.sf(k - 1, m, 0.5))
+        decided = reject(p_values, s.alpha, "holm")
+        prediction = np.where(decided, np.argmax(counts, axis=0), ABSTAIN)
+        flipped = cert.certified & decided & (prediction != cert.prediction)
+        return {"attacked": smoothed_dice(prediction, truth, classes),
+                "certified": next(b["certified_dice"] for b in row["by_radius"]
+                                  if abs(b["radius"] - radius) < 1e-12),
+                "violation": int(flipped.sum()), "l2": float((adv - x).flatten().norm())}
+
+    return check_one
 
 
 def summarise(rows: list[dict[str, Any]], settings: Any) -> dict[str, Any]:

@@ -113,6 +113,12 @@ class Certification:
     radii_free: bool = False
     #: the certificates can be cross-checked by an attack on the smoothed model (``--check``)
     checkable: bool = False
+    #: the cross-check of a dense certificate: (model, settings, check settings, the task's
+    #: attack loss) -> ``check_one(dataset, index, targets, certificate row, radius)`` ->
+    #: {attacked, certified, violation, l2}: the attack on the smoothed model at that radius,
+    #: its metric beside the certified one, and what contradicts the certificate (None:
+    #: classifiers, whose check is ``campaigns.certify.run_crosscheck_campaign``)
+    check: Callable[..., Callable[..., dict[str, Any]]] | None = None
 
 
 @dataclass(frozen=True)

@@ -221,7 +221,8 @@ TASK = Task(name="detection", wrapper=Detector, datasets=("bccd-detection", "voc
                 "median smoothing of each true box's matched detection (Chiang et al., "
                 "NeurIPS 2020)", certificates.DETECTION_TABLE,
                 certificates.detection_certifier, certificates.detection_summary,
-                certificates.detection_describe),
+                certificates.detection_describe, checkable=True,
+                check=certificates.detection_check),
             report=TaskReport(
                 3, "Detection: mAP", "mAP@0.5:0.95",
                 (CurveMetric("map", "mAP@0.5:0.95", (("clean_map", "adv_map"),)),

@@ -308,7 +308,8 @@ TASK = Task(name="landmarks", wrapper=LandmarkModel, datasets=("landmarks",), tr
             certification=Certification(
                 "median smoothing of every landmark coordinate (Chiang et al., NeurIPS 2020)",
                 certificates.LANDMARK_TABLE, certificates.landmark_certifier,
-                certificates.landmark_summary, certificates.landmark_describe),
+                certificates.landmark_summary, certificates.landmark_describe,
+                checkable=True, check=certificates.landmark_check),
             min_side=16, min_side_why="the landmark U-Net halves the image 4 times",
             report=TaskReport(
                 2, "Landmarks: mean radial error and SDR@2", "MRE",

@@ -177,7 +177,7 @@ TASK = Task(name="segmentation", wrapper=Segmenter, datasets=("segfolder",), tra
             certification=Certification(
                 "SegCertify (Fischer, Baader & Vechev, ICML 2021), Holm-corrected over pixels",
                 certificates.TABLE, certificates.certifier, certificates.summarise,
-                certificates.describe),
+                certificates.describe, checkable=True, check=certificates.check),
             report=TaskReport(
                 1, "Segmentation: Dice against the true mask", "Dice",
                 (CurveMetric("dice", "Dice vs truth", (("clean_dice", "adv_dice"),
