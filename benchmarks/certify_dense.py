@@ -125,8 +125,9 @@ def markdown(report: dict[str, Any]) -> str:
                     "" if not ci or ci[1] is None else f" ({ci[0]:.2f}-{ci[1]:.2f})"))
             sec = r["seconds_per_image"]
             ab = s.get("abstain_rate")
+            of = f" ({s['abstain_of']})" if s.get("abstain_of") else ""
             lines.append(f"| {r['model']} | {r['sigma']:g} | " + " | ".join(cells)
-                         + f" | {'-' if ab is None else f'{ab:.3f}'} ({s.get('abstain_of', '')})"
+                         + f" | {'-' if ab is None else f'{ab:.3f}'}{of}"
                          f" | {'-' if sec is None else f'{sec:.2f}'} |")
         lines.append("")
     return "\n".join(lines)

@@ -279,7 +279,7 @@ def detection_summary(rows: list[dict[str, Any]], settings: Any) -> dict[str, An
         cells.append({"radius": float(r), "value": p.rate, "ci95": p.ci95,
                       "certified": p.k, "boxes": boxes})
     return {"images": len(rows), "sigma": settings.sigma, "n": settings.n,
-            "alpha": settings.alpha, "metric": "boxes certified found (IoU 0.5)",
+            "alpha": settings.alpha, "metric": "share of true boxes found (IoU 0.5)",
             "metric_is_share": True, "certified": cells, "boxes": boxes,
             "clean_found": proportion(sum(int(r["clean_found"]) for r in rows), boxes).rate,
             "smoothed_found": proportion(sum(int(r["smoothed_found"]) for r in rows),
