@@ -140,8 +140,10 @@ def compare(store_path: str, cells: list[dict[str, Any]], higher: bool) -> list[
 def markdown(report: dict[str, Any]) -> str:
     lines = [f"PGD-{report['steps']} (random start, step 5 eps / steps) against the worst-case "
              f"ensemble (PGD-{report['steps']}, IFGSM-{report['ifgsm_steps']}, APGD on each of "
-             "the task's other losses sharing PGD's steps, Square on the task metric with 2.5x "
-             f"PGD's steps in queries); commit {report['commit']}, {report['threads']} threads. "
+             "the task's other losses sharing PGD's steps, Square on the task metric with as "
+             f"many queries as PGD's steps); commit {report['commit']}, {report['threads']} "
+             "threads. PGD runs already in the store are reused (their time is from the run "
+             "that computed them). "
              "Mean (bootstrap 95 % interval) over the first images of each test split; gap: "
              "points of Dice or mAP, mm of MRE, the ensemble's advantage. Members: images each "
              "member's attack was kept on.", "",
