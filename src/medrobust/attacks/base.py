@@ -196,26 +196,11 @@ class Attack(ABC):
 
     def labelled_batch(self, images: Any, labels: Any, keys: Sequence[int] | None,
                        extra: dict[str, Any]) -> LabelledBatch:
-        """The checks every classifier attack with a budget (``self.norm``, ``self.eps``) makes
-        before any work: no unknown options, one label and one key per image, an L2 budget
-        within the image range; keys default to 0..N-1."""
-        from medrobust.attacks.projection import per_sample
-
-        if extra:
-            raise ConfigError(f"{type(self).__name__}.run got unknown options: "
-                              f"{', '.join(sorted(extra))}")
-        device = model_device(self.model)
-        x = as_image_batch(images, device)
-        n = x.shape[0]
+        """``target_batch`` for a classifier attack: the labels as one (N,) long tensor."""
         y = torch.as_tensor(np.asarray(labels) if not isinstance(labels, torch.Tensor)
-                            else labels).to(device).long().reshape(-1)
-        if y.shape[0] != n:
-            raise ConfigError(f"{n} images but {y.shape[0]} labels")
-        keys = list(range(n)) if keys is None else [int(k) for k in keys]
-        if len(keys) != n:
-            raise ConfigError(f"{n} images but {len(keys)} keys")
-        self.check_images(x.shape[1:])
-        return LabelledBatch(device, x, y, keys, per_sample(self.eps, n, device, "eps"))
+                            else labels).long().reshape(-1)
+        b = self.target_batch(images, y, keys, extra)
+        return LabelledBatch(b.device, b.x, b.targets, b.keys, b.eps)
 
     def target_batch(self, images: Any, labels: Any, keys: Sequence[int] | None,
                      extra: dict[str, Any]) -> TargetBatch:

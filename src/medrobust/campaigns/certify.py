@@ -107,9 +107,14 @@ def run_certify_campaign(store: Store, model: Any, model_info: dict[str, Any],
             remote=certify_context,
             params={"task": task.name, "settings": settings.params()},
             model_dir=model_info.get("dir", ""), data=dataset), executor)
+    return _finish(store, run, {**how.summary(store.rows(how.table, run_id=run.run_id),
+                                              settings),
+                                "task": task.name, "method": how.method}, start)
+
+
+def _finish(store: Store, run: Any, summary: dict[str, Any], start: float) -> CampaignOutcome:
+    """Close a run with its summary and this session's seconds."""
     seconds = time.perf_counter() - start
-    summary = {**how.summary(store.rows(how.table, run_id=run.run_id), settings),
-               "task": task.name, "method": how.method}
     summary["seconds_this_session"] = seconds
     store.finish_run(run.run_id, "completed", summary)
     return CampaignOutcome(run.run_id, run.resumed, len(run.todo), seconds, summary)
@@ -218,11 +223,8 @@ def run_crosscheck_campaign(store: Store, classifier: Classifier, model_info: di
                 "violation": int(is_certified and pred not in (label, ABSTAIN)),
                 "l2": float((adv - x).flatten().norm()), "seconds": time.perf_counter() - t0})
             run.advance()
-    seconds = time.perf_counter() - start
-    summary = summarise_check(store.rows(CHECK_TABLE, run_id=run.run_id), radii)
-    summary["seconds_this_session"] = seconds
-    store.finish_run(run.run_id, "completed", summary)
-    return CampaignOutcome(run.run_id, run.resumed, len(run.todo), seconds, summary)
+    return _finish(store, run, summarise_check(store.rows(CHECK_TABLE, run_id=run.run_id),
+                                               radii), start)
 
 
 def summarise_check(rows: list[dict[str, Any]], radii: Sequence[float]) -> dict[str, Any]:
@@ -293,11 +295,8 @@ def run_dense_check_campaign(store: Store, model: Any, model_info: dict[str, Any
             run.record(item, {"dataset_index": i, "radius": radius, **out,
                               "seconds": time.perf_counter() - t0})
             run.advance()
-    seconds = time.perf_counter() - start
-    summary = summarise_dense_check(store.rows(DENSE_CHECK_TABLE, run_id=run.run_id), radii)
-    summary["seconds_this_session"] = seconds
-    store.finish_run(run.run_id, "completed", summary)
-    return CampaignOutcome(run.run_id, run.resumed, len(run.todo), seconds, summary)
+    return _finish(store, run, summarise_dense_check(
+        store.rows(DENSE_CHECK_TABLE, run_id=run.run_id), radii), start)
 
 
 def summarise_dense_check(rows: list[dict[str, Any]], radii: Sequence[float]) -> dict[str, Any]:
