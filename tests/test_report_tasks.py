@@ -181,8 +181,11 @@ def test_tables_equal_the_store_summaries(report):
         assert float(row["Mean Linf"]) <= report["runs"][rid]["params"]["attack"]["eps"] + 1e-3
     for rid in report["ids"]["detection"]:
         s = report["runs"][rid]["summary"]
-        (table,) = _blocks(subs[f"task-attack-run-{rid}"], Table)
+        table, damage = _blocks(subs[f"task-attack-run-{rid}"], Table)
         row = dict(zip(table.columns, table.rows[0], strict=True))
+        lost = dict(zip(damage.columns, damage.rows[0], strict=True))  # damage by kind
+        assert lost["Lost"] == str(s["objects_lost"]) and lost["Ghost detections"] == \
+            str(s["ghosts"]) and lost["Class flips"] == str(s["class_flips"])
         assert row["Images"] == num(s["images"]) == "5"
         for col, key in (("mAP@0.5:0.95 clean", "clean_map"), ("mAP@0.5:0.95 attacked",
                                                                "adv_map"),
@@ -255,7 +258,7 @@ def test_unfinished_runs_are_summarised_from_their_rows(store_path, tmp_path):
     for task, (rid, rows) in added.items():
         sub = subs[f"task-attack-run-{rid}"]
         assert "running" in sub.blocks[0].text  # the warning note comes first
-        (table,) = _blocks(sub, Table)
+        table = _blocks(sub, Table)[0]  # detection adds its damage-by-kind table
         row = dict(zip(table.columns, table.rows[0], strict=True))
         assert row["Images"] == "2"
         expected = get_task(task).attack_summary(rows, ds)

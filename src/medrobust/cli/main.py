@@ -26,9 +26,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
                 "heatmaps and even/odd periodicity."),
     "attack": ("attack", "attack", "Attack a model over a dataset split (results land in the store "
                "and resume after a kill)."),
-    "certify": ("certify", "certify", "Certify a classifier by randomized smoothing: per image "
-                "the smoothed prediction and the L2 radius no perturbation within can change "
-                "(or abstain), and certified accuracy at --radii."),
+    "certify": ("certify", "certify", "Certify a model: what no perturbation of L2 norm within "
+                "each of --radii can change."),
     "datasets": ("datasets", "datasets", "List the registered datasets and MedMNIST flags."),
     "defend": ("defend", "defend", "Evaluate denoising defences against the one-pixel attacks "
                "recorded in the store."),
@@ -45,7 +44,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
               "(--task) and save it as safetensors + JSON metadata; --robust trains it "
               "adversarially (VAT, TEAT or adaptive margins)."),
     "train-denoiser": ("train_denoiser", "train_denoiser_cmd", "Train a denoising autoencoder on "
-                       "impulse noise (saved as safetensors + JSON)."),
+                       "impulse or Gaussian noise (safetensors + JSON)."),
 }
 #: subcommands of ``attack`` that live in their own files
 ATTACK_SUBCOMMANDS = (("attack_gradient", "pgd"), ("attack_gradient", "ifgsm"),
