@@ -30,8 +30,7 @@ from scipy.stats import binom, norm
 from torch import nn
 
 from medrobust.attacks.base import model_device
-from medrobust.certify.segmentation import keyed_noise, one_image
-from medrobust.certify.smoothing import ESTIMATE
+from medrobust.certify.smoothing import ESTIMATE, keyed_noise, one_image
 from medrobust.errors import ConfigError
 from medrobust.utils.validation import check_range
 

@@ -16,6 +16,7 @@ images share its campaign batch, after a resume and on another worker of the sam
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -73,6 +74,33 @@ def stream_seed(seed: int, key: int, phase: int) -> int:
     """The torch seed of one image's noise stream in one phase."""
     state = np.random.SeedSequence(entropy=int(seed), spawn_key=(int(key), int(phase)))
     return int(state.generate_state(1, dtype=np.uint64)[0] >> np.uint64(1))
+
+
+def keyed_noise(shape: tuple[int, ...], n: int, batch_size: int, *, seed: int, key: int,
+                phase: int, device: torch.device | str = "cpu") -> Iterator[torch.Tensor]:
+    """Yield ``n`` standard normal samples of ``shape`` in float32 chunks of ``batch_size``.
+
+    Why one sample at a time: torch's CPU and CUDA generators consume their stream differently
+    for one tensor of ``b`` samples than for ``b`` tensors of one, so chunked draws would tie an
+    image's noise to the batch size. Drawn row by row from the image's own keyed generator,
+    sample ``i`` is the same for any ``batch_size`` (on one device type)."""
+    check_range("n", n, 1)
+    check_range("batch_size", batch_size, 1)
+    gen = torch.Generator(device=device)
+    gen.manual_seed(stream_seed(seed, key, phase))
+    for start in range(0, n, batch_size):
+        chunk = torch.empty((min(batch_size, n - start), *shape), device=device)
+        for row in chunk:
+            row.normal_(generator=gen)
+        yield chunk
+
+
+def one_image(x: torch.Tensor | np.ndarray, device: torch.device) -> torch.Tensor:
+    """One float32 (C,H,W) image on ``device`` (a new tensor: the caller's is never touched)."""
+    t = torch.as_tensor(x)
+    if t.ndim != 3:
+        raise ConfigError(f"one image (C,H,W) at a time, got shape {tuple(t.shape)}")
+    return t.to(device=device, dtype=torch.float32, copy=True)
 
 
 class SmoothedClassifier:
