@@ -56,7 +56,7 @@ def fitted(tmp_path_factory):
     truth = torch.from_numpy(ds.landmarks)
     opt = torch.optim.Adam(model.parameters(), lr=2e-2)
     model.train()
-    for _ in range(100):
+    for _ in range(250):  # 100 steps sufficed on AVX-512 kernels, not on AVX2 ones
         opt.zero_grad()
         TASK.loss_terms(model, model(x), truth)["total"].mean().backward()
         opt.step()

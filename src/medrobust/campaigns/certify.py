@@ -173,6 +173,17 @@ def check_item(radius: float, index: int) -> str:
     return f"{radius:g}/{index}"
 
 
+def parse_check_item(item: str) -> tuple[float, int]:
+    """(radius, dataset index) of a ``check_item``."""
+    r_text, i_text = item.split("/")
+    return float(r_text), int(i_text)
+
+
+def certificates_digest(entries: list[Any]) -> str:
+    """The fingerprint of the certificates a check ran on: other certificates, another run."""
+    return hashlib.sha256(json.dumps(entries, default=str).encode()).hexdigest()
+
+
 def run_crosscheck_campaign(store: Store, classifier: Classifier, model_info: dict[str, Any],
                             dataset: Any, settings: CertifySettings, check: CheckSettings,
                             certify_rows: list[dict[str, Any]], resume: bool = True,
@@ -192,9 +203,9 @@ def run_crosscheck_campaign(store: Store, classifier: Classifier, model_info: di
     radii = [r for r in settings.radii if r > 0]
     items = [check_item(r, i) for r in radii for i in sorted(certified)]
     # the certificates checked are part of what the run is: other certificates, another run
-    digest = hashlib.sha256(json.dumps(
+    digest = certificates_digest(
         [[i, certified[i]["prediction"], certified[i]["radius"], certified[i]["correct"]]
-         for i in sorted(certified)]).encode()).hexdigest()
+         for i in sorted(certified)])
     params = {"smoothing": settings.params(), "check": asdict(check),
               "indices": sorted(certified), "certificates": digest,
               "certify_run": certify_run}
@@ -206,8 +217,7 @@ def run_crosscheck_campaign(store: Store, classifier: Classifier, model_info: di
                    desc="certify check", resume=resume, show_progress=show_progress) as run:
         for (item,) in run.chunks():
             t0 = time.perf_counter()
-            r_text, i_text = item.split("/")
-            radius, i = float(r_text), int(i_text)
+            radius, i = parse_check_item(item)
             label = int(dataset.labels[i])
             x = classifier.to_tensor(dataset.images[i:i + 1])
             eot.reseed(settings.seed * 1_000_003 + i)
@@ -277,8 +287,7 @@ def run_dense_check_campaign(store: Store, model: Any, model_info: dict[str, Any
     rows = {int(r["dataset_index"]): r for r in certify_rows}
     radii = [r for r in settings.radii if r > 0]
     items = [check_item(r, i) for r in radii for i in sorted(rows)]
-    digest = hashlib.sha256(json.dumps(
-        [[i, rows[i]["by_radius"]] for i in sorted(rows)], default=str).encode()).hexdigest()
+    digest = certificates_digest([[i, rows[i]["by_radius"]] for i in sorted(rows)])
     params = {"smoothing": settings.params(), "check": asdict(check), "task": task.name,
               "indices": sorted(rows), "certificates": digest, "certify_run": certify_run}
     check_one = how.check(model, settings, check, task.attack_loss(model))
@@ -288,8 +297,7 @@ def run_dense_check_campaign(store: Store, model: Any, model_info: dict[str, Any
                    desc="certify check", resume=resume, show_progress=show_progress) as run:
         for (item,) in run.chunks():
             t0 = time.perf_counter()
-            r_text, i_text = item.split("/")
-            radius, i = float(r_text), int(i_text)
+            radius, i = parse_check_item(item)
             targets = task.attack_targets(dataset, np.asarray([i]))
             out = check_one(dataset, i, targets, rows[i], radius)
             run.record(item, {"dataset_index": i, "radius": radius, **out,

@@ -460,3 +460,26 @@ def settings_key(config: Any, train: Any, robust: Any) -> dict[str, Any]:
     """The resume key of a ``fit_config`` run: the config, the data and the robust settings."""
     return {"config": asdict(config), "dataset": train.spec, "n": len(train),
             "robust": None if robust is None else robust.as_dict()}
+
+
+def with_delta_search(trainer: Callable[..., Any], train: Any, val: Any, config: Any,
+                      device: Any, robust: Any, init: dict[str, torch.Tensor] | None,
+                      state_dir: str | Path | None) -> Any:
+    """``--delta auto`` for a trainer taking a config dataclass (classification,
+    segmentation): search D, each candidate a short run of ``trainer`` with ``epochs``
+    replaced, then the full run with the chosen D; the search record joins the last history
+    row. ``trainer(train, val, config, device, robust=, init=, state_dir=)`` returns a result
+    with ``history``."""
+    from medrobust.training.robust.search import search_delta
+
+    def candidate(cfg: Any, epochs: int, folder: Path | None) -> list[dict[str, Any]]:
+        return trainer(train, val, replace(config, epochs=epochs), device, robust=cfg,
+                       init=init, state_dir=folder).history
+
+    chosen, record = search_delta(robust, epochs=config.epochs,
+                                  shape=(train.channels, *train.size),
+                                  settings=settings_key(config, train, None), init=init,
+                                  state_dir=state_dir, train=candidate)
+    result = trainer(train, val, config, device, robust=chosen, init=init, state_dir=state_dir)
+    result.history[-1]["delta_search"] = record
+    return result

@@ -8,7 +8,7 @@ for shuffling and augmentation (flips / 90-degree turns applied to image and mas
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -28,12 +28,11 @@ from medrobust.training.loop import (
     Judgement,
     check_fit_settings,
     fit_config,
-    settings_key,
     start_from,
+    with_delta_search,
 )
 from medrobust.training.robust import LossSpec, Objective, RobustConfig, build_objective
 from medrobust.training.robust.objectives import TermScore
-from medrobust.training.robust.search import search_delta
 from medrobust.training.robust.selection import selection_for
 from medrobust.utils.seeding import seed_everything
 from medrobust.utils.validation import check_choice, check_range
@@ -127,7 +126,8 @@ def train_segmenter(train: SegmentationDataset, val: SegmentationDataset,
     if len(train) == 0 or len(val) == 0:
         raise ConfigError("segmentation training needs non-empty train and validation splits")
     if robust is not None and robust.searches_delta:
-        return _with_delta_search(train, val, config, device, robust, init, state_dir)
+        return with_delta_search(train_segmenter, train, val, config, device, robust, init,
+                                 state_dir)
     k = max(train.num_classes, val.num_classes)
     names = train.class_names if train.num_classes == k else val.class_names
     seed_everything(config.seed)
@@ -198,27 +198,6 @@ def train_segmenter(train: SegmentationDataset, val: SegmentationDataset,
                       attacked=None if selection is None else attacked)
     return SegTrainResult(seg, done.history, done.best_epoch, done.best_metrics, done.seconds,
                           done.cpu_seconds, objective, done.kept)
-
-
-def _with_delta_search(train: SegmentationDataset, val: SegmentationDataset,
-                       config: SegTrainConfig, device: torch.device | str,
-                       robust: RobustConfig, init: dict[str, torch.Tensor] | None,
-                       state_dir: str | Path | None) -> SegTrainResult:
-    """``--delta auto``: search D (each candidate a short run of this trainer), then the full
-    run with the chosen D; the search record joins the last history row."""
-
-    def candidate(cfg: RobustConfig, epochs: int, folder: Path | None) -> list[dict[str, Any]]:
-        return train_segmenter(train, val, replace(config, epochs=epochs), device, robust=cfg,
-                               init=init, state_dir=folder).history
-
-    chosen, record = search_delta(robust, epochs=config.epochs,
-                                  shape=(train.channels, *train.size),
-                                  settings=settings_key(config, train, None), init=init,
-                                  state_dir=state_dir, train=candidate)
-    result = train_segmenter(train, val, config, device, robust=chosen, init=init,
-                             state_dir=state_dir)
-    result.history[-1]["delta_search"] = record
-    return result
 
 
 def save_trained_segmenter(result: SegTrainResult, config: SegTrainConfig,

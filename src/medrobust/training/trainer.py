@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -23,12 +23,11 @@ from medrobust.training.loop import (
     Judgement,
     check_fit_settings,
     fit_config,
-    settings_key,
     start_from,
+    with_delta_search,
 )
 from medrobust.training.robust import LossSpec, Objective, RobustConfig, build_objective
 from medrobust.training.robust.objectives import TermScore
-from medrobust.training.robust.search import search_delta
 from medrobust.training.robust.selection import selection_for
 from medrobust.utils.seeding import seed_everything
 from medrobust.utils.validation import check_choice, check_range
@@ -143,7 +142,8 @@ def train_classifier(train: ImageDataset, val: ImageDataset, config: TrainConfig
     if train.channels != val.channels or train.class_names != val.class_names:
         raise ConfigError("train and validation splits differ in channels or classes")
     if robust is not None and robust.searches_delta:
-        return _with_delta_search(train, val, config, device, robust, init, state_dir)
+        return with_delta_search(train_classifier, train, val, config, device, robust, init,
+                                 state_dir)
     seed_everything(config.seed)
     device = torch.device(device)
     model = build_model(config.model, train.channels, train.num_classes, **config.model_kwargs)
@@ -218,27 +218,6 @@ def train_classifier(train: ImageDataset, val: ImageDataset, config: TrainConfig
                       attacked=None if selection is None else attacked)
     return TrainResult(clf, done.history, done.best_epoch, done.best_metrics, done.seconds,
                        objective, done.kept)
-
-
-def _with_delta_search(train: ImageDataset, val: ImageDataset, config: TrainConfig,
-                       device: torch.device | str, robust: RobustConfig,
-                       init: dict[str, torch.Tensor] | None,
-                       state_dir: str | Path | None) -> TrainResult:
-    """``--delta auto``: search D (each candidate a short run of this trainer), then the full
-    run with the chosen D; the search record joins the last history row."""
-
-    def candidate(cfg: RobustConfig, epochs: int, folder: Path | None) -> list[dict[str, Any]]:
-        return train_classifier(train, val, replace(config, epochs=epochs), device, robust=cfg,
-                                init=init, state_dir=folder).history
-
-    chosen, record = search_delta(robust, epochs=config.epochs,
-                                  shape=(train.channels, *train.size),
-                                  settings=settings_key(config, train, None), init=init,
-                                  state_dir=state_dir, train=candidate)
-    result = train_classifier(train, val, config, device, robust=chosen, init=init,
-                              state_dir=state_dir)
-    result.history[-1]["delta_search"] = record
-    return result
 
 
 def save_trained(result: TrainResult, config: TrainConfig, train: ImageDataset,
