@@ -141,11 +141,15 @@ def rms_text(scales: dict[str, Any] | None, key: str) -> str:
 
 
 def model_label(method: str, robust: dict[str, Any]) -> str:
-    """'STD', 'VAT L2 0.1 (RMS 0.92/255)', 'Adaptive margin, D = L2 0.05 (RMS ...)'."""
+    """'STD', 'VAT L2 0.1 (RMS 0.92/255)', 'VAT L2 0.1 (RMS 0.92/255) + clean loss 0.5',
+    'Adaptive margin, D = L2 0.05 (RMS ...)'."""
     short = METHODS[method][0]
     scales = robust.get("scales")
     if method in ("vat", "teat"):
-        return f"{short} {budget_text('l2', robust.get('eps'))}{rms_text(scales, 'eps')}"
+        label = f"{short} {budget_text('l2', robust.get('eps'))}{rms_text(scales, 'eps')}"
+        if float(robust.get("vat_clean_weight") or 0) > 0:  # the paper's 0.5 clean loss
+            label += f" + clean loss {float(robust['vat_clean_weight']):g}"
+        return label
     if method == "adaptive-margin":
         label = f"{short}, D = {budget_text('l2', robust.get('delta'))}" \
                 f"{rms_text(scales, 'delta')}"
@@ -263,8 +267,8 @@ def _label(group: Group) -> None:
     for m in models:
         counts[m.label] = counts.get(m.label, 0) + 1
     for m in models:
-        if counts[m.label] > 1:
-            m.label += f" [{Path(m.model_dir).name}]"
+        if counts[m.label] > 1:  # the folder and its parent: seeds often share folder names
+            m.label += f" [{'/'.join(Path(m.model_dir).parts[-2:])}]"
     for s in group.sets:  # the same objects, but a set may hold a model the group saw later
         for m in s.models:
             m.label = next(x.label for x in models if x.model_dir == m.model_dir)

@@ -24,6 +24,7 @@ from typing import Any
 
 from markupsafe import Markup
 
+from medrobust.campaigns.task_attack import TASK_ATTACK_TABLE
 from medrobust.report.blocks import Definitions, Figure, Note, Paragraphs, Section, Table, num
 from medrobust.report.context import ReportContext
 from medrobust.report.names import budget_text, data_text
@@ -45,6 +46,7 @@ from medrobust.report.robust_data import (
     settings_text,
     task_display_name,
 )
+from medrobust.report.robust_verdict import claims, families_from_models, verdict_table
 from medrobust.report.sections import read_checkpoint_meta
 
 
@@ -241,6 +243,31 @@ def finding(group: Group) -> str:
     return " ".join(sentences)
 
 
+def verdict_of(group: Group, ctx: ReportContext) -> list[Paragraphs | Table] | None:
+    """The paper's claims judged on this group's seeds (``robust_verdict``): one sentence and
+    the verdict table; None when no adaptive-margin model has a standard model and a VAT model
+    of its own seed evaluated beside it (the single-run finding then speaks)."""
+    from medrobust.tasks import get_task
+
+    spec = get_task(group.task)
+    families = families_from_models(
+        group.models, lambda rid: ctx.rows(TASK_ATTACK_TABLE.name, int(rid)),
+        spec.metric_of_damage)
+    tol, _ = tolerance(group.metric, group.unit)
+    found = claims(families, group.task, group.higher_is_better,
+                   tol if tol is not None else 0.0)
+    if not any("VAT" in c.text for c in found):
+        return None
+    seeds = sum("adaptive-margin" in f for f in families)
+    verdicts = {c.text: c.verdict for c in found if not c.beyond_paper}
+    settled = [t for t, v in verdicts.items() if v != "not reproduced at this scale"]
+    sentence = (f"Against the paper ({seeds} seed(s), paired per test image): "
+                + "; ".join(f"{t[0].lower()}{t[1:]}: {v}" for t, v in verdicts.items()) + "."
+                + ("" if settled else " No claim is settled at this scale: the intervals "
+                   "straddle zero, so more seeds, test images or epochs would be needed."))
+    return [Paragraphs([sentence]), verdict_table(found, group.higher_is_better, seeds)]
+
+
 # -- the section ----------------------------------------------------------------------------------
 
 INTRO = [
@@ -303,7 +330,11 @@ def robust_section(ctx: ReportContext) -> Section | None:
     for i, group in enumerate(groups):
         title = f"{task_display_name(group.task)}: {data_text(group.dataset)}"
         sub = Section(f"robust-{group.task}-{i}", title)
-        sub.add(Paragraphs([finding(group)]))
+        found = verdict_of(group, ctx)
+        if found is None:
+            sub.add(Paragraphs([finding(group)]))
+        else:
+            sub.add(*found)
         if len(group.sets) > 1:
             sub.add(Note("These models were evaluated at different budget sets or settings; "
                          "each set has its own table, since only equal budgets compare cell by "

@@ -181,6 +181,10 @@ class Task:
     #: Dice, radial error, 1 - image mAP): the worst-case ensemble keeps, per image, the member
     #: that hurt most (None: the task has no such ensemble)
     image_damage: Callable[[PixelModel, torch.Tensor, Any], torch.Tensor] | None = None
+    #: a member's ``image_damage`` -> the per-image metric the rows store (1 - Dice -> Dice), so
+    #: one ensemble run also gives each member's score (PGD-100, IFGSM-10) per image; None where
+    #: the two differ in unit (landmark damage is in input pixels, their metric in mm)
+    metric_of_damage: Callable[[float], float] | None = None
     #: losses besides the training loss that the worst-case ensemble runs PGD on, by name:
     #: name -> (model -> loss(outputs, targets) -> (N,))
     ensemble_losses: dict[str, Callable[[PixelModel], Callable[[torch.Tensor, Any],
@@ -356,3 +360,8 @@ def data_place(ds: Any) -> str:
 def fmt_value(value: Any, digits: int = 3) -> str:
     """A metric for the one-line descriptions the tasks give ('-' when absent)."""
     return "-" if value is None else f"{float(value):.{digits}f}"
+
+
+def one_minus(value: float) -> float:
+    """1 - value: a damage of 1 - Dice (or 1 - image mAP) back to the Dice (mAP) it hurt."""
+    return 1.0 - float(value)

@@ -27,6 +27,7 @@ from medrobust.tasks.base import (
     TaskReport,
     data_place,
     fmt_value,
+    one_minus,
     width_only,
 )
 from medrobust.tasks.robust import (
@@ -216,7 +217,7 @@ TASK = Task(name="detection", wrapper=Detector, datasets=("bccd-detection", "voc
             attack_targets=attack_targets, describe=describe, describe_attack=describe_attack,
             check_data=check_data, network=network,
             command_options=width_only("detection"), validate_options=validate_options,
-            image_damage=image_damage, ensemble_losses=DETECTION_LOSSES,
+            image_damage=image_damage, metric_of_damage=one_minus, ensemble_losses=DETECTION_LOSSES,
             certification=Certification(
                 "median smoothing of each true box's matched detection (Chiang et al., "
                 "NeurIPS 2020)", certificates.DETECTION_TABLE,

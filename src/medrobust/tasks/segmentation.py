@@ -20,6 +20,7 @@ from medrobust.tasks.base import (
     config_meta,
     data_place,
     fmt_value,
+    one_minus,
 )
 from medrobust.tasks.robust import (
     split,
@@ -173,6 +174,7 @@ TASK = Task(name="segmentation", wrapper=Segmenter, datasets=("segfolder",), tra
             describe_attack=describe_attack, check_data=check_data, network=network,
             command_options=command_options, validate_options=validate_options,
             checkpoint_meta=checkpoint_meta, mask_attacks=True, image_damage=image_damage,
+            metric_of_damage=one_minus,
             ensemble_losses=ENSEMBLE_LOSSES,
             certification=Certification(
                 "SegCertify (Fischer, Baader & Vechev, ICML 2021), Holm-corrected over pixels",
