@@ -46,7 +46,12 @@ from medrobust.report.robust_data import (
     settings_text,
     task_display_name,
 )
-from medrobust.report.robust_verdict import claims, families_from_models, verdict_table
+from medrobust.report.robust_verdict import (
+    PAPER_TABLES,
+    claims,
+    families_from_models,
+    verdict_table,
+)
 from medrobust.report.sections import read_checkpoint_meta
 
 
@@ -246,9 +251,12 @@ def finding(group: Group) -> str:
 def verdict_of(group: Group, ctx: ReportContext) -> list[Paragraphs | Table] | None:
     """The paper's claims judged on this group's seeds (``robust_verdict``): one sentence and
     the verdict table; None when no adaptive-margin model has a standard model and a VAT model
-    of its own seed evaluated beside it (the single-run finding then speaks)."""
+    of its own seed evaluated beside it, or the paper has no table for the task (classification
+    is an extension; the single-run finding then speaks)."""
     from medrobust.tasks import get_task
 
+    if group.task not in PAPER_TABLES:
+        return None
     spec = get_task(group.task)
     families = families_from_models(
         group.models, lambda rid: ctx.rows(TASK_ATTACK_TABLE.name, int(rid)),
