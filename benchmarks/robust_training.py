@@ -306,6 +306,28 @@ def write_report(args: argparse.Namespace, task: str, cfg: dict[str, Any],
     return report
 
 
+def ensemble_gaps(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per seed, model and budget with an ensemble: how much lower (higher for errors) the
+    ensemble drove the metric than PGD-100 alone, in points (mm for MRE), image by image."""
+    sign = 1.0 if report["higher_is_better"] else -1.0
+    scale = 100.0 if report["higher_is_better"] else 1.0
+    out = []
+    for seed, models in report["per_image"].items():
+        for name, cells in models.items():
+            for eps in (f"{v:.6g}" for v in report["levels_l2"]):
+                if f"ensemble {eps}" not in cells or f"pgd {eps}" not in cells:
+                    continue
+                pgd, ens = np.array(cells[f"pgd {eps}"]), np.array(cells[f"ensemble {eps}"])
+                d = scale * sign * (pgd - ens)
+                lo, hi = mean_ci95(d) or (math.nan, math.nan)
+                out.append({"seed": seed, "model": name, "eps": eps, "pgd": float(pgd.mean()),
+                            "ensemble": float(ens.mean()), "gap": float(d.mean()), "low": lo,
+                            "high": hi, "largest": float(d.max()),
+                            "worse": int((d > 1e-7).sum()), "better": int((d < -1e-7).sum()),
+                            "images": int(d.size)})
+    return out
+
+
 def fmt(s: dict[str, Any], higher: bool) -> str:
     f = "{:.3f}" if higher else "{:.1f}"
     lo, hi = s["ci95"]
@@ -374,6 +396,20 @@ def markdown(report: dict[str, Any]) -> str:
                              f"{e['failed']} | {e['mean']:.3g} | {e['max']:.3g} | "
                              f"{e['beyond_delta']} |")
             lines.append("")
+    gaps = ensemble_gaps(report)
+    if gaps:
+        lines += ["## The worst-case ensemble against PGD-100 on these models (issue 21)", "",
+                  "Per image, PGD-100's metric minus the ensemble's (the ensemble holds PGD-100, "
+                  "so it is never better for the model); mean in points with its bootstrap 95 % "
+                  "interval, and how many images the ensemble made worse.", "",
+                  "| seed | model | budget | PGD-100 | ensemble | gap, points (95 %) | largest "
+                  "| images worse | images better for the model |", "|---|---|---|---|---|---|---|---|---|"]
+        for g in gaps:
+            lines.append(f"| {g['seed']} | {g['model']} | {float(g['eps']):.3g} | {g['pgd']:.3f} | "
+                         f"{g['ensemble']:.3f} | {g['gap']:.1f} ({g['low']:.1f} to "
+                         f"{g['high']:.1f}) | {g['largest']:.1f} | {g['worse']} / {g['images']} "
+                         f"| {g['better']} |")
+        lines.append("")
     lines += ["## Adaptive margins minus each baseline per budget (paired per image over the "
               "seeds; positive = adaptive margins better)", "",
               "| budget | attack | differences |", "|---|---|---|"]
