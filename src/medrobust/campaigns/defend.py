@@ -3,7 +3,8 @@
 ``medrobust defend`` and ``demo`` both come here: ``run_defend`` evaluates each defence (a
 trained denoiser folder or a filter name) on the newest one-pixel run against a model, optionally
 attacks the defended model itself and draws the clean / attacked / denoised / difference grid;
-``train_denoiser_and_save`` trains the impulse autoencoder (``train-denoiser``). Every option is
+``train_denoiser_and_save`` trains the autoencoder (``train-denoiser``; against a frozen
+classifier for the stability objectives, which it records with the denoiser). Every option is
 checked before the store is opened, so a bad one records no run; every run resumes after a kill.
 """
 
@@ -21,11 +22,12 @@ from medrobust.campaigns.base import CampaignOutcome
 from medrobust.campaigns.defence import evaluate_defence
 from medrobust.campaigns.train import DataRequest, check_outputs
 from medrobust.data import ImageDataset
+from medrobust.defences.autoencoder import ImpulseAutoencoder
 from medrobust.defences.base import Denoiser
 from medrobust.defences.grid import save_defence_grid
 from medrobust.defences.registry import make_denoiser
 from medrobust.defences.source import AttackedSet, attacked_set, find_onepixel_run
-from medrobust.defences.storage import save_denoiser
+from medrobust.defences.storage import load_autoencoder, save_denoiser
 from medrobust.defences.table import (
     ACCURACY_COLUMNS,
     QUALITY_COLUMNS,
@@ -35,11 +37,18 @@ from medrobust.defences.table import (
     masking_warnings,
     quality_rows,
 )
-from medrobust.defences.training import DenoiserTrainConfig, config_dict, train_denoiser
+from medrobust.defences.training import (
+    DenoiserTrainConfig,
+    config_dict,
+    load_frozen_classifier,
+    start_weights,
+    train_denoiser,
+)
 from medrobust.errors import ConfigError, MedrobustError
-from medrobust.models import load_classifier, read_meta
+from medrobust.models import Classifier, load_classifier, read_meta
 from medrobust.models.checkpoint import model_input_size
 from medrobust.store import Store, check_store_path
+from medrobust.training.resume import weights_digest
 from medrobust.utils.device import resolve_device
 from medrobust.utils.validation import check_writable
 
@@ -170,19 +179,64 @@ def train_denoiser_and_save(request: DenoiserRequest) -> dict[str, Any]:
     check_outputs(request.out, request.store)
     config = request.config
     config.validate()
+    device = resolve_device(request.device)
+    # the stability objectives' classifier is loaded (and checked) before a run is recorded
+    clf = None if not config.classifier_aware else load_frozen_classifier(config.classifier,
+                                                                          device)
     train_ds = open_split(request.data, "train")
     val_ds = open_split(request.data, "val")
+    record = None if clf is None else classifier_record(config.classifier, clf, train_ds)
+    init, init_record = start_record(config, train_ds)
+    params = config_dict(config) | ({} if record is None else
+                                    {"classifier_weights": record["weights_digest"]}) | (
+        {} if init_record is None else {"init_weights": init_record["weights_digest"]})
     folder = str(Path(request.out).resolve())
     with Store(request.store) as store, store.tracked_run(
-            TRAIN_DENOISER_COMMAND, config_dict(config), model={"dir": folder, "model": "denoiser"},
+            TRAIN_DENOISER_COMMAND, params, model={"dir": folder, "model": "denoiser"},
             dataset=train_ds.spec, resume="unfinished") as (run_id, _):
-        result = train_denoiser(train_ds, val_ds, config, resolve_device(request.device))
+        result = train_denoiser(train_ds, val_ds, config, device, classifier=clf, init=init)
         meta = {"dataset": train_ds.spec, "train_config": config_dict(config),
                 "history": result.history, "best_epoch": result.best_epoch,
                 "metrics": {"val": result.val_metrics}, "train_seconds": result.seconds}
-        save_denoiser(result.model, folder, meta)
+        extra = ({} if record is None else {"objective": config.objective, "classifier": record}
+                 ) | ({} if init_record is None else {"init": init_record})
+        save_denoiser(result.model, folder, {**meta, **extra})
         summary = {"denoiser": folder, "dataset": train_ds.spec, "train_seconds": result.seconds,
-                   "best_epoch": result.best_epoch, "val": result.val_metrics}
+                   "best_epoch": result.best_epoch, "val": result.val_metrics, **extra}
         store.finish_run(run_id, "completed", summary)
     summary["run_id"] = run_id
     return summary
+
+
+def start_record(config: DenoiserTrainConfig, data: ImageDataset
+                 ) -> tuple[ImpulseAutoencoder | None, dict[str, Any] | None]:
+    """The denoiser a warm-started run begins from (``--init``), checked to be the network the
+    run trains before a run is recorded, and what the result records of it (its folder, the
+    objective it was trained with and its weights digest)."""
+    if config.init is None:
+        return None, None
+    init, meta = load_autoencoder(config.init)
+    state = start_weights(config, data.channels, init)
+    assert state is not None
+    trained = meta.get("train_config") or {}
+    return init, {"dir": str(Path(config.init).resolve()),
+                  "objective": trained.get("objective", "mse"),
+                  "noise": trained.get("noise", "impulse"), "weights_digest": weights_digest(state)}
+
+
+def classifier_record(ckpt_dir: str | Path, classifier: Classifier, data: ImageDataset
+                      ) -> dict[str, Any]:
+    """What a stability-trained denoiser records of the classifier it was trained against
+    (its folder, model and weights digest: the denoiser serves that classifier, and a folder
+    retrained since holds another), after checking it fits the data."""
+    meta = read_meta(ckpt_dir)
+    size = model_input_size(meta)
+    if size is not None and tuple(size) != tuple(data.size):
+        raise ConfigError(f"the classifier {ckpt_dir} was trained on {size[0]}x{size[1]} images, "
+                          f"the data is {data.size[0]}x{data.size[1]} (set --size)")
+    if classifier.channels != data.channels:
+        raise ConfigError(f"the classifier {ckpt_dir} takes {classifier.channels} channel(s), "
+                          f"the data has {data.channels}")
+    return {"dir": str(Path(ckpt_dir).resolve()), "model": meta.get("model"),
+            "saved_at": meta.get("saved_at"),
+            "weights_digest": weights_digest(classifier.model.state_dict())}
