@@ -264,7 +264,7 @@ def verdict_of(group: Group, ctx: ReportContext) -> list[Paragraphs | Table] | N
     tol, _ = tolerance(group.metric, group.unit)
     found = claims(families, group.task, group.higher_is_better,
                    tol if tol is not None else 0.0)
-    if not any("VAT" in c.text for c in found):
+    if not any(d.baseline.startswith("vat") for c in found for d in c.differences):
         return None
     seeds = sum("adaptive-margin" in f for f in families)
     verdicts = {c.text: c.verdict for c in found if not c.beyond_paper}
