@@ -20,35 +20,6 @@ from medrobust.attacks.base import model_device
 from medrobust.utils.validation import check_range
 
 
-class SmoothedLogits(nn.Module):
-    """``log E[softmax(f(x + d))]``, ``d ~ N(0, sigma^2 I)``, estimated on ``samples`` draws;
-    the cross-entropy of these log-probabilities is the smoothed classifier's loss."""
-
-    def __init__(self, model: nn.Module, sigma: float, samples: int = 16, seed: int = 0) -> None:
-        super().__init__()
-        self.model = model
-        self.sigma = float(check_range("sigma", sigma, 0, low_inclusive=False))
-        self.samples = int(check_range("samples", samples, 1))
-        self.generator = torch.Generator(device=model_device(model))
-        self.reseed(seed)
-
-    def reseed(self, seed: int) -> None:
-        """Restart the noise stream (per image, so an image's attack does not depend on which
-        images share its batch, nor on a resume)."""
-        self.generator.manual_seed(int(seed))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        n = x.shape[0]
-        noise = torch.randn((self.samples, *x.shape), generator=self.generator,
-                            device=x.device, dtype=x.dtype)
-        noisy = (x.unsqueeze(0) + self.sigma * noise).reshape(n * self.samples, *x.shape[1:])
-        logits = self.model(noisy)
-        if logits.shape[1] == 1:  # a sigmoid head: its two classes' logits
-            logits = torch.cat([torch.zeros_like(logits), logits], dim=1)
-        probs = torch.softmax(logits, dim=1).reshape(self.samples, n, -1).mean(dim=0)
-        return torch.log(probs.clamp_min(1e-12))
-
-
 class NoisyMean(nn.Module):
     """``E[f(x + d)]`` estimated on ``samples`` draws: the outputs of any model (segmentation
     logits, landmark maps, detector heads) averaged over the smoothing noise, so a gradient
@@ -62,16 +33,38 @@ class NoisyMean(nn.Module):
         self.sigma = float(check_range("sigma", sigma, 0, low_inclusive=False))
         self.samples = int(check_range("samples", samples, 1))
         self.generator = torch.Generator(device=model_device(model))
-        self.generator.manual_seed(int(seed))
+        self.reseed(seed)
 
     def reseed(self, seed: int) -> None:
+        """Restart the noise stream (per image, so an image's attack does not depend on which
+        images share its batch, nor on a resume)."""
         self.generator.manual_seed(int(seed))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def noisy_outputs(self, x: torch.Tensor) -> torch.Tensor:
+        """(samples, N, ...) model outputs on ``samples`` noisy copies of each image."""
         noise = torch.randn((self.samples, *x.shape), generator=self.generator,
                             device=x.device, dtype=x.dtype)
         out = self.model((x.unsqueeze(0) + self.sigma * noise).reshape(-1, *x.shape[1:]))
-        return out.reshape(self.samples, x.shape[0], *out.shape[1:]).mean(dim=0)
+        return out.reshape(self.samples, x.shape[0], *out.shape[1:])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.noisy_outputs(x).mean(dim=0)
+
+
+class SmoothedLogits(NoisyMean):
+    """``log E[softmax(f(x + d))]``, ``d ~ N(0, sigma^2 I)``, estimated on ``samples`` draws;
+    the cross-entropy of these log-probabilities is the smoothed classifier's loss (the mean of
+    the probabilities, not of the logits, is what the smoothed classifier votes with)."""
+
+    def __init__(self, model: nn.Module, sigma: float, samples: int = 16, seed: int = 0) -> None:
+        super().__init__(model, sigma, samples, seed)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits = self.noisy_outputs(x)
+        if logits.shape[2] == 1:  # a sigmoid head: its two classes' logits
+            logits = torch.cat([torch.zeros_like(logits), logits], dim=2)
+        probs = torch.softmax(logits, dim=2).mean(dim=0)
+        return torch.log(probs.clamp_min(1e-12))
 
 
 def attack_smoothed(model: nn.Module, loss: Any, sigma: float, steps: int, samples: int,
